@@ -1,0 +1,53 @@
+#ifndef WFPR_RECORD_H
+#define WFPR_RECORD_H
+
+/*
+ * Redirect records: the opaque blob that travels with a redirected
+ * connection. Proxies pass it on untouched; these functions decode it for
+ * people (the format is in docs/record-format.md). Decoding checks the
+ * structure only; whether a blob was really issued is checked by the layer
+ * when it is SET.
+ */
+
+#include <sys/socket.h>
+#include "common.h"
+
+WFPR_BEGIN_DECL
+
+#define WFPR_RECORD_MAX_HOPS 16
+#define WFPR_RECORD_MAX_SIZE 8192
+#define WFPR_REDIRECTOR_ID_SIZE 16
+#define WFPR_TOKEN_SIZE 16
+
+typedef struct wfpr_hop {
+	uint8_t redirector_id[WFPR_REDIRECTOR_ID_SIZE];
+	uint64_t handle_id;
+	uint32_t proxy_pid;
+	int protocol;                            /* IPPROTO_TCP or IPPROTO_UDP */
+	struct sockaddr_storage original_remote; /* where the connection was going */
+	struct sockaddr_storage original_local;  /* where it came from */
+	struct sockaddr_storage target;          /* the proxy it was sent to */
+	uint64_t time_ns;                        /* CLOCK_REALTIME of the redirect */
+	uint8_t token[WFPR_TOKEN_SIZE];          /* issuing token (keyed MAC) */
+} wfpr_hop;
+
+typedef struct wfpr_records {
+	unsigned int version;
+	size_t hop_count;
+	wfpr_hop hops[WFPR_RECORD_MAX_HOPS]; /* hops[0] is the oldest redirect */
+} wfpr_records;
+
+/* Decode a blob into hops. 0, or WFPR_WSAEINVAL for a malformed blob,
+ * WFPR_WSAEFAULT for NULL pointers. Free with wfpr_records_free(). */
+WFPR_EXTERN int wfpr_records_decode(wfpr_records **out, const void *blob, size_t len);
+WFPR_EXTERN void wfpr_records_free(wfpr_records *records);
+
+/* "127.0.0.1:80" or "[::1]:80" into buf; returns buf. */
+WFPR_EXTERN const char *wfpr_sockaddr_format(char *buf, size_t len, const struct sockaddr_storage *addr);
+
+/* The redirector id as 32 hex digits plus NUL (33 bytes) into buf; returns buf. */
+WFPR_EXTERN const char *wfpr_redirector_id_format(char *buf, size_t len, const uint8_t id[WFPR_REDIRECTOR_ID_SIZE]);
+
+WFPR_END_DECL
+
+#endif

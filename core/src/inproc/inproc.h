@@ -1,0 +1,113 @@
+#ifndef WFPR_SRC_INPROC_H
+#define WFPR_SRC_INPROC_H
+
+/*
+ * The in-process backend: it stores the records the layer issues, keyed by
+ * the redirected connection's 4-tuple and by the record's last token, finds
+ * them again for QUERY and SET, and carries out redirects on real sockets.
+ * One lock (inproc_lock) guards the store and the socket table.
+ */
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <sys/socket.h>
+#include "../layer.h"
+#include "../overlapped.h"
+
+extern pthread_mutex_t inproc_lock;
+extern wfpr_layer *inproc_layer; /* guarded by inproc_lock */
+
+/* ---- sockets: socktab.c ---- */
+
+typedef struct flow {
+	struct flow *next;
+	struct sockaddr_storage dest;   /* what the application addressed */
+	struct sockaddr_storage target; /* where its datagrams really go */
+} flow;
+
+typedef struct sock {
+	struct sock *next;
+	int fd;
+	uint64_t cookie;
+	bool overlapped;
+	bool want_context;
+	uint8_t *records; /* SET on this socket, checked */
+	size_t records_len;
+	struct conn *connecting; /* a non-blocking redirected connect in progress */
+	flow *flows;             /* UDP: where each destination goes */
+	size_t n_flows;
+} sock;
+
+/* SO_COOKIE, 0 if fd is not an open socket. */
+uint64_t socket_cookie(int fd);
+/* IPPROTO_* of a socket, or -1 with errno set (ENOTSOCK for non-sockets). */
+int socket_protocol(int fd);
+
+sock *socktab_find(int fd); /* locked; NULL if none or stale */
+sock *socktab_get(int fd);  /* locked; creates; NULL when out of memory or not a socket */
+void socktab_remove(int fd);
+
+/* ---- records: store.c ---- */
+
+typedef struct pending_op {
+	struct pending_op *next;
+	struct conn *conn;
+	int fd;
+	uint64_t cookie;
+	bool context;
+	void *out;
+	uint32_t out_len;
+	wfpr_overlapped *ov;
+	wfpr_completion_routine routine;
+	apc_queue *queue;
+} pending_op;
+
+typedef struct conn {
+	struct conn *next_tuple, *next_token;
+	int protocol;
+	struct sockaddr_storage client; /* the redirected socket's local address */
+	struct sockaddr_storage target; /* the proxy's address */
+	int client_fd;
+	uint64_t client_cookie;
+	int query_fd; /* the proxy's socket that found this record, or -1 */
+	uint64_t query_cookie;
+	bool committed; /* visible to QUERY: the connect completed */
+	bool delivered; /* UDP: the first datagram went past the proxy */
+	uint8_t *record, *context;
+	size_t record_len, context_len;
+	uint8_t token[WFPR_TOKEN_SIZE];
+	int64_t created;
+} conn;
+
+/* Takes ownership of record and context. NULL when out of memory. */
+conn *store_reserve(int protocol, const struct sockaddr_storage *client, const struct sockaddr_storage *target,
+                    int client_fd, uint8_t *record, size_t record_len, uint8_t *context, size_t context_len,
+                    const uint8_t token[WFPR_TOKEN_SIZE]);
+/* The connect completed: QUERY may see it; waiting operations complete. */
+void store_commit(conn *c);
+/* The connect failed: waiting operations complete with FWP_E_NOT_FOUND. */
+void store_abandon(conn *c);
+
+/* The record of the connection a proxy's socket (local, peer) belongs to. */
+conn *store_find(int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer);
+/* The live connection that issued this exact blob, or NULL. */
+conn *store_find_issued(const uint8_t *blob, size_t len, const uint8_t token[WFPR_TOKEN_SIZE]);
+
+void store_add_pending(conn *c, pending_op *op);
+/* Complete every pending operation of socket fd with WSA_OPERATION_ABORTED. */
+void store_abort_pending(int fd, uint64_t cookie);
+/* The socket is closing: forget its part in every connection. */
+void store_socket_closed(int fd);
+/* Wait (blocking QUERY) until c is committed or gone; false if gone. */
+bool store_wait_committed(int protocol, const struct sockaddr_storage *local,
+                          const struct sockaddr_storage *peer);
+
+/* SET: a blob this layer issued to a live connection becomes fd's records.
+ * 0 or a wfpr_err code. (socket.c) */
+int inproc_set_records(int fd, const uint8_t *blob, size_t len);
+
+/* The conformance table's buffer rules, once the blob is known
+ * (shared by the immediate and the pending QUERY). */
+int query_fill(void *out, uint32_t out_len, const uint8_t *blob, size_t len, uint32_t *bytes);
+
+#endif

@@ -1,0 +1,364 @@
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "bytes.h"
+#include "record.h"
+#include "wfpr/error.h"
+
+/* Wire constants; docs/record-format.md is the prose version of this block. */
+static const uint8_t record_magic[4] = {'W', 'F', 'P', 'R'};
+#define RECORD_VERSION 1
+#define RECORD_HEADER_SIZE 12
+#define TLV_HEADER_SIZE 4
+#define TYPE_NONCRITICAL 0x8000u /* unknown types with this bit are skipped */
+
+enum { TOP_HOP = 1 };
+
+enum hop_attr {
+	HOP_REDIRECTOR = 1,
+	HOP_HANDLE = 2,
+	HOP_PID = 3,
+	HOP_PROTOCOL = 4,
+	HOP_ORIGINAL_REMOTE = 5,
+	HOP_ORIGINAL_LOCAL = 6,
+	HOP_TARGET = 7,
+	HOP_TIME = 8,
+	HOP_TOKEN = 9,
+	HOP_ATTR_MAX = HOP_TOKEN
+};
+
+#define ADDR4_SIZE 7  /* family, port, 4-byte address */
+#define ADDR6_SIZE 19 /* family, port, 16-byte address */
+
+struct attr_policy {
+	uint16_t min_len, max_len;
+};
+
+/* netlink-style policy: every listed attribute is required, once. */
+static const struct attr_policy hop_policy[HOP_ATTR_MAX + 1] = {
+	[HOP_REDIRECTOR] = {WFPR_REDIRECTOR_ID_SIZE, WFPR_REDIRECTOR_ID_SIZE},
+	[HOP_HANDLE] = {8, 8},
+	[HOP_PID] = {4, 4},
+	[HOP_PROTOCOL] = {1, 1},
+	[HOP_ORIGINAL_REMOTE] = {ADDR4_SIZE, ADDR6_SIZE},
+	[HOP_ORIGINAL_LOCAL] = {ADDR4_SIZE, ADDR6_SIZE},
+	[HOP_TARGET] = {ADDR4_SIZE, ADDR6_SIZE},
+	[HOP_TIME] = {8, 8},
+	[HOP_TOKEN] = {WFPR_TOKEN_SIZE, WFPR_TOKEN_SIZE},
+};
+
+static bool parse_addr(cursor *c, struct sockaddr_storage *out)
+{
+	uint8_t family;
+	uint16_t port;
+
+	memset(out, 0, sizeof(*out));
+	if (!cursor_get_u8(c, &family) || !cursor_get_u16(c, &port))
+		return false;
+	if (family == 4 && c->len == 4) {
+		struct sockaddr_in *sin = (struct sockaddr_in *)out;
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons(port);
+		return cursor_copy_bytes(c, &sin->sin_addr, 4);
+	}
+	if (family == 6 && c->len == 16) {
+		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)out;
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = htons(port);
+		return cursor_copy_bytes(c, &sin6->sin6_addr, 16);
+	}
+	return false;
+}
+
+static bool parse_attr(cursor *value, uint16_t type, wfpr_hop *hop)
+{
+	uint8_t u8;
+	uint32_t u32;
+
+	switch (type) {
+	case HOP_REDIRECTOR: return cursor_copy_bytes(value, hop->redirector_id, WFPR_REDIRECTOR_ID_SIZE);
+	case HOP_HANDLE: return cursor_get_u64(value, &hop->handle_id);
+	case HOP_PID:
+		if (!cursor_get_u32(value, &u32))
+			return false;
+		hop->proxy_pid = u32;
+		return true;
+	case HOP_PROTOCOL:
+		if (!cursor_get_u8(value, &u8) || (u8 != IPPROTO_TCP && u8 != IPPROTO_UDP))
+			return false;
+		hop->protocol = u8;
+		return true;
+	case HOP_ORIGINAL_REMOTE: return parse_addr(value, &hop->original_remote);
+	case HOP_ORIGINAL_LOCAL: return parse_addr(value, &hop->original_local);
+	case HOP_TARGET: return parse_addr(value, &hop->target);
+	case HOP_TIME: return cursor_get_u64(value, &hop->time_ns);
+	case HOP_TOKEN: return cursor_copy_bytes(value, hop->token, WFPR_TOKEN_SIZE);
+	}
+	return false;
+}
+
+static bool parse_hop(cursor *body, wfpr_hop *hop, const uint8_t **signed_data, size_t *signed_len)
+{
+	uint32_t seen = 0;
+	const uint8_t *start = body->data;
+
+	memset(hop, 0, sizeof(*hop));
+	while (body->len > 0) {
+		const uint8_t *attr_start = body->data;
+		uint16_t type, len;
+		cursor value;
+
+		if (!cursor_get_u16(body, &type) || !cursor_get_u16(body, &len) ||
+		    !cursor_get_sub(body, &value, len))
+			return false;
+		if (type == 0 || type > HOP_ATTR_MAX) {
+			if (!(type & TYPE_NONCRITICAL))
+				return false;
+			continue;
+		}
+		if (seen & (1u << type))
+			return false;
+		if (len < hop_policy[type].min_len || len > hop_policy[type].max_len)
+			return false;
+		if (!parse_attr(&value, type, hop) || value.len != 0)
+			return false;
+		seen |= 1u << type;
+		if (type == HOP_TOKEN) {
+			/* The token signs everything before it and must close the hop. */
+			*signed_data = start;
+			*signed_len = (size_t)(attr_start - start);
+			if (body->len != 0)
+				return false;
+		}
+	}
+	uint32_t required = ((1u << (HOP_ATTR_MAX + 1)) - 1) & ~1u;
+	return seen == required;
+}
+
+int record_parse(record_view *out, const uint8_t *blob, size_t len)
+{
+	cursor c;
+	const uint8_t *magic;
+	uint8_t version, flags;
+	uint16_t hop_count;
+	uint32_t total_len;
+
+	if (!out || !blob)
+		return WFPR_WSAEFAULT;
+	if (len < RECORD_HEADER_SIZE || len > WFPR_RECORD_MAX_SIZE)
+		return WFPR_WSAEINVAL;
+	cursor_init(&c, blob, len);
+	if (!cursor_get_bytes(&c, &magic, 4) || memcmp(magic, record_magic, 4) != 0 ||
+	    !cursor_get_u8(&c, &version) || version != RECORD_VERSION ||
+	    !cursor_get_u8(&c, &flags) || flags != 0 ||
+	    !cursor_get_u16(&c, &hop_count) || hop_count == 0 || hop_count > WFPR_RECORD_MAX_HOPS ||
+	    !cursor_get_u32(&c, &total_len) || total_len != len)
+		return WFPR_WSAEINVAL;
+
+	out->hop_count = 0;
+	while (c.len > 0) {
+		uint16_t type, tlv_len;
+		cursor body;
+
+		if (!cursor_get_u16(&c, &type) || !cursor_get_u16(&c, &tlv_len) ||
+		    !cursor_get_sub(&c, &body, tlv_len))
+			return WFPR_WSAEINVAL;
+		if (type != TOP_HOP) {
+			if (!(type & TYPE_NONCRITICAL))
+				return WFPR_WSAEINVAL;
+			continue;
+		}
+		size_t i = out->hop_count;
+		if (i == hop_count)
+			return WFPR_WSAEINVAL;
+		if (!parse_hop(&body, &out->hops[i], &out->signed_data[i], &out->signed_len[i]))
+			return WFPR_WSAEINVAL;
+		out->hop_count++;
+	}
+	return out->hop_count == hop_count ? 0 : WFPR_WSAEINVAL;
+}
+
+/* token = SipHash-2-4-128(key, previous token || hop index || signed bytes) */
+static void hop_token(uint8_t out[WFPR_TOKEN_SIZE], const uint8_t key[RECORD_KEY_SIZE],
+                      const uint8_t prev[WFPR_TOKEN_SIZE], size_t index,
+                      const uint8_t *signed_data, size_t signed_len)
+{
+	uint8_t buf[WFPR_TOKEN_SIZE + 2 + WFPR_RECORD_MAX_SIZE];
+
+	memcpy(buf, prev, WFPR_TOKEN_SIZE);
+	buf[WFPR_TOKEN_SIZE] = (uint8_t)(index >> 8);
+	buf[WFPR_TOKEN_SIZE + 1] = (uint8_t)index;
+	memcpy(buf + WFPR_TOKEN_SIZE + 2, signed_data, signed_len);
+	crypto_shorthash_siphashx24(out, buf, WFPR_TOKEN_SIZE + 2 + signed_len, key);
+}
+
+bool record_tokens_valid(const record_view *view, const uint8_t key[RECORD_KEY_SIZE])
+{
+	static const uint8_t zero[WFPR_TOKEN_SIZE];
+	const uint8_t *prev = zero;
+
+	for (size_t i = 0; i < view->hop_count; i++) {
+		uint8_t expect[WFPR_TOKEN_SIZE];
+		hop_token(expect, key, prev, i, view->signed_data[i], view->signed_len[i]);
+		if (sodium_memcmp(expect, view->hops[i].token, WFPR_TOKEN_SIZE) != 0)
+			return false;
+		prev = view->hops[i].token;
+	}
+	return true;
+}
+
+static bool add_addr(builder *b, uint16_t type, const struct sockaddr_storage *addr)
+{
+	size_t slot;
+	bool ok = builder_add_u16(b, type) && builder_open_u16(b, &slot);
+
+	if (addr->ss_family == AF_INET) {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)addr;
+		ok = ok && builder_add_u8(b, 4) && builder_add_u16(b, ntohs(sin->sin_port)) &&
+		     builder_add_bytes(b, &sin->sin_addr, 4);
+	} else if (addr->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)addr;
+		ok = ok && builder_add_u8(b, 6) && builder_add_u16(b, ntohs(sin6->sin6_port)) &&
+		     builder_add_bytes(b, &sin6->sin6_addr, 16);
+	} else {
+		return false;
+	}
+	return ok && builder_close_u16(b, slot);
+}
+
+static bool add_fixed(builder *b, uint16_t type, const void *p, uint16_t n)
+{
+	return builder_add_u16(b, type) && builder_add_u16(b, n) && builder_add_bytes(b, p, n);
+}
+
+static bool add_u64_attr(builder *b, uint16_t type, uint64_t v)
+{
+	return builder_add_u16(b, type) && builder_add_u16(b, 8) && builder_add_u64(b, v);
+}
+
+int record_append(uint8_t **out, size_t *out_len, const uint8_t *prev, size_t prev_len,
+                  wfpr_hop *hop, const uint8_t key[RECORD_KEY_SIZE])
+{
+	static const uint8_t zero[WFPR_TOKEN_SIZE];
+	record_view *view = NULL;
+	const uint8_t *prev_token = zero;
+	size_t hop_count = 0;
+	builder b;
+	int rc = WFPR_WSAEINVAL;
+
+	if (prev) {
+		view = malloc(sizeof(*view));
+		if (!view)
+			return WFPR_WSAENOBUFS;
+		if ((rc = record_parse(view, prev, prev_len)) != 0)
+			goto done;
+		hop_count = view->hop_count;
+		prev_token = view->hops[hop_count - 1].token;
+		rc = WFPR_WSAELOOP;
+		if (hop_count >= WFPR_RECORD_MAX_HOPS)
+			goto done;
+	}
+
+	builder_init(&b, WFPR_RECORD_MAX_SIZE);
+	builder_add_bytes(&b, record_magic, 4);
+	builder_add_u8(&b, RECORD_VERSION);
+	builder_add_u8(&b, 0);
+	builder_add_u16(&b, (uint16_t)(hop_count + 1));
+	builder_add_u32(&b, 0); /* total length, back-filled */
+	if (prev)
+		builder_add_bytes(&b, prev + RECORD_HEADER_SIZE, prev_len - RECORD_HEADER_SIZE);
+
+	size_t slot, attrs_start;
+	uint8_t protocol = (uint8_t)hop->protocol;
+	uint8_t pid[4] = {(uint8_t)(hop->proxy_pid >> 24), (uint8_t)(hop->proxy_pid >> 16),
+	                  (uint8_t)(hop->proxy_pid >> 8), (uint8_t)hop->proxy_pid};
+	bool ok = builder_add_u16(&b, TOP_HOP) && builder_open_u16(&b, &slot);
+	attrs_start = b.len;
+	ok = ok && add_fixed(&b, HOP_REDIRECTOR, hop->redirector_id, WFPR_REDIRECTOR_ID_SIZE) &&
+	     add_u64_attr(&b, HOP_HANDLE, hop->handle_id) &&
+	     add_fixed(&b, HOP_PID, pid, 4) &&
+	     add_fixed(&b, HOP_PROTOCOL, &protocol, 1) &&
+	     add_addr(&b, HOP_ORIGINAL_REMOTE, &hop->original_remote) &&
+	     add_addr(&b, HOP_ORIGINAL_LOCAL, &hop->original_local) &&
+	     add_addr(&b, HOP_TARGET, &hop->target) &&
+	     add_u64_attr(&b, HOP_TIME, hop->time_ns);
+	if (ok)
+		hop_token(hop->token, key, prev_token, hop_count, b.data + attrs_start, b.len - attrs_start);
+	ok = ok && add_fixed(&b, HOP_TOKEN, hop->token, WFPR_TOKEN_SIZE) && builder_close_u16(&b, slot);
+	if (!ok) {
+		builder_cleanup(&b);
+		rc = WFPR_WSAEINVAL;
+		goto done;
+	}
+	builder_put_u32_at(&b, 8, (uint32_t)b.len);
+	*out = builder_finish(&b, out_len);
+	rc = *out ? 0 : WFPR_WSAENOBUFS;
+done:
+	free(view);
+	return rc;
+}
+
+int wfpr_records_decode(wfpr_records **out, const void *blob, size_t len)
+{
+	if (!out || !blob)
+		return WFPR_WSAEFAULT;
+	*out = NULL;
+	record_view *view = malloc(sizeof(*view));
+	if (!view)
+		return WFPR_WSAENOBUFS;
+	int rc = record_parse(view, blob, len);
+	if (rc == 0) {
+		wfpr_records *records = calloc(1, sizeof(*records));
+		if (!records) {
+			rc = WFPR_WSAENOBUFS;
+		} else {
+			records->version = RECORD_VERSION;
+			records->hop_count = view->hop_count;
+			memcpy(records->hops, view->hops, view->hop_count * sizeof(wfpr_hop));
+			*out = records;
+		}
+	}
+	free(view);
+	return rc;
+}
+
+void wfpr_records_free(wfpr_records *records)
+{
+	free(records);
+}
+
+const char *wfpr_sockaddr_format(char *buf, size_t len, const struct sockaddr_storage *addr)
+{
+	char host[INET6_ADDRSTRLEN];
+
+	if (!buf || len == 0)
+		return buf;
+	if (addr && addr->ss_family == AF_INET) {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)addr;
+		inet_ntop(AF_INET, &sin->sin_addr, host, sizeof(host));
+		snprintf(buf, len, "%s:%u", host, ntohs(sin->sin_port));
+	} else if (addr && addr->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)addr;
+		inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof(host));
+		snprintf(buf, len, "[%s]:%u", host, ntohs(sin6->sin6_port));
+	} else {
+		snprintf(buf, len, "-");
+	}
+	return buf;
+}
+
+const char *wfpr_redirector_id_format(char *buf, size_t len, const uint8_t id[WFPR_REDIRECTOR_ID_SIZE])
+{
+	if (!buf || len == 0)
+		return buf;
+	if (!id || len < 2 * WFPR_REDIRECTOR_ID_SIZE + 1) {
+		buf[0] = '\0';
+		return buf;
+	}
+	for (size_t i = 0; i < WFPR_REDIRECTOR_ID_SIZE; i++)
+		snprintf(buf + 2 * i, 3, "%02x", id[i]);
+	return buf;
+}

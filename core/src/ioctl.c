@@ -98,6 +98,7 @@ static int query(const call *k, bool context, void *out, uint32_t out_len, uint3
 		/* The record now lives as long as this socket does. */
 		c->query_fd = k->fd;
 		c->query_cookie = socket_cookie(k->fd);
+		c->queried = true;
 	}
 	rc = context ? query_fill(out, out_len, c->context, c->context_len, bytes)
 	             : query_fill(out, out_len, c->record, c->record_len, bytes);

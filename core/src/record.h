@@ -3,6 +3,7 @@
 
 /* The one place that knows the redirect-record wire format. */
 
+#include <stdbool.h>
 #include "wfpr/record.h"
 
 #define RECORD_KEY_SIZE 16

@@ -69,8 +69,9 @@ typedef struct conn {
 	struct sockaddr_storage target; /* the proxy's address */
 	int client_fd;
 	uint64_t client_cookie;
-	int query_fd; /* the proxy's socket that found this record, or -1 */
+	int query_fd; /* the proxy's socket that found this record, or -1 once closed */
 	uint64_t query_cookie;
+	bool queried;   /* some proxy socket found it: it lives as long as that socket */
 	bool committed; /* visible to QUERY: the connect completed */
 	bool delivered; /* UDP: the first datagram went past the proxy */
 	uint8_t *record, *context;

@@ -73,7 +73,7 @@ static bool conn_alive(const conn *c)
 {
 	if (socket_alive(c->client_fd, c->client_cookie))
 		return true;
-	if (c->query_fd >= 0)
+	if (c->queried)
 		return socket_alive(c->query_fd, c->query_cookie);
 	return c->protocol == IPPROTO_TCP && c->committed && now_s() - c->created < UNQUERIED_GRACE_S;
 }

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
@@ -48,7 +49,7 @@ int udp_bind(struct sockaddr_storage *addr) { return bound(SOCK_DGRAM, addr); }
 static bool write_all(int fd, const uint8_t *p, size_t n)
 {
 	while (n > 0) {
-		ssize_t w = write(fd, p, n);
+		ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w <= 0)
@@ -62,6 +63,7 @@ static bool write_all(int fd, const uint8_t *p, size_t n)
 void relay(int a, int b)
 {
 	uint8_t buf[65536];
+	const int fds[2] = {a, b};
 	struct pollfd p[2] = {{.fd = a, .events = POLLIN}, {.fd = b, .events = POLLIN}};
 	int open_ends = 2;
 
@@ -70,11 +72,11 @@ void relay(int a, int b)
 			if (!(p[i].revents & (POLLIN | POLLHUP | POLLERR)))
 				continue;
 			ssize_t n = read(p[i].fd, buf, sizeof(buf));
-			if (n > 0 && write_all(p[1 - i].fd, buf, (size_t)n))
+			if (n > 0 && write_all(fds[1 - i], buf, (size_t)n))
 				continue;
 			if (n < 0)
 				return; /* a reset: the caller closes both */
-			shutdown(p[1 - i].fd, SHUT_WR);
+			shutdown(fds[1 - i], SHUT_WR);
 			p[i].fd = -1;
 			open_ends--;
 		}
@@ -165,6 +167,8 @@ int echo_client(const struct sockaddr_storage *addr, size_t len, uint8_t sent[32
 	pthread_join(t, NULL);
 	free(data);
 	wfpr_closesocket(fd);
+	if (got != len)
+		fprintf(stderr, "echo_client: %zu of %zu bytes came back (%s)\n", got, len, n < 0 ? strerror(errno) : "eof");
 	return got == len ? 0 : -1;
 }
 

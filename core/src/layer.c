@@ -115,6 +115,8 @@ int wfpr_redirect_handle_create(wfpr_redirect_handle **out, wfpr_layer *layer,
 	if (!out || !layer)
 		return WFPR_WSAEFAULT;
 	*out = NULL;
+	if (layer_in_callback())
+		return WFPR_WSAEINPROGRESS; /* the layer is locked while callouts run */
 	wfpr_redirect_handle *h = calloc(1, sizeof(*h));
 	if (!h || !(h->name = dup_name(name))) {
 		free(h);
@@ -201,6 +203,8 @@ int wfpr_callout_register(uint32_t *out, wfpr_layer *layer, const wfpr_callout_o
 		return WFPR_WSAEINVAL;
 	if (opts->handle && opts->handle->layer != layer)
 		return WFPR_WSAEINVAL;
+	if (layer_in_callback())
+		return WFPR_WSAEINPROGRESS;
 	callout *c = calloc(1, sizeof(*c));
 	if (!c || !(c->name = dup_name(opts->name))) {
 		free(c);
@@ -244,6 +248,8 @@ int wfpr_filter_add(uint64_t *out, wfpr_layer *layer, const wfpr_filter_options 
 	    opts->remote_port_min > opts->remote_port_max ||
 	    (opts->protocol != 0 && opts->protocol != IPPROTO_TCP && opts->protocol != IPPROTO_UDP))
 		return WFPR_WSAEINVAL;
+	if (layer_in_callback())
+		return WFPR_WSAEINPROGRESS;
 
 	pthread_rwlock_wrlock(&layer->lock);
 	int rc = WFPR_WSAEINVAL;
@@ -276,6 +282,8 @@ int wfpr_filter_remove(wfpr_layer *layer, uint64_t filter_id)
 {
 	if (!layer)
 		return WFPR_WSAEFAULT;
+	if (layer_in_callback())
+		return WFPR_WSAEINPROGRESS;
 	int rc = WFPR_FWP_E_NOT_FOUND;
 	pthread_rwlock_wrlock(&layer->lock);
 	for (size_t i = 0; i < layer->n_filters; i++) {

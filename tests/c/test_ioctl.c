@@ -325,7 +325,7 @@ static void row_backend_unreachable(void)
 	close_pair(p);
 }
 
-static int callout_ioctl_error;
+static int callout_ioctl_error, callout_layer_error;
 
 static wfpr_action reentrant(void *user, wfpr_connect_request *req)
 {
@@ -334,6 +334,10 @@ static wfpr_action reentrant(void *user, wfpr_connect_request *req)
 	uint8_t buf[64];
 	wfpr_ioctl(*(int *)user, QUERY_RECORDS, NULL, 0, buf, sizeof(buf), &bytes, NULL, NULL);
 	callout_ioctl_error = wfpr_get_last_error();
+	uint64_t id;
+	wfpr_filter_options fo = WFPR_FILTER_OPTIONS_INIT;
+	fo.callout_id = 1;
+	callout_layer_error = wfpr_filter_add(&id, layer, &fo); /* the layer is busy classifying */
 	return WFPR_ACTION_PERMIT;
 }
 
@@ -355,6 +359,7 @@ static void row_in_callback(void)
 	struct sockaddr_storage dst = loopback_port(7);
 	wfpr_connect(fd, (struct sockaddr *)&dst, addr_size(&dst)); /* refused: nothing listens on 7 */
 	CHECK_EQ(callout_ioctl_error, WFPR_WSAEINPROGRESS);
+	CHECK_EQ(callout_layer_error, WFPR_WSAEINPROGRESS);
 	CHECK_EQ(wfpr_filter_remove(layer, filter), 0);
 	wfpr_closesocket(fd);
 	close_pair(p);

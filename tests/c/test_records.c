@@ -1,0 +1,220 @@
+/* The record format: round trips, the hop cap, and bad blobs (bit flips,
+ * truncation, trailing bytes, oversize, unknown types, 17 hops). */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <string.h>
+#include "../../core/src/record.h"
+#include "support.h"
+#include "test.h"
+
+static uint8_t key[RECORD_KEY_SIZE];
+
+static wfpr_hop random_hop(int i)
+{
+	wfpr_hop h;
+	memset(&h, 0, sizeof(h));
+	randombytes_buf(h.redirector_id, sizeof(h.redirector_id));
+	h.handle_id = (uint64_t)i + 1;
+	h.proxy_pid = 1000u + (uint32_t)i;
+	h.protocol = i % 2 ? IPPROTO_UDP : IPPROTO_TCP;
+	h.original_remote = loopback_port((uint16_t)(80 + i));
+	if (i % 3 == 0) {
+		struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&h.original_local;
+		v6->sin6_family = AF_INET6;
+		v6->sin6_port = htons(50000);
+		v6->sin6_addr = in6addr_loopback;
+	} else {
+		h.original_local = loopback_port(50000);
+	}
+	h.target = loopback_port((uint16_t)(8000 + i));
+	h.time_ns = 1700000000000000000ull + (uint64_t)i;
+	return h;
+}
+
+/* A chain of n hops, built as the layer builds it: one append per redirect. */
+static uint8_t *chain(size_t n, size_t *len, wfpr_hop *hops)
+{
+	uint8_t *blob = NULL;
+	*len = 0;
+	for (size_t i = 0; i < n; i++) {
+		uint8_t *next = NULL;
+		size_t next_len = 0;
+		hops[i] = random_hop((int)i);
+		CHECK_EQ(record_append(&next, &next_len, blob, *len, &hops[i], key), 0);
+		free(blob);
+		blob = next;
+		*len = next_len;
+	}
+	return blob;
+}
+
+static bool accepted(const uint8_t *blob, size_t len)
+{
+	record_view view;
+	return record_parse(&view, blob, len) == 0 && record_tokens_valid(&view, key);
+}
+
+static void round_trip_every_length(void)
+{
+	for (size_t n = 1; n <= WFPR_RECORD_MAX_HOPS; n++) {
+		wfpr_hop hops[WFPR_RECORD_MAX_HOPS];
+		size_t len;
+		uint8_t *blob = chain(n, &len, hops);
+		CHECK(accepted(blob, len));
+		CHECK(len <= WFPR_RECORD_MAX_SIZE);
+		wfpr_records *r = NULL;
+		CHECK_EQ(wfpr_records_decode(&r, blob, len), 0);
+		CHECK_EQ(r ? r->hop_count : 0, n);
+		for (size_t i = 0; r && i < n; i++) {
+			CHECK(memcmp(&r->hops[i], &hops[i], sizeof(wfpr_hop)) == 0);
+		}
+		wfpr_records_free(r);
+		free(blob);
+	}
+}
+
+static void seventeenth_append_refused(void)
+{
+	wfpr_hop hops[WFPR_RECORD_MAX_HOPS], extra = random_hop(16);
+	size_t len, out_len = 0;
+	uint8_t *blob = chain(WFPR_RECORD_MAX_HOPS, &len, hops), *out = NULL;
+	CHECK_EQ(record_append(&out, &out_len, blob, len, &extra, key), WFPR_WSAELOOP);
+	CHECK(out == NULL);
+
+	/* a hand-made 17-hop blob: the 16th hop twice more, header patched */
+	record_view view;
+	CHECK_EQ(record_parse(&view, blob, len), 0);
+	const uint8_t *last_tlv = view.signed_data[15] - 4;
+	size_t last_len = (size_t)(blob + len - last_tlv);
+	uint8_t *big = malloc(len + last_len);
+	memcpy(big, blob, len);
+	memcpy(big + len, last_tlv, last_len);
+	big[6] = 0;
+	big[7] = 17;
+	uint32_t total = htonl((uint32_t)(len + last_len));
+	memcpy(big + 8, &total, 4);
+	CHECK_EQ(record_parse(&view, big, len + last_len), WFPR_WSAEINVAL);
+	wfpr_records *r = NULL;
+	CHECK_EQ(wfpr_records_decode(&r, big, len + last_len), WFPR_WSAEINVAL);
+	free(big);
+	free(blob);
+}
+
+static void every_bit_flip_refused(void)
+{
+	wfpr_hop hops[4];
+	size_t len;
+	uint8_t *blob = chain(4, &len, hops);
+	uint8_t *copy = malloc(len);
+	for (size_t i = 0; i < len; i++) {
+		for (int bit = 0; bit < 8; bit++) {
+			memcpy(copy, blob, len);
+			copy[i] ^= (uint8_t)(1u << bit);
+			CHECK(!accepted(copy, len));
+		}
+	}
+	free(copy);
+	free(blob);
+}
+
+static void truncation_and_trailing_bytes_refused(void)
+{
+	wfpr_hop hops[3];
+	size_t len;
+	uint8_t *blob = chain(3, &len, hops);
+	record_view view;
+	for (size_t cut = 0; cut < len; cut++)
+		CHECK_EQ(record_parse(&view, blob, cut), WFPR_WSAEINVAL);
+	uint8_t *longer = calloc(1, len + 1);
+	memcpy(longer, blob, len);
+	CHECK_EQ(record_parse(&view, longer, len + 1), WFPR_WSAEINVAL); /* total length says len */
+	uint32_t total = htonl((uint32_t)(len + 1));
+	memcpy(longer + 8, &total, 4);
+	CHECK_EQ(record_parse(&view, longer, len + 1), WFPR_WSAEINVAL); /* a stray byte is no TLV */
+	free(longer);
+	free(blob);
+}
+
+static void oversize_refused(void)
+{
+	static uint8_t huge[WFPR_RECORD_MAX_SIZE + 1];
+	wfpr_hop hops[1];
+	size_t len;
+	uint8_t *blob = chain(1, &len, hops);
+	memcpy(huge, blob, len);
+	record_view view;
+	CHECK_EQ(record_parse(&view, huge, sizeof(huge)), WFPR_WSAEINVAL);
+	free(blob);
+}
+
+static uint8_t *with_extra_tlv(const uint8_t *blob, size_t len, uint16_t type, size_t *out_len)
+{
+	uint8_t *out = malloc(len + 6);
+	memcpy(out, blob, len);
+	uint8_t tlv[6] = {(uint8_t)(type >> 8), (uint8_t)type, 0, 2, 0xAB, 0xCD};
+	memcpy(out + len, tlv, 6);
+	*out_len = len + 6;
+	uint32_t total = htonl((uint32_t)*out_len);
+	memcpy(out + 8, &total, 4);
+	return out;
+}
+
+static void unknown_types(void)
+{
+	wfpr_hop hops[2];
+	size_t len, ext_len;
+	uint8_t *blob = chain(2, &len, hops);
+	record_view view;
+	uint8_t *critical = with_extra_tlv(blob, len, 0x0042, &ext_len);
+	CHECK_EQ(record_parse(&view, critical, ext_len), WFPR_WSAEINVAL);
+	uint8_t *optional = with_extra_tlv(blob, len, 0x8042, &ext_len);
+	CHECK_EQ(record_parse(&view, optional, ext_len), 0); /* newer writers may add these */
+	CHECK_EQ(view.hop_count, 2);
+	free(critical);
+	free(optional);
+	free(blob);
+}
+
+static void wrong_key_refused(void)
+{
+	wfpr_hop hops[2];
+	size_t len;
+	uint8_t *blob = chain(2, &len, hops);
+	record_view view;
+	uint8_t other[RECORD_KEY_SIZE];
+	randombytes_buf(other, sizeof(other));
+	CHECK_EQ(record_parse(&view, blob, len), 0);
+	CHECK(record_tokens_valid(&view, key));
+	CHECK(!record_tokens_valid(&view, other));
+	free(blob);
+}
+
+static void decode_arguments(void)
+{
+	wfpr_records *r = NULL;
+	uint8_t b[4] = {0};
+	CHECK_EQ(wfpr_records_decode(NULL, b, 4), WFPR_WSAEFAULT);
+	CHECK_EQ(wfpr_records_decode(&r, NULL, 4), WFPR_WSAEFAULT);
+	CHECK_EQ(wfpr_records_decode(&r, b, 0), WFPR_WSAEINVAL);
+	CHECK(r == NULL);
+	char text[64];
+	struct sockaddr_storage a = loopback_port(443);
+	CHECK(strcmp(wfpr_sockaddr_format(text, sizeof(text), &a), "127.0.0.1:443") == 0);
+	uint8_t id[16] = {0xde, 0xad};
+	CHECK(strcmp(wfpr_redirector_id_format(text, sizeof(text), id), "dead0000000000000000000000000000") == 0);
+}
+
+int main(void)
+{
+	CHECK(sodium_init() >= 0);
+	randombytes_buf(key, sizeof(key));
+	RUN(round_trip_every_length);
+	RUN(seventeenth_append_refused);
+	RUN(every_bit_flip_refused);
+	RUN(truncation_and_trailing_bytes_refused);
+	RUN(oversize_refused);
+	RUN(unknown_types);
+	RUN(wrong_key_refused);
+	RUN(decode_arguments);
+	TEST_MAIN_END();
+}

@@ -2,83 +2,14 @@
 #include <string.h>
 #include "bytes.h"
 
-bool cursor_get_bytes(cursor *c, const uint8_t **out, size_t n)
-{
-	if (c->len < n)
-		return false;
-	*out = c->data;
-	c->data += n;
-	c->len -= n;
-	return true;
-}
-
-static bool get_be(cursor *c, uint64_t *out, size_t n)
-{
-	const uint8_t *p;
-	uint64_t v = 0;
-
-	if (!cursor_get_bytes(c, &p, n))
-		return false;
-	for (size_t i = 0; i < n; i++)
-		v = (v << 8) | p[i];
-	*out = v;
-	return true;
-}
-
-bool cursor_get_u8(cursor *c, uint8_t *out)
-{
-	uint64_t v;
-	if (!get_be(c, &v, 1))
-		return false;
-	*out = (uint8_t)v;
-	return true;
-}
-
-bool cursor_get_u16(cursor *c, uint16_t *out)
-{
-	uint64_t v;
-	if (!get_be(c, &v, 2))
-		return false;
-	*out = (uint16_t)v;
-	return true;
-}
-
-bool cursor_get_u32(cursor *c, uint32_t *out)
-{
-	uint64_t v;
-	if (!get_be(c, &v, 4))
-		return false;
-	*out = (uint32_t)v;
-	return true;
-}
-
-bool cursor_get_u64(cursor *c, uint64_t *out)
-{
-	return get_be(c, out, 8);
-}
-
-bool cursor_copy_bytes(cursor *c, void *out, size_t n)
-{
-	const uint8_t *p;
-	if (!cursor_get_bytes(c, &p, n))
-		return false;
-	memcpy(out, p, n);
-	return true;
-}
-
-bool cursor_get_sub(cursor *c, cursor *child, size_t n)
-{
-	const uint8_t *p;
-	if (!cursor_get_bytes(c, &p, n))
-		return false;
-	cursor_init(child, p, n);
-	return true;
-}
-
-void builder_init(builder *b, size_t max)
+void builder_init(builder *b, size_t max, size_t hint)
 {
 	memset(b, 0, sizeof(*b));
 	b->max = max;
+	if (hint > max)
+		hint = max;
+	b->data = hint ? malloc(hint) : NULL;
+	b->cap = b->data ? hint : 0;
 }
 
 void builder_cleanup(builder *b)
@@ -87,60 +18,25 @@ void builder_cleanup(builder *b)
 	memset(b, 0, sizeof(*b));
 }
 
-static uint8_t *builder_reserve(builder *b, size_t n)
+bool builder_grow(builder *b, size_t n)
 {
-	if (b->failed)
-		return NULL;
 	if (n > b->max - b->len) {
 		b->failed = true;
-		return NULL;
-	}
-	if (b->len + n > b->cap) {
-		size_t cap = b->cap ? b->cap : 256;
-		while (cap < b->len + n)
-			cap *= 2;
-		uint8_t *data = realloc(b->data, cap);
-		if (!data) {
-			b->failed = true;
-			return NULL;
-		}
-		b->data = data;
-		b->cap = cap;
-	}
-	uint8_t *at = b->data + b->len;
-	b->len += n;
-	return at;
-}
-
-static bool add_be(builder *b, uint64_t v, size_t n)
-{
-	uint8_t *p = builder_reserve(b, n);
-	if (!p)
 		return false;
-	for (size_t i = n; i-- > 0; v >>= 8)
-		p[i] = (uint8_t)v;
-	return true;
-}
-
-bool builder_add_u8(builder *b, uint8_t v) { return add_be(b, v, 1); }
-bool builder_add_u16(builder *b, uint16_t v) { return add_be(b, v, 2); }
-bool builder_add_u32(builder *b, uint32_t v) { return add_be(b, v, 4); }
-bool builder_add_u64(builder *b, uint64_t v) { return add_be(b, v, 8); }
-
-bool builder_add_bytes(builder *b, const void *p, size_t n)
-{
-	uint8_t *at = builder_reserve(b, n);
-	if (!at)
+	}
+	size_t cap = b->cap ? b->cap : 256;
+	while (cap < b->len + n)
+		cap *= 2;
+	if (cap > b->max)
+		cap = b->max; /* so the inline fast path can never pass max */
+	uint8_t *data = realloc(b->data, cap);
+	if (!data) {
+		b->failed = true;
 		return false;
-	if (n)
-		memcpy(at, p, n);
+	}
+	b->data = data;
+	b->cap = cap;
 	return true;
-}
-
-bool builder_open_u16(builder *b, size_t *slot)
-{
-	*slot = b->len;
-	return add_be(b, 0, 2);
 }
 
 bool builder_close_u16(builder *b, size_t slot)

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 typedef struct cursor {
 	const uint8_t *data;
@@ -22,14 +23,73 @@ static inline void cursor_init(cursor *c, const void *data, size_t len)
 	c->len = len;
 }
 
-bool cursor_get_u8(cursor *c, uint8_t *out);
-bool cursor_get_u16(cursor *c, uint16_t *out);
-bool cursor_get_u32(cursor *c, uint32_t *out);
-bool cursor_get_u64(cursor *c, uint64_t *out);
-bool cursor_get_bytes(cursor *c, const uint8_t **out, size_t n);
-bool cursor_copy_bytes(cursor *c, void *out, size_t n);
+/* The getters are inline: a record parse makes dozens of them per hop. */
+static inline bool cursor_get_bytes(cursor *c, const uint8_t **out, size_t n)
+{
+	if (c->len < n)
+		return false;
+	*out = c->data;
+	c->data += n;
+	c->len -= n;
+	return true;
+}
+
+static inline bool cursor_get_u8(cursor *c, uint8_t *out)
+{
+	const uint8_t *p;
+	if (!cursor_get_bytes(c, &p, 1))
+		return false;
+	*out = p[0];
+	return true;
+}
+
+static inline bool cursor_get_u16(cursor *c, uint16_t *out)
+{
+	const uint8_t *p;
+	if (!cursor_get_bytes(c, &p, 2))
+		return false;
+	*out = (uint16_t)((p[0] << 8) | p[1]);
+	return true;
+}
+
+static inline bool cursor_get_u32(cursor *c, uint32_t *out)
+{
+	const uint8_t *p;
+	if (!cursor_get_bytes(c, &p, 4))
+		return false;
+	*out = ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+	return true;
+}
+
+static inline bool cursor_get_u64(cursor *c, uint64_t *out)
+{
+	uint32_t hi, lo;
+	if (c->len < 8)
+		return false;
+	cursor_get_u32(c, &hi);
+	cursor_get_u32(c, &lo);
+	*out = ((uint64_t)hi << 32) | lo;
+	return true;
+}
+
+static inline bool cursor_copy_bytes(cursor *c, void *out, size_t n)
+{
+	const uint8_t *p;
+	if (!cursor_get_bytes(c, &p, n))
+		return false;
+	memcpy(out, p, n);
+	return true;
+}
+
 /* A child cursor over the next n bytes: nested lengths confine the child. */
-bool cursor_get_sub(cursor *c, cursor *child, size_t n);
+static inline bool cursor_get_sub(cursor *c, cursor *child, size_t n)
+{
+	const uint8_t *p;
+	if (!cursor_get_bytes(c, &p, n))
+		return false;
+	cursor_init(child, p, n);
+	return true;
+}
 
 typedef struct builder {
 	uint8_t *data;
@@ -37,15 +97,54 @@ typedef struct builder {
 	bool failed;
 } builder;
 
-void builder_init(builder *b, size_t max);
+/* max: the most it may grow to; hint: the capacity to start with. */
+void builder_init(builder *b, size_t max, size_t hint);
 void builder_cleanup(builder *b);
-bool builder_add_u8(builder *b, uint8_t v);
-bool builder_add_u16(builder *b, uint16_t v);
-bool builder_add_u32(builder *b, uint32_t v);
-bool builder_add_u64(builder *b, uint64_t v);
-bool builder_add_bytes(builder *b, const void *p, size_t n);
+/* Grows the buffer; the slow path of builder_reserve. */
+bool builder_grow(builder *b, size_t n);
+
+/* n more bytes at the end, or NULL once the builder has failed. */
+static inline uint8_t *builder_reserve(builder *b, size_t n)
+{
+	if (b->failed || (b->len + n > b->cap && !builder_grow(b, n)))
+		return NULL;
+	uint8_t *at = b->data + b->len;
+	b->len += n;
+	return at;
+}
+
+static inline bool builder_add_be(builder *b, uint64_t v, size_t n)
+{
+	uint8_t *p = builder_reserve(b, n);
+	if (!p)
+		return false;
+	for (size_t i = n; i-- > 0; v >>= 8)
+		p[i] = (uint8_t)v;
+	return true;
+}
+
+static inline bool builder_add_u8(builder *b, uint8_t v) { return builder_add_be(b, v, 1); }
+static inline bool builder_add_u16(builder *b, uint16_t v) { return builder_add_be(b, v, 2); }
+static inline bool builder_add_u32(builder *b, uint32_t v) { return builder_add_be(b, v, 4); }
+static inline bool builder_add_u64(builder *b, uint64_t v) { return builder_add_be(b, v, 8); }
+
+static inline bool builder_add_bytes(builder *b, const void *p, size_t n)
+{
+	uint8_t *at = builder_reserve(b, n);
+	if (!at)
+		return false;
+	if (n)
+		memcpy(at, p, n);
+	return true;
+}
+
 /* Reserve a u16 length slot; builder_close_u16 back-fills it with the bytes since. */
-bool builder_open_u16(builder *b, size_t *slot);
+static inline bool builder_open_u16(builder *b, size_t *slot)
+{
+	*slot = b->len;
+	return builder_add_be(b, 0, 2);
+}
+
 bool builder_close_u16(builder *b, size_t slot);
 void builder_put_u16_at(builder *b, size_t at, uint16_t v);
 void builder_put_u32_at(builder *b, size_t at, uint32_t v);

@@ -55,7 +55,7 @@ static bool parse_addr(cursor *c, struct sockaddr_storage *out)
 	uint8_t family;
 	uint16_t port;
 
-	memset(out, 0, sizeof(*out));
+	/* out is already zeroed with the rest of its hop */
 	if (!cursor_get_u8(c, &family) || !cursor_get_u16(c, &port))
 		return false;
 	if (family == 4 && c->len == 4) {
@@ -239,30 +239,38 @@ static bool add_u64_attr(builder *b, uint16_t type, uint64_t v)
 	return builder_add_u16(b, type) && builder_add_u16(b, 8) && builder_add_u64(b, v);
 }
 
+/* What appending needs of an earlier, already verified chain: its hop count
+ * and last token, which closes the blob (the token TLV ends the last hop). */
+static int chain_tail(const uint8_t *prev, size_t prev_len, size_t *hop_count, const uint8_t **last_token)
+{
+	if (prev_len < RECORD_HEADER_SIZE + TLV_HEADER_SIZE + WFPR_TOKEN_SIZE || prev_len > WFPR_RECORD_MAX_SIZE ||
+	    memcmp(prev, record_magic, 4) != 0)
+		return WFPR_WSAEINVAL;
+	const uint8_t *tlv = prev + prev_len - WFPR_TOKEN_SIZE - TLV_HEADER_SIZE;
+	if (tlv[0] != 0 || tlv[1] != HOP_TOKEN || tlv[2] != 0 || tlv[3] != WFPR_TOKEN_SIZE)
+		return WFPR_WSAEINVAL;
+	*hop_count = ((size_t)prev[6] << 8) | prev[7];
+	*last_token = tlv + TLV_HEADER_SIZE;
+	if (*hop_count == 0)
+		return WFPR_WSAEINVAL;
+	return *hop_count >= WFPR_RECORD_MAX_HOPS ? WFPR_WSAELOOP : 0;
+}
+
 int record_append(uint8_t **out, size_t *out_len, const uint8_t *prev, size_t prev_len,
                   wfpr_hop *hop, const uint8_t key[RECORD_KEY_SIZE])
 {
 	static const uint8_t zero[WFPR_TOKEN_SIZE];
-	record_view *view = NULL;
 	const uint8_t *prev_token = zero;
 	size_t hop_count = 0;
 	builder b;
-	int rc = WFPR_WSAEINVAL;
 
 	if (prev) {
-		view = malloc(sizeof(*view));
-		if (!view)
-			return WFPR_WSAENOBUFS;
-		if ((rc = record_parse(view, prev, prev_len)) != 0)
-			goto done;
-		hop_count = view->hop_count;
-		prev_token = view->hops[hop_count - 1].token;
-		rc = WFPR_WSAELOOP;
-		if (hop_count >= WFPR_RECORD_MAX_HOPS)
-			goto done;
+		int rc = chain_tail(prev, prev_len, &hop_count, &prev_token);
+		if (rc != 0)
+			return rc;
 	}
 
-	builder_init(&b, WFPR_RECORD_MAX_SIZE);
+	builder_init(&b, WFPR_RECORD_MAX_SIZE, (prev ? prev_len : RECORD_HEADER_SIZE) + 160);
 	builder_add_bytes(&b, record_magic, 4);
 	builder_add_u8(&b, RECORD_VERSION);
 	builder_add_u8(&b, 0);
@@ -290,15 +298,11 @@ int record_append(uint8_t **out, size_t *out_len, const uint8_t *prev, size_t pr
 	ok = ok && add_fixed(&b, HOP_TOKEN, hop->token, WFPR_TOKEN_SIZE) && builder_close_u16(&b, slot);
 	if (!ok) {
 		builder_cleanup(&b);
-		rc = WFPR_WSAEINVAL;
-		goto done;
+		return WFPR_WSAEINVAL;
 	}
 	builder_put_u32_at(&b, 8, (uint32_t)b.len);
 	*out = builder_finish(&b, out_len);
-	rc = *out ? 0 : WFPR_WSAENOBUFS;
-done:
-	free(view);
-	return rc;
+	return *out ? 0 : WFPR_WSAENOBUFS;
 }
 
 int wfpr_records_decode(wfpr_records **out, const void *blob, size_t len)

@@ -1,0 +1,49 @@
+# The two commands a new user runs: `make demo` and `make test`.
+# Each installs what is missing (Debian packages, as root) and builds.
+
+JOBS ?= $(shell nproc)
+FUZZ_SECONDS ?= 60
+CMAKE ?= cmake
+
+.PHONY: all deps build demo test test-plain test-sanitize fuzz bench clean
+
+all: build
+
+deps:
+	@bash .ci/bootstrap.sh
+
+build: deps
+	$(CMAKE) -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	$(CMAKE) --build build -j $(JOBS)
+
+demo: build
+	./build/wfpr-demo
+
+test: test-plain test-sanitize fuzz
+
+test-plain: build
+	cd build && ctest --output-on-failure -j $(JOBS)
+
+test-sanitize: deps
+	CC=clang $(CMAKE) -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DWFPR_SANITIZE="address;undefined"
+	$(CMAKE) --build build-asan -j $(JOBS)
+	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+		ctest --output-on-failure -j $(JOBS)
+
+fuzz: deps
+	CC=clang $(CMAKE) -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DWFPR_BUILD_FUZZERS=ON \
+		-DWFPR_BUILD_TESTS=OFF -DWFPR_BUILD_BENCH=OFF -DWFPR_BUILD_EXAMPLES=OFF \
+		-DWFPR_SANITIZE="address;undefined;fuzzer-no-link"
+	$(CMAKE) --build build-fuzz -j $(JOBS)
+	rm -rf build-fuzz/corpus && cp -r tests/fuzz/corpus build-fuzz/corpus
+	./build-fuzz/fuzz-records -max_total_time=$(FUZZ_SECONDS) -max_len=9000 -print_final_stats=1 \
+		-artifact_prefix=build-fuzz/ build-fuzz/corpus > build-fuzz/fuzz.log 2>&1 \
+		|| { tail -n 60 build-fuzz/fuzz.log; echo "fuzz: a finding, see build-fuzz/"; exit 1; }
+	tail -n 12 build-fuzz/fuzz.log
+	@echo "fuzz: $(FUZZ_SECONDS) s of fuzz-records with no finding"
+
+bench: build
+	./build/bench-records | tee bench/records.out
+
+clean:
+	rm -rf build build-asan build-fuzz

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include "addr.h"
 #include "layer.h"
 #include "wfpr/error.h"
 
@@ -313,15 +314,6 @@ int wfpr_layer_get_stats(wfpr_layer_stats *out, const wfpr_layer *layer)
 	return 0;
 }
 
-static uint16_t port_of(const struct sockaddr_storage *a)
-{
-	if (a->ss_family == AF_INET)
-		return ntohs(((const struct sockaddr_in *)a)->sin_port);
-	if (a->ss_family == AF_INET6)
-		return ntohs(((const struct sockaddr_in6 *)a)->sin6_port);
-	return 0;
-}
-
 static bool prefix_match(const uint8_t *addr, const uint8_t *prefix, unsigned int bits)
 {
 	unsigned int bytes = bits / 8, rest = bits % 8;
@@ -350,18 +342,18 @@ static bool remote_matches(const wfpr_filter_options *f, const struct sockaddr_s
 
 static bool filter_matches(const wfpr_filter_options *f, const conn_info *c)
 {
-	uint16_t rport = port_of(&c->remote);
+	uint16_t rport = addr_port(&c->remote);
 	return (f->protocol == 0 || f->protocol == c->protocol) &&
 	       remote_matches(f, &c->remote) &&
 	       (f->remote_port_max == 0 || (rport >= f->remote_port_min && rport <= f->remote_port_max)) &&
-	       (f->local_port == 0 || f->local_port == port_of(&c->local)) &&
+	       (f->local_port == 0 || f->local_port == addr_port(&c->local)) &&
 	       (f->pid < 0 || f->pid == c->pid) &&
 	       (f->uid < 0 || f->uid == c->uid);
 }
 
 static bool valid_target(const struct sockaddr_storage *t)
 {
-	return (t->ss_family == AF_INET || t->ss_family == AF_INET6) && port_of(t) != 0;
+	return (t->ss_family == AF_INET || t->ss_family == AF_INET6) && addr_port(t) != 0;
 }
 
 /* One callout's REDIRECT, checked against the state rules and limits.

@@ -46,6 +46,17 @@ static void finish_client(int fd)
 	CHECK_EQ(wfpr_connect(fd, (struct sockaddr *)&dst, addr_size(&dst)), 0);
 }
 
+/* A pending pair with an overlapped QUERY already pending on its accepted end. */
+static pending_pair begin_pending_query(wfpr_overlapped *ov, void *buf, uint32_t len, wfpr_completion_routine routine)
+{
+	pending_pair p = start_pending();
+	uint32_t bytes = 77;
+	CHECK_EQ(wfpr_overlapped_init(ov), 0);
+	CHECK_FAILS_WITH(wfpr_ioctl(p.accepted, QUERY_RECORDS, NULL, 0, buf, len, &bytes, ov, routine), WFPR_WSA_IO_PENDING);
+	CHECK_EQ(bytes, 0);
+	return p;
+}
+
 static bool signalled(const wfpr_overlapped *ov)
 {
 	struct pollfd pf = {.fd = ov->event_fd, .events = POLLIN};
@@ -54,13 +65,10 @@ static bool signalled(const wfpr_overlapped *ov)
 
 static void pending_then_completed(void)
 {
-	pending_pair p = start_pending();
 	wfpr_overlapped ov;
-	CHECK_EQ(wfpr_overlapped_init(&ov), 0);
 	uint8_t buf[1024];
-	uint32_t bytes = 77, got = 0;
-	CHECK_FAILS_WITH(wfpr_ioctl(p.accepted, QUERY_RECORDS, NULL, 0, buf, sizeof(buf), &bytes, &ov, NULL), WFPR_WSA_IO_PENDING);
-	CHECK_EQ(bytes, 0);
+	uint32_t got = 0;
+	pending_pair p = begin_pending_query(&ov, buf, sizeof(buf), NULL);
 	CHECK(!signalled(&ov));
 	CHECK_FAILS_WITH(wfpr_get_overlapped_result(p.accepted, &ov, &got, 0, NULL), WFPR_WSA_IO_INCOMPLETE);
 
@@ -80,12 +88,10 @@ static void pending_then_completed(void)
 
 static void pending_small_buffer_completes_with_size(void)
 {
-	pending_pair p = start_pending();
 	wfpr_overlapped ov;
-	CHECK_EQ(wfpr_overlapped_init(&ov), 0);
 	uint8_t buf[8];
-	uint32_t bytes = 0, got = 0;
-	CHECK_FAILS_WITH(wfpr_ioctl(p.accepted, QUERY_RECORDS, NULL, 0, buf, sizeof(buf), &bytes, &ov, NULL), WFPR_WSA_IO_PENDING);
+	uint32_t got = 0;
+	pending_pair p = begin_pending_query(&ov, buf, sizeof(buf), NULL);
 	finish_client(p.client);
 	CHECK_FAILS_WITH(wfpr_get_overlapped_result(p.accepted, &ov, &got, 1, NULL), WFPR_ERROR_INSUFFICIENT_BUFFER);
 	CHECK(got > sizeof(buf));
@@ -96,12 +102,10 @@ static void pending_small_buffer_completes_with_size(void)
 
 static void pending_then_flushed(void)
 {
-	pending_pair p = start_pending();
 	wfpr_overlapped ov;
-	CHECK_EQ(wfpr_overlapped_init(&ov), 0);
 	uint8_t buf[1024];
 	uint32_t bytes = 0, got = 77;
-	CHECK_FAILS_WITH(wfpr_ioctl(p.accepted, QUERY_RECORDS, NULL, 0, buf, sizeof(buf), &bytes, &ov, NULL), WFPR_WSA_IO_PENDING);
+	pending_pair p = begin_pending_query(&ov, buf, sizeof(buf), NULL);
 	CHECK_EQ(wfpr_ioctl(p.accepted, WFPR_SIO_FLUSH, NULL, 0, NULL, 0, &bytes, NULL, NULL), 0);
 	CHECK(signalled(&ov));
 	CHECK_FAILS_WITH(wfpr_get_overlapped_result(p.accepted, &ov, &got, 1, NULL), WFPR_WSA_OPERATION_ABORTED);
@@ -118,12 +122,10 @@ static void pending_then_flushed(void)
 
 static void pending_then_closed(void)
 {
-	pending_pair p = start_pending();
 	wfpr_overlapped ov;
-	CHECK_EQ(wfpr_overlapped_init(&ov), 0);
 	uint8_t buf[1024];
-	uint32_t bytes = 0, got = 77;
-	CHECK_FAILS_WITH(wfpr_ioctl(p.accepted, QUERY_RECORDS, NULL, 0, buf, sizeof(buf), &bytes, &ov, NULL), WFPR_WSA_IO_PENDING);
+	uint32_t got = 77;
+	pending_pair p = begin_pending_query(&ov, buf, sizeof(buf), NULL);
 	int fd = p.accepted;
 	CHECK_EQ(wfpr_closesocket(p.accepted), 0);
 	CHECK_FAILS_WITH(wfpr_get_overlapped_result(fd, &ov, &got, 1, NULL), WFPR_WSA_OPERATION_ABORTED);
@@ -147,13 +149,11 @@ static void on_complete(uint32_t error, uint32_t bytes, wfpr_overlapped *ov, uin
 
 static void completion_routine_runs_only_when_alertable(void)
 {
-	pending_pair p = start_pending();
 	wfpr_overlapped ov;
-	CHECK_EQ(wfpr_overlapped_init(&ov), 0);
 	uint8_t buf[1024];
 	uint32_t bytes = 0;
 	routine_calls = 0;
-	CHECK_FAILS_WITH(wfpr_ioctl(p.accepted, QUERY_RECORDS, NULL, 0, buf, sizeof(buf), &bytes, &ov, on_complete), WFPR_WSA_IO_PENDING);
+	pending_pair p = begin_pending_query(&ov, buf, sizeof(buf), on_complete);
 	finish_client(p.client);
 	CHECK(signalled(&ov));
 	CHECK_EQ(routine_calls, 0); /* completed, but no alertable wait yet */
@@ -214,12 +214,10 @@ static void synchronous_query_waits_or_would_block(void)
 
 static void failed_connect_completes_not_found(void)
 {
-	pending_pair p = start_pending();
 	wfpr_overlapped ov;
-	CHECK_EQ(wfpr_overlapped_init(&ov), 0);
 	uint8_t buf[1024];
-	uint32_t bytes = 0, got = 0;
-	CHECK_FAILS_WITH(wfpr_ioctl(p.accepted, QUERY_RECORDS, NULL, 0, buf, sizeof(buf), &bytes, &ov, NULL), WFPR_WSA_IO_PENDING);
+	uint32_t got = 0;
+	pending_pair p = begin_pending_query(&ov, buf, sizeof(buf), NULL);
 	/* the connecting side gives up before finishing: the record never arrives */
 	CHECK_EQ(wfpr_closesocket(p.client), 0);
 	CHECK_FAILS_WITH(wfpr_get_overlapped_result(p.accepted, &ov, &got, 1, NULL), WFPR_FWP_E_NOT_FOUND);

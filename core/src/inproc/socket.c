@@ -4,6 +4,7 @@
 #include <string.h>
 #include <sys/uio.h>
 #include <unistd.h>
+#include "../addr.h"
 #include "inproc.h"
 #include "wfpr/error.h"
 #include "wfpr/socket.h"
@@ -30,40 +31,20 @@ static bool is_inet(const struct sockaddr *addr, socklen_t len)
 	       (addr->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6));
 }
 
-static socklen_t addr_len(const struct sockaddr_storage *a)
-{
-	return a->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-}
-
 static void to_storage(struct sockaddr_storage *out, const struct sockaddr *addr)
 {
 	memset(out, 0, sizeof(*out));
 	memcpy(out, addr, addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
 }
 
-static bool same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-	if (a->ss_family != b->ss_family)
-		return false;
-	if (a->ss_family == AF_INET) {
-		const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-		return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-	}
-	const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-	return x->sin6_port == y->sin6_port && IN6_ARE_ADDR_EQUAL(&x->sin6_addr, &y->sin6_addr);
-}
-
+/* The socket's local address into out; returns its port (0: unbound). */
 static uint16_t local_port(int fd, struct sockaddr_storage *out)
 {
 	socklen_t len = sizeof(*out);
 	memset(out, 0, sizeof(*out));
 	if (getsockname(fd, (struct sockaddr *)out, &len) < 0)
 		return 0;
-	if (out->ss_family == AF_INET)
-		return ntohs(((struct sockaddr_in *)out)->sin_port);
-	if (out->ss_family == AF_INET6)
-		return ntohs(((struct sockaddr_in6 *)out)->sin6_port);
-	return 0;
+	return addr_port(out);
 }
 
 /* An unbound socket gets its port now, so the record can be keyed by it
@@ -289,7 +270,7 @@ static int route_datagram(int fd, const struct sockaddr *to, struct sockaddr_sto
 	pthread_mutex_lock(&inproc_lock);
 	sock *s = socktab_find(fd);
 	for (flow *f = s ? s->flows : NULL; f; f = f->next) {
-		if (same_addr(&f->dest, &dest)) {
+		if (addr_equal(&f->dest, &dest)) {
 			*target = f->target;
 			pthread_mutex_unlock(&inproc_lock);
 			return 0;
@@ -384,7 +365,7 @@ static void after_receive(int fd, struct msghdr *msg, size_t capacity, struct so
 	pthread_mutex_lock(&inproc_lock);
 	sock *s = socktab_find(fd);
 	for (flow *f = s ? s->flows : NULL; f; f = f->next) {
-		if (same_addr(&f->target, from) && !same_addr(&f->target, &f->dest)) {
+		if (addr_equal(&f->target, from) && !addr_equal(&f->target, &f->dest)) {
 			if (msg->msg_name)
 				memcpy(msg->msg_name, &f->dest, msg->msg_namelen < addr_len(&f->dest) ? msg->msg_namelen : addr_len(&f->dest));
 			msg->msg_namelen = addr_len(&f->dest);

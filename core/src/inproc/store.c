@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "../addr.h"
 #include "inproc.h"
 #include "wfpr/error.h"
 
@@ -25,15 +26,6 @@ static int64_t now_s(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return ts.tv_sec;
-}
-
-static uint16_t port_of(const struct sockaddr_storage *a)
-{
-	if (a->ss_family == AF_INET)
-		return ntohs(((const struct sockaddr_in *)a)->sin_port);
-	if (a->ss_family == AF_INET6)
-		return ntohs(((const struct sockaddr_in6 *)a)->sin6_port);
-	return 0;
 }
 
 /* Addresses equal, or one of them the wildcard (a socket bound to any address). */
@@ -111,7 +103,7 @@ static void unlink_from(conn **slot, conn *c, bool token_chain)
 
 static void conn_remove(conn *c)
 {
-	unlink_from(tuple_slot(c->protocol, port_of(&c->client), port_of(&c->target)), c, false);
+	unlink_from(tuple_slot(c->protocol, addr_port(&c->client), addr_port(&c->target)), c, false);
 	unlink_from(token_slot(c->token), c, true);
 	finish_waiters(c);
 	free(c->record);
@@ -158,7 +150,7 @@ conn *store_reserve(int protocol, const struct sockaddr_storage *client, const s
 
 	if (n_conns >= sweep_at)
 		sweep();
-	conn **slot = tuple_slot(protocol, port_of(client), port_of(target));
+	conn **slot = tuple_slot(protocol, addr_port(client), addr_port(target));
 	c->next_tuple = *slot;
 	*slot = c;
 	slot = token_slot(token);
@@ -182,10 +174,10 @@ void store_abandon(conn *c)
 
 conn *store_find(int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer)
 {
-	uint16_t client_port = port_of(peer), target_port = port_of(local);
+	uint16_t client_port = addr_port(peer), target_port = addr_port(local);
 	for (conn *c = *tuple_slot(protocol, client_port, target_port); c; c = c->next_tuple) {
-		if (c->protocol == protocol && port_of(&c->client) == client_port &&
-		    port_of(&c->target) == target_port && ip_matches(&c->client, peer) &&
+		if (c->protocol == protocol && addr_port(&c->client) == client_port &&
+		    addr_port(&c->target) == target_port && ip_matches(&c->client, peer) &&
 		    ip_matches(&c->target, local))
 			return c;
 	}

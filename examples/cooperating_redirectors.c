@@ -10,7 +10,8 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
-#include <sodium.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -174,7 +175,7 @@ typedef struct server {
 	int listen_fd;
 	struct sockaddr_storage addr;
 	pthread_t thread;
-	uint8_t digest[crypto_hash_sha256_BYTES];
+	uint8_t digest[32];
 	size_t received;
 } server;
 
@@ -189,7 +190,7 @@ static void *server_main(void *arg)
 		memcpy(data + s->received, buf, (size_t)n);
 		s->received += (size_t)n;
 	}
-	crypto_hash_sha256(s->digest, data, s->received);
+	EVP_Digest(data, s->received, s->digest, NULL, EVP_sha256(), NULL);
 	send_all(fd, data, s->received);
 	close(fd);
 	free(data);
@@ -208,7 +209,7 @@ int main(void)
 	server srv = {0};
 	char a[64];
 
-	if (sodium_init() < 0 || wfpr_layer_new(&layer) != 0)
+	if (wfpr_layer_new(&layer) != 0)
 		return 1;
 	printf("wfpr demo: two cooperating redirectors and a client, one process, real loopback TCP\n\n");
 	srv.listen_fd = listen_loopback(&srv.addr);
@@ -250,7 +251,7 @@ int main(void)
 		return 1;
 	}
 	uint8_t *payload = malloc(PAYLOAD_SIZE), *echo = malloc(PAYLOAD_SIZE);
-	randombytes_buf(payload, PAYLOAD_SIZE);
+	RAND_bytes(payload, PAYLOAD_SIZE);
 	send_all(fd, payload, PAYLOAD_SIZE);
 	shutdown(fd, SHUT_WR);
 	size_t got = 0;
@@ -264,8 +265,8 @@ int main(void)
 
 	uint8_t sent[32], back[32];
 	char h1[65], h2[65], h3[65];
-	crypto_hash_sha256(sent, payload, PAYLOAD_SIZE);
-	crypto_hash_sha256(back, echo, got);
+	EVP_Digest(payload, PAYLOAD_SIZE, sent, NULL, EVP_sha256(), NULL);
+	EVP_Digest(echo, got, back, NULL, EVP_sha256(), NULL);
 	hex(h1, sent);
 	hex(h2, srv.digest);
 	hex(h3, back);

@@ -1,7 +1,8 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
-#include <sodium.h>
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -77,13 +78,14 @@ int wfpr_layer_new(wfpr_layer **out)
 	if (!out)
 		return WFPR_WSAEFAULT;
 	*out = NULL;
-	if (sodium_init() < 0)
-		return WFPR_WSAENETDOWN;
 	wfpr_layer *layer = calloc(1, sizeof(*layer));
 	if (!layer)
 		return WFPR_WSAENOBUFS;
+	if (RAND_bytes(layer->key, sizeof(layer->key)) != 1) {
+		free(layer);
+		return WFPR_WSAENETDOWN;
+	}
 	pthread_rwlock_init(&layer->lock, NULL);
-	randombytes_buf(layer->key, sizeof(layer->key));
 	*out = layer;
 	return 0;
 }
@@ -106,7 +108,7 @@ void wfpr_layer_free(wfpr_layer *layer)
 	free(layer->callouts);
 	free(layer->filters);
 	pthread_rwlock_destroy(&layer->lock);
-	sodium_memzero(layer->key, sizeof(layer->key));
+	OPENSSL_cleanse(layer->key, sizeof(layer->key));
 	free(layer);
 }
 
@@ -126,7 +128,7 @@ int wfpr_redirect_handle_create(wfpr_redirect_handle **out, wfpr_layer *layer,
 	if (id)
 		memcpy(h->id, id, WFPR_REDIRECTOR_ID_SIZE);
 	else
-		randombytes_buf(h->id, WFPR_REDIRECTOR_ID_SIZE);
+		RAND_bytes(h->id, WFPR_REDIRECTOR_ID_SIZE);
 	h->layer = layer;
 
 	pthread_rwlock_wrlock(&layer->lock);

@@ -1,6 +1,10 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <sodium.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -181,18 +185,69 @@ int record_parse(record_view *out, const uint8_t *blob, size_t len)
 	return out->hop_count == hop_count ? 0 : WFPR_WSAEINVAL;
 }
 
-/* token = SipHash-2-4-128(key, previous token || hop index || signed bytes) */
-static void hop_token(uint8_t out[WFPR_TOKEN_SIZE], const uint8_t key[RECORD_KEY_SIZE],
+/* One SipHash context per thread (an EVP_MAC_CTX is not safe to share),
+ * kept keyed: re-keying costs more than the MAC of a hop. */
+typedef struct mac_state {
+	EVP_MAC_CTX *ctx;
+	uint8_t key[RECORD_KEY_SIZE];
+	bool keyed;
+} mac_state;
+
+static pthread_key_t mac_key;
+static pthread_once_t mac_once = PTHREAD_ONCE_INIT;
+static EVP_MAC *siphash;
+
+static void free_mac_state(void *p)
+{
+	mac_state *m = p;
+	EVP_MAC_CTX_free(m->ctx);
+	OPENSSL_cleanse(m->key, sizeof(m->key));
+	free(m);
+}
+
+static void mac_setup(void)
+{
+	siphash = EVP_MAC_fetch(NULL, "SIPHASH", NULL);
+	pthread_key_create(&mac_key, free_mac_state);
+}
+
+static EVP_MAC_CTX *mac_ctx(const uint8_t key[RECORD_KEY_SIZE])
+{
+	pthread_once(&mac_once, mac_setup);
+	mac_state *m = pthread_getspecific(mac_key);
+	if (!m && siphash && (m = calloc(1, sizeof(*m)))) {
+		if (!(m->ctx = EVP_MAC_CTX_new(siphash))) {
+			free(m);
+			return NULL;
+		}
+		pthread_setspecific(mac_key, m);
+	}
+	if (!m)
+		return NULL;
+	if (m->keyed && memcmp(m->key, key, RECORD_KEY_SIZE) == 0)
+		return EVP_MAC_init(m->ctx, NULL, 0, NULL) ? m->ctx : NULL;
+	size_t size = WFPR_TOKEN_SIZE;
+	OSSL_PARAM params[] = {OSSL_PARAM_construct_size_t(OSSL_MAC_PARAM_SIZE, &size), OSSL_PARAM_construct_end()};
+	m->keyed = EVP_MAC_init(m->ctx, key, RECORD_KEY_SIZE, params);
+	memcpy(m->key, key, RECORD_KEY_SIZE);
+	return m->keyed ? m->ctx : NULL;
+}
+
+/* token = SipHash-2-4-128(key, previous token || hop index as u16 || signed bytes) */
+static bool hop_token(uint8_t out[WFPR_TOKEN_SIZE], const uint8_t key[RECORD_KEY_SIZE],
                       const uint8_t prev[WFPR_TOKEN_SIZE], size_t index,
                       const uint8_t *signed_data, size_t signed_len)
 {
 	uint8_t buf[WFPR_TOKEN_SIZE + 2 + WFPR_RECORD_MAX_SIZE];
+	size_t written = 0;
+	EVP_MAC_CTX *ctx = mac_ctx(key);
 
 	memcpy(buf, prev, WFPR_TOKEN_SIZE);
 	buf[WFPR_TOKEN_SIZE] = (uint8_t)(index >> 8);
 	buf[WFPR_TOKEN_SIZE + 1] = (uint8_t)index;
 	memcpy(buf + WFPR_TOKEN_SIZE + 2, signed_data, signed_len);
-	crypto_shorthash_siphashx24(out, buf, WFPR_TOKEN_SIZE + 2 + signed_len, key);
+	return ctx && EVP_MAC_update(ctx, buf, WFPR_TOKEN_SIZE + 2 + signed_len) &&
+	       EVP_MAC_final(ctx, out, &written, WFPR_TOKEN_SIZE) && written == WFPR_TOKEN_SIZE;
 }
 
 bool record_tokens_valid(const record_view *view, const uint8_t key[RECORD_KEY_SIZE])
@@ -202,8 +257,8 @@ bool record_tokens_valid(const record_view *view, const uint8_t key[RECORD_KEY_S
 
 	for (size_t i = 0; i < view->hop_count; i++) {
 		uint8_t expect[WFPR_TOKEN_SIZE];
-		hop_token(expect, key, prev, i, view->signed_data[i], view->signed_len[i]);
-		if (sodium_memcmp(expect, view->hops[i].token, WFPR_TOKEN_SIZE) != 0)
+		if (!hop_token(expect, key, prev, i, view->signed_data[i], view->signed_len[i]) ||
+		    CRYPTO_memcmp(expect, view->hops[i].token, WFPR_TOKEN_SIZE) != 0)
 			return false;
 		prev = view->hops[i].token;
 	}
@@ -293,8 +348,7 @@ int record_append(uint8_t **out, size_t *out_len, const uint8_t *prev, size_t pr
 	     add_addr(&b, HOP_ORIGINAL_LOCAL, &hop->original_local) &&
 	     add_addr(&b, HOP_TARGET, &hop->target) &&
 	     add_u64_attr(&b, HOP_TIME, hop->time_ns);
-	if (ok)
-		hop_token(hop->token, key, prev_token, hop_count, b.data + attrs_start, b.len - attrs_start);
+	ok = ok && hop_token(hop->token, key, prev_token, hop_count, b.data + attrs_start, b.len - attrs_start);
 	ok = ok && add_fixed(&b, HOP_TOKEN, hop->token, WFPR_TOKEN_SIZE) && builder_close_u16(&b, slot);
 	if (!ok) {
 		builder_cleanup(&b);

@@ -43,6 +43,11 @@ static int bound(int type, struct sockaddr_storage *addr)
 	return fd;
 }
 
+void sha256(uint8_t out[32], const void *data, size_t len)
+{
+	EVP_Digest(data, len, out, NULL, EVP_sha256(), NULL);
+}
+
 int tcp_listen(struct sockaddr_storage *addr) { return bound(SOCK_STREAM, addr); }
 int udp_bind(struct sockaddr_storage *addr) { return bound(SOCK_DGRAM, addr); }
 
@@ -90,17 +95,18 @@ static void *echo_main(void *arg)
 		int fd = accept(s->listen_fd, NULL, NULL);
 		if (fd < 0)
 			break;
-		crypto_hash_sha256_state h;
-		crypto_hash_sha256_init(&h);
+		EVP_MD_CTX *h = EVP_MD_CTX_new();
+		EVP_DigestInit_ex(h, EVP_sha256(), NULL);
 		uint8_t buf[65536];
 		ssize_t n;
 		while ((n = read(fd, buf, sizeof(buf))) > 0) {
-			crypto_hash_sha256_update(&h, buf, (size_t)n);
+			EVP_DigestUpdate(h, buf, (size_t)n);
 			if (!write_all(fd, buf, (size_t)n))
 				break;
 		}
 		pthread_mutex_lock(&s->lock);
-		crypto_hash_sha256_final(&h, s->digest[s->served++ % 64]);
+		EVP_DigestFinal_ex(h, s->digest[s->served++ % 64], NULL);
+		EVP_MD_CTX_free(h);
 		pthread_mutex_unlock(&s->lock);
 		close(fd);
 	}
@@ -148,22 +154,23 @@ int echo_client(const struct sockaddr_storage *addr, size_t len, uint8_t sent[32
 		return -1;
 	}
 	uint8_t *data = malloc(len ? len : 1);
-	randombytes_buf(data, len);
-	crypto_hash_sha256(sent, data, len);
+	RAND_bytes(data, (int)len);
+	sha256(sent, data, len);
 
 	sender s = {fd, data, len};
 	pthread_t t;
 	pthread_create(&t, NULL, send_main, &s);
-	crypto_hash_sha256_state h;
-	crypto_hash_sha256_init(&h);
+	EVP_MD_CTX *h = EVP_MD_CTX_new();
+	EVP_DigestInit_ex(h, EVP_sha256(), NULL);
 	uint8_t buf[65536];
 	ssize_t n;
 	size_t got = 0;
 	while ((n = read(fd, buf, sizeof(buf))) > 0) {
-		crypto_hash_sha256_update(&h, buf, (size_t)n);
+		EVP_DigestUpdate(h, buf, (size_t)n);
 		got += (size_t)n;
 	}
-	crypto_hash_sha256_final(&h, echoed);
+	EVP_DigestFinal_ex(h, echoed, NULL);
+	EVP_MD_CTX_free(h);
 	pthread_join(t, NULL);
 	free(data);
 	wfpr_closesocket(fd);

@@ -6,8 +6,12 @@
 
 #include <pthread.h>
 #include <stdbool.h>
-#include <sodium.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 #include "wfpr/wfpr.h"
+
+/* SHA-256 of one buffer. */
+void sha256(uint8_t out[32], const void *data, size_t len);
 
 int tcp_listen(struct sockaddr_storage *addr);
 int udp_bind(struct sockaddr_storage *addr);
@@ -24,7 +28,7 @@ typedef struct echo_server {
 	pthread_t thread;
 	int expected; /* connections to serve before the thread ends */
 	pthread_mutex_t lock;
-	uint8_t digest[64][crypto_hash_sha256_BYTES];
+	uint8_t digest[64][32];
 	int served;
 } echo_server;
 

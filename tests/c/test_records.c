@@ -13,7 +13,7 @@ static wfpr_hop random_hop(int i)
 {
 	wfpr_hop h;
 	memset(&h, 0, sizeof(h));
-	randombytes_buf(h.redirector_id, sizeof(h.redirector_id));
+	RAND_bytes(h.redirector_id, sizeof(h.redirector_id));
 	h.handle_id = (uint64_t)i + 1;
 	h.proxy_pid = 1000u + (uint32_t)i;
 	h.protocol = i % 2 ? IPPROTO_UDP : IPPROTO_TCP;
@@ -182,7 +182,7 @@ static void wrong_key_refused(void)
 	uint8_t *blob = chain(2, &len, hops);
 	record_view view;
 	uint8_t other[RECORD_KEY_SIZE];
-	randombytes_buf(other, sizeof(other));
+	RAND_bytes(other, sizeof(other));
 	CHECK_EQ(record_parse(&view, blob, len), 0);
 	CHECK(record_tokens_valid(&view, key));
 	CHECK(!record_tokens_valid(&view, other));
@@ -206,8 +206,7 @@ static void decode_arguments(void)
 
 int main(void)
 {
-	CHECK(sodium_init() >= 0);
-	randombytes_buf(key, sizeof(key));
+	RAND_bytes(key, sizeof(key));
 	RUN(round_trip_every_length);
 	RUN(seventeenth_append_refused);
 	RUN(every_bit_flip_refused);

@@ -23,6 +23,22 @@ const char *wfpr_err_name(int err)
 	return NULL;
 }
 
+static const int all_codes[] = {
+#define WFPR_ERR_CODE_(name, value, text) (int)(value),
+	WFPR_ERRNO_MAP(WFPR_ERR_CODE_)
+#undef WFPR_ERR_CODE_
+};
+
+size_t wfpr_err_count(void)
+{
+	return sizeof(all_codes) / sizeof(all_codes[0]);
+}
+
+int wfpr_err_code_at(size_t index)
+{
+	return index < wfpr_err_count() ? all_codes[index] : 0;
+}
+
 int wfpr_get_last_error(void)
 {
 	return last_error;

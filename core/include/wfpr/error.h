@@ -56,6 +56,11 @@ WFPR_EXTERN const char *wfpr_err_name(int err);
 WFPR_EXTERN int wfpr_get_last_error(void);
 WFPR_EXTERN void wfpr_set_last_error(int err);
 
+/* The table itself, for bindings that build one exception class per code:
+ * wfpr_err_code_at(i) for i < wfpr_err_count(). */
+WFPR_EXTERN size_t wfpr_err_count(void);
+WFPR_EXTERN int wfpr_err_code_at(size_t index);
+
 /* The code for a Linux errno value (EINVAL -> WSAEINVAL, ...). */
 WFPR_EXTERN int wfpr_err_from_errno(int errnum);
 

@@ -1,0 +1,146 @@
+"""The redirect-record IOCTLs and the in-process backend on plain sockets.
+
+Every function takes a ``socket.socket`` (or anything with ``fileno()``, or
+a descriptor number). Failures raise ``wfpr.WSAError`` subclasses.
+"""
+from __future__ import annotations
+
+import socket as _socket
+import struct
+from typing import NamedTuple, Optional, Tuple
+
+from . import _wfpr
+from .errors import InsufficientBufferError
+from .records import Address
+
+SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS = _wfpr.SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS
+SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT = _wfpr.SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT
+SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS = _wfpr.SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS
+SIO_FLUSH = _wfpr.SIO_FLUSH
+
+
+def _fd(sock) -> int:
+    return sock if isinstance(sock, int) else sock.fileno()
+
+
+def ioctl(sock, code: int, out_len: int = 0, in_: Optional[bytes] = None, *, null_out: bool = False) -> bytes:
+    """WSAIoctl, as the C library implements it, for exploring its exact
+    semantics: returns the output bytes, or raises (``out_len=0`` is the size
+    probe and raises ``InsufficientBufferError`` with ``required_size``).
+    ``null_out`` passes a NULL output pointer with ``out_len``."""
+    return _wfpr.ioctl(_fd(sock), code, in_, out_len, null_out)
+
+
+def _query(sock, code: int) -> bytes:
+    try:
+        ioctl(sock, code, 0)
+    except InsufficientBufferError as e:  # the size probe
+        size = e.required_size
+    else:  # pragma: no cover - the probe always fails by design
+        raise AssertionError("the size probe succeeded")
+    return ioctl(sock, code, size)
+
+
+def query_redirect_records(sock) -> bytes:
+    """SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS on an accepted (or connected)
+    socket: the opaque record, sized by the size-probe protocol."""
+    return _query(sock, SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS)
+
+
+def query_redirect_context(sock) -> bytes:
+    """SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT: the redirector's context
+    (by default the original remote and local address; see ``decode_context``)."""
+    return _query(sock, SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT)
+
+
+def set_redirect_records(sock, blob: bytes) -> None:
+    """SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS on an outbound socket, before it connects."""
+    ioctl(sock, SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, 0, bytes(blob))
+
+
+def flush(sock) -> None:
+    """SIO_FLUSH: abort the socket's pending overlapped operations."""
+    ioctl(sock, SIO_FLUSH, 0)
+
+
+_SOCKADDR_STORAGE = 128
+
+
+def _sockaddr(raw: bytes) -> Optional[Address]:
+    family = struct.unpack_from("=H", raw)[0]
+    if family == _socket.AF_INET:
+        port, = struct.unpack_from("!H", raw, 2)
+        return _socket.inet_ntop(_socket.AF_INET, raw[4:8]), port
+    if family == _socket.AF_INET6:
+        port, = struct.unpack_from("!H", raw, 2)
+        return _socket.inet_ntop(_socket.AF_INET6, raw[8:24]), port
+    return None
+
+
+def decode_context(blob: bytes) -> Tuple[Optional[Address], Optional[Address]]:
+    """The default context: (original remote, original local)."""
+    if len(blob) != 2 * _SOCKADDR_STORAGE:
+        raise ValueError("not a default context (two sockaddr_storage)")
+    return _sockaddr(blob[:_SOCKADDR_STORAGE]), _sockaddr(blob[_SOCKADDR_STORAGE:])
+
+
+def original_destination(sock) -> Address:
+    """Where a redirected connection was going, from its default context."""
+    remote, _ = decode_context(query_redirect_context(sock))
+    if remote is None:
+        raise ValueError("the context names no destination")
+    return remote
+
+
+# -- the in-process backend ----------------------------------------------------
+def connect(sock, address: Address) -> None:
+    """connect() through the attached layer (it may be redirected). The GIL
+    is released while it runs, callouts included."""
+    host, port = address
+    _wfpr.connect(_fd(sock), host, port)
+
+
+def sendto(sock, data: bytes, address: Address) -> int:
+    host, port = address
+    return _wfpr.sendto(_fd(sock), data, host, port)
+
+
+def sendmsg(sock, data: bytes, address: Address, records: Optional[bytes] = None) -> int:
+    """WSASendMsg: with ``records``, the datagram carries IP_WFP_REDIRECT_RECORDS
+    (a UDP proxy passes its flow's records on with the first datagram)."""
+    host, port = address
+    return _wfpr.sendmsg(_fd(sock), data, host, port, records)
+
+
+class Datagram(NamedTuple):
+    data: bytes
+    address: Optional[Address]
+    records: Optional[bytes]  # IP_WFP_REDIRECT_RECORDS, on a flow's first datagram only
+    context: Optional[bytes]  # IP_WFP_REDIRECT_CONTEXT, when asked for with want_context
+
+
+def recvmsg(sock, bufsize: int = 65536) -> Datagram:
+    """WSARecvMsg with the redirect control messages (GIL released while waiting)."""
+    return Datagram(*_wfpr.recvmsg(_fd(sock), bufsize))
+
+
+def recvfrom(sock, bufsize: int = 65536) -> Tuple[bytes, Optional[Address]]:
+    """recvfrom that shows replies from the original destination, not the proxy."""
+    d = recvmsg(sock, bufsize)
+    return d.data, d.address
+
+
+def want_context(sock, on: bool = True) -> None:
+    """Ask for IP_WFP_REDIRECT_CONTEXT with each flow's first datagram (UDP)."""
+    _wfpr.set_want_context(_fd(sock), on)
+
+
+def set_overlapped(sock, on: bool = True) -> None:
+    """Give the socket the overlapped attribute (WSA_FLAG_OVERLAPPED)."""
+    _wfpr.socket_set_overlapped(_fd(sock), int(on))
+
+
+def close(sock) -> None:
+    """closesocket: aborts the socket's pending overlapped operations, then closes it."""
+    fd = sock.detach() if hasattr(sock, "detach") else sock
+    _wfpr.closesocket(fd)

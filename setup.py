@@ -1,0 +1,32 @@
+"""Builds the wfpr._wfpr extension: SWIG over bindings/wfpr.i plus the C core.
+
+SWIG comes from the `swig` build requirement, so `pip install .` needs no
+system SWIG. build_ext runs before build_py so the SWIG-generated
+python/wfpr/_wfpr.py is packaged with the rest.
+"""
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_py import build_py as _build_py
+
+HERE = Path(__file__).parent.resolve()
+CORE_SOURCES = sorted(str(p.relative_to(HERE)) for p in (HERE / "core" / "src").rglob("*.c"))
+
+
+class build_py(_build_py):
+    def run(self):
+        self.run_command("build_ext")
+        super().run()
+
+
+extension = Extension(
+    "wfpr.__wfpr",
+    sources=["bindings/wfpr.i", *CORE_SOURCES],
+    include_dirs=["core/include", "core/src"],
+    define_macros=[("_GNU_SOURCE", None)],
+    swig_opts=["-builtin", "-threads", "-Icore/include", "-Ibindings", "-outdir", "python/wfpr"],
+    extra_compile_args=["-std=gnu11", "-fvisibility=hidden", "-Wno-unused-parameter"],
+    libraries=["crypto"],
+)
+
+setup(ext_modules=[extension], cmdclass={"build_py": build_py})

@@ -18,6 +18,7 @@
 #define WFPR_END_DECL
 
 %include <stdint.i>
+%include "wfpr/common.h"
 %include "glue.i"
 
 #if defined(SWIGPYTHON)

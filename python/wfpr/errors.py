@@ -26,7 +26,12 @@ class WSAError(OSError):
         self.winerror = winerror
         self.name = _wfpr.err_name(winerror) or f"0x{winerror & 0xFFFFFFFF:08X}"
         self.bytes_returned = bytes_returned
-        super().__init__(f"{self.name} ({self._number()}): {_wfpr.strerror(winerror)}")
+        self.message = f"{self.name} ({self._number()}): {_wfpr.strerror(winerror)}"
+        super().__init__(self.message)
+        self.args = (self.message,)  # OSError keeps the args it was made with, none here
+
+    def __str__(self) -> str:
+        return self.message
 
     def _number(self) -> str:
         return f"0x{self.winerror & 0xFFFFFFFF:08X}" if self.winerror < 0 else str(self.winerror)

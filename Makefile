@@ -5,7 +5,10 @@ JOBS ?= $(shell nproc)
 FUZZ_SECONDS ?= 60
 CMAKE ?= cmake
 
-.PHONY: all deps build demo test test-plain test-sanitize fuzz bench clean
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: all deps build demo test test-plain test-sanitize test-python fuzz bench clean
 
 all: build
 
@@ -19,7 +22,7 @@ build: deps
 demo: build
 	./build/wfpr-demo
 
-test: test-plain test-sanitize fuzz
+test: test-plain test-sanitize test-python fuzz
 
 test-plain: build
 	cd build && ctest --output-on-failure -j $(JOBS)
@@ -29,6 +32,16 @@ test-sanitize: deps
 	$(CMAKE) --build build-asan -j $(JOBS)
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 		ctest --output-on-failure -j $(JOBS)
+
+# The Python package, installed with pip into a fresh venv as a user would,
+# then pytest (the example notebook runs as one of the tests).
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+test-python: deps $(PY)
+	$(PY) -m pip install -q ".[test,notebook]"
+	cd tests && ../$(PY) -m pytest -q -p no:cacheprovider python
 
 fuzz: deps
 	CC=clang $(CMAKE) -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DWFPR_BUILD_FUZZERS=ON \
@@ -46,4 +59,4 @@ bench: build
 	./build/bench-records | tee bench/records.out
 
 clean:
-	rm -rf build build-asan build-fuzz
+	rm -rf build build-asan build-fuzz $(VENV) python/wfpr/_wfpr.py python/wfpr/*.so bindings/wfpr_wrap.c

@@ -55,8 +55,10 @@ fuzz: deps
 	tail -n 12 build-fuzz/fuzz.log
 	@echo "fuzz: $(FUZZ_SECONDS) s of fuzz-records with no finding"
 
-bench: build
-	./build/bench-records | tee bench/records.out
+bench: build $(PY)
+	./build/bench-records
+	$(PY) -m pip install -q .
+	$(PY) bench/bench_python.py
 
 clean:
 	rm -rf build build-asan build-fuzz $(VENV) python/wfpr/_wfpr.py python/wfpr/*.so bindings/wfpr_wrap.c

@@ -134,3 +134,16 @@ def test_set_refuses_a_dead_connections_record(redirected):
 def test_flush_with_nothing_pending(redirected):
     _, accepted = redirected()
     wfpr.flush(accepted)
+
+
+def test_query_grows_past_the_first_buffer(layer):
+    """A 16-hop record (about 2 KiB) does not fit the first 1 KiB try."""
+    from test_records import build_chain
+    from conftest import ManualRedirector
+    reds = [ManualRedirector(layer, f"g{i}", weight=100 - i) for i in range(wfpr.RECORD_MAX_HOPS)]
+    seen, keep = build_chain(layer, reds)
+    try:
+        assert len(seen[-1].blob) > 1024 and len(seen[-1]) == wfpr.RECORD_MAX_HOPS
+    finally:
+        for s in keep + [r.listener for r in reds]:
+            s.close()

@@ -11,6 +11,13 @@ from setuptools.command.build_py import build_py as _build_py
 
 HERE = Path(__file__).parent.resolve()
 CORE_SOURCES = sorted(str(p.relative_to(HERE)) for p in (HERE / "core" / "src").rglob("*.c"))
+INTERFACE = sorted((HERE / "bindings").glob("*.i")) + sorted((HERE / "core").rglob("*.h"))
+WRAPPER = HERE / "bindings" / "wfpr_wrap.c"
+
+# setuptools re-runs SWIG only when bindings/wfpr.i itself is newer than the
+# wrapper; an edit to an included .i or a header must regenerate it too.
+if WRAPPER.exists() and max(p.stat().st_mtime for p in INTERFACE) > WRAPPER.stat().st_mtime:
+    WRAPPER.unlink()
 
 
 class build_py(_build_py):
@@ -27,6 +34,7 @@ extension = Extension(
     swig_opts=["-builtin", "-threads", "-Icore/include", "-Ibindings", "-outdir", "python/wfpr"],
     extra_compile_args=["-std=gnu11", "-fvisibility=hidden", "-Wno-unused-parameter"],
     libraries=["crypto"],
+    depends=[str(p.relative_to(HERE)) for p in INTERFACE],
 )
 
 setup(ext_modules=[extension], cmdclass={"build_py": build_py})

@@ -77,8 +77,13 @@ typedef struct wfpr_binding_overlapped {
 			$self->buf = grown;
 			$self->cap = out_len;
 		}
-		if (wfpr_ioctl(s, code, NULL, 0, $self->buf, out_len, &bytes, &$self->ov, NULL) == 0)
+		if (wfpr_ioctl(s, code, NULL, 0, $self->buf, out_len, &bytes, &$self->ov, NULL) == 0) {
+			/* Done at once. On a socket without the overlapped attribute the
+			 * library ignored ov, so the outcome is recorded here. */
+			$self->ov.bytes = bytes;
+			$self->ov.status = 0;
 			return 0;
+		}
 		int err = wfpr_get_last_error();
 		if (err != WFPR_WSA_IO_PENDING)
 			wfpr_binding_raise(err, bytes);

@@ -17,7 +17,7 @@ from .proxy import ProxiedConnection, Proxy
 from .records import Hop, RedirectRecords, RedirectState
 from .sockets import (
     SIO_FLUSH, SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT, SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS,
-    SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, Datagram, close, connect, decode_context, flush, ioctl,
+    SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, Datagram, Overlapped, close, connect, decode_context, flush, ioctl,
     original_destination, query_redirect_context, query_redirect_records, recvfrom, recvmsg, sendmsg, sendto,
     set_overlapped, set_redirect_records, want_context)
 

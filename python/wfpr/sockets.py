@@ -10,7 +10,7 @@ import struct
 from typing import NamedTuple, Optional, Tuple
 
 from . import _wfpr
-from .errors import InsufficientBufferError
+from .errors import InsufficientBufferError, from_code
 from .records import Address
 
 SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS = _wfpr.SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS
@@ -23,12 +23,25 @@ def _fd(sock) -> int:
     return sock if isinstance(sock, int) else sock.fileno()
 
 
-def ioctl(sock, code: int, out_len: int = 0, in_: Optional[bytes] = None, *, null_out: bool = False) -> bytes:
+Overlapped = _wfpr.Overlapped
+
+
+def ioctl(sock, code: int, out_len: int = 0, in_: Optional[bytes] = None, *, null_out: bool = False,
+          overlapped: Optional["Overlapped"] = None) -> bytes:
     """WSAIoctl, as the C library implements it, for exploring its exact
     semantics: returns the output bytes, or raises (``out_len=0`` is the size
     probe and raises ``InsufficientBufferError`` with ``required_size``).
-    ``null_out`` passes a NULL output pointer with ``out_len``."""
-    return _wfpr.ioctl(_fd(sock), code, in_, out_len, null_out)
+    ``null_out`` passes a NULL output pointer with ``out_len``.
+
+    With ``overlapped`` (a ``wfpr.Overlapped``) on an overlapped socket (see
+    ``set_overlapped``), a QUERY that cannot finish at once raises
+    ``IOPendingError``, as WSAIoctl returns WSA_IO_PENDING; the result comes
+    later from ``overlapped.result()``, once ``overlapped.event_fd()`` is readable."""
+    if overlapped is None:
+        return _wfpr.ioctl(_fd(sock), code, in_, out_len, null_out)
+    if overlapped.start(_fd(sock), code, out_len) == _wfpr.WSA_IO_PENDING:
+        raise from_code(_wfpr.WSA_IO_PENDING)
+    return overlapped.result()
 
 
 _FIRST_TRY = 1024  # the reference page's suggestion; most records fit

@@ -95,3 +95,26 @@ def test_pending_then_client_gives_up(manual):
 
     asyncio.run(main())
     accepted.close()
+
+
+def test_low_level_overlapped_ioctl(manual):
+    """The raw WSAIoctl shape: WSA_IO_PENDING, WSA_IO_INCOMPLETE, then the result."""
+    import select
+    client, accepted = pending_pair(manual)
+    wfpr.set_overlapped(accepted)
+    ov = wfpr.Overlapped()
+    with pytest.raises(wfpr.IOPendingError):
+        wfpr.ioctl(accepted, wfpr.SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, 1024, overlapped=ov)
+    with pytest.raises(wfpr.IOIncompleteError):
+        ov.result()
+    finish(client)
+    assert select.select([ov.event_fd()], [], [], 5)[0]
+    assert ov.result() == wfpr.query_redirect_records(accepted)
+    # on a socket without the overlapped attribute, ov is ignored: synchronous
+    with socket.socket() as c2:
+        wfpr.connect(c2, ("127.0.0.1", UNUSED_PORT))
+        a2, _ = manual.listener.accept()
+        with a2:
+            assert wfpr.ioctl(a2, wfpr.SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, 1024, overlapped=wfpr.Overlapped())
+    client.close()
+    accepted.close()

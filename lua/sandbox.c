@@ -3,7 +3,9 @@
  * resolves only wfpr.*; strict, locked globals. (After Suricata's and
  * Redis's Lua sandboxes.) */
 #include <lualib.h>
+#include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include "host.h"
 
 static const char *const removed_base[] = {"load", "loadfile", "dofile", "collectgarbage", "rawset", NULL};
@@ -33,6 +35,38 @@ static int sandbox_require(lua_State *L)
 	lua_call(L, 0, 1);
 	lua_pushvalue(L, -1);
 	lua_setfield(L, -3, name);
+	return 1;
+}
+
+/* log(...): the values, tostring'd and joined by spaces, to the host's log. */
+static int sandbox_log(lua_State *L)
+{
+	luaL_Buffer b;
+	int n = lua_gettop(L);
+	luaL_buffinit(L, &b);
+	for (int i = 1; i <= n; i++) {
+		luaL_tolstring(L, i, NULL);
+		luaL_addvalue(&b);
+		if (i < n)
+			luaL_addchar(&b, ' ');
+	}
+	luaL_pushresult(&b);
+	void *ud = NULL;
+	lua_getallocf(L, &ud);
+	wfpr_rules *r = ud;
+	if (r->opts.log)
+		r->opts.log(r->opts.log_user, "log", WFPR_RULE_OK, lua_tostring(L, -1));
+	else
+		fprintf(stderr, "wfpr rule: %s\n", lua_tostring(L, -1));
+	return 0;
+}
+
+/* now(): monotonic seconds, for rates and timeouts (there is no os.time). */
+static int sandbox_now(lua_State *L)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
 	return 1;
 }
 
@@ -100,6 +134,10 @@ void sandbox_open(lua_State *L)
 	lua_pop(L, 1);
 	lua_pushcfunction(L, sandbox_require);
 	lua_setfield(L, -2, "require");
+	lua_pushcfunction(L, sandbox_log);
+	lua_setfield(L, -2, "log");
+	lua_pushcfunction(L, sandbox_now);
+	lua_setfield(L, -2, "now");
 	for (const char *const *v = (const char *const[]){"pass", "inspect", "block", "permit", NULL}; *v; v++) {
 		lua_pushstring(L, *v);
 		lua_setfield(L, -2, *v);

@@ -1,0 +1,335 @@
+/* The Lua rule host: sandbox escapes, limits, failing rules, expiring host
+ * objects, memory over many calls, and each example rule in lua/rules/. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <string.h>
+#include "support.h"
+#include "test.h"
+#include "wfpr/rules.h"
+
+static int log_lines;
+static char last_log[2048];
+
+static void capture(void *user, const char *hook, wfpr_rule_outcome outcome, const char *message)
+{
+	(void)user;
+	log_lines++;
+	snprintf(last_log, sizeof(last_log), "%s %s %s", hook, wfpr_rule_outcome_name(outcome), message);
+}
+
+static wfpr_rules *host(const char *source, int fail_closed)
+{
+	wfpr_rules_options o = WFPR_RULES_OPTIONS_INIT;
+	o.memory_limit = 4u << 20;
+	o.instruction_budget = 200000;
+	o.fail_closed = fail_closed;
+	o.log = capture;
+	wfpr_rules *r = NULL;
+	CHECK_EQ(wfpr_rules_new(&r, &o), 0);
+	if (source && wfpr_rules_load_string(r, "test", source, strlen(source)) != 0) {
+		fprintf(stderr, "load failed: %s\n", wfpr_rules_error(r));
+		test_failures++;
+	}
+	log_lines = 0;
+	return r;
+}
+
+static wfpr_rule_conn conn_to(uint16_t port, uint64_t id)
+{
+	wfpr_rule_conn c;
+	memset(&c, 0, sizeof(c));
+	c.version = WFPR_RULE_CONN_VERSION;
+	c.id = id;
+	c.protocol = IPPROTO_TCP;
+	c.original_dst = loopback_port(port);
+	c.client = loopback_port(40000);
+	c.pid = 1234;
+	c.process_name = "curl";
+	return c;
+}
+
+/* Each escape: loading it fails, or the hook that tries it errors. */
+static void escapes_are_refused(void)
+{
+	static const char *const escapes[] = {
+		"os.execute('id')", "io.open('/etc/passwd')", "require 'os'", "require 'io'",
+		"load('return 1')", "loadfile('/etc/passwd')", "dofile('/etc/passwd')", "string.dump(print)",
+		"debug.getinfo(1)", "package.loadlib('libc.so.6', 'system')", "setmetatable(_G, {})",
+		"collectgarbage('stop')", "rawset(_ENV, 'x', 1)", "getmetatable('').__index.dump(print)",
+		"newglobal_inside_hook = 1",
+	};
+	for (size_t i = 0; i < sizeof(escapes) / sizeof(escapes[0]); i++) {
+		char src[256];
+		snprintf(src, sizeof(src), "function on_connect(c) %s; return 'pass' end", escapes[i]);
+		wfpr_rules *r = host(src, 1);
+		wfpr_rule_conn c = conn_to(80, 1);
+		if (wfpr_rules_on_connect(r, &c) != WFPR_VERDICT_BLOCK) { /* fail-closed default */
+			fprintf(stderr, "escape not refused: %s\n", escapes[i]);
+			test_failures++;
+		}
+		wfpr_rules_stats st;
+		wfpr_rules_get_stats(&st, r);
+		CHECK_EQ(st.errors, 1);
+		wfpr_rules_free(r);
+	}
+	/* at the top level, the load itself fails */
+	wfpr_rules *r = host(NULL, 0);
+	CHECK_EQ(wfpr_rules_load_string(r, "t", "os.execute('id')", 16), WFPR_WSAEINVAL);
+	CHECK(strstr(wfpr_rules_error(r), "forbidden global 'os'") != NULL);
+	/* bytecode never loads */
+	const char bytecode[] = "\x1bLua\x54\x00\x19\x93\r\n\x1a\n";
+	CHECK_EQ(wfpr_rules_load_string(r, "t", bytecode, sizeof(bytecode) - 1), WFPR_WSAEINVAL);
+	CHECK(strstr(wfpr_rules_error(r), "binary") != NULL);
+	wfpr_rules_free(r);
+}
+
+static void infinite_loop_is_stopped(void)
+{
+	wfpr_rules *r = host("function on_connect(c) while true do end end", 1);
+	wfpr_rule_conn c = conn_to(80, 1);
+	CHECK_EQ(wfpr_rules_on_connect(r, &c), WFPR_VERDICT_BLOCK);
+	wfpr_rules_stats st;
+	wfpr_rules_get_stats(&st, r);
+	CHECK_EQ(st.timeouts, 1);
+	CHECK(strstr(last_log, "timeout") != NULL);
+	/* still usable: a new rule loads and runs */
+	const char *ok = "function on_connect(c) return 'inspect' end";
+	CHECK_EQ(wfpr_rules_load_string(r, "t", ok, strlen(ok)), 0);
+	CHECK_EQ(wfpr_rules_on_connect(r, &c), WFPR_VERDICT_INSPECT);
+	wfpr_rules_free(r);
+}
+
+static void memory_bombs_are_capped(void)
+{
+	static const char *const bombs[] = {
+		"function on_connect(c) local s = 'x' while true do s = s .. s end end",
+		"function on_connect(c) local t = {} for i = 1, 1e9 do t[i] = {i} end end",
+		"function on_connect(c) local t = {} while true do t[#t + 1] = string.rep('y', 4096) end end",
+	};
+	for (size_t i = 0; i < sizeof(bombs) / sizeof(bombs[0]); i++) {
+		wfpr_rules_options o = WFPR_RULES_OPTIONS_INIT;
+		o.memory_limit = 2u << 20;
+		o.instruction_budget = 100000000; /* memory, not time, must stop these */
+		o.log = capture;
+		wfpr_rules *r;
+		CHECK_EQ(wfpr_rules_new(&r, &o), 0);
+		CHECK_EQ(wfpr_rules_load_string(r, "bomb", bombs[i], strlen(bombs[i])), 0);
+		wfpr_rule_conn c = conn_to(80, 1);
+		CHECK_EQ(wfpr_rules_on_connect(r, &c), WFPR_VERDICT_PASS); /* fail-open default */
+		wfpr_rules_stats st;
+		wfpr_rules_get_stats(&st, r);
+		CHECK_EQ(st.nomem, 1);
+		CHECK(st.memory_peak <= o.memory_limit);
+		CHECK(st.memory_in_use < o.memory_limit / 2); /* collected afterwards */
+		wfpr_rules_free(r);
+	}
+}
+
+static void an_error_logs_once_and_gets_the_default(void)
+{
+	wfpr_rules *r = host("function on_connect(c) error('boom') end", 0);
+	wfpr_rule_conn c = conn_to(80, 1);
+	for (int i = 0; i < 5; i++)
+		CHECK_EQ(wfpr_rules_on_connect(r, &c), WFPR_VERDICT_PASS);
+	CHECK_EQ(log_lines, 1);
+	CHECK(strstr(last_log, "boom") != NULL && strstr(last_log, "traceback") != NULL);
+	wfpr_rules_stats st;
+	wfpr_rules_get_stats(&st, r);
+	CHECK_EQ(st.errors, 5);
+	wfpr_rules_free(r);
+
+	r = host("function on_connect(c) return 42 end", 1); /* a wrong return type is an error too */
+	CHECK_EQ(wfpr_rules_on_connect(r, &c), WFPR_VERDICT_BLOCK);
+	CHECK_EQ(log_lines, 1);
+	wfpr_rules_free(r);
+}
+
+static void host_objects_expire(void)
+{
+	wfpr_rules *r = host("local kept\n"
+	                     "function on_connect(c) kept = c return 'inspect' end\n"
+	                     "function on_data(c, dir, chunk) return kept.proto end\n", 0);
+	wfpr_rule_conn c = conn_to(80, 7);
+	CHECK_EQ(wfpr_rules_on_connect(r, &c), WFPR_VERDICT_INSPECT);
+	const void *out;
+	size_t out_len;
+	CHECK_EQ(wfpr_rules_on_data(r, &c, 0, "x", 1, &out, &out_len), WFPR_DATA_PASS);
+	CHECK(strstr(last_log, "expired") != NULL);
+	wfpr_rules_free(r);
+
+	r = host("function on_connect(c) c.proto = 'udp' end", 0); /* read-only */
+	CHECK_EQ(wfpr_rules_on_connect(r, &c), WFPR_VERDICT_PASS);
+	CHECK(strstr(last_log, "read-only") != NULL);
+	wfpr_rules_free(r);
+}
+
+static void many_calls_do_not_grow_memory(void)
+{
+	wfpr_rules *r = host("function on_connect(c) c.tag.n = (c.tag.n or 0) + 1 return 'inspect' end\n"
+	                     "function on_data(c, d, s) return s:upper() end\n", 0);
+	wfpr_rules_stats st;
+	size_t after_warmup = 0;
+	for (int i = 0; i < 10000; i++) {
+		wfpr_rule_conn c = conn_to(80, (uint64_t)i);
+		wfpr_rules_on_connect(r, &c);
+		const void *out;
+		size_t out_len;
+		wfpr_rules_on_data(r, &c, 0, "hello", 5, &out, &out_len);
+		wfpr_rules_on_close(r, &c, NULL);
+		if (i == 999) {
+			wfpr_rules_get_stats(&st, r);
+			after_warmup = st.memory_in_use;
+		}
+	}
+	wfpr_rules_get_stats(&st, r);
+	CHECK_EQ(st.calls, 20001); /* 10,000 on_connect + 10,000 on_data + the top level; no on_close defined */
+	CHECK(st.memory_in_use < after_warmup + 64 * 1024);
+	wfpr_rules_free(r);
+}
+
+static wfpr_rules *example(const char *name)
+{
+	char path[512];
+	snprintf(path, sizeof(path), "%s/%s", WFPR_RULES_DIR, name);
+	wfpr_rules *r = host(NULL, 0);
+	if (wfpr_rules_load_file(r, path) != 0 || wfpr_rules_warnings(r)[0]) {
+		fprintf(stderr, "%s: %s%s\n", path, wfpr_rules_error(r), wfpr_rules_warnings(r));
+		test_failures++;
+	}
+	log_lines = 0;
+	return r;
+}
+
+static void rule_allowlist(void)
+{
+	wfpr_rules *r = example("allowlist.lua");
+	wfpr_rule_conn web = conn_to(80, 1), mail = conn_to(25, 2);
+	CHECK_EQ(wfpr_rules_on_connect(r, &web), WFPR_VERDICT_PASS);
+	CHECK_EQ(wfpr_rules_on_connect(r, &mail), WFPR_VERDICT_BLOCK);
+	CHECK(strstr(last_log, "blocked tcp 127.0.0.1:40000 -> 127.0.0.1:25") != NULL);
+	wfpr_rules_free(r);
+}
+
+static void rule_http_log(void)
+{
+	wfpr_rules *r = example("http_log.lua");
+	wfpr_rule_conn c = conn_to(80, 1);
+	const char req[] = "GET /index.html HTTP/1.1\r\nUser-Agent: t\r\nHost: example.test\r\n\r\n";
+	const void *out;
+	size_t out_len;
+	CHECK_EQ(wfpr_rules_on_connect(r, &c), WFPR_VERDICT_INSPECT);
+	CHECK_EQ(wfpr_rules_on_data(r, &c, 0, req, sizeof(req) - 1, &out, &out_len), WFPR_DATA_PASS);
+	CHECK(strstr(last_log, "GET /index.html HTTP/1.1 host=example.test") != NULL);
+	CHECK_EQ(log_lines, 1);
+	CHECK_EQ(wfpr_rules_on_data(r, &c, 0, req, sizeof(req) - 1, &out, &out_len), WFPR_DATA_PASS);
+	CHECK_EQ(log_lines, 1); /* once per connection */
+	wfpr_rules_free(r);
+}
+
+static void rule_eicar_split_across_chunks(void)
+{
+	static const char eicar[] = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+	size_t n = strlen(eicar);
+	for (size_t cut = 1; cut < n; cut += 7) {
+		wfpr_rules *r = example("eicar.lua");
+		wfpr_rule_conn c = conn_to(80, 1);
+		const void *out;
+		size_t out_len;
+		char first[128];
+		snprintf(first, sizeof(first), "some bytes before %.*s", (int)cut, eicar);
+		CHECK_EQ(wfpr_rules_on_connect(r, &c), WFPR_VERDICT_INSPECT);
+		CHECK_EQ(wfpr_rules_on_data(r, &c, 0, first, strlen(first), &out, &out_len), WFPR_DATA_PASS);
+		CHECK_EQ(wfpr_rules_on_data(r, &c, 0, eicar + cut, n - cut, &out, &out_len), WFPR_DATA_CLOSE);
+		/* the other direction and other connections are not affected */
+		wfpr_rule_conn other = conn_to(80, 2);
+		CHECK_EQ(wfpr_rules_on_data(r, &other, 0, eicar + cut, n - cut, &out, &out_len), WFPR_DATA_PASS);
+		wfpr_rules_free(r);
+	}
+}
+
+static void rule_ratelimit(void)
+{
+	wfpr_rules *r = example("ratelimit.lua");
+	wfpr_rule_conn c = conn_to(80, 1);
+	for (int i = 0; i < 5; i++)
+		CHECK_EQ(wfpr_rules_on_connect(r, &c), WFPR_VERDICT_PASS);
+	CHECK_EQ(wfpr_rules_on_connect(r, &c), WFPR_VERDICT_BLOCK);
+	wfpr_rule_conn other = conn_to(80, 2);
+	struct sockaddr_in *sin = (struct sockaddr_in *)&other.client;
+	sin->sin_addr.s_addr = htonl(0x7f000002);
+	CHECK_EQ(wfpr_rules_on_connect(r, &other), WFPR_VERDICT_PASS);
+	wfpr_rules_free(r);
+}
+
+static void rule_tag(void)
+{
+	wfpr_rules *r = example("tag.lua");
+	wfpr_rule_conn c = conn_to(80, 9);
+	const void *out;
+	size_t out_len;
+	CHECK_EQ(wfpr_rules_on_connect(r, &c), WFPR_VERDICT_INSPECT);
+	wfpr_rules_on_data(r, &c, 0, "a", 1, &out, &out_len);
+	wfpr_rules_on_data(r, &c, 1, "b", 1, &out, &out_len);
+	wfpr_rule_close_stats st = {100, 200, 5};
+	wfpr_rules_on_close(r, &c, &st);
+	CHECK(strstr(last_log, "closed http 2 chunks 100 bytes up") != NULL);
+	wfpr_rules_free(r);
+}
+
+static void classify_redirects_to_a_named_proxy(void)
+{
+	wfpr_rules *r = host("function classify(req)\n"
+	                     "  if req.remote.port == 443 and req.state == 'NOT_REDIRECTED' then return {redirect = 'tls'} end\n"
+	                     "  if req.remote.port == 25 then return 'block' end\n"
+	                     "  return 'permit'\n"
+	                     "end\n", 0);
+	struct sockaddr_storage proxy = loopback_port(8443);
+	CHECK_EQ(wfpr_rules_set_proxy(r, "tls", &proxy), 0);
+	wfpr_connect_request req;
+	memset(&req, 0, sizeof(req));
+	req.protocol = IPPROTO_TCP;
+	req.remote = loopback_port(443);
+	CHECK_EQ(wfpr_rules_classify(r, &req), WFPR_ACTION_REDIRECT);
+	CHECK(memcmp(&req.redirect_to, &proxy, sizeof(struct sockaddr_in)) == 0);
+	req.state = WFPR_CONNECTION_REDIRECTED_BY_SELF;
+	CHECK_EQ(wfpr_rules_classify(r, &req), WFPR_ACTION_PERMIT);
+	req.remote = loopback_port(25);
+	CHECK_EQ(wfpr_rules_classify(r, &req), WFPR_ACTION_BLOCK);
+	wfpr_rules_free(r);
+}
+
+static void bad_arguments(void)
+{
+	wfpr_rules *r = NULL;
+	wfpr_rules_options o = WFPR_RULES_OPTIONS_INIT;
+	o.version = 99;
+	CHECK_EQ(wfpr_rules_new(&r, &o), WFPR_WSAEINVAL);
+	CHECK_EQ(wfpr_rules_new(NULL, NULL), WFPR_WSAEFAULT);
+	CHECK_EQ(wfpr_rules_new(&r, NULL), 0);
+	CHECK_EQ(wfpr_rules_load_file(r, "/nonexistent.lua"), WFPR_WSAEINVAL);
+	CHECK(strstr(wfpr_rules_error(r), "cannot open") != NULL);
+	CHECK_EQ(wfpr_rules_load_string(r, "t", "x = ", 4), WFPR_WSAEINVAL);
+	CHECK(strstr(wfpr_rules_error(r), "t:1:") != NULL);
+	CHECK_EQ(wfpr_rules_load_string(r, "t", "on_connect = 5", 14), WFPR_WSAEINVAL);
+	CHECK_EQ(wfpr_rules_on_connect(r, NULL), WFPR_VERDICT_PASS);
+	wfpr_rules_free(r);
+	wfpr_rules_free(NULL);
+}
+
+int main(void)
+{
+	RUN(rule_allowlist);
+	RUN(rule_http_log);
+	RUN(rule_eicar_split_across_chunks);
+	RUN(rule_ratelimit);
+	RUN(rule_tag);
+	RUN(classify_redirects_to_a_named_proxy);
+	RUN(bad_arguments);
+	RUN(escapes_are_refused);
+	RUN(infinite_loop_is_stopped);
+	RUN(memory_bombs_are_capped);
+	RUN(an_error_logs_once_and_gets_the_default);
+	RUN(host_objects_expire);
+	RUN(many_calls_do_not_grow_memory);
+	TEST_MAIN_END();
+}

@@ -28,7 +28,8 @@ test-plain: build
 	cd build && ctest --output-on-failure -j $(JOBS)
 
 test-sanitize: deps
-	CC=clang $(CMAKE) -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DWFPR_SANITIZE="address;undefined"
+	CC=clang $(CMAKE) -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DWFPR_SANITIZE="address;undefined" \
+		-DWFPR_BUILD_LUA_MODULE=OFF
 	$(CMAKE) --build build-asan -j $(JOBS)
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 		ctest --output-on-failure -j $(JOBS)
@@ -45,7 +46,7 @@ test-python: deps $(PY)
 
 fuzz: deps
 	CC=clang $(CMAKE) -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DWFPR_BUILD_FUZZERS=ON \
-		-DWFPR_BUILD_TESTS=OFF -DWFPR_BUILD_BENCH=OFF -DWFPR_BUILD_EXAMPLES=OFF \
+		-DWFPR_BUILD_TESTS=OFF -DWFPR_BUILD_BENCH=OFF -DWFPR_BUILD_EXAMPLES=OFF -DWFPR_BUILD_LUA_MODULE=OFF \
 		-DWFPR_SANITIZE="address;undefined;fuzzer-no-link"
 	$(CMAKE) --build build-fuzz -j $(JOBS)
 	rm -rf build-fuzz/corpus && cp -r tests/fuzz/corpus build-fuzz/corpus

@@ -3,6 +3,7 @@
 %apply (const void *BUFFER, size_t LENGTH) { (const void *blob, size_t len), (const void *id, size_t id_len) };
 
 %ignore wfpr_connect_request;
+%rename(local_address) wfpr_connect_request::local; /* "local" is a Lua keyword */
 %ignore wfpr_callout_options;
 %ignore wfpr_filter_options;
 %ignore wfpr_layer_new;

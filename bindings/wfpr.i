@@ -4,7 +4,11 @@
  * Language typemaps and glue live in python.i and lua.i; each area file
  * declares what that area exposes.
  */
+#if defined(SWIGLUA)
+%module wfpr
+#else
 %module(package="wfpr") _wfpr
+#endif
 
 %{
 #include "wfpr/wfpr.h"

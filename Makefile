@@ -58,6 +58,7 @@ fuzz: deps
 
 bench: build $(PY)
 	./build/bench-records
+	./build/bench-rules
 	$(PY) -m pip install -q .
 	$(PY) bench/bench_python.py
 

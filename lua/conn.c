@@ -14,19 +14,37 @@
 #define ADDR_META "wfpr.addr"
 #define LIVE "wfpr.live"
 
+/* Fields are built from the C data on first use (most rules read few of
+ * them) and cached in the user value. The C data is valid exactly while
+ * the object is: during the hook. */
 typedef struct host_object {
 	bool valid;
 	const char *kind;
+	const wfpr_rule_conn *conn;
+	const wfpr_connect_request *req;
 } host_object;
+
+static void push_field(lua_State *L, const host_object *o, const char *key);
 
 static int object_index(lua_State *L)
 {
 	host_object *o = luaL_checkudata(L, 1, CONN_META);
 	if (!o->valid)
 		return luaL_error(L, "this %s was kept past its hook and has expired", o->kind);
-	lua_getiuservalue(L, 1, 1);
+	if (lua_getiuservalue(L, 1, 1) != LUA_TTABLE) {
+		lua_pop(L, 1);
+		lua_newtable(L);
+		lua_pushvalue(L, -1);
+		lua_setiuservalue(L, 1, 1);
+	}
 	lua_pushvalue(L, 2);
-	lua_rawget(L, -2);
+	if (lua_rawget(L, -2) != LUA_TNIL || lua_type(L, 2) != LUA_TSTRING)
+		return 1;
+	lua_pop(L, 1);
+	push_field(L, o, lua_tostring(L, 2));
+	lua_pushvalue(L, 2);
+	lua_pushvalue(L, -2);
+	lua_rawset(L, -4);
 	return 1;
 }
 
@@ -117,14 +135,15 @@ static void push_hops(lua_State *L, const void *records, size_t len)
 	wfpr_records_free(r);
 }
 
-/* A new host object around the table on the top of the stack (popped). */
-static void wrap(lua_State *L, const char *kind)
+#define LIVE_MAX 8 /* host objects per call: conn, and req */
+
+/* A new host object for this call, remembered to be expired after it. */
+static host_object *wrap(lua_State *L, const char *kind)
 {
 	host_object *o = lua_newuserdatauv(L, sizeof(*o), 1);
+	memset(o, 0, sizeof(*o));
 	o->valid = true;
 	o->kind = kind;
-	lua_insert(L, -2);
-	lua_setiuservalue(L, -2, 1);
 	if (luaL_newmetatable(L, CONN_META)) {
 		lua_pushcfunction(L, object_index);
 		lua_setfield(L, -2, "__index");
@@ -136,16 +155,17 @@ static void wrap(lua_State *L, const char *kind)
 		lua_setfield(L, -2, "__metatable");
 	}
 	lua_setmetatable(L, -2);
-	/* remember it, to expire it after the call */
+	/* the LIVE table is kept and reused: no allocation per call */
 	if (lua_getfield(L, LUA_REGISTRYINDEX, LIVE) != LUA_TTABLE) {
 		lua_pop(L, 1);
-		lua_newtable(L);
+		lua_createtable(L, LIVE_MAX, 0);
 		lua_pushvalue(L, -1);
 		lua_setfield(L, LUA_REGISTRYINDEX, LIVE);
 	}
 	lua_pushvalue(L, -2);
 	lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
 	lua_pop(L, 1);
+	return o;
 }
 
 static void push_tag(lua_State *L, uint64_t id)
@@ -160,57 +180,73 @@ static void push_tag(lua_State *L, uint64_t id)
 	lua_remove(L, -2);
 }
 
-static const char *state_name(wfpr_redirect_state s)
+static void push_conn_field(lua_State *L, const wfpr_rule_conn *c, const char *key)
 {
-	return wfpr_redirect_state_name(s);
+	if (strcmp(key, "original_dst") == 0) {
+		push_addr(L, &c->original_dst);
+	} else if (strcmp(key, "client") == 0) {
+		push_addr(L, &c->client);
+	} else if (strcmp(key, "proto") == 0) {
+		lua_pushstring(L, proto_name(c->protocol));
+	} else if (strcmp(key, "hops") == 0) {
+		push_hops(L, c->records, c->records_len);
+	} else if (strcmp(key, "state") == 0) {
+		lua_pushstring(L, wfpr_redirect_state_name(c->state));
+	} else if (strcmp(key, "process") == 0) {
+		lua_createtable(L, 0, 2);
+		lua_pushinteger(L, c->pid);
+		lua_setfield(L, -2, "pid");
+		if (c->process_name) {
+			lua_pushstring(L, c->process_name);
+			lua_setfield(L, -2, "name");
+		}
+	} else if (strcmp(key, "id") == 0) {
+		lua_pushinteger(L, (lua_Integer)c->id);
+	} else if (strcmp(key, "tag") == 0) {
+		push_tag(L, c->id);
+	} else {
+		lua_pushnil(L);
+	}
+}
+
+static void push_request_field(lua_State *L, const wfpr_connect_request *req, const char *key)
+{
+	if (strcmp(key, "proto") == 0)
+		lua_pushstring(L, proto_name(req->protocol));
+	else if (strcmp(key, "remote") == 0)
+		push_addr(L, &req->remote);
+	else if (strcmp(key, "local") == 0)
+		push_addr(L, &req->local);
+	else if (strcmp(key, "pid") == 0)
+		lua_pushinteger(L, req->pid);
+	else if (strcmp(key, "uid") == 0)
+		lua_pushinteger(L, req->uid);
+	else if (strcmp(key, "hop_count") == 0)
+		lua_pushinteger(L, (lua_Integer)req->hop_count);
+	else if (strcmp(key, "state") == 0)
+		lua_pushstring(L, wfpr_redirect_state_name(req->state));
+	else
+		lua_pushnil(L);
+}
+
+static void push_field(lua_State *L, const host_object *o, const char *key)
+{
+	if (o->conn)
+		push_conn_field(L, o->conn, key);
+	else if (o->req)
+		push_request_field(L, o->req, key);
+	else
+		lua_pushnil(L);
 }
 
 void conn_push(lua_State *L, const wfpr_rule_conn *c)
 {
-	lua_createtable(L, 0, 9);
-	push_addr(L, &c->original_dst);
-	lua_setfield(L, -2, "original_dst");
-	push_addr(L, &c->client);
-	lua_setfield(L, -2, "client");
-	lua_pushstring(L, proto_name(c->protocol));
-	lua_setfield(L, -2, "proto");
-	push_hops(L, c->records, c->records_len);
-	lua_setfield(L, -2, "hops");
-	lua_pushstring(L, state_name(c->state));
-	lua_setfield(L, -2, "state");
-	lua_createtable(L, 0, 2);
-	lua_pushinteger(L, c->pid);
-	lua_setfield(L, -2, "pid");
-	if (c->process_name) {
-		lua_pushstring(L, c->process_name);
-		lua_setfield(L, -2, "name");
-	}
-	lua_setfield(L, -2, "process");
-	lua_pushinteger(L, (lua_Integer)c->id);
-	lua_setfield(L, -2, "id");
-	push_tag(L, c->id);
-	lua_setfield(L, -2, "tag");
-	wrap(L, c->protocol == IPPROTO_UDP ? "flow" : "conn");
+	wrap(L, c->protocol == IPPROTO_UDP ? "flow" : "conn")->conn = c;
 }
 
 void conn_push_request(lua_State *L, const wfpr_connect_request *req)
 {
-	lua_createtable(L, 0, 7);
-	lua_pushstring(L, proto_name(req->protocol));
-	lua_setfield(L, -2, "proto");
-	push_addr(L, &req->remote);
-	lua_setfield(L, -2, "remote");
-	push_addr(L, &req->local);
-	lua_setfield(L, -2, "local");
-	lua_pushinteger(L, req->pid);
-	lua_setfield(L, -2, "pid");
-	lua_pushinteger(L, req->uid);
-	lua_setfield(L, -2, "uid");
-	lua_pushinteger(L, (lua_Integer)req->hop_count);
-	lua_setfield(L, -2, "hop_count");
-	lua_pushstring(L, state_name(req->state));
-	lua_setfield(L, -2, "state");
-	wrap(L, "req");
+	wrap(L, "req")->req = req;
 }
 
 void conn_push_stats(lua_State *L, const wfpr_rule_close_stats *s)
@@ -227,17 +263,20 @@ void conn_push_stats(lua_State *L, const wfpr_rule_close_stats *s)
 void conn_expire_all(lua_State *L)
 {
 	if (lua_getfield(L, LUA_REGISTRYINDEX, LIVE) == LUA_TTABLE) {
-		for (lua_Integer i = 1, n = (lua_Integer)lua_rawlen(L, -1); i <= n; i++) {
+		for (lua_Integer i = (lua_Integer)lua_rawlen(L, -1); i >= 1; i--) {
 			lua_rawgeti(L, -1, i);
 			host_object *o = lua_touserdata(L, -1);
-			if (o)
+			if (o) {
 				o->valid = false;
+				o->conn = NULL;
+				o->req = NULL;
+			}
 			lua_pop(L, 1);
+			lua_pushnil(L);
+			lua_rawseti(L, -2, i);
 		}
 	}
 	lua_pop(L, 1);
-	lua_newtable(L);
-	lua_setfield(L, LUA_REGISTRYINDEX, LIVE);
 }
 
 void conn_forget_tag(lua_State *L, uint64_t id)

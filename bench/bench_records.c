@@ -17,28 +17,9 @@
 #include <time.h>
 #include <unistd.h>
 #include "../core/src/record.h"
+#include "bench_util.h"
 #include "wfpr/wfpr.h"
 
-#define RUNS 9
-
-static double now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
-}
-
-static int cmp(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof(*v), cmp);
-	return v[n / 2];
-}
 
 static wfpr_hop hop(int i)
 {

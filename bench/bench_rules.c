@@ -14,28 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "bench_util.h"
 #include "wfpr/rules.h"
 
-#define RUNS 9
-
-static double now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
-}
-
-static int cmp(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-static double median(double *v)
-{
-	qsort(v, RUNS, sizeof(*v), cmp);
-	return v[RUNS / 2];
-}
 
 static const char rule10[] =
 	"local allowed = {[80] = true, [443] = true, [8080] = true}\n"
@@ -88,7 +69,7 @@ int main(void)
 		}
 		t[run] = (now_ns() - t0) / CALLS;
 	}
-	double connect10 = median(t);
+	double connect10 = median(t, RUNS);
 	wfpr_rules_free(r);
 
 	r = load(find_rule);
@@ -104,7 +85,7 @@ int main(void)
 		}
 		t[run] = (now_ns() - t0) / DATA_CALLS;
 	}
-	double data64k = median(t);
+	double data64k = median(t, RUNS);
 	wfpr_rules_free(r);
 
 	/* host overhead: the same trivial hook through the host, and bare */
@@ -127,7 +108,7 @@ int main(void)
 		host[run] = (t1 - t0) / CALLS;
 		bare[run] = (now_ns() - t1) / CALLS;
 	}
-	double h = median(host), b = median(bare);
+	double h = median(host, RUNS), b = median(bare, RUNS);
 	lua_close(L);
 	wfpr_rules_free(r);
 

@@ -45,7 +45,8 @@ typedef enum wfpr_action {
  * What a callout's classify sees and may change. The layer fills the
  * inputs; to redirect, the callout sets redirect_to (and optionally
  * target_pid and context) and returns WFPR_ACTION_REDIRECT. The layer
- * copies everything it keeps before classify returns.
+ * copies the context right after classify returns, so it must outlive the
+ * call (not a buffer on classify's own stack).
  */
 typedef struct wfpr_connect_request {
 	unsigned int version;

@@ -423,7 +423,7 @@ ssize_t wfpr_recvfrom(wfpr_socket_t fd, void *buf, size_t len, int flags, struct
 }
 
 /* SET: a checked, live blob becomes the socket's records. */
-static int set_records(int fd, const uint8_t *blob, size_t len)
+int inproc_set_records(int fd, const uint8_t *blob, size_t len)
 {
 	uint8_t token[WFPR_TOKEN_SIZE];
 
@@ -457,11 +457,6 @@ static int set_records(int fd, const uint8_t *blob, size_t len)
 	return rc;
 }
 
-int inproc_set_records(int fd, const uint8_t *blob, size_t len)
-{
-	return set_records(fd, blob, len);
-}
-
 ssize_t wfpr_sendmsg(wfpr_socket_t fd, const struct msghdr *msg, int flags)
 {
 	if (!msg || (msg->msg_controllen && !msg->msg_control))
@@ -486,7 +481,7 @@ ssize_t wfpr_sendmsg(wfpr_socket_t fd, const struct msghdr *msg, int flags)
 			}
 			if (c->cmsg_type != WFPR_IP_WFP_REDIRECT_RECORDS)
 				continue;
-			int rc = set_records(fd, CMSG_DATA(c), c->cmsg_len - CMSG_LEN(0));
+			int rc = inproc_set_records(fd, CMSG_DATA(c), c->cmsg_len - CMSG_LEN(0));
 			if (rc != 0) {
 				free(control);
 				return fail(rc, EINVAL);
@@ -526,7 +521,7 @@ int wfpr_setsockopt(wfpr_socket_t fd, int level, int name, const void *value, so
 	if (!value)
 		return fail(WFPR_WSAEFAULT, EFAULT);
 	if (name == WFPR_IP_WFP_REDIRECT_RECORDS) {
-		int rc = set_records(fd, value, len);
+		int rc = inproc_set_records(fd, value, len);
 		return rc == 0 ? 0 : fail(rc, EINVAL);
 	}
 	if (len < (socklen_t)sizeof(int))

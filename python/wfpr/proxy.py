@@ -48,7 +48,8 @@ class Proxy:
         self.buffer_size = buffer_size
         self.connections: List[ProxiedConnection] = []
         self.errors: List[str] = []
-        self._listener = socket.create_server((host, 0), backlog=128)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.create_server((host, 0), family=family, backlog=128)
         self.address: Address = self._listener.getsockname()[:2]
         self._stop = threading.Event()
         self._threads: List[threading.Thread] = []

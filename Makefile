@@ -8,7 +8,7 @@ CMAKE ?= cmake
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: all deps build demo test test-plain test-sanitize test-python fuzz bench clean
+.PHONY: all deps build demo test test-plain test-sanitize test-threads test-python fuzz bench clean
 
 all: build
 
@@ -22,7 +22,7 @@ build: deps
 demo: build
 	./build/wfpr-demo
 
-test: test-plain test-sanitize test-python fuzz
+test: test-plain test-sanitize test-threads test-python fuzz
 
 test-plain: build
 	cd build && ctest --output-on-failure -j $(JOBS)
@@ -33,6 +33,13 @@ test-sanitize: deps
 	$(CMAKE) --build build-asan -j $(JOBS)
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 		ctest --output-on-failure -j $(JOBS)
+
+# Data races in the core, its overlapped completions and the test servers.
+test-threads: deps
+	CC=clang $(CMAKE) -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DWFPR_SANITIZE=thread \
+		-DWFPR_BUILD_LUA_MODULE=OFF -DWFPR_BUILD_BENCH=OFF -DWFPR_BUILD_EXAMPLES=OFF
+	$(CMAKE) --build build-tsan -j $(JOBS)
+	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j $(JOBS)
 
 # The Python package, installed with pip into a fresh venv as a user would,
 # then pytest (the example notebook runs as one of the tests).
@@ -63,4 +70,4 @@ bench: build $(PY)
 	$(PY) bench/bench_python.py
 
 clean:
-	rm -rf build build-asan build-fuzz $(VENV) python/wfpr/_wfpr.py python/wfpr/*.so bindings/wfpr_wrap.c
+	rm -rf build build-asan build-tsan build-fuzz build-python $(VENV) python/wfpr/_wfpr.py python/wfpr/*.so bindings/wfpr_wrap.c

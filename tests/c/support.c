@@ -274,7 +274,7 @@ static void *tcp_accept_main(void *arg)
 {
 	redirector *r = arg;
 	struct pollfd p = {.fd = r->listen_fd, .events = POLLIN};
-	while (!r->stop) {
+	while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
 		if (poll(&p, 1, 20) <= 0)
 			continue;
 		int fd = wfpr_accept(r->listen_fd, NULL, NULL);
@@ -305,7 +305,7 @@ static void *udp_main(void *arg)
 	int n_flows = 0;
 	uint8_t data[65536], control[WFPR_RECORD_MAX_SIZE + 2 * WFPR_CONTEXT_MAX_SIZE];
 
-	while (!r->stop) {
+	while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
 		struct pollfd p[17] = {{.fd = r->listen_fd, .events = POLLIN}};
 		for (int i = 0; i < n_flows; i++)
 			p[i + 1] = (struct pollfd){.fd = flows[i].out, .events = POLLIN};
@@ -408,7 +408,7 @@ int redirector_start(redirector *r, wfpr_layer *layer, const char *name, int pro
 
 void redirector_stop(redirector *r)
 {
-	r->stop = 1;
+	__atomic_store_n(&r->stop, 1, __ATOMIC_RELEASE);
 	pthread_join(r->thread, NULL);
 	pthread_mutex_lock(&r->lock);
 	while (r->active > 0)
@@ -424,7 +424,7 @@ static void *udp_echo_main(void *arg)
 	udp_echo *u = arg;
 	uint8_t buf[65536];
 	struct pollfd p = {.fd = u->fd, .events = POLLIN};
-	while (!u->stop) {
+	while (!__atomic_load_n(&u->stop, __ATOMIC_ACQUIRE)) {
 		if (poll(&p, 1, 20) <= 0)
 			continue;
 		struct sockaddr_storage from;
@@ -447,7 +447,7 @@ int udp_echo_start(udp_echo *u)
 
 void udp_echo_stop(udp_echo *u)
 {
-	u->stop = 1;
+	__atomic_store_n(&u->stop, 1, __ATOMIC_RELEASE);
 	pthread_join(u->thread, NULL);
 	close(u->fd);
 }

@@ -48,7 +48,7 @@ typedef struct redirector {
 	int listen_fd;
 	struct sockaddr_storage addr;
 	pthread_t thread;
-	volatile int stop;
+	int stop; /* atomic: set by *_stop, read by the thread */
 	pthread_mutex_t lock;
 	pthread_cond_t idle;
 	int active;
@@ -68,7 +68,7 @@ typedef struct udp_echo {
 	int fd;
 	struct sockaddr_storage addr;
 	pthread_t thread;
-	volatile int stop;
+	int stop; /* atomic: set by *_stop, read by the thread */
 	int datagrams;
 } udp_echo;
 

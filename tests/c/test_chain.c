@@ -146,6 +146,59 @@ static void hop_limit_blocks_the_seventeenth(void)
 	wfpr_layer_free(layer);
 }
 
+typedef struct client_job {
+	const struct sockaddr_storage *addr;
+	size_t len;
+	uint8_t sent[32], echoed[32];
+	int rc;
+} client_job;
+
+static void *client_main(void *arg)
+{
+	client_job *j = arg;
+	j->rc = echo_client(j->addr, j->len, j->sent, j->echoed);
+	return NULL;
+}
+
+/* Many clients at once through two redirectors: the store and the layer
+ * under contention; every payload intact, every connection seen once each. */
+static void concurrent_connections(void)
+{
+	enum { CLIENTS = 64 };
+	static client_job jobs[CLIENTS];
+	pthread_t threads[CLIENTS];
+	wfpr_layer *layer;
+	echo_server server;
+	redirector r[2];
+
+	CHECK_EQ(wfpr_layer_new(&layer), 0);
+	CHECK_EQ(echo_server_start(&server, CLIENTS), 0);
+	for (int i = 0; i < 2; i++)
+		CHECK_EQ(redirector_start(&r[i], layer, i ? "dlp" : "av", IPPROTO_TCP, addr_port(&server.addr), (uint64_t)(10 - i), false), 0);
+	CHECK_EQ(wfpr_inproc_attach(layer), 0);
+	for (int c = 0; c < CLIENTS; c++) {
+		jobs[c] = (client_job){.addr = &server.addr, .len = 65536 + (size_t)c * 977};
+		pthread_create(&threads[c], NULL, client_main, &jobs[c]);
+	}
+	for (int c = 0; c < CLIENTS; c++) {
+		pthread_join(threads[c], NULL);
+		CHECK_EQ(jobs[c].rc, 0);
+		CHECK(memcmp(jobs[c].sent, jobs[c].echoed, 32) == 0);
+	}
+	echo_server_join(&server);
+	CHECK_EQ(server.served, CLIENTS);
+	for (int i = 0; i < 2; i++) {
+		redirector_stop(&r[i]);
+		CHECK_EQ(r[i].connections, CLIENTS);
+		CHECK_EQ(r[i].errors, 0);
+	}
+	wfpr_layer_stats st;
+	CHECK_EQ(wfpr_layer_get_stats(&st, layer), 0);
+	CHECK_EQ(st.redirected, 2 * CLIENTS);
+	wfpr_inproc_detach(layer);
+	wfpr_layer_free(layer);
+}
+
 int main(void)
 {
 	RUN(two_tcp_redirectors);
@@ -154,5 +207,6 @@ int main(void)
 	RUN(two_udp_redirectors);
 	RUN(three_udp_redirectors);
 	RUN(hop_limit_blocks_the_seventeenth);
+	RUN(concurrent_connections);
 	TEST_MAIN_END();
 }

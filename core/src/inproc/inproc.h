@@ -33,7 +33,9 @@ typedef struct sock {
 	bool want_context;
 	uint8_t *records; /* SET on this socket, checked */
 	size_t records_len;
-	struct conn *connecting; /* a non-blocking redirected connect in progress */
+	bool connect_pending;    /* a non-blocking connect in progress... */
+	struct sockaddr_storage connect_target; /* ...to here (the proxy, if redirected) */
+	struct conn *connecting; /* its record, if redirected */
 	flow *flows;             /* UDP: where each destination goes */
 	size_t n_flows;
 } sock;

@@ -186,23 +186,29 @@ int wfpr_socket_set_overlapped(wfpr_socket_t fd, int on)
 	return s ? 0 : fail(WFPR_WSAENOBUFS, ENOMEM);
 }
 
-/* A second connect on a non-blocking socket whose redirected connect is in progress. */
-static int finish_connect(int fd, conn *c)
+/* A second connect on a non-blocking socket whose connect is in progress:
+ * finish it (a redirected one publishes its record now), never classify again. */
+static int finish_connect(int fd, const struct sockaddr_storage *target)
 {
-	int rc = connect(fd, (struct sockaddr *)&c->target, addr_len(&c->target));
+	int rc = connect(fd, (const struct sockaddr *)target, addr_len(target));
 	int e = errno;
+	bool done = rc == 0 || e == EISCONN;
 	pthread_mutex_lock(&inproc_lock);
 	sock *s = socktab_find(fd);
-	if (rc == 0 || e == EISCONN) {
-		store_commit(c);
-		rc = 0;
-	} else if (e != EALREADY && e != EINPROGRESS) {
-		store_abandon(c);
+	if (s && s->connect_pending) {
+		if (done && s->connecting)
+			store_commit(s->connecting);
+		else if (!done && e != EALREADY && e != EINPROGRESS && s->connecting)
+			store_abandon(s->connecting);
+		if (done || (e != EALREADY && e != EINPROGRESS)) {
+			s->connect_pending = false;
+			s->connecting = NULL;
+		}
 	}
-	if (s && (rc == 0 || (e != EALREADY && e != EINPROGRESS)))
-		s->connecting = NULL;
 	pthread_mutex_unlock(&inproc_lock);
-	return rc == 0 ? 0 : fail(wfpr_err_from_errno(e), e);
+	if (done)
+		return 0;
+	return fail(e == EINPROGRESS ? WFPR_WSAEALREADY : wfpr_err_from_errno(e), e);
 }
 
 int wfpr_connect(wfpr_socket_t fd, const struct sockaddr *addr, socklen_t len)
@@ -217,10 +223,13 @@ int wfpr_connect(wfpr_socket_t fd, const struct sockaddr *addr, socklen_t len)
 
 	pthread_mutex_lock(&inproc_lock);
 	sock *s = socktab_find(fd);
-	conn *in_progress = s ? s->connecting : NULL;
+	bool pending = s && s->connect_pending;
+	struct sockaddr_storage pending_target;
+	if (pending)
+		pending_target = s->connect_target;
 	pthread_mutex_unlock(&inproc_lock);
-	if (in_progress)
-		return finish_connect(fd, in_progress);
+	if (pending)
+		return finish_connect(fd, &pending_target);
 
 	struct sockaddr_storage target;
 	conn *c;
@@ -228,17 +237,17 @@ int wfpr_connect(wfpr_socket_t fd, const struct sockaddr *addr, socklen_t len)
 		return WFPR_SOCKET_ERROR;
 	int rc = connect(fd, (struct sockaddr *)&target, addr_len(&target));
 	int e = errno;
-	if (c) {
-		pthread_mutex_lock(&inproc_lock);
-		if (rc == 0) {
-			store_commit(c);
-		} else if (e == EINPROGRESS && (s = socktab_get(fd))) {
-			s->connecting = c;
-		} else {
-			store_abandon(c);
-		}
-		pthread_mutex_unlock(&inproc_lock);
+	pthread_mutex_lock(&inproc_lock);
+	if (rc == 0 && c) {
+		store_commit(c);
+	} else if (rc != 0 && e == EINPROGRESS && (s = socktab_get(fd))) {
+		s->connect_pending = true;
+		s->connect_target = target;
+		s->connecting = c;
+	} else if (rc != 0 && c) {
+		store_abandon(c);
 	}
+	pthread_mutex_unlock(&inproc_lock);
 	return rc == 0 ? 0 : fail(wfpr_err_from_errno(e), e);
 }
 

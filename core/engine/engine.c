@@ -1,0 +1,612 @@
+/* The service engine: one epoll loop, non-blocking sockets, a fixed buffer
+ * per direction. A connection moves through three phases: QUERY (an
+ * overlapped query whose event fd sits in the epoll set), CONNECT (a
+ * non-blocking connect to the original destination, with the record SET),
+ * RELAY (both directions pumped edge-triggered, half-close passed on). */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+#include "wfpr/engine.h"
+#include "wfpr/error.h"
+#include "wfpr/ioctl.h"
+#include "wfpr/record.h"
+#include "wfpr/socket.h"
+
+#define DEFAULT_BUFFER (256u << 10)
+#define FIRST_RECORD_TRY 1024
+
+enum phase { PHASE_QUERY, PHASE_CONNECT, PHASE_RELAY };
+enum kind { KIND_LISTENER, KIND_STOP, KIND_CLIENT, KIND_UPSTREAM, KIND_QUERY };
+
+typedef struct watch {
+	enum kind kind;
+	struct conn *conn;
+} watch;
+
+typedef struct half {
+	uint8_t *buf;
+	size_t len, cap;
+	bool eof;      /* the source said it is done */
+	bool shut;     /* we passed the half-close on */
+	uint64_t total;
+} half;
+
+typedef struct conn {
+	struct conn *prev, *next;
+	wfpr_engine *engine;
+	bool closed; /* on the dead list: events later in this batch ignore it */
+	enum phase phase;
+	int client, upstream;
+	watch w_client, w_upstream, w_query;
+	wfpr_overlapped ov;
+	uint8_t *record;
+	uint32_t record_cap, record_len;
+	struct sockaddr_storage context[2];
+	wfpr_rule_conn info;
+	wfpr_verdict verdict;
+	half up, down; /* up: client to upstream */
+	struct timespec started;
+} conn;
+
+struct wfpr_engine {
+	wfpr_engine_options opts;
+	char *name;
+	int epoll_fd, listen_fd, stop_fd;
+	watch w_listener, w_stop;
+	struct sockaddr_storage address;
+	conn *conns;
+	conn *dead; /* freed after the epoll batch that closed them */
+	uint64_t next_id;
+	wfpr_engine_stats stats;
+	uint8_t *scratch; /* one chunk, for inspected reads */
+};
+
+static int64_t elapsed_ms(const struct timespec *since)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (now.tv_sec - since->tv_sec) * 1000 + (now.tv_nsec - since->tv_nsec) / 1000000;
+}
+
+/* ---- the JSON-lines log ---- */
+
+static void json_string(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if (ch == '"' || ch == '\\')
+			fprintf(f, "\\%c", ch);
+		else if (ch < 0x20)
+			fprintf(f, "\\u%04x", ch);
+		else
+			fputc(ch, f);
+	}
+	fputc('"', f);
+}
+
+static void log_event(wfpr_engine *e, conn *c, const char *event, const char *verdict, const char *error)
+{
+	if (e->opts.log_fd < 0)
+		return;
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+	if (!f)
+		return;
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	char addr[64];
+	fprintf(f, "{\"time\":%.6f,\"proxy\":", (double)now.tv_sec + (double)now.tv_nsec / 1e9);
+	json_string(f, e->name);
+	fprintf(f, ",\"event\":\"%s\",\"id\":%llu,\"proto\":\"tcp\",\"client\":", event, (unsigned long long)c->info.id);
+	json_string(f, wfpr_sockaddr_format(addr, sizeof(addr), &c->info.client));
+	fputs(",\"original_dst\":", f);
+	json_string(f, wfpr_sockaddr_format(addr, sizeof(addr), &c->info.original_dst));
+	fprintf(f, ",\"state\":\"%s\",\"hops\":[", wfpr_redirect_state_name(c->info.state));
+	wfpr_records *r = NULL;
+	if (c->record_len && wfpr_records_decode(&r, c->record, c->record_len) == 0) {
+		for (size_t i = 0; i < r->hop_count; i++) {
+			char id[33];
+			fprintf(f, "%s\"%s\"", i ? "," : "", wfpr_redirector_id_format(id, sizeof(id), r->hops[i].redirector_id));
+		}
+		wfpr_records_free(r);
+	}
+	fputs("],\"verdict\":", f);
+	if (verdict)
+		json_string(f, verdict);
+	else
+		fputs("null", f);
+	fprintf(f, ",\"bytes_up\":%llu,\"bytes_down\":%llu,\"error\":", (unsigned long long)c->up.total,
+	        (unsigned long long)c->down.total);
+	if (error)
+		json_string(f, error);
+	else
+		fputs("null", f);
+	fputs("}\n", f);
+	fclose(f);
+	/* one write per line: lines from several engines never interleave */
+	if (write(e->opts.log_fd, text, len) < 0) {
+		/* a log that cannot be written must not stop the relay */
+	}
+	free(text);
+}
+
+static const char *verdict_name(wfpr_verdict v)
+{
+	return v == WFPR_VERDICT_INSPECT ? "inspect" : v == WFPR_VERDICT_BLOCK ? "block" : "pass";
+}
+
+/* ---- connections ---- */
+
+static int watch_fd(wfpr_engine *e, int op, int fd, uint32_t events, watch *w)
+{
+	struct epoll_event ev = {.events = events, .data.ptr = w};
+	return epoll_ctl(e->epoll_fd, op, fd, &ev);
+}
+
+static void close_conn(conn *c, bool reset, const char *error)
+{
+	wfpr_engine *e = c->engine;
+	if (reset) {
+		struct linger l = {1, 0}; /* close with RST, as the peer's reset came */
+		setsockopt(c->client, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+		if (c->upstream >= 0)
+			setsockopt(c->upstream, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+	}
+	if (c->phase == PHASE_RELAY || error) {
+		if (c->verdict != WFPR_VERDICT_BLOCK)
+			log_event(e, c, error ? "error" : "close", verdict_name(c->verdict), error);
+		if (e->opts.rules && c->phase == PHASE_RELAY) {
+			wfpr_rule_close_stats st = {c->up.total, c->down.total, (uint64_t)elapsed_ms(&c->started)};
+			wfpr_rules_on_close(e->opts.rules, &c->info, &st);
+		}
+	}
+	if (error)
+		e->stats.failed++;
+	e->stats.bytes_up += c->up.total;
+	e->stats.bytes_down += c->down.total;
+	e->stats.active--;
+	/* closesocket aborts a pending QUERY before its buffer goes away */
+	wfpr_closesocket(c->client);
+	if (c->upstream >= 0)
+		wfpr_closesocket(c->upstream);
+	wfpr_overlapped_dispose(&c->ov);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		e->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	c->closed = true;
+	c->next = e->dead;
+	e->dead = c;
+}
+
+static void bury_dead(wfpr_engine *e)
+{
+	for (conn *c = e->dead, *next; c; c = next) {
+		next = c->next;
+		free(c->record);
+		free(c->up.buf);
+		free(c->down.buf);
+		free(c);
+	}
+	e->dead = NULL;
+}
+
+static void start_connect(conn *c);
+static void pump(conn *c);
+
+/* The record is here: read the context, ask the rule, go on. */
+static void records_ready(conn *c)
+{
+	wfpr_engine *e = c->engine;
+	uint32_t bytes = 0;
+	/* done at once still signals the event: stop watching it */
+	epoll_ctl(e->epoll_fd, EPOLL_CTL_DEL, c->ov.event_fd, NULL);
+	socklen_t len = sizeof(c->info.client);
+	if (wfpr_ioctl(c->client, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT, NULL, 0, c->context,
+	               sizeof(c->context), &bytes, NULL, NULL) != 0 ||
+	    bytes != sizeof(c->context)) {
+		close_conn(c, true, "no default redirect context");
+		return;
+	}
+	getpeername(c->client, (struct sockaddr *)&c->info.client, &len);
+	c->info.original_dst = c->context[0];
+	c->info.records = c->record;
+	c->info.records_len = c->record_len;
+	if (e->opts.handle)
+		wfpr_query_redirect_state(&c->info.state, c->record, c->record_len, e->opts.handle);
+	c->verdict = e->opts.rules ? wfpr_rules_on_connect(e->opts.rules, &c->info) : WFPR_VERDICT_PASS;
+	if (c->verdict == WFPR_VERDICT_BLOCK) {
+		e->stats.blocked++;
+		log_event(e, c, "connect", "block", NULL);
+		close_conn(c, true, NULL);
+		return;
+	}
+	if (c->verdict == WFPR_VERDICT_INSPECT)
+		e->stats.inspected++;
+	else
+		e->stats.passed++;
+	log_event(e, c, "connect", verdict_name(c->verdict), NULL);
+	start_connect(c);
+}
+
+/* QUERY the record; it may still be on its way (overlapped). */
+static void query_records(conn *c)
+{
+	uint32_t bytes = 0;
+	wfpr_overlapped_reset(&c->ov);
+	if (wfpr_ioctl(c->client, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, c->record, c->record_cap,
+	               &bytes, &c->ov, NULL) == 0) {
+		c->record_len = bytes;
+		records_ready(c);
+		return;
+	}
+	int err = wfpr_get_last_error();
+	if (err == WFPR_WSA_IO_PENDING)
+		return; /* the event fd is in the epoll set */
+	if (err == WFPR_ERROR_INSUFFICIENT_BUFFER && bytes > c->record_cap) {
+		uint8_t *grown = realloc(c->record, bytes);
+		if (grown) {
+			c->record = grown;
+			c->record_cap = bytes;
+			query_records(c);
+			return;
+		}
+	}
+	close_conn(c, true, wfpr_err_name(err) ? wfpr_err_name(err) : "QUERY failed");
+}
+
+static void query_completed(conn *c)
+{
+	uint32_t bytes = 0;
+	if (c->phase != PHASE_QUERY)
+		return; /* a completion signalled for a QUERY that already finished at once */
+	if (wfpr_get_overlapped_result(c->client, &c->ov, &bytes, 0, NULL) == 0) {
+		c->record_len = bytes;
+		records_ready(c);
+	} else if (wfpr_get_last_error() == WFPR_ERROR_INSUFFICIENT_BUFFER) {
+		query_records(c);
+	} else if (wfpr_get_last_error() != WFPR_WSA_IO_INCOMPLETE) {
+		close_conn(c, true, wfpr_err_name(wfpr_get_last_error()));
+	}
+}
+
+static void start_connect(conn *c)
+{
+	wfpr_engine *e = c->engine;
+	struct sockaddr_storage *dst = &c->context[0];
+	uint32_t bytes;
+	c->upstream = wfpr_socket(dst->ss_family, SOCK_STREAM | SOCK_NONBLOCK, 0, 0);
+	if (c->upstream < 0 ||
+	    wfpr_ioctl(c->upstream, WFPR_SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, c->record, c->record_len, NULL, 0,
+	               &bytes, NULL, NULL) != 0) {
+		close_conn(c, true, "cannot set up the outbound socket");
+		return;
+	}
+	c->phase = PHASE_CONNECT;
+	socklen_t len = dst->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+	int rc = wfpr_connect(c->upstream, (struct sockaddr *)dst, len);
+	if (rc != 0 && wfpr_get_last_error() != WFPR_WSAEWOULDBLOCK) {
+		close_conn(c, true, wfpr_err_name(wfpr_get_last_error()));
+		return;
+	}
+	watch_fd(e, EPOLL_CTL_ADD, c->upstream, EPOLLOUT | EPOLLIN | EPOLLRDHUP | EPOLLET, &c->w_upstream);
+	if (rc == 0) {
+		c->phase = PHASE_RELAY;
+		watch_fd(e, EPOLL_CTL_ADD, c->client, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, &c->w_client);
+		pump(c);
+	}
+}
+
+static void connect_progress(conn *c)
+{
+	wfpr_engine *e = c->engine;
+	struct sockaddr_storage *dst = &c->context[0];
+	socklen_t len = dst->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+	/* completing the connect through the library publishes the next hop's record */
+	if (wfpr_connect(c->upstream, (struct sockaddr *)dst, len) != 0) {
+		int err = wfpr_get_last_error();
+		if (err != WFPR_WSAEALREADY && err != WFPR_WSAEWOULDBLOCK)
+			close_conn(c, true, wfpr_err_name(err));
+		return;
+	}
+	c->phase = PHASE_RELAY;
+	watch_fd(e, EPOLL_CTL_ADD, c->client, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, &c->w_client);
+	pump(c);
+}
+
+/* Read from src into h (through the rule when inspected); false on a reset. */
+static bool fill(conn *c, int src, half *h, int direction, bool *closed_by_rule)
+{
+	wfpr_engine *e = c->engine;
+	while (!h->eof && h->len < h->cap) {
+		bool inspect = c->verdict == WFPR_VERDICT_INSPECT && e->opts.rules;
+		uint8_t *into = inspect ? e->scratch : h->buf + h->len;
+		size_t room = h->cap - h->len;
+		if (inspect && room > e->opts.buffer_size)
+			room = e->opts.buffer_size;
+		ssize_t n = read(src, into, room);
+		if (n == 0) {
+			h->eof = true;
+			break;
+		}
+		if (n < 0)
+			return errno == EAGAIN || errno == EINTR;
+		if (!inspect) {
+			h->len += (size_t)n;
+			continue;
+		}
+		const void *out = into;
+		size_t out_len = (size_t)n;
+		wfpr_data_verdict v = wfpr_rules_on_data(e->opts.rules, &c->info, direction, into, (size_t)n, &out, &out_len);
+		if (v == WFPR_DATA_CLOSE) {
+			*closed_by_rule = true;
+			return true;
+		}
+		if (v == WFPR_DATA_DROP)
+			continue;
+		if (v == WFPR_DATA_PASS) {
+			out = into;
+			out_len = (size_t)n;
+		}
+		if (out_len > h->cap - h->len) { /* a longer replacement: grow for it */
+			uint8_t *grown = realloc(h->buf, h->len + out_len);
+			if (!grown)
+				return false;
+			h->buf = grown;
+			h->cap = h->len + out_len;
+		}
+		memcpy(h->buf + h->len, out, out_len);
+		h->len += out_len;
+	}
+	return true;
+}
+
+/* Write h to dst; pass the half-close on once it is empty. False on a reset. */
+static bool drain(int dst, half *h)
+{
+	size_t off = 0;
+	while (off < h->len) {
+		ssize_t n = send(dst, h->buf + off, h->len - off, MSG_NOSIGNAL);
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EINTR)
+				break;
+			return false;
+		}
+		off += (size_t)n;
+	}
+	h->total += off;
+	memmove(h->buf, h->buf + off, h->len - off);
+	h->len -= off;
+	if (h->eof && h->len == 0 && !h->shut) {
+		shutdown(dst, SHUT_WR);
+		h->shut = true;
+	}
+	return true;
+}
+
+static void pump(conn *c)
+{
+	bool closed_by_rule = false;
+	/* edge-triggered: keep going until nothing moves, or the sockets stall */
+	for (;;) {
+		size_t before = c->up.len + c->down.len + c->up.total + c->down.total;
+		bool ok = fill(c, c->client, &c->up, 0, &closed_by_rule) && !closed_by_rule &&
+		          drain(c->upstream, &c->up) &&
+		          fill(c, c->upstream, &c->down, 1, &closed_by_rule) && !closed_by_rule &&
+		          drain(c->client, &c->down);
+		if (closed_by_rule) {
+			close_conn(c, true, NULL);
+			return;
+		}
+		if (!ok) {
+			close_conn(c, true, "connection reset");
+			return;
+		}
+		if (c->up.shut && c->down.shut) {
+			close_conn(c, false, NULL);
+			return;
+		}
+		if (c->up.len + c->down.len + c->up.total + c->down.total == before)
+			return; /* nothing moved: wait for the next event */
+	}
+}
+
+static void accept_all(wfpr_engine *e)
+{
+	for (;;) {
+		int fd = accept4(e->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0)
+			return;
+		conn *c = calloc(1, sizeof(*c));
+		size_t cap = e->opts.buffer_size;
+		if (!c || !(c->up.buf = malloc(cap)) || !(c->down.buf = malloc(cap)) ||
+		    !(c->record = malloc(FIRST_RECORD_TRY)) || wfpr_overlapped_init(&c->ov) != 0 ||
+		    wfpr_socket_set_overlapped(fd, 1) != 0) {
+			if (c) {
+				free(c->up.buf);
+				free(c->down.buf);
+				free(c->record);
+			}
+			free(c);
+			close(fd);
+			e->stats.failed++;
+			continue;
+		}
+		c->engine = e;
+		c->client = fd;
+		c->upstream = -1;
+		c->up.cap = c->down.cap = cap;
+		c->record_cap = FIRST_RECORD_TRY;
+		c->info.version = WFPR_RULE_CONN_VERSION;
+		c->info.id = ++e->next_id;
+		c->info.protocol = IPPROTO_TCP;
+		c->w_client = (watch){KIND_CLIENT, c};
+		c->w_upstream = (watch){KIND_UPSTREAM, c};
+		c->w_query = (watch){KIND_QUERY, c};
+		clock_gettime(CLOCK_MONOTONIC, &c->started);
+		c->next = e->conns;
+		if (e->conns)
+			e->conns->prev = c;
+		e->conns = c;
+		e->stats.accepted++;
+		e->stats.active++;
+		watch_fd(e, EPOLL_CTL_ADD, c->ov.event_fd, EPOLLIN, &c->w_query);
+		query_records(c);
+	}
+}
+
+int wfpr_engine_new(wfpr_engine **out, const wfpr_engine_options *opts)
+{
+	wfpr_engine_options defaults = WFPR_ENGINE_OPTIONS_INIT;
+	if (!out)
+		return WFPR_WSAEFAULT;
+	*out = NULL;
+	if (!opts)
+		opts = &defaults;
+	if (opts->version != WFPR_ENGINE_OPTIONS_VERSION)
+		return WFPR_WSAEINVAL;
+	wfpr_engine *e = calloc(1, sizeof(*e));
+	if (!e)
+		return WFPR_WSAENOBUFS;
+	e->epoll_fd = e->listen_fd = e->stop_fd = -1;
+	e->opts = *opts;
+	if (!e->opts.buffer_size)
+		e->opts.buffer_size = DEFAULT_BUFFER;
+	e->name = strdup(opts->name ? opts->name : "proxy");
+	e->scratch = malloc(e->opts.buffer_size);
+	e->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+	e->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	struct sockaddr_storage addr;
+	if (opts->listen_address) {
+		addr = *opts->listen_address;
+	} else {
+		struct sockaddr_in *sin = (struct sockaddr_in *)&addr;
+		memset(&addr, 0, sizeof(addr));
+		sin->sin_family = AF_INET;
+		sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	}
+	socklen_t len = addr.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+	e->listen_fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int one = 1;
+	int rc = 0;
+	if (!e->name || !e->scratch) {
+		rc = WFPR_WSAENOBUFS;
+	} else if (e->epoll_fd < 0 || e->stop_fd < 0 || e->listen_fd < 0 ||
+	           setsockopt(e->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	           bind(e->listen_fd, (struct sockaddr *)&addr, len) < 0 || listen(e->listen_fd, 1024) < 0) {
+		rc = errno ? wfpr_err_from_errno(errno) : WFPR_WSAEINVAL;
+	} else {
+		len = sizeof(e->address);
+		getsockname(e->listen_fd, (struct sockaddr *)&e->address, &len);
+		e->w_listener = (watch){KIND_LISTENER, NULL};
+		e->w_stop = (watch){KIND_STOP, NULL};
+		if (watch_fd(e, EPOLL_CTL_ADD, e->listen_fd, EPOLLIN, &e->w_listener) < 0 ||
+		    watch_fd(e, EPOLL_CTL_ADD, e->stop_fd, EPOLLIN, &e->w_stop) < 0)
+			rc = wfpr_err_from_errno(errno);
+	}
+	if (rc != 0) {
+		wfpr_engine_free(e);
+		return rc;
+	}
+	*out = e;
+	return 0;
+}
+
+int wfpr_engine_address(struct sockaddr_storage *out, const wfpr_engine *e)
+{
+	if (!out || !e)
+		return WFPR_WSAEFAULT;
+	*out = e->address;
+	return 0;
+}
+
+int wfpr_engine_run(wfpr_engine *e)
+{
+	if (!e)
+		return WFPR_WSAEFAULT;
+	struct epoll_event events[128];
+	for (;;) {
+		int n = epoll_wait(e->epoll_fd, events, 128, -1);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return wfpr_err_from_errno(errno);
+		}
+		for (int i = 0; i < n; i++) {
+			watch *w = events[i].data.ptr;
+			if (w->conn && w->conn->closed)
+				continue;
+			switch (w->kind) {
+			case KIND_STOP:
+				while (e->conns)
+					close_conn(e->conns, false, NULL);
+				bury_dead(e);
+				return 0;
+			case KIND_LISTENER:
+				accept_all(e);
+				break;
+			case KIND_QUERY:
+				query_completed(w->conn);
+				break;
+			case KIND_UPSTREAM:
+				if (w->conn->phase == PHASE_CONNECT) {
+					connect_progress(w->conn);
+					break;
+				}
+				/* fall through */
+			case KIND_CLIENT:
+				if (w->conn->phase == PHASE_RELAY)
+					pump(w->conn);
+				break;
+			}
+		}
+		bury_dead(e);
+	}
+}
+
+void wfpr_engine_stop(wfpr_engine *e)
+{
+	uint64_t one = 1;
+	if (e && write(e->stop_fd, &one, sizeof(one)) < 0) {
+		/* the counter is already non-zero: the loop wakes either way */
+	}
+}
+
+int wfpr_engine_get_stats(wfpr_engine_stats *out, const wfpr_engine *e)
+{
+	if (!out || !e)
+		return WFPR_WSAEFAULT;
+	*out = e->stats;
+	return 0;
+}
+
+void wfpr_engine_free(wfpr_engine *e)
+{
+	if (!e)
+		return;
+	while (e->conns)
+		close_conn(e->conns, false, NULL);
+	bury_dead(e);
+	if (e->listen_fd >= 0)
+		close(e->listen_fd);
+	if (e->stop_fd >= 0)
+		close(e->stop_fd);
+	if (e->epoll_fd >= 0)
+		close(e->epoll_fd);
+	free(e->scratch);
+	free(e->name);
+	free(e);
+}

@@ -1,0 +1,54 @@
+#ifndef WFPR_ENGINE_H
+#define WFPR_ENGINE_H
+
+/*
+ * The redirect service engine: a transparent TCP proxy on an epoll loop of
+ * non-blocking sockets. For each connection it accepts it QUERYs the record
+ * and context (overlapped, so a record still on its way never blocks the
+ * loop), asks the rules (on_connect, then on_data per chunk for inspected
+ * connections), SETs the record on its outbound socket, connects to the
+ * original destination and relays both ways with half-close. Every decision
+ * is one JSON line in the log.
+ */
+
+#include <sys/socket.h>
+#include "common.h"
+#include "layer.h"
+#include "rules.h"
+
+WFPR_BEGIN_DECL
+
+typedef struct wfpr_engine wfpr_engine;
+
+typedef struct wfpr_engine_options {
+	unsigned int version;
+	const char *name;                             /* the proxy's name in the log */
+	const struct sockaddr_storage *listen_address; /* NULL: 127.0.0.1, any port */
+	const wfpr_redirect_handle *handle;           /* this proxy's redirector, for conn.state */
+	wfpr_rules *rules;                            /* NULL: pass everything; used by the loop's thread only */
+	size_t buffer_size;                           /* per direction; 0: 256 KiB */
+	int log_fd;                                   /* JSON lines; -1: none */
+} wfpr_engine_options;
+
+#define WFPR_ENGINE_OPTIONS_VERSION 1
+#define WFPR_ENGINE_OPTIONS_INIT {WFPR_ENGINE_OPTIONS_VERSION, NULL, NULL, NULL, NULL, 0, -1}
+
+typedef struct wfpr_engine_stats {
+	uint64_t accepted, passed, inspected, blocked, failed;
+	uint64_t bytes_up, bytes_down;
+	uint64_t active;
+} wfpr_engine_stats;
+
+WFPR_EXTERN int wfpr_engine_new(wfpr_engine **out, const wfpr_engine_options *opts);
+/* Where it listens (to redirect to). */
+WFPR_EXTERN int wfpr_engine_address(struct sockaddr_storage *out, const wfpr_engine *engine);
+/* Serve until wfpr_engine_stop; 0, or a wfpr_err. */
+WFPR_EXTERN int wfpr_engine_run(wfpr_engine *engine);
+/* From any thread: wfpr_engine_run returns after closing its connections. */
+WFPR_EXTERN void wfpr_engine_stop(wfpr_engine *engine);
+WFPR_EXTERN int wfpr_engine_get_stats(wfpr_engine_stats *out, const wfpr_engine *engine);
+WFPR_EXTERN void wfpr_engine_free(wfpr_engine *engine);
+
+WFPR_END_DECL
+
+#endif

@@ -1,0 +1,271 @@
+/* The service engine over real loopback TCP: two engines as cooperating
+ * proxies, Lua verdicts (pass, inspect with EICAR, block), a refusing
+ * server, many connections at once, and the JSON-lines log. */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <unistd.h>
+#include "support.h"
+#include "test.h"
+#include "wfpr/engine.h"
+
+typedef struct proxy {
+	wfpr_layer *layer;
+	uint64_t filter_id;
+	wfpr_engine *engine;
+	wfpr_rules *rules;
+	wfpr_redirect_handle *handle;
+	struct sockaddr_storage addr;
+	pthread_t thread;
+} proxy;
+
+static wfpr_action send_to_proxy(void *user, wfpr_connect_request *req)
+{
+	proxy *p = user;
+	if (req->state == WFPR_CONNECTION_REDIRECTED_BY_SELF || req->state == WFPR_CONNECTION_PREVIOUSLY_REDIRECTED_BY_SELF)
+		return WFPR_ACTION_PERMIT;
+	req->redirect_to = p->addr;
+	return WFPR_ACTION_REDIRECT;
+}
+
+static void *run(void *arg)
+{
+	wfpr_engine_run(((proxy *)arg)->engine);
+	return NULL;
+}
+
+static void proxy_start(proxy *p, wfpr_layer *layer, const char *name, uint16_t port, uint64_t weight,
+                        const char *rule_file, int log_fd)
+{
+	memset(p, 0, sizeof(*p));
+	CHECK_EQ(wfpr_redirect_handle_create(&p->handle, layer, NULL, name), 0);
+	if (rule_file) {
+		char path[512];
+		snprintf(path, sizeof(path), "%s/%s", WFPR_RULES_DIR, rule_file);
+		CHECK_EQ(wfpr_rules_new(&p->rules, NULL), 0);
+		CHECK_EQ(wfpr_rules_load_file(p->rules, path), 0);
+	}
+	wfpr_engine_options o = WFPR_ENGINE_OPTIONS_INIT;
+	o.name = name;
+	o.handle = p->handle;
+	o.rules = p->rules;
+	o.log_fd = log_fd;
+	CHECK_EQ(wfpr_engine_new(&p->engine, &o), 0);
+	CHECK_EQ(wfpr_engine_address(&p->addr, p->engine), 0);
+	wfpr_callout_options co = WFPR_CALLOUT_OPTIONS_INIT;
+	co.classify = send_to_proxy;
+	co.user = p;
+	co.handle = p->handle;
+	uint32_t cid;
+	p->layer = layer;
+	CHECK_EQ(wfpr_callout_register(&cid, layer, &co), 0);
+	wfpr_filter_options fo = WFPR_FILTER_OPTIONS_INIT;
+	fo.callout_id = cid;
+	fo.protocol = IPPROTO_TCP;
+	fo.weight = weight;
+	fo.remote_port_min = fo.remote_port_max = port;
+	CHECK_EQ(wfpr_filter_add(&p->filter_id, layer, &fo), 0);
+	pthread_create(&p->thread, NULL, run, p);
+}
+
+static wfpr_engine_stats proxy_stop(proxy *p)
+{
+	wfpr_engine_stats st;
+	wfpr_filter_remove(p->layer, p->filter_id); /* no more redirects to a stopped proxy */
+	wfpr_engine_stop(p->engine);
+	pthread_join(p->thread, NULL);
+	wfpr_engine_get_stats(&st, p->engine);
+	wfpr_engine_free(p->engine);
+	wfpr_rules_free(p->rules);
+	return st;
+}
+
+/* Log lines containing needle and, when hops >= 0, listing that many hops. */
+static size_t count_lines(int fd, const char *needle, int hops)
+{
+	char buf[1 << 16];
+	lseek(fd, 0, SEEK_SET);
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	buf[n > 0 ? n : 0] = '\0';
+	size_t count = 0;
+	for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+		const char *h = strstr(line, "\"hops\":[");
+		if (!strstr(line, needle) || !h)
+			continue;
+		int listed = h[8] == ']' ? 0 : 1;
+		for (const char *p = h + 8; *p && *p != ']'; p++)
+			listed += *p == ',';
+		count += hops < 0 || listed == hops;
+	}
+	return count;
+}
+
+static void two_engines_cooperate(void)
+{
+	wfpr_layer *layer;
+	echo_server server;
+	proxy av, dlp;
+	char log_path[] = "/tmp/wfpr-engine-log-XXXXXX";
+	int log_fd = mkstemp(log_path);
+	unlink(log_path);
+	CHECK_EQ(wfpr_layer_new(&layer), 0);
+	CHECK_EQ(echo_server_start(&server, 3), 0);
+	proxy_start(&av, layer, "av", addr_port(&server.addr), 10, NULL, log_fd);
+	proxy_start(&dlp, layer, "dlp", addr_port(&server.addr), 5, "tag.lua", log_fd);
+	CHECK_EQ(wfpr_inproc_attach(layer), 0);
+	uint8_t sent[3][32], echoed[32];
+	size_t sizes[3] = {0, 1, 8u << 20};
+	for (int i = 0; i < 3; i++) {
+		CHECK_EQ(echo_client(&server.addr, sizes[i], sent[i], echoed), 0);
+		CHECK(memcmp(sent[i], echoed, 32) == 0);
+	}
+	echo_server_join(&server);
+	for (int i = 0; i < 3; i++)
+		CHECK(memcmp(server.digest[i], sent[i], 32) == 0);
+	wfpr_engine_stats a = proxy_stop(&av), d = proxy_stop(&dlp);
+	CHECK_EQ(a.accepted, 3);
+	CHECK_EQ(d.accepted, 3);
+	CHECK_EQ(a.passed, 3);
+	CHECK_EQ(d.inspected, 3); /* tag.lua inspects */
+	CHECK_EQ(a.failed + d.failed, 0);
+	CHECK_EQ(a.bytes_up, sizes[0] + sizes[1] + sizes[2]);
+	CHECK_EQ(d.bytes_down, sizes[0] + sizes[1] + sizes[2]);
+	/* one connect and one close line per connection and proxy; the dlp saw two hops */
+	CHECK_EQ(count_lines(log_fd, "\"proxy\":\"av\",\"event\":\"connect\"", 1), 3);
+	CHECK_EQ(count_lines(log_fd, "\"proxy\":\"av\",\"event\":\"close\"", 1), 3);
+	CHECK_EQ(count_lines(log_fd, "\"proxy\":\"dlp\",\"event\":\"connect\"", 2), 3);
+	CHECK_EQ(count_lines(log_fd, "\"proxy\":\"dlp\",\"event\":\"close\"", 2), 3);
+	CHECK_EQ(count_lines(log_fd, "\"state\":\"REDIRECTED_BY_SELF\"", -1), 12);
+	CHECK_EQ(count_lines(log_fd, "\"bytes_up\":8388608,\"bytes_down\":8388608", -1), 2);
+	close(log_fd);
+	wfpr_inproc_detach(layer);
+	wfpr_layer_free(layer);
+}
+
+/* A client that sends data and reports how the connection ended. */
+static int send_and_read(const struct sockaddr_storage *addr, const char *data, size_t *got)
+{
+	int fd = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+	if (wfpr_connect(fd, (const struct sockaddr *)addr, addr_size(addr)) != 0) {
+		wfpr_closesocket(fd);
+		return -1;
+	}
+	send(fd, data, strlen(data), MSG_NOSIGNAL);
+	shutdown(fd, SHUT_WR);
+	char buf[4096];
+	ssize_t n;
+	*got = 0;
+	while ((n = read(fd, buf, sizeof(buf))) > 0)
+		*got += (size_t)n;
+	int err = n < 0 ? errno : 0;
+	wfpr_closesocket(fd);
+	return err;
+}
+
+static void rules_decide(void)
+{
+	wfpr_layer *layer;
+	echo_server server;
+	proxy av, allow;
+	CHECK_EQ(wfpr_layer_new(&layer), 0);
+	CHECK_EQ(echo_server_start(&server, 2), 0); /* the clean and the EICAR connection reach it */
+	proxy_start(&av, layer, "av", addr_port(&server.addr), 10, "eicar.lua", -1);
+	proxy_start(&allow, layer, "allow", addr_port(&server.addr), 5, "allowlist.lua", -1);
+	CHECK_EQ(wfpr_inproc_attach(layer), 0);
+	size_t got = 0;
+	/* the allowlist blocks this port (not 80 or 443): a reset or EOF, no echo */
+	int err = send_and_read(&server.addr, "hello", &got);
+	CHECK_EQ(got, 0);
+	CHECK(err == 0 || err == ECONNRESET);
+	wfpr_engine_stats a = proxy_stop(&allow);
+	CHECK_EQ(a.blocked, 1);
+
+	/* without the allowlist: clean data passes, EICAR is cut off before the server */
+	CHECK_EQ(send_and_read(&server.addr, "clean data", &got), 0);
+	CHECK_EQ(got, 10);
+	const char *eicar = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+	err = send_and_read(&server.addr, eicar, &got);
+	CHECK_EQ(got, 0);
+	CHECK(err == 0 || err == ECONNRESET);
+	echo_server_join(&server);
+	wfpr_engine_stats s = proxy_stop(&av);
+	CHECK_EQ(s.inspected, 3);
+	CHECK_EQ(s.bytes_up, 5 + 10); /* "hello" (to the next proxy, which blocked it) and the clean data; never the EICAR bytes */
+	wfpr_inproc_detach(layer);
+	wfpr_layer_free(layer);
+}
+
+static void refused_destination_resets_the_client(void)
+{
+	wfpr_layer *layer;
+	proxy p;
+	struct sockaddr_storage closed_port;
+	int probe = tcp_listen(&closed_port);
+	close(probe); /* nothing listens there now */
+	CHECK_EQ(wfpr_layer_new(&layer), 0);
+	proxy_start(&p, layer, "p", addr_port(&closed_port), 1, NULL, -1);
+	CHECK_EQ(wfpr_inproc_attach(layer), 0);
+	size_t got = 0;
+	int err = send_and_read(&closed_port, "x", &got);
+	CHECK(err == ECONNRESET || err == 0);
+	CHECK_EQ(got, 0);
+	wfpr_engine_stats st = proxy_stop(&p);
+	CHECK_EQ(st.failed, 1);
+	wfpr_inproc_detach(layer);
+	wfpr_layer_free(layer);
+}
+
+typedef struct job {
+	const struct sockaddr_storage *addr;
+	size_t len;
+	uint8_t sent[32], echoed[32];
+	int rc;
+} job;
+
+static void *client_main(void *arg)
+{
+	job *j = arg;
+	j->rc = echo_client(j->addr, j->len, j->sent, j->echoed);
+	return NULL;
+}
+
+static void many_connections_at_once(void)
+{
+	enum { CLIENTS = 64 };
+	static job jobs[CLIENTS];
+	pthread_t t[CLIENTS];
+	wfpr_layer *layer;
+	echo_server server;
+	proxy a, b;
+	CHECK_EQ(wfpr_layer_new(&layer), 0);
+	CHECK_EQ(echo_server_start(&server, CLIENTS), 0);
+	proxy_start(&a, layer, "a", addr_port(&server.addr), 10, NULL, -1);
+	proxy_start(&b, layer, "b", addr_port(&server.addr), 5, NULL, -1);
+	CHECK_EQ(wfpr_inproc_attach(layer), 0);
+	for (int i = 0; i < CLIENTS; i++) {
+		jobs[i] = (job){.addr = &server.addr, .len = 100000 + (size_t)i * 1013};
+		pthread_create(&t[i], NULL, client_main, &jobs[i]);
+	}
+	for (int i = 0; i < CLIENTS; i++) {
+		pthread_join(t[i], NULL);
+		CHECK_EQ(jobs[i].rc, 0);
+		CHECK(memcmp(jobs[i].sent, jobs[i].echoed, 32) == 0);
+	}
+	echo_server_join(&server);
+	wfpr_engine_stats sa = proxy_stop(&a), sb = proxy_stop(&b);
+	CHECK_EQ(sa.accepted, CLIENTS);
+	CHECK_EQ(sb.accepted, CLIENTS);
+	CHECK_EQ(sa.failed + sb.failed, 0);
+	wfpr_inproc_detach(layer);
+	wfpr_layer_free(layer);
+}
+
+int main(void)
+{
+	RUN(two_engines_cooperate);
+	RUN(rules_decide);
+	RUN(refused_destination_resets_the_client);
+	RUN(many_connections_at_once);
+	TEST_MAIN_END();
+}

@@ -66,6 +66,7 @@ fuzz: deps
 bench: build $(PY)
 	./build/bench-records
 	./build/bench-rules
+	./build/bench-engine
 	$(PY) -m pip install -q .
 	$(PY) bench/bench_python.py
 

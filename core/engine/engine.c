@@ -327,8 +327,9 @@ static void connect_progress(conn *c)
 	pump(c);
 }
 
-/* Read from src into h (through the rule when inspected); false on a reset. */
-static bool fill(conn *c, int src, half *h, int direction, bool *closed_by_rule)
+/* Read from src into h (through the rule when inspected), adding what it
+ * read to *moved; false on a reset. */
+static bool fill(conn *c, int src, half *h, int direction, bool *closed_by_rule, size_t *moved)
 {
 	wfpr_engine *e = c->engine;
 	while (!h->eof && h->len < h->cap) {
@@ -344,6 +345,7 @@ static bool fill(conn *c, int src, half *h, int direction, bool *closed_by_rule)
 		}
 		if (n < 0)
 			return errno == EAGAIN || errno == EINTR;
+		*moved += (size_t)n;
 		if (!inspect) {
 			h->len += (size_t)n;
 			continue;
@@ -374,8 +376,9 @@ static bool fill(conn *c, int src, half *h, int direction, bool *closed_by_rule)
 	return true;
 }
 
-/* Write h to dst; pass the half-close on once it is empty. False on a reset. */
-static bool drain(int dst, half *h)
+/* Write h to dst, adding what it wrote to *moved; pass the half-close on
+ * once it is empty. False on a reset. */
+static bool drain(int dst, half *h, size_t *moved)
 {
 	size_t off = 0;
 	while (off < h->len) {
@@ -388,6 +391,7 @@ static bool drain(int dst, half *h)
 		off += (size_t)n;
 	}
 	h->total += off;
+	*moved += off;
 	memmove(h->buf, h->buf + off, h->len - off);
 	h->len -= off;
 	if (h->eof && h->len == 0 && !h->shut) {
@@ -402,11 +406,11 @@ static void pump(conn *c)
 	bool closed_by_rule = false;
 	/* edge-triggered: keep going until nothing moves, or the sockets stall */
 	for (;;) {
-		size_t before = c->up.len + c->down.len + c->up.total + c->down.total;
-		bool ok = fill(c, c->client, &c->up, 0, &closed_by_rule) && !closed_by_rule &&
-		          drain(c->upstream, &c->up) &&
-		          fill(c, c->upstream, &c->down, 1, &closed_by_rule) && !closed_by_rule &&
-		          drain(c->client, &c->down);
+		size_t moved = 0;
+		bool ok = fill(c, c->client, &c->up, 0, &closed_by_rule, &moved) && !closed_by_rule &&
+		          drain(c->upstream, &c->up, &moved) &&
+		          fill(c, c->upstream, &c->down, 1, &closed_by_rule, &moved) && !closed_by_rule &&
+		          drain(c->client, &c->down, &moved);
 		if (closed_by_rule) {
 			close_conn(c, true, NULL);
 			return;
@@ -419,7 +423,7 @@ static void pump(conn *c)
 			close_conn(c, false, NULL);
 			return;
 		}
-		if (c->up.len + c->down.len + c->up.total + c->down.total == before)
+		if (moved == 0)
 			return; /* nothing moved: wait for the next event */
 	}
 }

@@ -261,8 +261,33 @@ static void many_connections_at_once(void)
 	wfpr_layer_free(layer);
 }
 
+/* 100 MiB each way through two engines: full buffers drained in one go
+ * (the relay once stopped reading after exactly that). */
+static void a_large_transfer(void)
+{
+	wfpr_layer *layer;
+	echo_server server;
+	proxy a, b;
+	CHECK_EQ(wfpr_layer_new(&layer), 0);
+	CHECK_EQ(echo_server_start(&server, 1), 0);
+	proxy_start(&a, layer, "a", addr_port(&server.addr), 10, NULL, -1);
+	proxy_start(&b, layer, "b", addr_port(&server.addr), 5, NULL, -1);
+	CHECK_EQ(wfpr_inproc_attach(layer), 0);
+	uint8_t sent[32], echoed[32];
+	CHECK_EQ(echo_client(&server.addr, 100u << 20, sent, echoed), 0);
+	CHECK(memcmp(sent, echoed, 32) == 0);
+	echo_server_join(&server);
+	CHECK(memcmp(server.digest[0], sent, 32) == 0);
+	wfpr_engine_stats sa = proxy_stop(&a), sb = proxy_stop(&b);
+	CHECK_EQ(sa.bytes_up, 100u << 20);
+	CHECK_EQ(sb.bytes_down, 100u << 20);
+	wfpr_inproc_detach(layer);
+	wfpr_layer_free(layer);
+}
+
 int main(void)
 {
+	RUN(a_large_transfer);
 	RUN(two_engines_cooperate);
 	RUN(rules_decide);
 	RUN(refused_destination_resets_the_client);

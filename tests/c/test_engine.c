@@ -192,7 +192,9 @@ static void rules_decide(void)
 	echo_server_join(&server);
 	wfpr_engine_stats s = proxy_stop(&av);
 	CHECK_EQ(s.inspected, 3);
-	CHECK_EQ(s.bytes_up, 5 + 10); /* "hello" (to the next proxy, which blocked it) and the clean data; never the EICAR bytes */
+	/* the clean data, and "hello" if it left before the next proxy's block reset
+	 * the connection (a race); never the EICAR bytes */
+	CHECK(s.bytes_up == 10 || s.bytes_up == 5 + 10);
 	wfpr_inproc_detach(layer);
 	wfpr_layer_free(layer);
 }

@@ -25,12 +25,33 @@
 #define FIRST_RECORD_TRY 1024
 
 enum phase { PHASE_QUERY, PHASE_CONNECT, PHASE_RELAY };
-enum kind { KIND_LISTENER, KIND_STOP, KIND_CLIENT, KIND_UPSTREAM, KIND_QUERY };
+enum kind { KIND_LISTENER, KIND_STOP, KIND_CLIENT, KIND_UPSTREAM, KIND_QUERY, KIND_UDP, KIND_FLOW };
 
 typedef struct watch {
 	enum kind kind;
 	struct conn *conn;
+	struct flow *flow;
 } watch;
+
+#define DEFAULT_UDP_IDLE_MS 30000
+#define MAX_DATAGRAM 65536
+
+/* A UDP flow: one client address, one outbound socket. */
+typedef struct flow {
+	struct flow *prev, *next;
+	bool closed, blocked;
+	int upstream;
+	watch w;
+	struct sockaddr_storage client;
+	struct sockaddr_storage context[2];
+	uint8_t *record;
+	size_t record_len;
+	wfpr_rule_conn info;
+	wfpr_verdict verdict;
+	bool forwarded; /* the records went on with the first datagram */
+	uint64_t up, down;
+	struct timespec started, last;
+} flow;
 
 typedef struct half {
 	uint8_t *buf;
@@ -65,6 +86,10 @@ struct wfpr_engine {
 	struct sockaddr_storage address;
 	conn *conns;
 	conn *dead; /* freed after the epoll batch that closed them */
+	int udp_fd;
+	watch w_udp;
+	uint8_t *datagram; /* MAX_DATAGRAM bytes: this engine's own, as engines run on their own threads */
+	flow *flows, *dead_flows;
 	uint64_t next_id;
 	wfpr_engine_stats stats;
 	uint8_t *scratch; /* one chunk, for inspected reads */
@@ -94,7 +119,9 @@ static void json_string(FILE *f, const char *s)
 	fputc('"', f);
 }
 
-static void log_event(wfpr_engine *e, conn *c, const char *event, const char *verdict, const char *error)
+static void log_line(wfpr_engine *e, const wfpr_rule_conn *info, const char *proto, const uint8_t *record,
+                     size_t record_len, uint64_t up, uint64_t down, const char *event, const char *verdict,
+                     const char *error)
 {
 	if (e->opts.log_fd < 0)
 		return;
@@ -108,13 +135,13 @@ static void log_event(wfpr_engine *e, conn *c, const char *event, const char *ve
 	char addr[64];
 	fprintf(f, "{\"time\":%.6f,\"proxy\":", (double)now.tv_sec + (double)now.tv_nsec / 1e9);
 	json_string(f, e->name);
-	fprintf(f, ",\"event\":\"%s\",\"id\":%llu,\"proto\":\"tcp\",\"client\":", event, (unsigned long long)c->info.id);
-	json_string(f, wfpr_sockaddr_format(addr, sizeof(addr), &c->info.client));
+	fprintf(f, ",\"event\":\"%s\",\"id\":%llu,\"proto\":\"%s\",\"client\":", event, (unsigned long long)info->id, proto);
+	json_string(f, wfpr_sockaddr_format(addr, sizeof(addr), &info->client));
 	fputs(",\"original_dst\":", f);
-	json_string(f, wfpr_sockaddr_format(addr, sizeof(addr), &c->info.original_dst));
-	fprintf(f, ",\"state\":\"%s\",\"hops\":[", wfpr_redirect_state_name(c->info.state));
+	json_string(f, wfpr_sockaddr_format(addr, sizeof(addr), &info->original_dst));
+	fprintf(f, ",\"state\":\"%s\",\"hops\":[", wfpr_redirect_state_name(info->state));
 	wfpr_records *r = NULL;
-	if (c->record_len && wfpr_records_decode(&r, c->record, c->record_len) == 0) {
+	if (record_len && wfpr_records_decode(&r, record, record_len) == 0) {
 		for (size_t i = 0; i < r->hop_count; i++) {
 			char id[33];
 			fprintf(f, "%s\"%s\"", i ? "," : "", wfpr_redirector_id_format(id, sizeof(id), r->hops[i].redirector_id));
@@ -126,8 +153,8 @@ static void log_event(wfpr_engine *e, conn *c, const char *event, const char *ve
 		json_string(f, verdict);
 	else
 		fputs("null", f);
-	fprintf(f, ",\"bytes_up\":%llu,\"bytes_down\":%llu,\"error\":", (unsigned long long)c->up.total,
-	        (unsigned long long)c->down.total);
+	fprintf(f, ",\"bytes_up\":%llu,\"bytes_down\":%llu,\"error\":", (unsigned long long)up,
+	        (unsigned long long)down);
 	if (error)
 		json_string(f, error);
 	else
@@ -139,6 +166,11 @@ static void log_event(wfpr_engine *e, conn *c, const char *event, const char *ve
 		/* a log that cannot be written must not stop the relay */
 	}
 	free(text);
+}
+
+static void log_event(wfpr_engine *e, conn *c, const char *event, const char *verdict, const char *error)
+{
+	log_line(e, &c->info, "tcp", c->record, c->record_len, c->up.total, c->down.total, event, verdict, error);
 }
 
 static const char *verdict_name(wfpr_verdict v)
@@ -457,9 +489,9 @@ static void accept_all(wfpr_engine *e)
 		c->info.version = WFPR_RULE_CONN_VERSION;
 		c->info.id = ++e->next_id;
 		c->info.protocol = IPPROTO_TCP;
-		c->w_client = (watch){KIND_CLIENT, c};
-		c->w_upstream = (watch){KIND_UPSTREAM, c};
-		c->w_query = (watch){KIND_QUERY, c};
+		c->w_client = (watch){KIND_CLIENT, c, NULL};
+		c->w_upstream = (watch){KIND_UPSTREAM, c, NULL};
+		c->w_query = (watch){KIND_QUERY, c, NULL};
 		clock_gettime(CLOCK_MONOTONIC, &c->started);
 		c->next = e->conns;
 		if (e->conns)
@@ -470,6 +502,205 @@ static void accept_all(wfpr_engine *e)
 		watch_fd(e, EPOLL_CTL_ADD, c->ov.event_fd, EPOLLIN, &c->w_query);
 		query_records(c);
 	}
+}
+
+/* ---- UDP flows ---- */
+
+static void close_flow(wfpr_engine *e, flow *f, const char *error)
+{
+	log_line(e, &f->info, "udp", f->record, f->record_len, f->up, f->down, error ? "error" : "close",
+	         f->blocked ? "block" : verdict_name(f->verdict), error);
+	if (e->opts.rules) {
+		wfpr_rule_close_stats st = {f->up, f->down, (uint64_t)elapsed_ms(&f->started)};
+		wfpr_rules_on_close(e->opts.rules, &f->info, &st);
+	}
+	if (f->upstream >= 0)
+		wfpr_closesocket(f->upstream);
+	if (f->prev)
+		f->prev->next = f->next;
+	else
+		e->flows = f->next;
+	if (f->next)
+		f->next->prev = f->prev;
+	f->closed = true;
+	f->next = e->dead_flows;
+	e->dead_flows = f;
+}
+
+/* Through on_datagram for inspected flows: false to send nothing. */
+static bool datagram_rule(wfpr_engine *e, flow *f, int direction, const uint8_t **data, size_t *len)
+{
+	if (f->verdict != WFPR_VERDICT_INSPECT || !e->opts.rules)
+		return true;
+	const void *out;
+	size_t out_len;
+	switch (wfpr_rules_on_datagram(e->opts.rules, &f->info, direction, *data, *len, &out, &out_len)) {
+	case WFPR_DATA_REPLACE:
+		*data = out;
+		*len = out_len;
+		return true;
+	case WFPR_DATA_PASS:
+		return true;
+	case WFPR_DATA_CLOSE:
+		close_flow(e, f, NULL);
+		return false;
+	case WFPR_DATA_DROP:
+		break;
+	}
+	return false;
+}
+
+static flow *new_flow(wfpr_engine *e, const struct sockaddr_storage *client, const struct cmsghdr *records,
+                      const struct cmsghdr *context)
+{
+	size_t rlen = records->cmsg_len - CMSG_LEN(0), clen = context->cmsg_len - CMSG_LEN(0);
+	flow *f = calloc(1, sizeof(*f));
+	if (!f || clen != sizeof(f->context) || !(f->record = malloc(rlen))) {
+		if (f)
+			free(f->record);
+		free(f);
+		return NULL;
+	}
+	memcpy(f->record, CMSG_DATA(records), rlen);
+	f->record_len = rlen;
+	memcpy(f->context, CMSG_DATA(context), clen);
+	f->client = *client;
+	f->w = (watch){KIND_FLOW, NULL, f};
+	f->info.version = WFPR_RULE_CONN_VERSION;
+	f->info.id = ++e->next_id;
+	f->info.protocol = IPPROTO_UDP;
+	f->info.client = *client;
+	f->info.original_dst = f->context[0];
+	f->info.records = f->record;
+	f->info.records_len = f->record_len;
+	if (e->opts.handle)
+		wfpr_query_redirect_state(&f->info.state, f->record, f->record_len, e->opts.handle);
+	clock_gettime(CLOCK_MONOTONIC, &f->started);
+	f->upstream = wfpr_socket(f->context[0].ss_family, SOCK_DGRAM | SOCK_NONBLOCK, 0, 0);
+	if (f->upstream < 0 || watch_fd(e, EPOLL_CTL_ADD, f->upstream, EPOLLIN, &f->w) < 0) {
+		if (f->upstream >= 0)
+			wfpr_closesocket(f->upstream);
+		free(f->record);
+		free(f);
+		return NULL;
+	}
+	f->next = e->flows;
+	if (e->flows)
+		e->flows->prev = f;
+	e->flows = f;
+	e->stats.flows++;
+	f->verdict = e->opts.rules ? wfpr_rules_on_connect(e->opts.rules, &f->info) : WFPR_VERDICT_PASS;
+	f->blocked = f->verdict == WFPR_VERDICT_BLOCK;
+	if (f->blocked)
+		e->stats.blocked++;
+	log_line(e, &f->info, "udp", f->record, f->record_len, 0, 0, "connect", verdict_name(f->verdict), NULL);
+	return f;
+}
+
+/* Toward the original destination; the flow's first datagram carries the records on. */
+static void forward_up(flow *f, const uint8_t *data, size_t len)
+{
+	const struct sockaddr_storage *dst = &f->context[0];
+	socklen_t dst_len = dst->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+	if (f->forwarded) {
+		wfpr_sendto(f->upstream, data, len, 0, (const struct sockaddr *)dst, dst_len);
+		return;
+	}
+	uint8_t control[CMSG_SPACE(WFPR_RECORD_MAX_SIZE)];
+	struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
+	struct msghdr msg = {.msg_name = (void *)dst, .msg_namelen = dst_len, .msg_iov = &iov, .msg_iovlen = 1,
+	                     .msg_control = control, .msg_controllen = CMSG_SPACE(f->record_len)};
+	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+	c->cmsg_level = IPPROTO_IP;
+	c->cmsg_type = WFPR_IP_WFP_REDIRECT_RECORDS;
+	c->cmsg_len = CMSG_LEN(f->record_len);
+	memcpy(CMSG_DATA(c), f->record, f->record_len);
+	if (wfpr_sendmsg(f->upstream, &msg, 0) >= 0)
+		f->forwarded = true;
+}
+
+static void udp_receive(wfpr_engine *e)
+{
+	uint8_t *data = e->datagram;
+	uint8_t control[CMSG_SPACE(WFPR_RECORD_MAX_SIZE) + CMSG_SPACE(WFPR_CONTEXT_MAX_SIZE)];
+	for (;;) {
+		struct sockaddr_storage from;
+		struct iovec iov = {.iov_base = data, .iov_len = MAX_DATAGRAM};
+		struct msghdr msg = {.msg_name = &from, .msg_namelen = sizeof(from), .msg_iov = &iov, .msg_iovlen = 1,
+		                     .msg_control = control, .msg_controllen = sizeof(control)};
+		ssize_t n = wfpr_recvmsg(e->udp_fd, &msg, 0);
+		if (n < 0)
+			return;
+		flow *f = e->flows;
+		while (f && memcmp(&f->client, &from, from.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+		                                                                 : sizeof(struct sockaddr_in)) != 0)
+			f = f->next;
+		if (!f) {
+			const struct cmsghdr *records = NULL, *context = NULL;
+			for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+				if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == WFPR_IP_WFP_REDIRECT_RECORDS)
+					records = c;
+				if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == WFPR_IP_WFP_REDIRECT_CONTEXT)
+					context = c;
+			}
+			if (!records || !context || !(f = new_flow(e, &from, records, context))) {
+				e->stats.failed++; /* not the first datagram of a redirected flow */
+				continue;
+			}
+		}
+		clock_gettime(CLOCK_MONOTONIC, &f->last);
+		const uint8_t *out = data;
+		size_t len = (size_t)n;
+		if (f->blocked || !datagram_rule(e, f, 0, &out, &len))
+			continue;
+		forward_up(f, out, len);
+		f->up += len;
+		e->stats.datagrams_up++;
+	}
+}
+
+static void flow_receive(wfpr_engine *e, flow *f)
+{
+	uint8_t *data = e->datagram;
+	for (;;) {
+		ssize_t n = wfpr_recvfrom(f->upstream, data, MAX_DATAGRAM, 0, NULL, NULL);
+		if (n < 0)
+			return;
+		clock_gettime(CLOCK_MONOTONIC, &f->last);
+		const uint8_t *out = data;
+		size_t len = (size_t)n;
+		if (!datagram_rule(e, f, 1, &out, &len)) {
+			if (f->closed)
+				return;
+			continue;
+		}
+		socklen_t client_len = f->client.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+		sendto(e->udp_fd, out, len, 0, (struct sockaddr *)&f->client, client_len);
+		f->down += len;
+		e->stats.datagrams_down++;
+	}
+}
+
+static void expire_flows(wfpr_engine *e)
+{
+	int64_t idle = e->opts.udp_idle_ms ? e->opts.udp_idle_ms : DEFAULT_UDP_IDLE_MS;
+	for (flow *f = e->flows, *next; f; f = next) {
+		next = f->next;
+		if (elapsed_ms(&f->last) >= idle) {
+			e->stats.flows_expired++;
+			close_flow(e, f, NULL);
+		}
+	}
+}
+
+static void bury_dead_flows(wfpr_engine *e)
+{
+	for (flow *f = e->dead_flows, *next; f; f = next) {
+		next = f->next;
+		free(f->record);
+		free(f);
+	}
+	e->dead_flows = NULL;
 }
 
 int wfpr_engine_new(wfpr_engine **out, const wfpr_engine_options *opts)
@@ -485,7 +716,7 @@ int wfpr_engine_new(wfpr_engine **out, const wfpr_engine_options *opts)
 	wfpr_engine *e = calloc(1, sizeof(*e));
 	if (!e)
 		return WFPR_WSAENOBUFS;
-	e->epoll_fd = e->listen_fd = e->stop_fd = -1;
+	e->epoll_fd = e->listen_fd = e->stop_fd = e->udp_fd = -1;
 	e->opts = *opts;
 	if (!e->opts.buffer_size)
 		e->opts.buffer_size = DEFAULT_BUFFER;
@@ -515,11 +746,23 @@ int wfpr_engine_new(wfpr_engine **out, const wfpr_engine_options *opts)
 	} else {
 		len = sizeof(e->address);
 		getsockname(e->listen_fd, (struct sockaddr *)&e->address, &len);
-		e->w_listener = (watch){KIND_LISTENER, NULL};
-		e->w_stop = (watch){KIND_STOP, NULL};
+		e->w_listener = (watch){KIND_LISTENER, NULL, NULL};
+		e->w_stop = (watch){KIND_STOP, NULL, NULL};
 		if (watch_fd(e, EPOLL_CTL_ADD, e->listen_fd, EPOLLIN, &e->w_listener) < 0 ||
 		    watch_fd(e, EPOLL_CTL_ADD, e->stop_fd, EPOLLIN, &e->w_stop) < 0)
 			rc = wfpr_err_from_errno(errno);
+	}
+	if (rc == 0 && opts->udp) {
+		/* the same address and port, for UDP; ask for the context with each flow's records */
+		int on = 1;
+		e->w_udp = (watch){KIND_UDP, NULL, NULL};
+		e->udp_fd = socket(e->address.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		e->datagram = malloc(MAX_DATAGRAM);
+		socklen_t alen = e->address.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+		if (!e->datagram || e->udp_fd < 0 || bind(e->udp_fd, (struct sockaddr *)&e->address, alen) < 0 ||
+		    wfpr_setsockopt(e->udp_fd, IPPROTO_IP, WFPR_IP_WFP_REDIRECT_CONTEXT, &on, sizeof(on)) != 0 ||
+		    watch_fd(e, EPOLL_CTL_ADD, e->udp_fd, EPOLLIN, &e->w_udp) < 0)
+			rc = errno ? wfpr_err_from_errno(errno) : WFPR_WSAEADDRINUSE;
 	}
 	if (rc != 0) {
 		wfpr_engine_free(e);
@@ -543,7 +786,8 @@ int wfpr_engine_run(wfpr_engine *e)
 		return WFPR_WSAEFAULT;
 	struct epoll_event events[128];
 	for (;;) {
-		int n = epoll_wait(e->epoll_fd, events, 128, -1);
+		/* with UDP flows open, wake now and then to end the idle ones */
+		int n = epoll_wait(e->epoll_fd, events, 128, e->flows ? 100 : -1);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -551,14 +795,23 @@ int wfpr_engine_run(wfpr_engine *e)
 		}
 		for (int i = 0; i < n; i++) {
 			watch *w = events[i].data.ptr;
-			if (w->conn && w->conn->closed)
+			if ((w->conn && w->conn->closed) || (w->flow && w->flow->closed))
 				continue;
 			switch (w->kind) {
 			case KIND_STOP:
 				while (e->conns)
 					close_conn(e->conns, false, NULL);
+				while (e->flows)
+					close_flow(e, e->flows, NULL);
 				bury_dead(e);
+				bury_dead_flows(e);
 				return 0;
+			case KIND_UDP:
+				udp_receive(e);
+				break;
+			case KIND_FLOW:
+				flow_receive(e, w->flow);
+				break;
 			case KIND_LISTENER:
 				accept_all(e);
 				break;
@@ -577,7 +830,9 @@ int wfpr_engine_run(wfpr_engine *e)
 				break;
 			}
 		}
+		expire_flows(e);
 		bury_dead(e);
+		bury_dead_flows(e);
 	}
 }
 
@@ -603,7 +858,12 @@ void wfpr_engine_free(wfpr_engine *e)
 		return;
 	while (e->conns)
 		close_conn(e->conns, false, NULL);
+	while (e->flows)
+		close_flow(e, e->flows, NULL);
 	bury_dead(e);
+	bury_dead_flows(e);
+	if (e->udp_fd >= 0)
+		close(e->udp_fd);
 	if (e->listen_fd >= 0)
 		close(e->listen_fd);
 	if (e->stop_fd >= 0)
@@ -611,6 +871,7 @@ void wfpr_engine_free(wfpr_engine *e)
 	if (e->epoll_fd >= 0)
 		close(e->epoll_fd);
 	free(e->scratch);
+	free(e->datagram);
 	free(e->name);
 	free(e);
 }

@@ -36,8 +36,8 @@ static void *run(void *arg)
 	return NULL;
 }
 
-static void proxy_start(proxy *p, wfpr_layer *layer, const char *name, uint16_t port, uint64_t weight,
-                        const char *rule_file, int log_fd)
+static void proxy_start_with(proxy *p, wfpr_layer *layer, const char *name, uint16_t port, uint64_t weight,
+                             const char *rule_file, int log_fd, int protocol, unsigned int udp_idle_ms)
 {
 	memset(p, 0, sizeof(*p));
 	CHECK_EQ(wfpr_redirect_handle_create(&p->handle, layer, NULL, name), 0);
@@ -52,6 +52,8 @@ static void proxy_start(proxy *p, wfpr_layer *layer, const char *name, uint16_t 
 	o.handle = p->handle;
 	o.rules = p->rules;
 	o.log_fd = log_fd;
+	o.udp = protocol == IPPROTO_UDP;
+	o.udp_idle_ms = udp_idle_ms;
 	CHECK_EQ(wfpr_engine_new(&p->engine, &o), 0);
 	CHECK_EQ(wfpr_engine_address(&p->addr, p->engine), 0);
 	wfpr_callout_options co = WFPR_CALLOUT_OPTIONS_INIT;
@@ -63,11 +65,17 @@ static void proxy_start(proxy *p, wfpr_layer *layer, const char *name, uint16_t 
 	CHECK_EQ(wfpr_callout_register(&cid, layer, &co), 0);
 	wfpr_filter_options fo = WFPR_FILTER_OPTIONS_INIT;
 	fo.callout_id = cid;
-	fo.protocol = IPPROTO_TCP;
+	fo.protocol = protocol;
 	fo.weight = weight;
 	fo.remote_port_min = fo.remote_port_max = port;
 	CHECK_EQ(wfpr_filter_add(&p->filter_id, layer, &fo), 0);
 	pthread_create(&p->thread, NULL, run, p);
+}
+
+static void proxy_start(proxy *p, wfpr_layer *layer, const char *name, uint16_t port, uint64_t weight,
+                        const char *rule_file, int log_fd)
+{
+	proxy_start_with(p, layer, name, port, weight, rule_file, log_fd, IPPROTO_TCP, 0);
 }
 
 static wfpr_engine_stats proxy_stop(proxy *p)
@@ -344,8 +352,59 @@ static void a_large_one_way_stream(void)
 	wfpr_layer_free(layer);
 }
 
+/* UDP through two engines: the records ride the flow's first datagram,
+ * replies come back from the original destination, idle flows end. */
+static void udp_flows_through_two_engines(void)
+{
+	wfpr_layer *layer;
+	udp_echo server;
+	proxy a, b;
+	char log_path[] = "/tmp/wfpr-engine-udp-XXXXXX";
+	int log_fd = mkstemp(log_path);
+	unlink(log_path);
+	CHECK_EQ(wfpr_layer_new(&layer), 0);
+	CHECK_EQ(udp_echo_start(&server), 0);
+	proxy_start_with(&a, layer, "dns-a", addr_port(&server.addr), 10, NULL, log_fd, IPPROTO_UDP, 150);
+	proxy_start_with(&b, layer, "dns-b", addr_port(&server.addr), 5, NULL, log_fd, IPPROTO_UDP, 150);
+	CHECK_EQ(wfpr_inproc_attach(layer), 0);
+	int fd = wfpr_socket(AF_INET, SOCK_DGRAM, 0, 0);
+	struct timeval timeout = {5, 0};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+	enum { DATAGRAMS = 5 };
+	for (int i = 0; i < DATAGRAMS; i++) {
+		uint8_t out[900], in[2048];
+		RAND_bytes(out, sizeof(out));
+		CHECK_EQ(wfpr_sendto(fd, out, sizeof(out), 0, (struct sockaddr *)&server.addr, addr_size(&server.addr)), sizeof(out));
+		struct sockaddr_storage from;
+		socklen_t from_len = sizeof(from);
+		ssize_t n = wfpr_recvfrom(fd, in, sizeof(in), 0, (struct sockaddr *)&from, &from_len);
+		CHECK_EQ(n, sizeof(out));
+		CHECK(n == sizeof(out) && memcmp(in, out, sizeof(out)) == 0);
+		CHECK(memcmp(&from, &server.addr, sizeof(struct sockaddr_in)) == 0); /* not a proxy's address */
+	}
+	usleep(600 * 1000); /* past the idle timeout: both flows end */
+	wfpr_closesocket(fd);
+	wfpr_engine_stats sa = proxy_stop(&a), sb = proxy_stop(&b);
+	udp_echo_stop(&server);
+	CHECK_EQ(server.datagrams, DATAGRAMS);
+	CHECK_EQ(sa.flows, 1);
+	CHECK_EQ(sb.flows, 1);
+	CHECK_EQ(sa.datagrams_up, DATAGRAMS);
+	CHECK_EQ(sb.datagrams_down, DATAGRAMS);
+	CHECK_EQ(sa.flows_expired, 1);
+	CHECK_EQ(sb.flows_expired, 1);
+	CHECK_EQ(sa.failed + sb.failed, 0);
+	CHECK_EQ(count_lines(log_fd, "\"proxy\":\"dns-a\",\"event\":\"connect\",\"id\":1,\"proto\":\"udp\"", 1), 1);
+	CHECK_EQ(count_lines(log_fd, "\"proxy\":\"dns-b\",\"event\":\"connect\",\"id\":1,\"proto\":\"udp\"", 2), 1);
+	CHECK_EQ(count_lines(log_fd, "\"event\":\"close\",\"id\":1,\"proto\":\"udp\"", -1), 2);
+	close(log_fd);
+	wfpr_inproc_detach(layer);
+	wfpr_layer_free(layer);
+}
+
 int main(void)
 {
+	RUN(udp_flows_through_two_engines);
 	RUN(a_large_one_way_stream);
 	RUN(two_engines_cooperate);
 	RUN(rules_decide);

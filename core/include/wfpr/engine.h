@@ -7,8 +7,10 @@
  * and context (overlapped, so a record still on its way never blocks the
  * loop), asks the rules (on_connect, then on_data per chunk for inspected
  * connections), SETs the record on its outbound socket, connects to the
- * original destination and relays both ways with half-close. Every decision
- * is one JSON line in the log.
+ * original destination and relays both ways with half-close. With udp set,
+ * it serves UDP flows on the same port: the records come with a flow's
+ * first datagram and go on with the first datagram it forwards; replies go
+ * back to the client; an idle flow ends. Every decision is one JSON line.
  */
 
 #include <sys/socket.h>
@@ -28,13 +30,16 @@ typedef struct wfpr_engine_options {
 	wfpr_rules *rules;                            /* NULL: pass everything; used by the loop's thread only */
 	size_t buffer_size;                           /* per direction; 0: 256 KiB */
 	int log_fd;                                   /* JSON lines; -1: none */
+	int udp;                                      /* also serve UDP flows on the same port */
+	unsigned int udp_idle_ms;                     /* a UDP flow idle this long ends; 0: 30 s */
 } wfpr_engine_options;
 
 #define WFPR_ENGINE_OPTIONS_VERSION 1
-#define WFPR_ENGINE_OPTIONS_INIT {WFPR_ENGINE_OPTIONS_VERSION, NULL, NULL, NULL, NULL, 0, -1}
+#define WFPR_ENGINE_OPTIONS_INIT {WFPR_ENGINE_OPTIONS_VERSION, NULL, NULL, NULL, NULL, 0, -1, 0, 0}
 
 typedef struct wfpr_engine_stats {
 	uint64_t accepted, passed, inspected, blocked, failed;
+	uint64_t flows, datagrams_up, datagrams_down, flows_expired;
 	uint64_t bytes_up, bytes_down;
 	uint64_t active;
 } wfpr_engine_stats;

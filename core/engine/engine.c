@@ -95,6 +95,21 @@ struct wfpr_engine {
 	uint8_t *scratch; /* one chunk, for inspected reads */
 };
 
+/* Unlink x (a conn or a flow) from the live list at head and put it on the
+ * dead list; it is freed after the epoll batch, which may still name it. */
+#define RETIRE(head, dead, x)                 \
+	do {                                      \
+		if ((x)->prev)                        \
+			(x)->prev->next = (x)->next;      \
+		else                                  \
+			(head) = (x)->next;               \
+		if ((x)->next)                        \
+			(x)->next->prev = (x)->prev;      \
+		(x)->closed = true;                   \
+		(x)->next = (dead);                   \
+		(dead) = (x);                         \
+	} while (0)
+
 static int64_t elapsed_ms(const struct timespec *since)
 {
 	struct timespec now;
@@ -213,15 +228,7 @@ static void close_conn(conn *c, bool reset, const char *error)
 	if (c->upstream >= 0)
 		wfpr_closesocket(c->upstream);
 	wfpr_overlapped_dispose(&c->ov);
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		e->conns = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
-	c->closed = true;
-	c->next = e->dead;
-	e->dead = c;
+	RETIRE(e->conns, e->dead, c);
 }
 
 static void bury_dead(wfpr_engine *e)
@@ -516,15 +523,7 @@ static void close_flow(wfpr_engine *e, flow *f, const char *error)
 	}
 	if (f->upstream >= 0)
 		wfpr_closesocket(f->upstream);
-	if (f->prev)
-		f->prev->next = f->next;
-	else
-		e->flows = f->next;
-	if (f->next)
-		f->next->prev = f->prev;
-	f->closed = true;
-	f->next = e->dead_flows;
-	e->dead_flows = f;
+	RETIRE(e->flows, e->dead_flows, f);
 }
 
 /* Through on_datagram for inspected flows: false to send nothing. */

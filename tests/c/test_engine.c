@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/time.h>
 #include <unistd.h>
 #include "support.h"
@@ -110,14 +111,20 @@ static size_t count_lines(int fd, const char *needle, int hops)
 	return count;
 }
 
+/* An anonymous file that several engines append their JSON lines to. */
+static int shared_log(void)
+{
+	int fd = memfd_create("wfpr-engine-log", MFD_CLOEXEC);
+	CHECK(fd >= 0 && fcntl(fd, F_SETFL, O_APPEND) == 0);
+	return fd;
+}
+
 static void two_engines_cooperate(void)
 {
 	wfpr_layer *layer;
 	echo_server server;
 	proxy av, dlp;
-	char log_path[] = "/tmp/wfpr-engine-log-XXXXXX";
-	int log_fd = mkstemp(log_path);
-	unlink(log_path);
+	int log_fd = shared_log();
 	CHECK_EQ(wfpr_layer_new(&layer), 0);
 	CHECK_EQ(echo_server_start(&server, 3), 0);
 	proxy_start(&av, layer, "av", addr_port(&server.addr), 10, NULL, log_fd);
@@ -359,9 +366,7 @@ static void udp_flows_through_two_engines(void)
 	wfpr_layer *layer;
 	udp_echo server;
 	proxy a, b;
-	char log_path[] = "/tmp/wfpr-engine-udp-XXXXXX";
-	int log_fd = mkstemp(log_path);
-	unlink(log_path);
+	int log_fd = shared_log();
 	CHECK_EQ(wfpr_layer_new(&layer), 0);
 	CHECK_EQ(udp_echo_start(&server), 0);
 	proxy_start_with(&a, layer, "dns-a", addr_port(&server.addr), 10, NULL, log_fd, IPPROTO_UDP, 150);

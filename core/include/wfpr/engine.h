@@ -29,7 +29,8 @@ typedef struct wfpr_engine_options {
 	const wfpr_redirect_handle *handle;           /* this proxy's redirector, for conn.state */
 	wfpr_rules *rules;                            /* NULL: pass everything; used by the loop's thread only */
 	size_t buffer_size;                           /* per direction; 0: 256 KiB */
-	int log_fd;                                   /* JSON lines; -1: none */
+	int log_fd;                                   /* JSON lines, one write each; -1: none.
+	                                                 Open it O_APPEND when engines share it. */
 	int udp;                                      /* also serve UDP flows on the same port */
 	unsigned int udp_idle_ms;                     /* a UDP flow idle this long ends; 0: 30 s */
 } wfpr_engine_options;

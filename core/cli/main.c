@@ -1,138 +1,89 @@
-/* The wfpr command:
- *   wfpr rules check FILE...  load each rules file in the sandbox; report
- *                             syntax errors (with their line), failing top
- *                             levels (forbidden globals) and unknown hooks
- *   wfpr inspect BLOB|-       decode a redirect record for people
- * Exit status: 0 all good, 1 a problem found, 2 a usage error. */
-#include <ctype.h>
+/* The wfpr command. Exit status: 0 all good, 1 a problem found, 2 a usage
+ * error (a wrong option, a missing file); wfpr run exits with COMMAND's. */
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include "wfpr/rules.h"
+#include "cli.h"
 #include "wfpr/wfpr.h"
 
-static const char usage[] =
-	"usage: wfpr rules check FILE...\n"
+const char cli_usage[] =
+	"usage: wfpr run --rules R.lua [--proxy NAME=R2.lua ...] [--backend preload] [--log FILE]\n"
+	"                [--fail-closed] [--idle-timeout MS] -- COMMAND [ARGS...]\n"
+	"       wfpr broker --socket PATH\n"
+	"       wfpr proxy --broker PATH --name NAME [--rules R.lua] [--listen ADDR:PORT] [--log FILE]\n"
+	"                  [--idle-timeout MS] [--buffer BYTES]\n"
 	"       wfpr inspect BLOB|-\n"
+	"       wfpr rules check FILE...\n"
 	"       wfpr --version\n"
 	"\n"
+	"  run           start a broker and one proxy per rules file (each its own redirector),\n"
+	"                then run COMMAND with its connections going through all of them;\n"
+	"                print a summary per proxy and exit with COMMAND's status\n"
+	"  broker        hold the redirect layer of the preload backend on a Unix socket\n"
+	"  proxy         a redirect service (proxy) of the preload backend, with Lua rules\n"
+	"  inspect       decode a redirect record: BLOB in hex, or - to read it from\n"
+	"                standard input (raw bytes or hex); exit 1 if it is not a record\n"
 	"  rules check   load each Lua rules file in the sandbox and report syntax errors,\n"
 	"                failing top-level code (forbidden globals such as os or io) and\n"
-	"                unknown hook names; exit 1 if any file has a problem\n"
-	"  inspect       decode a redirect record: BLOB in hex, or - to read it from\n"
-	"                standard input (raw bytes or hex); exit 1 if it is not a record\n";
+	"                unknown hook names; exit 1 if any file has a problem\n";
 
-#define MAX_INPUT (2 * WFPR_RECORD_MAX_SIZE + 1024)
-
-/* Hex digits (whitespace ignored) into bytes; -1 if text is not hex. */
-static long from_hex(const char *text, size_t len, uint8_t *out, size_t cap)
+int cli_parse_address(const char *text, struct sockaddr_storage *out)
 {
-	size_t n = 0;
-	int high = -1;
-	for (size_t i = 0; i < len; i++) {
-		unsigned char ch = (unsigned char)text[i];
-		if (isspace(ch))
-			continue;
-		if (!isxdigit(ch) || (high < 0 && n >= cap))
-			return -1;
-		int v = isdigit(ch) ? ch - '0' : tolower(ch) - 'a' + 10;
-		if (high < 0) {
-			high = v;
-		} else {
-			out[n++] = (uint8_t)(high << 4 | v);
-			high = -1;
-		}
+	char host[64];
+	const char *colon = strrchr(text, ':');
+	if (!colon || colon == text || (size_t)(colon - text) >= sizeof(host))
+		return -1;
+	memcpy(host, text, (size_t)(colon - text));
+	host[colon - text] = '\0';
+	long long port = cli_parse_count(colon + 1);
+	if (port < 0 || port > 65535)
+		return -1;
+	memset(out, 0, sizeof(*out));
+	struct sockaddr_in *v4 = (struct sockaddr_in *)out;
+	struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)out;
+	size_t n = strlen(host);
+	if (host[0] == '[' && n > 2 && host[n - 1] == ']') {
+		host[n - 1] = '\0';
+		v6->sin6_family = AF_INET6;
+		v6->sin6_port = htons((uint16_t)port);
+		return inet_pton(AF_INET6, host + 1, &v6->sin6_addr) == 1 ? 0 : -1;
 	}
-	return high < 0 ? (long)n : -1;
+	v4->sin_family = AF_INET;
+	v4->sin_port = htons((uint16_t)port);
+	return inet_pton(AF_INET, host, &v4->sin_addr) == 1 ? 0 : -1;
 }
 
-static int inspect(int argc, char **argv)
+long long cli_parse_count(const char *text)
 {
-	if (argc != 1) {
-		fprintf(stderr, "wfpr inspect: give one BLOB (hex) or -\n\n%s", usage);
-		return 2;
-	}
-	static char input[MAX_INPUT];
-	static uint8_t blob[MAX_INPUT];
-	size_t len;
-	if (strcmp(argv[0], "-") == 0) {
-		len = fread(input, 1, sizeof(input), stdin);
-	} else {
-		len = strlen(argv[0]);
-		if (len >= sizeof(input)) {
-			fprintf(stderr, "wfpr inspect: BLOB is longer than a record can be\n");
-			return 1;
-		}
-		memcpy(input, argv[0], len);
-	}
-	long n = from_hex(input, len, blob, sizeof(blob));
-	if (n < 0) { /* not hex: the raw bytes */
-		memcpy(blob, input, len);
-		n = (long)len;
-	}
-	wfpr_records *r = NULL;
-	int rc = wfpr_records_decode(&r, blob, (size_t)n);
-	if (rc != 0) {
-		fprintf(stderr, "wfpr inspect: not a redirect record (%s)\n", wfpr_err_name(rc));
-		return 1;
-	}
-	printf("redirect record: %ld bytes, %zu hop(s), oldest first\n", n, r->hop_count);
-	for (size_t i = 0; i < r->hop_count; i++) {
-		const wfpr_hop *h = &r->hops[i];
-		char id[33], from[64], to[64], via[64], when[32];
-		time_t secs = (time_t)(h->time_ns / 1000000000u);
-		struct tm tm;
-		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&secs, &tm));
-		printf("hop %zu  redirector %s (handle %llu, proxy pid %u)\n", i + 1,
-		       wfpr_redirector_id_format(id, sizeof(id), h->redirector_id), (unsigned long long)h->handle_id,
-		       h->proxy_pid);
-		printf("       %s %s -> %s, sent to %s, at %s\n", h->protocol == 17 ? "udp" : "tcp",
-		       wfpr_sockaddr_format(from, sizeof(from), &h->original_local),
-		       wfpr_sockaddr_format(to, sizeof(to), &h->original_remote),
-		       wfpr_sockaddr_format(via, sizeof(via), &h->target), when);
-	}
-	wfpr_records_free(r);
-	return 0;
+	char *end;
+	if (!text || !*text || *text == '-')
+		return -1;
+	long long v = strtoll(text, &end, 10);
+	return *end ? -1 : v;
 }
 
-static int rules_check(int argc, char **argv)
+static int wants_help(int argc, char **argv)
 {
-	if (argc < 1) {
-		fprintf(stderr, "wfpr rules check: no rules file given\n\n%s", usage);
-		return 2;
-	}
-	int status = 0;
 	for (int i = 0; i < argc; i++) {
-		wfpr_rules *rules = NULL;
-		if (wfpr_rules_new(&rules, NULL) != 0) {
-			fprintf(stderr, "wfpr: cannot start a Lua state\n");
+		if (strcmp(argv[i], "--") == 0)
+			return 0;
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
 			return 1;
-		}
-		if (wfpr_rules_load_file(rules, argv[i]) != 0) {
-			fprintf(stderr, "%s\n", wfpr_rules_error(rules));
-			status = 1;
-		} else if (wfpr_rules_warnings(rules)[0]) {
-			fputs(wfpr_rules_warnings(rules), stderr);
-			status = 1;
-		} else {
-			static const char *const hooks[] = {"on_connect", "on_data", "on_datagram", "on_close", "classify"};
-			printf("%s: ok; hooks:", argv[i]);
-			int any = 0;
-			for (size_t h = 0; h < sizeof(hooks) / sizeof(hooks[0]); h++)
-				if (wfpr_rules_has_hook(rules, hooks[h]))
-					any = printf(" %s", hooks[h]);
-			printf("%s\n", any ? "" : " none");
-		}
-		wfpr_rules_free(rules);
 	}
-	return status;
+	return 0;
 }
 
 int main(int argc, char **argv)
 {
+	static const struct {
+		const char *name;
+		int (*run)(int, char **);
+	} commands[] = {
+		{"run", cmd_run}, {"broker", cmd_broker}, {"proxy", cmd_proxy}, {"inspect", cmd_inspect},
+	};
 	if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-		fputs(usage, stdout);
+		fputs(cli_usage, stdout);
 		return 0;
 	}
 	if (argc >= 2 && strcmp(argv[1], "--version") == 0) {
@@ -140,19 +91,21 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	if (argc >= 3 && strcmp(argv[1], "rules") == 0 && strcmp(argv[2], "check") == 0) {
-		if (argc >= 4 && strcmp(argv[3], "--help") == 0) {
-			fputs(usage, stdout);
+		if (wants_help(argc - 3, argv + 3)) {
+			fputs(cli_usage, stdout);
 			return 0;
 		}
-		return rules_check(argc - 3, argv + 3);
+		return cmd_rules_check(argc - 3, argv + 3);
 	}
-	if (argc >= 2 && strcmp(argv[1], "inspect") == 0) {
-		if (argc >= 3 && strcmp(argv[2], "--help") == 0) {
-			fputs(usage, stdout);
+	for (size_t i = 0; argc >= 2 && i < sizeof(commands) / sizeof(commands[0]); i++) {
+		if (strcmp(argv[1], commands[i].name) != 0)
+			continue;
+		if (wants_help(argc - 2, argv + 2)) {
+			fputs(cli_usage, stdout);
 			return 0;
 		}
-		return inspect(argc - 2, argv + 2);
+		return commands[i].run(argc - 2, argv + 2);
 	}
-	fprintf(stderr, "wfpr: unknown command%s%s\n\n%s", argc >= 2 ? " " : "", argc >= 2 ? argv[1] : "", usage);
+	fprintf(stderr, "wfpr: unknown command%s%s\n\n%s", argc >= 2 ? " " : "", argc >= 2 ? argv[1] : "", cli_usage);
 	return 2;
 }

@@ -75,7 +75,7 @@ typedef struct conn {
 	wfpr_rule_conn info;
 	wfpr_verdict verdict;
 	half up, down; /* up: client to upstream */
-	struct timespec started;
+	struct timespec started, last;
 } conn;
 
 struct wfpr_engine {
@@ -158,8 +158,12 @@ static void log_line(wfpr_engine *e, const wfpr_rule_conn *info, const char *pro
 	wfpr_records *r = NULL;
 	if (record_len && wfpr_records_decode(&r, record, record_len) == 0) {
 		for (size_t i = 0; i < r->hop_count; i++) {
-			char id[33];
-			fprintf(f, "%s\"%s\"", i ? "," : "", wfpr_redirector_id_format(id, sizeof(id), r->hops[i].redirector_id));
+			char name[65];
+			const char *known = e->opts.hop_name ? e->opts.hop_name(e->opts.hop_name_user, r->hops[i].redirector_id,
+			                                                        name, sizeof(name))
+			                                     : NULL;
+			fputs(i ? "," : "", f);
+			json_string(f, known ? known : wfpr_redirector_id_format(name, sizeof(name), r->hops[i].redirector_id));
 		}
 		wfpr_records_free(r);
 	}
@@ -191,6 +195,15 @@ static void log_event(wfpr_engine *e, conn *c, const char *event, const char *ve
 static const char *verdict_name(wfpr_verdict v)
 {
 	return v == WFPR_VERDICT_INSPECT ? "inspect" : v == WFPR_VERDICT_BLOCK ? "block" : "pass";
+}
+
+/* conn.state for this proxy's redirector */
+static void redirect_state(wfpr_engine *e, wfpr_rule_conn *info)
+{
+	if (e->opts.handle)
+		wfpr_query_redirect_state(&info->state, info->records, info->records_len, e->opts.handle);
+	else if (e->opts.redirector_id)
+		wfpr_redirect_state_for_id(&info->state, info->records, info->records_len, e->opts.redirector_id);
 }
 
 /* ---- connections ---- */
@@ -264,8 +277,7 @@ static void records_ready(conn *c)
 	c->info.original_dst = c->context[0];
 	c->info.records = c->record;
 	c->info.records_len = c->record_len;
-	if (e->opts.handle)
-		wfpr_query_redirect_state(&c->info.state, c->record, c->record_len, e->opts.handle);
+	redirect_state(e, &c->info);
 	c->verdict = e->opts.rules ? wfpr_rules_on_connect(e->opts.rules, &c->info) : WFPR_VERDICT_PASS;
 	if (c->verdict == WFPR_VERDICT_BLOCK) {
 		e->stats.blocked++;
@@ -464,6 +476,7 @@ static void pump(conn *c)
 		}
 		if (moved == 0)
 			return; /* nothing moved: wait for the next event */
+		clock_gettime(CLOCK_MONOTONIC, &c->last);
 	}
 }
 
@@ -500,6 +513,7 @@ static void accept_all(wfpr_engine *e)
 		c->w_upstream = (watch){KIND_UPSTREAM, c, NULL};
 		c->w_query = (watch){KIND_QUERY, c, NULL};
 		clock_gettime(CLOCK_MONOTONIC, &c->started);
+		c->last = c->started;
 		c->next = e->conns;
 		if (e->conns)
 			e->conns->prev = c;
@@ -572,8 +586,7 @@ static flow *new_flow(wfpr_engine *e, const struct sockaddr_storage *client, con
 	f->info.original_dst = f->context[0];
 	f->info.records = f->record;
 	f->info.records_len = f->record_len;
-	if (e->opts.handle)
-		wfpr_query_redirect_state(&f->info.state, f->record, f->record_len, e->opts.handle);
+	redirect_state(e, &f->info);
 	clock_gettime(CLOCK_MONOTONIC, &f->started);
 	f->upstream = wfpr_socket(f->context[0].ss_family, SOCK_DGRAM | SOCK_NONBLOCK, 0, 0);
 	if (f->upstream < 0 || watch_fd(e, EPOLL_CTL_ADD, f->upstream, EPOLLIN, &f->w) < 0) {
@@ -692,6 +705,17 @@ static void expire_flows(wfpr_engine *e)
 	}
 }
 
+static void expire_conns(wfpr_engine *e)
+{
+	for (conn *c = e->conns, *next; c; c = next) {
+		next = c->next;
+		if (elapsed_ms(&c->last) >= (int64_t)e->opts.tcp_idle_ms) {
+			e->stats.timed_out++;
+			close_conn(c, true, "idle timeout");
+		}
+	}
+}
+
 static void bury_dead_flows(wfpr_engine *e)
 {
 	for (flow *f = e->dead_flows, *next; f; f = next) {
@@ -786,7 +810,8 @@ int wfpr_engine_run(wfpr_engine *e)
 	struct epoll_event events[128];
 	for (;;) {
 		/* with UDP flows open, wake now and then to end the idle ones */
-		int n = epoll_wait(e->epoll_fd, events, 128, e->flows ? 100 : -1);
+		bool tcp_idle = e->opts.tcp_idle_ms && e->conns;
+		int n = epoll_wait(e->epoll_fd, events, 128, e->flows ? 100 : tcp_idle ? 250 : -1);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -830,6 +855,8 @@ int wfpr_engine_run(wfpr_engine *e)
 			}
 		}
 		expire_flows(e);
+		if (e->opts.tcp_idle_ms)
+			expire_conns(e);
 		bury_dead(e);
 		bury_dead_flows(e);
 	}

@@ -36,4 +36,49 @@ static inline bool addr_equal(const struct sockaddr_storage *a, const struct soc
 	return x->sin6_port == y->sin6_port && IN6_ARE_ADDR_EQUAL(&x->sin6_addr, &y->sin6_addr);
 }
 
+/* Addresses equal, or one of them the wildcard (a socket bound to any address). */
+static inline bool addr_ip_matches(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+	if (a->ss_family != b->ss_family)
+		return false;
+	if (a->ss_family == AF_INET) {
+		in_addr_t x = ((const struct sockaddr_in *)a)->sin_addr.s_addr;
+		in_addr_t y = ((const struct sockaddr_in *)b)->sin_addr.s_addr;
+		return x == y || x == htonl(INADDR_ANY) || y == htonl(INADDR_ANY);
+	}
+	const struct in6_addr *x = &((const struct sockaddr_in6 *)a)->sin6_addr;
+	const struct in6_addr *y = &((const struct sockaddr_in6 *)b)->sin6_addr;
+	return IN6_ARE_ADDR_EQUAL(x, y) || IN6_IS_ADDR_UNSPECIFIED(x) || IN6_IS_ADDR_UNSPECIFIED(y);
+}
+
+/* An IPv4-mapped IPv6 address (a dual-stack socket talking IPv4) as the
+ * IPv4 address it is, so both ends of one connection name it alike. */
+static inline void addr_unmap(struct sockaddr_storage *a)
+{
+	const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)a;
+	if (a->ss_family != AF_INET6 || !IN6_IS_ADDR_V4MAPPED(&v6->sin6_addr))
+		return;
+	struct sockaddr_in v4;
+	memset(&v4, 0, sizeof(v4));
+	v4.sin_family = AF_INET;
+	v4.sin_port = v6->sin6_port;
+	memcpy(&v4.sin_addr, &v6->sin6_addr.s6_addr[12], 4);
+	memset(a, 0, sizeof(*a));
+	memcpy(a, &v4, sizeof(v4));
+}
+
+/* The IPv4 address v4 as an IPv4-mapped IPv6 address (for an IPv6 socket). */
+static inline void addr_map_v6(struct sockaddr_storage *out, const struct sockaddr_storage *v4)
+{
+	const struct sockaddr_in *in = (const struct sockaddr_in *)v4;
+	struct sockaddr_in6 v6;
+	memset(&v6, 0, sizeof(v6));
+	v6.sin6_family = AF_INET6;
+	v6.sin6_port = in->sin_port;
+	v6.sin6_addr.s6_addr[10] = v6.sin6_addr.s6_addr[11] = 0xff;
+	memcpy(&v6.sin6_addr.s6_addr[12], &in->sin_addr, 4);
+	memset(out, 0, sizeof(*out));
+	memcpy(out, &v6, sizeof(v6));
+}
+
 #endif

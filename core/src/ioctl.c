@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "inproc/inproc.h"
+#include "preload/client.h"
 #include "wfpr/error.h"
 #include "wfpr/ioctl.h"
 
@@ -61,6 +62,13 @@ static int query(const call *k, bool context, void *out, uint32_t out_len, uint3
 	if (getsockname(k->fd, (struct sockaddr *)&local, &len) < 0)
 		return wfpr_err_from_errno(errno);
 
+	if (client_enabled()) {
+		/* the preload backend: issued before the client's connect, so never pending */
+		uint8_t blob[WIRE_BLOB_MAX];
+		size_t blob_len;
+		int rc = client_query(k->protocol, &local, &peer, context ? WIRE_QUERY_CONTEXT : 0, blob, sizeof(blob), &blob_len);
+		return rc != 0 ? rc : query_fill(out, out_len, blob, blob_len, bytes);
+	}
 	pthread_mutex_lock(&inproc_lock);
 	int rc = WFPR_WSAENETDOWN;
 	if (!inproc_layer)

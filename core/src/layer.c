@@ -164,24 +164,28 @@ const char *wfpr_redirect_handle_name(const wfpr_redirect_handle *handle)
 }
 
 /* The four-state rule of DESIGN.md, over an already parsed chain. */
-static wfpr_redirect_state state_of(const record_view *view, const wfpr_redirect_handle *h)
+static wfpr_redirect_state state_for(const record_view *view, const uint8_t *id)
 {
-	if (!view || view->hop_count == 0 || !h)
+	if (!view || view->hop_count == 0 || !id)
 		return WFPR_CONNECTION_NOT_REDIRECTED;
 	size_t last = view->hop_count - 1;
-	if (memcmp(view->hops[last].redirector_id, h->id, WFPR_REDIRECTOR_ID_SIZE) == 0)
+	if (memcmp(view->hops[last].redirector_id, id, WFPR_REDIRECTOR_ID_SIZE) == 0)
 		return WFPR_CONNECTION_REDIRECTED_BY_SELF;
 	for (size_t i = 0; i < last; i++)
-		if (memcmp(view->hops[i].redirector_id, h->id, WFPR_REDIRECTOR_ID_SIZE) == 0)
+		if (memcmp(view->hops[i].redirector_id, id, WFPR_REDIRECTOR_ID_SIZE) == 0)
 			return WFPR_CONNECTION_PREVIOUSLY_REDIRECTED_BY_SELF;
 	return WFPR_CONNECTION_REDIRECTED_BY_OTHER;
 }
 
-int wfpr_query_redirect_state(wfpr_redirect_state *out, const void *records, size_t len,
-                              const wfpr_redirect_handle *handle)
+static wfpr_redirect_state state_of(const record_view *view, const wfpr_redirect_handle *h)
 {
-	if (!out || !handle || (!records && len))
-		return WFPR_WSAEFAULT;
+	return state_for(view, h ? h->id : NULL);
+}
+
+/* Parse records (checking the tokens under key when key is not NULL), then the state for id. */
+static int state_from_blob(wfpr_redirect_state *out, const void *records, size_t len, const uint8_t *key,
+                           const uint8_t *id)
+{
 	if (!records || len == 0) {
 		*out = WFPR_CONNECTION_NOT_REDIRECTED;
 		return 0;
@@ -190,12 +194,28 @@ int wfpr_query_redirect_state(wfpr_redirect_state *out, const void *records, siz
 	if (!view)
 		return WFPR_WSAENOBUFS;
 	int rc = record_parse(view, records, len);
-	if (rc == 0 && !record_tokens_valid(view, handle->layer->key))
+	if (rc == 0 && key && !record_tokens_valid(view, key))
 		rc = WFPR_WSAEINVAL;
 	if (rc == 0)
-		*out = state_of(view, handle);
+		*out = state_for(view, id);
 	free(view);
 	return rc;
+}
+
+int wfpr_query_redirect_state(wfpr_redirect_state *out, const void *records, size_t len,
+                              const wfpr_redirect_handle *handle)
+{
+	if (!out || !handle || (!records && len))
+		return WFPR_WSAEFAULT;
+	return state_from_blob(out, records, len, handle->layer->key, handle->id);
+}
+
+int wfpr_redirect_state_for_id(wfpr_redirect_state *out, const void *records, size_t len,
+                               const uint8_t id[WFPR_REDIRECTOR_ID_SIZE])
+{
+	if (!out || !id || (!records && len))
+		return WFPR_WSAEFAULT;
+	return state_from_blob(out, records, len, NULL, id);
 }
 
 int wfpr_callout_register(uint32_t *out, wfpr_layer *layer, const wfpr_callout_options *opts)

@@ -22,6 +22,9 @@ WFPR_BEGIN_DECL
 
 typedef struct wfpr_engine wfpr_engine;
 
+/* Writes a redirector's name for the log into buf (len bytes); returns buf, or NULL for its id in hex. */
+typedef const char *(*wfpr_hop_name_fn)(void *user, const uint8_t id[16], char *buf, size_t len);
+
 typedef struct wfpr_engine_options {
 	unsigned int version;
 	const char *name;                             /* the proxy's name in the log */
@@ -33,13 +36,18 @@ typedef struct wfpr_engine_options {
 	                                                 Open it O_APPEND when engines share it. */
 	int udp;                                      /* also serve UDP flows on the same port */
 	unsigned int udp_idle_ms;                     /* a UDP flow idle this long ends; 0: 30 s */
+	unsigned int tcp_idle_ms;                     /* a connection idle this long is reset; 0: never */
+	const uint8_t *redirector_id;                 /* without a handle (preload backend): this proxy's id */
+	wfpr_hop_name_fn hop_name;                    /* names the log's hops; NULL: their ids in hex */
+	void *hop_name_user;
 } wfpr_engine_options;
 
 #define WFPR_ENGINE_OPTIONS_VERSION 1
-#define WFPR_ENGINE_OPTIONS_INIT {WFPR_ENGINE_OPTIONS_VERSION, NULL, NULL, NULL, NULL, 0, -1, 0, 0}
+#define WFPR_ENGINE_OPTIONS_INIT \
+	{WFPR_ENGINE_OPTIONS_VERSION, NULL, NULL, NULL, NULL, 0, -1, 0, 0, 0, NULL, NULL, NULL}
 
 typedef struct wfpr_engine_stats {
-	uint64_t accepted, passed, inspected, blocked, failed;
+	uint64_t accepted, passed, inspected, blocked, failed, timed_out;
 	uint64_t flows, datagrams_up, datagrams_down, flows_expired;
 	uint64_t bytes_up, bytes_down;
 	uint64_t active;

@@ -119,6 +119,12 @@ WFPR_EXTERN const char *wfpr_redirect_handle_name(const wfpr_redirect_handle *ha
 WFPR_EXTERN int wfpr_query_redirect_state(wfpr_redirect_state *out, const void *records,
                                           size_t len, const wfpr_redirect_handle *handle);
 
+/* The same for a redirector known by its id, in a process that has no
+ * handle of the layer (a proxy of the preload backend). The record's
+ * structure is checked, not its tokens: use it on a record QUERY gave. */
+WFPR_EXTERN int wfpr_redirect_state_for_id(wfpr_redirect_state *out, const void *records, size_t len,
+                                           const uint8_t id[16]);
+
 WFPR_EXTERN int wfpr_callout_register(uint32_t *out, wfpr_layer *layer, const wfpr_callout_options *opts);
 WFPR_EXTERN int wfpr_filter_add(uint64_t *out, wfpr_layer *layer, const wfpr_filter_options *opts);
 WFPR_EXTERN int wfpr_filter_remove(wfpr_layer *layer, uint64_t filter_id);

@@ -9,5 +9,6 @@
 #include "layer.h"
 #include "ioctl.h"
 #include "socket.h"
+#include "broker.h"
 
 #endif

@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 #include "../layer.h"
 #include "../overlapped.h"
+#include "../sockutil.h"
 
 extern pthread_mutex_t inproc_lock;
 extern wfpr_layer *inproc_layer; /* guarded by inproc_lock */
@@ -40,10 +41,6 @@ typedef struct sock {
 	size_t n_flows;
 } sock;
 
-/* SO_COOKIE, 0 if fd is not an open socket. */
-uint64_t socket_cookie(int fd);
-/* IPPROTO_* of a socket, or -1 with errno set (ENOTSOCK for non-sockets). */
-int socket_protocol(int fd);
 
 sock *socktab_find(int fd); /* locked; NULL if none or stale */
 sock *socktab_get(int fd);  /* locked; creates; NULL when out of memory or not a socket */

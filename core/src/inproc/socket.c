@@ -5,6 +5,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 #include "../addr.h"
+#include "../preload/client.h"
 #include "inproc.h"
 #include "wfpr/error.h"
 #include "wfpr/socket.h"
@@ -37,40 +38,6 @@ static void to_storage(struct sockaddr_storage *out, const struct sockaddr *addr
 	memcpy(out, addr, addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
 }
 
-/* The socket's local address into out; returns its port (0: unbound). */
-static uint16_t local_port(int fd, struct sockaddr_storage *out)
-{
-	socklen_t len = sizeof(*out);
-	memset(out, 0, sizeof(*out));
-	if (getsockname(fd, (struct sockaddr *)out, &len) < 0)
-		return 0;
-	return addr_port(out);
-}
-
-/* An unbound socket gets its port now, so the record can be keyed by it
- * before the proxy can accept. TCP binds to the target's address (the
- * source the kernel would pick for a local destination); UDP, which may
- * still send elsewhere, to the wildcard. */
-static int bind_for_redirect(int fd, int protocol, const struct sockaddr_storage *target,
-                             struct sockaddr_storage *local)
-{
-	if (local_port(fd, local) != 0)
-		return 0;
-	struct sockaddr_storage addr;
-	memset(&addr, 0, sizeof(addr));
-	addr.ss_family = local->ss_family;
-	if (protocol == IPPROTO_TCP && target->ss_family == local->ss_family)
-		addr = *target;
-	if (addr.ss_family == AF_INET)
-		((struct sockaddr_in *)&addr)->sin_port = 0;
-	else
-		((struct sockaddr_in6 *)&addr)->sin6_port = 0;
-	if (bind(fd, (struct sockaddr *)&addr, addr_len(&addr)) < 0)
-		return -1;
-	local_port(fd, local);
-	return 0;
-}
-
 static uint8_t *dup_bytes(const uint8_t *p, size_t n)
 {
 	uint8_t *copy = p && n ? malloc(n) : NULL;
@@ -91,7 +58,7 @@ static int route(int fd, int protocol, const struct sockaddr *addr, struct socka
 	*out_conn = NULL;
 	to_storage(&info.remote, addr);
 	to_storage(target, addr);
-	local_port(fd, &info.local);
+	socket_local(fd, &info.local);
 
 	pthread_mutex_lock(&inproc_lock);
 	wfpr_layer *layer = inproc_layer;
@@ -99,9 +66,18 @@ static int route(int fd, int protocol, const struct sockaddr *addr, struct socka
 	size_t records_len = s ? s->records_len : 0;
 	uint8_t *records = s ? dup_bytes(s->records, s->records_len) : NULL;
 	pthread_mutex_unlock(&inproc_lock);
-	if (!layer || (records_len && !records)) {
+	if (records_len && !records)
+		return fail(WFPR_WSAENOBUFS, ENOMEM);
+	if (client_enabled()) {
+		/* the preload backend: the broker's layer decides and keeps the record */
+		bool redirected;
+		int rc = client_route(fd, protocol, &info.remote, records, records_len, target, &redirected);
 		free(records);
-		return layer ? fail(WFPR_WSAENOBUFS, ENOMEM) : 0;
+		return rc == 0 ? 0 : fail(rc, rc == WFPR_WSAELOOP ? ELOOP : rc == WFPR_WSAEACCES ? EACCES : ENETDOWN);
+	}
+	if (!layer) {
+		free(records);
+		return 0;
 	}
 
 	int rc = layer_classify(layer, &info, records, records_len, &d);
@@ -121,7 +97,7 @@ static int route(int fd, int protocol, const struct sockaddr *addr, struct socka
 
 	uint8_t *record = NULL, token[WFPR_TOKEN_SIZE];
 	size_t record_len = 0;
-	if (bind_for_redirect(fd, protocol, &d.target, &info.local) < 0) {
+	if (socket_bind_for_redirect(fd, protocol, &d.target, &info.local) < 0) {
 		rc = fail_errno();
 	} else if ((rc = layer_issue(layer, &d, &info, records, records_len, &record, &record_len, token)) != 0) {
 		rc = fail(rc, rc == WFPR_WSAELOOP ? ELOOP : EINVAL);
@@ -364,12 +340,25 @@ static void append_cmsg(struct msghdr *msg, size_t capacity, int type, const uin
 	msg->msg_controllen = used + CMSG_SPACE(len);
 }
 
+/* The preload backend: the broker hands out a flow's records once, with its first datagram. */
+static void remote_first_datagram(struct msghdr *msg, size_t capacity, const struct sockaddr_storage *local,
+                                  const struct sockaddr_storage *from, bool want_context)
+{
+	uint8_t blob[WIRE_BLOB_MAX];
+	size_t len;
+	if (client_query(IPPROTO_UDP, local, from, WIRE_QUERY_FIRST_DATAGRAM, blob, sizeof(blob), &len) != 0 || !capacity)
+		return;
+	append_cmsg(msg, capacity, WFPR_IP_WFP_REDIRECT_RECORDS, blob, len);
+	if (want_context && client_query(IPPROTO_UDP, local, from, WIRE_QUERY_CONTEXT, blob, sizeof(blob), &len) == 0)
+		append_cmsg(msg, capacity, WFPR_IP_WFP_REDIRECT_CONTEXT, blob, len);
+}
+
 /* After a datagram arrived from `from`: a client sees replies from the
  * original destination; a proxy gets the records with a flow's first datagram. */
 static void after_receive(int fd, struct msghdr *msg, size_t capacity, struct sockaddr_storage *from)
 {
 	struct sockaddr_storage local;
-	local_port(fd, &local);
+	socket_local(fd, &local);
 
 	pthread_mutex_lock(&inproc_lock);
 	sock *s = socktab_find(fd);
@@ -380,6 +369,12 @@ static void after_receive(int fd, struct msghdr *msg, size_t capacity, struct so
 			msg->msg_namelen = addr_len(&f->dest);
 			break;
 		}
+	}
+	if (client_enabled()) {
+		bool want_context = s && s->want_context;
+		pthread_mutex_unlock(&inproc_lock);
+		remote_first_datagram(msg, capacity, &local, from, want_context);
+		return;
 	}
 	conn *c = store_find(IPPROTO_UDP, &local, from);
 	if (c && c->committed && !c->delivered) {
@@ -440,26 +435,27 @@ int inproc_set_records(int fd, const uint8_t *blob, size_t len)
 		return WFPR_WSAEFAULT;
 	if (len == 0 || len > WFPR_RECORD_MAX_SIZE)
 		return WFPR_WSAEINVAL;
+	bool remote = client_enabled();
+	int rc = remote ? client_check(blob, len) : WFPR_WSAENETDOWN;
 	pthread_mutex_lock(&inproc_lock);
 	wfpr_layer *layer = inproc_layer;
-	int rc = WFPR_WSAENETDOWN;
-	if (layer) {
+	if (!remote && layer) {
 		rc = layer_check_records(layer, blob, len, token);
 		if (rc == 0 && !store_find_issued(blob, len, token))
 			rc = WFPR_WSAEINVAL; /* well formed, but not a live connection's record */
-		if (rc != 0) {
+		if (rc != 0)
 			layer_count_bad_record(layer);
+	}
+	if (rc == 0) {
+		sock *s = socktab_get(fd);
+		uint8_t *copy = dup_bytes(blob, len);
+		if (!s || !copy) {
+			free(copy);
+			rc = WFPR_WSAENOBUFS;
 		} else {
-			sock *s = socktab_get(fd);
-			uint8_t *copy = dup_bytes(blob, len);
-			if (!s || !copy) {
-				free(copy);
-				rc = WFPR_WSAENOBUFS;
-			} else {
-				free(s->records);
-				s->records = copy;
-				s->records_len = len;
-			}
+			free(s->records);
+			s->records = copy;
+			s->records_len = len;
 		}
 	}
 	pthread_mutex_unlock(&inproc_lock);
@@ -545,11 +541,23 @@ int wfpr_setsockopt(wfpr_socket_t fd, int level, int name, const void *value, so
 	return s ? 0 : fail(WFPR_WSAENOBUFS, ENOMEM);
 }
 
+/* The preload backend: a proxy's closed socket lets its record go. */
+static void remote_release(int fd)
+{
+	struct sockaddr_storage local, peer;
+	socklen_t len = sizeof(peer);
+	if (socket_protocol(fd) == IPPROTO_TCP && getpeername(fd, (struct sockaddr *)&peer, &len) == 0 &&
+	    socket_local(fd, &local) != 0)
+		client_release(IPPROTO_TCP, &local, &peer);
+}
+
 int wfpr_closesocket(wfpr_socket_t fd)
 {
 	uint64_t cookie = socket_cookie(fd);
 	if (cookie == 0)
 		return fail(WFPR_WSAENOTSOCK, ENOTSOCK);
+	if (client_enabled())
+		remote_release(fd);
 	pthread_mutex_lock(&inproc_lock);
 	store_abort_pending(fd, cookie);
 	store_socket_closed(fd);

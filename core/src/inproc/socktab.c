@@ -8,27 +8,6 @@
 
 static sock *buckets[SOCKTAB_BUCKETS];
 
-uint64_t socket_cookie(int fd)
-{
-	uint64_t cookie = 0;
-	socklen_t len = sizeof(cookie);
-	if (getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &len) < 0)
-		return 0;
-	return cookie;
-}
-
-int socket_protocol(int fd)
-{
-	int protocol = 0;
-	socklen_t len = sizeof(protocol);
-	if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &protocol, &len) < 0) {
-		if (errno == EBADF)
-			errno = ENOTSOCK;
-		return -1;
-	}
-	return protocol;
-}
-
 static void sock_free(sock *s)
 {
 	for (flow *f = s->flows, *next; f; f = next) {

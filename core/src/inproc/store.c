@@ -28,21 +28,6 @@ static int64_t now_s(void)
 	return ts.tv_sec;
 }
 
-/* Addresses equal, or one of them the wildcard (a socket bound to any address). */
-static bool ip_matches(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-	if (a->ss_family != b->ss_family)
-		return false;
-	if (a->ss_family == AF_INET) {
-		in_addr_t x = ((const struct sockaddr_in *)a)->sin_addr.s_addr;
-		in_addr_t y = ((const struct sockaddr_in *)b)->sin_addr.s_addr;
-		return x == y || x == htonl(INADDR_ANY) || y == htonl(INADDR_ANY);
-	}
-	const struct in6_addr *x = &((const struct sockaddr_in6 *)a)->sin6_addr;
-	const struct in6_addr *y = &((const struct sockaddr_in6 *)b)->sin6_addr;
-	return IN6_ARE_ADDR_EQUAL(x, y) || IN6_IS_ADDR_UNSPECIFIED(x) || IN6_IS_ADDR_UNSPECIFIED(y);
-}
-
 static conn **tuple_slot(int protocol, uint16_t client_port, uint16_t target_port)
 {
 	uint32_t h = ((uint32_t)client_port * 2654435761u) ^ ((uint32_t)target_port << 7) ^ (uint32_t)protocol;
@@ -177,8 +162,8 @@ conn *store_find(int protocol, const struct sockaddr_storage *local, const struc
 	uint16_t client_port = addr_port(peer), target_port = addr_port(local);
 	for (conn *c = *tuple_slot(protocol, client_port, target_port); c; c = c->next_tuple) {
 		if (c->protocol == protocol && addr_port(&c->client) == client_port &&
-		    addr_port(&c->target) == target_port && ip_matches(&c->client, peer) &&
-		    ip_matches(&c->target, local))
+		    addr_port(&c->target) == target_port && addr_ip_matches(&c->client, peer) &&
+		    addr_ip_matches(&c->target, local))
 			return c;
 	}
 	return NULL;

@@ -1,0 +1,40 @@
+#ifndef WFPR_CLI_H
+#define WFPR_CLI_H
+
+/* The wfpr command's subcommands, one file each, and what they share. */
+
+#include <stddef.h>
+#include <sys/socket.h>
+
+extern const char cli_usage[];
+
+int cmd_inspect(int argc, char **argv);
+int cmd_rules_check(int argc, char **argv);
+int cmd_broker(int argc, char **argv);
+int cmd_proxy(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+
+typedef struct proxy_config {
+	const char *name;
+	const char *rules_path;  /* NULL: pass everything */
+	const char *broker_path;
+	struct sockaddr_storage listen; /* port 0: any */
+	int log_fd;              /* -1: none */
+	int ready_fd;            /* written once when registered, -1: none */
+	int stats_fd;            /* a JSON line of counts at exit, -1: none */
+	unsigned int idle_ms;
+	size_t buffer_size;
+	int fail_closed;
+} proxy_config;
+
+/* Serve as a proxy of the preload backend until SIGTERM or SIGINT; exit status. */
+int proxy_serve(const proxy_config *cfg);
+/* Serve as the broker until SIGTERM or SIGINT; exit status. */
+int broker_serve(const char *path, int ready_fd);
+
+/* "127.0.0.1:8080", "[::1]:8080" */
+int cli_parse_address(const char *text, struct sockaddr_storage *out);
+/* Parse a whole non-negative number; -1 if text is not one. */
+long long cli_parse_count(const char *text);
+
+#endif

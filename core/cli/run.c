@@ -1,0 +1,295 @@
+/* wfpr run: the broker, one proxy per rules file (each its own redirector,
+ * asked in the order given), and COMMAND with the preload shim, so its
+ * connections go through all of them. Exits with COMMAND's status after a
+ * summary per proxy. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include "cli.h"
+
+#define MAX_PROXIES 16
+#define READY_TIMEOUT_MS 10000
+
+typedef struct options {
+	proxy_config proxies[MAX_PROXIES];
+	char names[MAX_PROXIES][64];
+	size_t n_proxies;
+	const char *log_path;
+	int fail_closed;
+	unsigned int idle_ms;
+	char **command;
+} options;
+
+static pid_t command_pid;
+
+static void forward_signal(int sig)
+{
+	if (command_pid > 0)
+		kill(command_pid, sig);
+}
+
+static int add_proxy(options *o, const char *name, size_t name_len, const char *rules)
+{
+	if (o->n_proxies == MAX_PROXIES || name_len == 0 || name_len >= sizeof(o->names[0])) {
+		fprintf(stderr, "wfpr run: at most %d proxies, each with a name of 1 to 63 characters\n", MAX_PROXIES);
+		return -1;
+	}
+	if (access(rules, R_OK) != 0) {
+		fprintf(stderr, "wfpr run: cannot read the rules file %s\n", rules);
+		return -1;
+	}
+	memcpy(o->names[o->n_proxies], name, name_len);
+	o->names[o->n_proxies][name_len] = '\0';
+	for (size_t i = 0; i < o->n_proxies; i++)
+		if (strcmp(o->names[i], o->names[o->n_proxies]) == 0) {
+			fprintf(stderr, "wfpr run: two proxies are named %s\n", o->names[i]);
+			return -1;
+		}
+	o->proxies[o->n_proxies].rules_path = rules;
+	o->proxies[o->n_proxies].name = o->names[o->n_proxies];
+	o->n_proxies++;
+	return 0;
+}
+
+static int parse(options *o, int argc, char **argv)
+{
+	for (int i = 0; i < argc; i++) {
+		const char *opt = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+		if (strcmp(opt, "--") == 0) {
+			if (i + 1 >= argc)
+				break;
+			o->command = argv + i + 1;
+			return o->n_proxies ? 0 : (fprintf(stderr, "wfpr run: give --rules R.lua\n"), -1);
+		}
+		if (strcmp(opt, "--fail-closed") == 0) {
+			o->fail_closed = 1;
+			continue;
+		}
+		if (!val) {
+			fprintf(stderr, "wfpr run: option '%s' needs a value\n", opt);
+			return -1;
+		}
+		i++;
+		if (strcmp(opt, "--rules") == 0) {
+			/* the proxy is named after the file: rules/host_log.lua is host_log */
+			const char *base = strrchr(val, '/') ? strrchr(val, '/') + 1 : val;
+			const char *dot = strrchr(base, '.');
+			if (add_proxy(o, base, dot && dot != base ? (size_t)(dot - base) : strlen(base), val) < 0)
+				return -1;
+		} else if (strcmp(opt, "--proxy") == 0) {
+			const char *eq = strchr(val, '=');
+			if (!eq || add_proxy(o, val, (size_t)(eq - val), eq + 1) < 0) {
+				if (!eq)
+					fprintf(stderr, "wfpr run: --proxy takes NAME=RULES.lua\n");
+				return -1;
+			}
+		} else if (strcmp(opt, "--backend") == 0) {
+			if (strcmp(val, "preload") != 0) {
+				fprintf(stderr, "wfpr run: backend '%s' is not available; this build has: preload\n", val);
+				return -1;
+			}
+		} else if (strcmp(opt, "--log") == 0) {
+			o->log_path = val;
+		} else if (strcmp(opt, "--idle-timeout") == 0 && cli_parse_count(val) >= 0) {
+			o->idle_ms = (unsigned int)cli_parse_count(val);
+		} else {
+			fprintf(stderr, "wfpr run: unknown or invalid option '%s'\n", opt);
+			return -1;
+		}
+	}
+	fprintf(stderr, "wfpr run: give the command after --\n");
+	return -1;
+}
+
+/* The shim beside this binary (the build tree), else the installed one. */
+static void shim_path(char *out, size_t len)
+{
+	const char *env = getenv("WFPR_PRELOAD");
+	if (env && *env) {
+		snprintf(out, len, "%s", env);
+		return;
+	}
+	char exe[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	if (n > 0) {
+		exe[n] = '\0';
+		snprintf(out, len, "%s/%s", dirname(exe), WFPR_PRELOAD_NAME);
+		if (access(out, R_OK) == 0)
+			return;
+	}
+	snprintf(out, len, "%s/%s", WFPR_LIBDIR, WFPR_PRELOAD_NAME);
+}
+
+/* Wait for a child's one-byte "ready"; false if it died or took too long. */
+static bool wait_ready(int fd)
+{
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+	char byte;
+	bool ok = poll(&p, 1, READY_TIMEOUT_MS) == 1 && read(fd, &byte, 1) == 1;
+	close(fd);
+	return ok;
+}
+
+/* Fork a child that serves (the broker when cfg is NULL); its pid once ready, else -1. */
+static pid_t start_child(const char *socket_path, const proxy_config *cfg, int stats_fd)
+{
+	int ready[2];
+	if (pipe2(ready, O_CLOEXEC) < 0)
+		return -1;
+	pid_t pid = fork();
+	if (pid == 0) {
+		close(ready[0]);
+		if (!cfg)
+			_exit(broker_serve(socket_path, ready[1]));
+		proxy_config c = *cfg;
+		c.broker_path = socket_path;
+		c.ready_fd = ready[1];
+		c.stats_fd = stats_fd;
+		_exit(proxy_serve(&c));
+	}
+	close(ready[1]);
+	if (pid < 0) {
+		close(ready[0]);
+		return -1;
+	}
+	if (!wait_ready(ready[0])) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		return -1;
+	}
+	return pid;
+}
+
+static void stop_child(pid_t pid)
+{
+	if (pid <= 0)
+		return;
+	kill(pid, SIGTERM);
+	waitpid(pid, NULL, 0);
+}
+
+static pid_t start_command(char **command, const char *socket_path, int fail_closed)
+{
+	char shim[PATH_MAX], preload[2 * PATH_MAX];
+	shim_path(shim, sizeof(shim));
+	const char *old = getenv("LD_PRELOAD");
+	snprintf(preload, sizeof(preload), "%s%s%s", shim, old && *old ? " " : "", old ? old : "");
+	pid_t pid = fork();
+	if (pid == 0) {
+		setenv("LD_PRELOAD", preload, 1);
+		setenv("WFPR_BROKER", socket_path, 1);
+		setenv("WFPR_FAIL", fail_closed ? "closed" : "open", 1);
+		signal(SIGINT, SIG_DFL);
+		signal(SIGTERM, SIG_DFL);
+		execvp(command[0], command);
+		fprintf(stderr, "wfpr run: cannot run %s: %s\n", command[0], strerror(errno));
+		_exit(127);
+	}
+	return pid;
+}
+
+/* One line per proxy, from the counts each wrote at exit. */
+static void print_summary(const options *o, int stats_fd)
+{
+	char text[16384];
+	size_t len = 0;
+	ssize_t n;
+	while (len < sizeof(text) - 1 && (n = read(stats_fd, text + len, sizeof(text) - 1 - len)) > 0)
+		len += (size_t)n;
+	text[len] = '\0';
+	fprintf(stderr, "\n%-16s %11s %8s %8s %8s %7s %6s %12s %12s %11s\n", "proxy", "connections", "pass", "inspect",
+	        "block", "failed", "flows", "bytes up", "bytes down", "rule errors");
+	for (size_t i = 0; i < o->n_proxies; i++) {
+		char key[96];
+		snprintf(key, sizeof(key), "{\"proxy\":\"%s\",", o->names[i]);
+		const char *line = strstr(text, key);
+		unsigned long long v[9];
+		if (!line || sscanf(line + strlen(key),
+		                    "\"connections\":%llu,\"pass\":%llu,\"inspect\":%llu,\"block\":%llu,\"failed\":%llu,"
+		                    "\"flows\":%llu,\"bytes_up\":%llu,\"bytes_down\":%llu,\"rule_errors\":%llu",
+		                    &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7], &v[8]) != 9) {
+			fprintf(stderr, "%-16s (exited early: no counts)\n", o->names[i]);
+			continue;
+		}
+		fprintf(stderr, "%-16s %11llu %8llu %8llu %8llu %7llu %6llu %12llu %12llu %11llu\n", o->names[i], v[0], v[1],
+		        v[2], v[3], v[4], v[5], v[6], v[7], v[8]);
+	}
+}
+
+int cmd_run(int argc, char **argv)
+{
+	static options o;
+	memset(&o, 0, sizeof(o));
+	if (parse(&o, argc, argv) < 0) {
+		fprintf(stderr, "\n%s", cli_usage);
+		return 2;
+	}
+	int log_fd = -1;
+	if (o.log_path && (log_fd = open(o.log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644)) < 0) {
+		fprintf(stderr, "wfpr run: cannot open the log %s: %s\n", o.log_path, strerror(errno));
+		return 2;
+	}
+	const char *tmp = getenv("TMPDIR");
+	char dir[PATH_MAX], socket_path[PATH_MAX + 16];
+	snprintf(dir, sizeof(dir), "%s/wfpr-run-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+	int stats[2];
+	if (!mkdtemp(dir) || pipe2(stats, O_CLOEXEC) < 0) {
+		fprintf(stderr, "wfpr run: cannot make a private directory for the broker: %s\n", strerror(errno));
+		return 1;
+	}
+	snprintf(socket_path, sizeof(socket_path), "%s/broker.sock", dir);
+	signal(SIGPIPE, SIG_IGN);
+
+	int status = 1;
+	pid_t broker = start_child(socket_path, NULL, -1), proxies[MAX_PROXIES] = {0};
+	bool started = broker > 0;
+	if (!started)
+		fprintf(stderr, "wfpr run: the broker did not start\n");
+	for (size_t i = 0; started && i < o.n_proxies; i++) {
+		struct sockaddr_in *v4 = (struct sockaddr_in *)&o.proxies[i].listen;
+		v4->sin_family = AF_INET;
+		v4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		o.proxies[i].log_fd = log_fd;
+		o.proxies[i].idle_ms = o.idle_ms;
+		o.proxies[i].fail_closed = o.fail_closed;
+		proxies[i] = start_child(socket_path, &o.proxies[i], stats[1]);
+		if (proxies[i] <= 0) {
+			fprintf(stderr, "wfpr run: proxy %s did not start\n", o.names[i]);
+			started = false;
+		}
+	}
+	if (started) {
+		struct sigaction sa = {.sa_handler = forward_signal};
+		sigaction(SIGINT, &sa, NULL);
+		sigaction(SIGTERM, &sa, NULL);
+		command_pid = start_command(o.command, socket_path, o.fail_closed);
+		int ws = 0;
+		while (command_pid > 0 && waitpid(command_pid, &ws, 0) < 0 && errno == EINTR)
+			;
+		status = command_pid < 0 ? 1 : WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
+		command_pid = 0;
+	}
+	for (size_t i = o.n_proxies; i-- > 0;)
+		stop_child(proxies[i]);
+	stop_child(broker);
+	close(stats[1]);
+	if (started)
+		print_summary(&o, stats[0]);
+	close(stats[0]);
+	if (log_fd >= 0)
+		close(log_fd);
+	unlink(socket_path);
+	rmdir(dir);
+	return status;
+}

@@ -1,0 +1,61 @@
+#ifndef WFPR_BROKER_H
+#define WFPR_BROKER_H
+
+/*
+ * The preload backend. The broker holds the layer (its redirectors,
+ * filters and records) and answers over a Unix socket: the LD_PRELOAD shim
+ * in unmodified programs asks it to classify their connects and new UDP
+ * flows, and the proxies QUERY and SET through it. A proxy process calls
+ * wfpr_preload_attach: from then on its wfpr_connect, wfpr_ioctl,
+ * wfpr_sendmsg, wfpr_recvmsg and wfpr_closesocket go through the broker,
+ * and WSAENETDOWN says the broker is gone. No privilege is needed.
+ */
+
+#include <stddef.h>
+#include <sys/socket.h>
+#include "common.h"
+#include "layer.h"
+#include "record.h"
+
+WFPR_BEGIN_DECL
+
+typedef struct wfpr_broker wfpr_broker;
+
+typedef struct wfpr_broker_options {
+	unsigned int version;
+	const char *path; /* the Unix socket to listen on (created mode 0600; an old one is replaced) */
+} wfpr_broker_options;
+
+#define WFPR_BROKER_OPTIONS_VERSION 1
+#define WFPR_BROKER_OPTIONS_INIT {WFPR_BROKER_OPTIONS_VERSION, NULL}
+
+typedef struct wfpr_broker_stats {
+	uint64_t requests, bad_requests, clients, proxies, records_live;
+} wfpr_broker_stats;
+
+WFPR_EXTERN int wfpr_broker_new(wfpr_broker **out, const wfpr_broker_options *opts);
+/* Serve until wfpr_broker_stop; 0, or a wfpr_err. */
+WFPR_EXTERN int wfpr_broker_run(wfpr_broker *broker);
+/* From any thread or a signal handler. */
+WFPR_EXTERN void wfpr_broker_stop(wfpr_broker *broker);
+WFPR_EXTERN int wfpr_broker_get_stats(wfpr_broker_stats *out, const wfpr_broker *broker);
+/* The broker's layer (for wfpr_layer_get_stats); the broker owns it. */
+WFPR_EXTERN const wfpr_layer *wfpr_broker_layer(const wfpr_broker *broker);
+WFPR_EXTERN void wfpr_broker_free(wfpr_broker *broker);
+
+/* This process's sockets go through the broker at path (NULL: back to the
+ * in-process backend). */
+WFPR_EXTERN int wfpr_preload_attach(const char *path);
+/* Make this process a redirector: connections are redirected to address
+ * (TCP and UDP, an IPv4 or IPv6 loopback address), in registration order
+ * among the redirectors. out_id is its redirector id, for
+ * wfpr_redirect_state_for_id. It lasts while this process stays connected
+ * to the broker. */
+WFPR_EXTERN int wfpr_preload_register(uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE], const char *name,
+                                      const struct sockaddr_storage *address);
+/* A redirector's name from its id, as the broker knows it. */
+WFPR_EXTERN int wfpr_preload_redirector_name(char *out, size_t len, const uint8_t id[WFPR_REDIRECTOR_ID_SIZE]);
+
+WFPR_END_DECL
+
+#endif

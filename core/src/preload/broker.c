@@ -1,0 +1,611 @@
+/* The broker: one epoll loop over a SOCK_SEQPACKET listener and its
+ * clients. It hosts the layer (core/src/layer.c decides and issues) and
+ * keeps the records it issued, keyed by the redirected connection's
+ * 4-tuple and by the record's last token. */
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+#include "../addr.h"
+#include "../layer.h"
+#include "wfpr/broker.h"
+#include "wfpr/error.h"
+#include "wire.h"
+
+#define BUCKETS 4096
+#define MAX_ENTRIES 200000
+/* A record nobody has queried outlives its connect this long, so a proxy
+ * that accepts late still finds it; a UDP record lives while its flow is used. */
+#define GRACE_NS (60 * 1000000000LL)
+
+typedef struct entry {
+	struct entry *next_tuple, *next_token;
+	int protocol;
+	struct sockaddr_storage client, target;
+	uint8_t *record, *context;
+	size_t record_len, context_len;
+	uint8_t token[WFPR_TOKEN_SIZE];
+	int64_t used;
+	uint64_t queried_by; /* the client id of the proxy that found it; it lives as long as that proxy */
+	bool delivered;      /* UDP: went out with the flow's first datagram */
+} entry;
+
+typedef struct proxy {
+	struct proxy *next;
+	char name[WIRE_NAME_MAX];
+	struct sockaddr_storage address;
+	pid_t pid;
+	wfpr_redirect_handle *handle;
+	uint64_t filter;
+	bool live;
+} proxy;
+
+typedef struct client {
+	struct client *next;
+	int fd;
+	uint64_t id;
+	pid_t pid;
+	uid_t uid;
+	proxy *proxy;
+	/* between a ROUTE that redirected and its ISSUE */
+	bool deciding;
+	redirect_decision decision;
+	conn_info info;
+	uint8_t *records;
+	size_t records_len;
+} client;
+
+struct wfpr_broker {
+	wfpr_layer *layer;
+	char *path;
+	int listen_fd, epoll_fd, stop_fd;
+	client *clients;
+	proxy *proxies;
+	uint64_t next_client, n_proxies;
+	entry *by_tuple[BUCKETS], *by_token[BUCKETS];
+	size_t n_entries, sweep_at;
+	wfpr_broker_stats stats;
+	uint8_t msg[sizeof(wire_request) + WIRE_BLOB_MAX];
+};
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static bool is_inet(const struct sockaddr_storage *a)
+{
+	return a->ss_family == AF_INET || a->ss_family == AF_INET6;
+}
+
+/* ---- the record store ---- */
+
+static entry **tuple_slot(wfpr_broker *b, int protocol, uint16_t client_port, uint16_t target_port)
+{
+	uint32_t h = ((uint32_t)client_port * 2654435761u) ^ ((uint32_t)target_port << 7) ^ (uint32_t)protocol;
+	return &b->by_tuple[h % BUCKETS];
+}
+
+static entry **token_slot(wfpr_broker *b, const uint8_t token[WFPR_TOKEN_SIZE])
+{
+	uint32_t h;
+	memcpy(&h, token, sizeof(h));
+	return &b->by_token[h % BUCKETS];
+}
+
+static bool entry_alive(const entry *e, int64_t now)
+{
+	if (e->protocol == IPPROTO_TCP && e->queried_by)
+		return true; /* until its proxy closes it or goes away */
+	return now - e->used < GRACE_NS;
+}
+
+static void entry_remove(wfpr_broker *b, entry *e)
+{
+	for (entry **p = tuple_slot(b, e->protocol, addr_port(&e->client), addr_port(&e->target)); *p; p = &(*p)->next_tuple)
+		if (*p == e) {
+			*p = e->next_tuple;
+			break;
+		}
+	for (entry **p = token_slot(b, e->token); *p; p = &(*p)->next_token)
+		if (*p == e) {
+			*p = e->next_token;
+			break;
+		}
+	free(e->record);
+	free(e->context);
+	free(e);
+	b->n_entries--;
+}
+
+/* Remove the entries for which drop(e, arg) says so. */
+static void entries_drop(wfpr_broker *b, bool (*drop)(const entry *, uint64_t), uint64_t arg)
+{
+	for (size_t i = 0; i < BUCKETS; i++)
+		for (entry *e = b->by_tuple[i], *next; e; e = next) {
+			next = e->next_tuple;
+			if (drop(e, arg))
+				entry_remove(b, e);
+		}
+}
+
+static bool expired(const entry *e, uint64_t now)
+{
+	return !entry_alive(e, (int64_t)now);
+}
+
+static bool queried_by(const entry *e, uint64_t client_id)
+{
+	return e->queried_by == client_id;
+}
+
+static entry *entry_find(wfpr_broker *b, int protocol, const struct sockaddr_storage *local,
+                         const struct sockaddr_storage *peer)
+{
+	uint16_t client_port = addr_port(peer), target_port = addr_port(local);
+	for (entry *e = *tuple_slot(b, protocol, client_port, target_port); e; e = e->next_tuple)
+		if (e->protocol == protocol && addr_port(&e->client) == client_port &&
+		    addr_port(&e->target) == target_port && addr_ip_matches(&e->client, peer) &&
+		    addr_ip_matches(&e->target, local))
+			return e;
+	return NULL;
+}
+
+/* The live entry that issued exactly this blob, or NULL. */
+static entry *entry_issued(wfpr_broker *b, const uint8_t *blob, size_t len)
+{
+	uint8_t token[WFPR_TOKEN_SIZE];
+	if (layer_check_records(b->layer, blob, len, token) != 0)
+		return NULL;
+	for (entry *e = *token_slot(b, token); e; e = e->next_token)
+		if (memcmp(e->token, token, WFPR_TOKEN_SIZE) == 0)
+			return e->record_len == len && memcmp(e->record, blob, len) == 0 && entry_alive(e, now_ns()) ? e : NULL;
+	return NULL;
+}
+
+static int entry_add(wfpr_broker *b, int protocol, const struct sockaddr_storage *client,
+                     const struct sockaddr_storage *target, uint8_t *record, size_t record_len,
+                     uint8_t *context, size_t context_len, const uint8_t token[WFPR_TOKEN_SIZE])
+{
+	if (b->n_entries >= b->sweep_at) {
+		entries_drop(b, expired, (uint64_t)now_ns());
+		b->sweep_at = b->n_entries * 2 > 1024 ? b->n_entries * 2 : 1024;
+	}
+	entry *e = b->n_entries < MAX_ENTRIES ? calloc(1, sizeof(*e)) : NULL;
+	if (!e) {
+		free(record);
+		free(context);
+		return WFPR_WSAENOBUFS;
+	}
+	/* an older entry for the same tuple belongs to a connection that is gone */
+	entry *old = entry_find(b, protocol, target, client);
+	if (old)
+		entry_remove(b, old);
+	*e = (entry){.protocol = protocol, .client = *client, .target = *target, .record = record,
+	             .record_len = record_len, .context = context, .context_len = context_len, .used = now_ns()};
+	memcpy(e->token, token, WFPR_TOKEN_SIZE);
+	entry **slot = tuple_slot(b, protocol, addr_port(client), addr_port(target));
+	e->next_tuple = *slot;
+	*slot = e;
+	slot = token_slot(b, token);
+	e->next_token = *slot;
+	*slot = e;
+	b->n_entries++;
+	return 0;
+}
+
+/* ---- redirectors ---- */
+
+/* Each registered proxy's callout: send everything to the proxy, except
+ * connections to a proxy itself. The layer refuses the redirect where the
+ * redirect state forbids it (the proxy's own, or an earlier, hop). */
+static wfpr_action classify(void *user, wfpr_connect_request *req)
+{
+	proxy *p = user;
+	req->redirect_to = p->address;
+	req->target_pid = p->pid;
+	return WFPR_ACTION_REDIRECT;
+}
+
+static bool is_proxy_address(const wfpr_broker *b, const struct sockaddr_storage *a)
+{
+	for (const proxy *p = b->proxies; p; p = p->next)
+		if (p->live && addr_equal(&p->address, a))
+			return true;
+	return false;
+}
+
+static int register_proxy(wfpr_broker *b, client *c, const wire_request *rq, wire_reply *rp)
+{
+	struct sockaddr_storage address = rq->a;
+	addr_unmap(&address);
+	if (c->proxy || !is_inet(&address) || addr_port(&address) == 0 || !memchr(rq->name, '\0', sizeof(rq->name)) ||
+	    !rq->name[0])
+		return WFPR_WSAEINVAL;
+	for (proxy *p = b->proxies; p; p = p->next)
+		if (p->live && (strcmp(p->name, rq->name) == 0 || addr_equal(&p->address, &address)))
+			return WFPR_WSAEADDRINUSE;
+	proxy *p = calloc(1, sizeof(*p));
+	if (!p)
+		return WFPR_WSAENOBUFS;
+	strcpy(p->name, rq->name);
+	p->address = address;
+	p->pid = c->pid;
+	wfpr_callout_options co = WFPR_CALLOUT_OPTIONS_INIT;
+	wfpr_filter_options fo = WFPR_FILTER_OPTIONS_INIT;
+	uint32_t callout;
+	int rc = wfpr_redirect_handle_create(&p->handle, b->layer, NULL, rq->name);
+	if (rc == 0) {
+		co.name = rq->name;
+		co.classify = classify;
+		co.user = p;
+		co.handle = p->handle;
+		rc = wfpr_callout_register(&callout, b->layer, &co);
+	}
+	if (rc == 0) {
+		fo.name = rq->name;
+		fo.callout_id = callout;
+		fo.weight = UINT32_MAX - ++b->n_proxies; /* the first registered is asked first */
+		rc = wfpr_filter_add(&p->filter, b->layer, &fo);
+	}
+	if (rc != 0) {
+		free(p); /* a created handle stays with the layer, unused */
+		return rc;
+	}
+	p->live = true;
+	p->next = b->proxies;
+	b->proxies = p;
+	c->proxy = p;
+	b->stats.proxies++;
+	memcpy(rp->id, wfpr_redirect_handle_id(p->handle), WFPR_REDIRECTOR_ID_SIZE);
+	return 0;
+}
+
+/* ---- requests ---- */
+
+static void forget_decision(client *c)
+{
+	if (!c->deciding)
+		return;
+	redirect_decision_cleanup(&c->decision);
+	free(c->records);
+	c->records = NULL;
+	c->records_len = 0;
+	c->deciding = false;
+}
+
+static int route(wfpr_broker *b, client *c, const wire_request *rq, const uint8_t *blob, wire_reply *rp)
+{
+	forget_decision(c);
+	conn_info info = {.protocol = (int)rq->protocol, .remote = rq->a, .local = rq->b, .pid = c->pid, .uid = c->uid};
+	addr_unmap(&info.remote);
+	addr_unmap(&info.local);
+	if (!is_inet(&info.remote) || info.local.ss_family != info.remote.ss_family)
+		return WFPR_WSAEINVAL;
+	if (rq->blob_len) {
+		entry *e = entry_issued(b, blob, rq->blob_len);
+		if (!e) {
+			layer_count_bad_record(b->layer);
+			return WFPR_WSAEINVAL; /* forged, altered, or its connection is gone */
+		}
+		e->used = now_ns();
+	}
+	if (is_proxy_address(b, &info.remote)) {
+		rp->action = WFPR_ACTION_PERMIT;
+		return 0;
+	}
+	int rc = layer_classify(b->layer, &info, rq->blob_len ? blob : NULL, rq->blob_len, &c->decision);
+	if (rc != 0)
+		return rc;
+	if (c->decision.action == WFPR_ACTION_BLOCK) {
+		rc = c->decision.err;
+		redirect_decision_cleanup(&c->decision);
+		return rc;
+	}
+	rp->action = c->decision.action;
+	if (c->decision.action != WFPR_ACTION_REDIRECT)
+		return 0;
+	if (rq->blob_len && !(c->records = malloc(rq->blob_len))) {
+		redirect_decision_cleanup(&c->decision);
+		return WFPR_WSAENOBUFS;
+	}
+	if (rq->blob_len)
+		memcpy(c->records, blob, rq->blob_len);
+	c->records_len = rq->blob_len;
+	c->info = info;
+	c->deciding = true;
+	rp->target = c->decision.target;
+	if (rq->a.ss_family == AF_INET6 && rp->target.ss_family == AF_INET)
+		addr_map_v6(&rp->target, &c->decision.target); /* an IPv6 socket reaches an IPv4 proxy mapped */
+	return 0;
+}
+
+static int issue(wfpr_broker *b, client *c, const wire_request *rq)
+{
+	if (!c->deciding)
+		return WFPR_WSAEINVAL;
+	c->info.local = rq->b;
+	addr_unmap(&c->info.local);
+	uint8_t *record = NULL, token[WFPR_TOKEN_SIZE];
+	size_t record_len = 0;
+	int rc = WFPR_WSAEINVAL;
+	if (c->info.local.ss_family == c->info.remote.ss_family && addr_port(&c->info.local))
+		rc = layer_issue(b->layer, &c->decision, &c->info, c->records, c->records_len, &record, &record_len, token);
+	if (rc == 0) {
+		rc = entry_add(b, c->info.protocol, &c->info.local, &c->decision.target, record, record_len,
+		               c->decision.context, c->decision.context_len, token);
+		c->decision.context = NULL; /* the entry owns it now */
+	}
+	forget_decision(c);
+	return rc;
+}
+
+static int query(wfpr_broker *b, client *c, const wire_request *rq, wire_reply *rp, const uint8_t **blob)
+{
+	struct sockaddr_storage local = rq->a, peer = rq->b;
+	addr_unmap(&local);
+	addr_unmap(&peer);
+	entry *e = entry_find(b, (int)rq->protocol, &local, &peer);
+	if (!e || !entry_alive(e, now_ns()))
+		return WFPR_FWP_E_NOT_FOUND;
+	if (rq->flags & WIRE_QUERY_FIRST_DATAGRAM) {
+		if (e->delivered)
+			return WFPR_FWP_E_NOT_FOUND;
+		e->delivered = true;
+	}
+	e->used = now_ns();
+	if (!e->queried_by)
+		e->queried_by = c->id;
+	*blob = rq->flags & WIRE_QUERY_CONTEXT ? e->context : e->record;
+	rp->blob_len = (uint32_t)(rq->flags & WIRE_QUERY_CONTEXT ? e->context_len : e->record_len);
+	return 0;
+}
+
+static void release(wfpr_broker *b, client *c, const wire_request *rq)
+{
+	struct sockaddr_storage local = rq->a, peer = rq->b;
+	addr_unmap(&local);
+	addr_unmap(&peer);
+	entry *e = entry_find(b, (int)rq->protocol, &local, &peer);
+	if (e && e->queried_by == c->id)
+		entry_remove(b, e);
+}
+
+static int name_of(wfpr_broker *b, const wire_request *rq, wire_reply *rp)
+{
+	for (proxy *p = b->proxies; p; p = p->next)
+		if (memcmp(wfpr_redirect_handle_id(p->handle), rq->id, WFPR_REDIRECTOR_ID_SIZE) == 0) {
+			strcpy(rp->name, p->name);
+			return 0;
+		}
+	return WFPR_FWP_E_NOT_FOUND;
+}
+
+static bool valid_request(const wire_request *rq, size_t n)
+{
+	if (n < sizeof(*rq) || rq->magic != WIRE_MAGIC || rq->blob_len != n - sizeof(*rq) || rq->blob_len > WIRE_BLOB_MAX)
+		return false;
+	switch (rq->type) {
+	case WIRE_ROUTE:
+	case WIRE_ISSUE:
+	case WIRE_QUERY:
+	case WIRE_RELEASE:
+		return rq->protocol == IPPROTO_TCP || rq->protocol == IPPROTO_UDP;
+	case WIRE_CHECK:
+	case WIRE_REGISTER:
+	case WIRE_NAME:
+		return true;
+	}
+	return false;
+}
+
+/* One request from c; false when c must be dropped. */
+static bool serve(wfpr_broker *b, client *c, size_t n)
+{
+	wire_request rq;
+	memcpy(&rq, b->msg, n < sizeof(rq) ? n : sizeof(rq));
+	const uint8_t *in = b->msg + sizeof(rq);
+	wire_reply rp;
+	memset(&rp, 0, sizeof(rp));
+	const uint8_t *out = NULL;
+	b->stats.requests++;
+	if (!valid_request(&rq, n)) {
+		b->stats.bad_requests++;
+		return false; /* not our protocol: hang up */
+	}
+	switch (rq.type) {
+	case WIRE_ROUTE: rp.err = route(b, c, &rq, in, &rp); break;
+	case WIRE_ISSUE: rp.err = issue(b, c, &rq); break;
+	case WIRE_QUERY: rp.err = query(b, c, &rq, &rp, &out); break;
+	case WIRE_CHECK:
+		rp.err = rq.blob_len && entry_issued(b, in, rq.blob_len) ? 0 : WFPR_WSAEINVAL;
+		if (rp.err)
+			layer_count_bad_record(b->layer);
+		break;
+	case WIRE_REGISTER: rp.err = register_proxy(b, c, &rq, &rp); break;
+	case WIRE_RELEASE: release(b, c, &rq); return true;
+	case WIRE_NAME: rp.err = name_of(b, &rq, &rp); break;
+	}
+	if (rp.err)
+		rp.blob_len = 0;
+	uint8_t reply[sizeof(rp) + WIRE_BLOB_MAX];
+	memcpy(reply, &rp, sizeof(rp));
+	if (rp.blob_len)
+		memcpy(reply + sizeof(rp), out, rp.blob_len);
+	return send(c->fd, reply, sizeof(rp) + rp.blob_len, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)(sizeof(rp) + rp.blob_len);
+}
+
+static void drop_client(wfpr_broker *b, client *c)
+{
+	for (client **p = &b->clients; *p; p = &(*p)->next)
+		if (*p == c) {
+			*p = c->next;
+			break;
+		}
+	if (c->proxy) {
+		wfpr_filter_remove(b->layer, c->proxy->filter);
+		c->proxy->live = false;
+	}
+	entries_drop(b, queried_by, c->id);
+	forget_decision(c);
+	close(c->fd);
+	free(c);
+}
+
+static void accept_clients(wfpr_broker *b)
+{
+	for (;;) {
+		int fd = accept4(b->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0)
+			return;
+		struct ucred cred;
+		socklen_t len = sizeof(cred);
+		client *c = calloc(1, sizeof(*c));
+		if (!c || getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+			free(c);
+			close(fd);
+			continue;
+		}
+		*c = (client){.fd = fd, .id = ++b->next_client, .pid = cred.pid, .uid = cred.uid, .next = b->clients};
+		struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+		if (epoll_ctl(b->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+			close(fd);
+			free(c);
+			continue;
+		}
+		b->clients = c;
+		b->stats.clients++;
+	}
+}
+
+static void client_ready(wfpr_broker *b, client *c)
+{
+	for (;;) {
+		ssize_t n = recv(c->fd, b->msg, sizeof(b->msg), MSG_TRUNC);
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			return;
+		if (n <= 0 || (size_t)n > sizeof(b->msg) || !serve(b, c, (size_t)n)) {
+			drop_client(b, c);
+			return;
+		}
+	}
+}
+
+int wfpr_broker_new(wfpr_broker **out, const wfpr_broker_options *opts)
+{
+	if (!out || !opts || !opts->path)
+		return WFPR_WSAEFAULT;
+	*out = NULL;
+	struct sockaddr_un sun = {.sun_family = AF_UNIX};
+	if (opts->version != WFPR_BROKER_OPTIONS_VERSION || strlen(opts->path) >= sizeof(sun.sun_path) || !opts->path[0])
+		return WFPR_WSAEINVAL;
+	strcpy(sun.sun_path, opts->path);
+	wfpr_broker *b = calloc(1, sizeof(*b));
+	if (!b)
+		return WFPR_WSAENOBUFS;
+	b->listen_fd = b->epoll_fd = b->stop_fd = -1;
+	b->sweep_at = 1024;
+	int rc = wfpr_layer_new(&b->layer);
+	if (rc == 0 && !(b->path = strdup(opts->path)))
+		rc = WFPR_WSAENOBUFS;
+	if (rc == 0) {
+		b->listen_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		b->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+		b->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+		unlink(opts->path);
+		mode_t old = umask(0177);
+		int bound = b->listen_fd >= 0 ? bind(b->listen_fd, (struct sockaddr *)&sun, sizeof(sun)) : -1;
+		umask(old);
+		struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+		struct epoll_event stop = {.events = EPOLLIN, .data.ptr = b};
+		if (b->epoll_fd < 0 || b->stop_fd < 0 || bound < 0 || listen(b->listen_fd, 512) < 0 ||
+		    epoll_ctl(b->epoll_fd, EPOLL_CTL_ADD, b->listen_fd, &ev) < 0 ||
+		    epoll_ctl(b->epoll_fd, EPOLL_CTL_ADD, b->stop_fd, &stop) < 0)
+			rc = wfpr_err_from_errno(errno);
+	}
+	if (rc != 0) {
+		wfpr_broker_free(b);
+		return rc;
+	}
+	*out = b;
+	return 0;
+}
+
+int wfpr_broker_run(wfpr_broker *b)
+{
+	if (!b)
+		return WFPR_WSAEFAULT;
+	struct epoll_event events[64];
+	for (;;) {
+		int n = epoll_wait(b->epoll_fd, events, 64, -1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return wfpr_err_from_errno(errno);
+		for (int i = 0; i < n; i++) {
+			void *w = events[i].data.ptr;
+			if (w == b)
+				return 0;
+			if (!w)
+				accept_clients(b);
+			else
+				client_ready(b, w);
+		}
+	}
+}
+
+void wfpr_broker_stop(wfpr_broker *b)
+{
+	uint64_t one = 1;
+	if (b && write(b->stop_fd, &one, sizeof(one)) < 0) {
+		/* the counter is already non-zero: the loop wakes either way */
+	}
+}
+
+int wfpr_broker_get_stats(wfpr_broker_stats *out, const wfpr_broker *b)
+{
+	if (!out || !b)
+		return WFPR_WSAEFAULT;
+	*out = b->stats;
+	out->records_live = b->n_entries;
+	return 0;
+}
+
+const wfpr_layer *wfpr_broker_layer(const wfpr_broker *b)
+{
+	return b ? b->layer : NULL;
+}
+
+void wfpr_broker_free(wfpr_broker *b)
+{
+	if (!b)
+		return;
+	while (b->clients)
+		drop_client(b, b->clients);
+	for (size_t i = 0; i < BUCKETS; i++)
+		while (b->by_tuple[i])
+			entry_remove(b, b->by_tuple[i]);
+	for (proxy *p = b->proxies, *next; p; p = next) {
+		next = p->next;
+		free(p);
+	}
+	if (b->listen_fd >= 0) {
+		close(b->listen_fd);
+		unlink(b->path);
+	}
+	if (b->epoll_fd >= 0)
+		close(b->epoll_fd);
+	if (b->stop_fd >= 0)
+		close(b->stop_fd);
+	wfpr_layer_free(b->layer);
+	free(b->path);
+	free(b);
+}

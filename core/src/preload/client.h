@@ -1,0 +1,40 @@
+#ifndef WFPR_SRC_PRELOAD_CLIENT_H
+#define WFPR_SRC_PRELOAD_CLIENT_H
+
+/*
+ * The broker's client: what the shim (in unmodified programs) and the
+ * library (in the proxies, after wfpr_preload_attach) ask the broker. One
+ * connection per process, reopened after fork; calls are serialised. Every
+ * call returns 0 or a wfpr_err; WSAENETDOWN when the broker cannot be
+ * reached or does not answer in time (never a hang).
+ */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include "wire.h"
+
+/* The broker's socket path for this process; NULL turns the client off. */
+int client_set_path(const char *path);
+bool client_enabled(void);
+
+/* Classify a connect or a new UDP flow on fd to remote, carrying the
+ * records SET on fd (NULL if none). On a redirect the socket is bound and
+ * the record issued before this returns, so the proxy always finds it.
+ * *target is where to send (remote itself when permitted). A block comes
+ * back as its error (WSAEACCES, WSAELOOP). */
+int client_route(int fd, int protocol, const struct sockaddr_storage *remote, const uint8_t *records,
+                 size_t records_len, struct sockaddr_storage *target, bool *redirected);
+/* The record (or context) of the connection a proxy's socket (local, peer)
+ * belongs to, whole, into out (cap >= WIRE_BLOB_MAX). */
+int client_query(int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer,
+                 uint32_t flags, uint8_t *out, size_t cap, size_t *len);
+/* Is this a live record the broker issued? (SET) */
+int client_check(const uint8_t *blob, size_t len);
+/* The proxy closed its side of (local, peer): its record may go. */
+void client_release(int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer);
+int client_register(const char *name, const struct sockaddr_storage *address, uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE]);
+int client_name(const uint8_t id[WFPR_REDIRECTOR_ID_SIZE], char *out, size_t len);
+
+#endif

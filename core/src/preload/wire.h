@@ -1,0 +1,54 @@
+#ifndef WFPR_SRC_PRELOAD_WIRE_H
+#define WFPR_SRC_PRELOAD_WIRE_H
+
+/*
+ * The broker's protocol: one SOCK_SEQPACKET message per request and per
+ * reply, a fixed header and then a blob (records or context). Only local
+ * processes of the same machine speak it; the broker still checks every
+ * field, and takes the caller's pid and uid from SO_PEERCRED, never from
+ * the message.
+ */
+
+#include <stdint.h>
+#include <sys/socket.h>
+#include "wfpr/layer.h"
+#include "wfpr/record.h"
+
+#define WIRE_MAGIC 0x57465052u /* "WFPR" */
+#define WIRE_NAME_MAX 64
+#define WIRE_BLOB_MAX (WFPR_RECORD_MAX_SIZE > WFPR_CONTEXT_MAX_SIZE ? WFPR_RECORD_MAX_SIZE : WFPR_CONTEXT_MAX_SIZE)
+
+enum wire_type {
+	WIRE_ROUTE = 1, /* a: remote, b: local, blob: the socket's SET records -> action, target */
+	WIRE_ISSUE,     /* b: the local address now bound (after a REDIRECT) -> ok */
+	WIRE_QUERY,     /* a: the proxy socket's local, b: its peer -> blob */
+	WIRE_CHECK,     /* blob: records to SET -> ok, or WSAEINVAL */
+	WIRE_REGISTER,  /* name, a: the proxy's address -> id */
+	WIRE_RELEASE,   /* a, b as for QUERY: the proxy closed it; no reply */
+	WIRE_NAME,      /* id -> name */
+};
+
+#define WIRE_QUERY_CONTEXT 0x1u
+#define WIRE_QUERY_FIRST_DATAGRAM 0x2u /* UDP: only once, with the flow's first datagram */
+
+typedef struct wire_request {
+	uint32_t magic;
+	uint32_t type;
+	uint32_t protocol;
+	uint32_t flags;
+	struct sockaddr_storage a, b;
+	uint8_t id[WFPR_REDIRECTOR_ID_SIZE];
+	char name[WIRE_NAME_MAX];
+	uint32_t blob_len;
+} wire_request;
+
+typedef struct wire_reply {
+	int32_t err; /* 0 or a wfpr_err */
+	uint32_t action; /* ROUTE: wfpr_action */
+	struct sockaddr_storage target;
+	uint8_t id[WFPR_REDIRECTOR_ID_SIZE];
+	char name[WIRE_NAME_MAX];
+	uint32_t blob_len;
+} wire_reply;
+
+#endif

@@ -1,0 +1,57 @@
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+#include "addr.h"
+#include "sockutil.h"
+
+uint64_t socket_cookie(int fd)
+{
+	uint64_t cookie = 0;
+	socklen_t len = sizeof(cookie);
+	if (getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &len) < 0)
+		return 0;
+	return cookie;
+}
+
+int socket_protocol(int fd)
+{
+	int protocol = 0;
+	socklen_t len = sizeof(protocol);
+	if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &protocol, &len) < 0) {
+		if (errno == EBADF)
+			errno = ENOTSOCK;
+		return -1;
+	}
+	return protocol;
+}
+
+uint16_t socket_local(int fd, struct sockaddr_storage *out)
+{
+	socklen_t len = sizeof(*out);
+	memset(out, 0, sizeof(*out));
+	if (getsockname(fd, (struct sockaddr *)out, &len) < 0)
+		return 0;
+	return addr_port(out);
+}
+
+/* TCP binds to the target's address (the source the kernel would pick for
+ * a local destination); UDP, which may still send elsewhere, to the wildcard. */
+int socket_bind_for_redirect(int fd, int protocol, const struct sockaddr_storage *target,
+                             struct sockaddr_storage *local)
+{
+	if (socket_local(fd, local) != 0)
+		return 0;
+	struct sockaddr_storage addr;
+	memset(&addr, 0, sizeof(addr));
+	addr.ss_family = local->ss_family;
+	if (protocol == IPPROTO_TCP && target->ss_family == local->ss_family)
+		addr = *target;
+	if (addr.ss_family == AF_INET)
+		((struct sockaddr_in *)&addr)->sin_port = 0;
+	else
+		((struct sockaddr_in6 *)&addr)->sin6_port = 0;
+	if (bind(fd, (struct sockaddr *)&addr, addr_len(&addr)) < 0)
+		return -1;
+	socket_local(fd, local);
+	return 0;
+}

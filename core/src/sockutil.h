@@ -1,0 +1,21 @@
+#ifndef WFPR_SRC_SOCKUTIL_H
+#define WFPR_SRC_SOCKUTIL_H
+
+/* Facts about a real socket, and the bind a redirect needs; shared by the
+ * in-process backend, the preload client and the shim. */
+
+#include <stdint.h>
+#include <sys/socket.h>
+
+/* SO_COOKIE, 0 if fd is not an open socket. */
+uint64_t socket_cookie(int fd);
+/* IPPROTO_* of a socket, or -1 with errno set (ENOTSOCK for non-sockets). */
+int socket_protocol(int fd);
+/* The socket's local address into out; returns its port (0: unbound). */
+uint16_t socket_local(int fd, struct sockaddr_storage *out);
+/* An unbound socket gets its port now, so the record can be keyed by it
+ * before the proxy can accept. 0, or -1 with errno set. */
+int socket_bind_for_redirect(int fd, int protocol, const struct sockaddr_storage *target,
+                             struct sockaddr_storage *local);
+
+#endif

@@ -20,7 +20,7 @@ build: deps
 	$(CMAKE) --build build -j $(JOBS)
 
 demo: build
-	./build/wfpr-demo
+	python3 -u examples/demo.py
 
 test: test-plain test-sanitize test-threads test-python fuzz
 

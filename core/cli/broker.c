@@ -18,6 +18,7 @@ int broker_serve(const char *path, int ready_fd)
 {
 	wfpr_broker_options opts = WFPR_BROKER_OPTIONS_INIT;
 	opts.path = path;
+	cli_raise_fd_limit();
 	int rc = wfpr_broker_new(&serving, &opts);
 	if (rc != 0) {
 		fprintf(stderr, "wfpr broker: cannot listen on %s: %s\n", path, wfpr_strerror(rc));

@@ -32,6 +32,8 @@ int proxy_serve(const proxy_config *cfg);
 /* Serve as the broker until SIGTERM or SIGINT; exit status. */
 int broker_serve(const char *path, int ready_fd);
 
+/* A relay holds two descriptors per connection: take the hard limit. */
+void cli_raise_fd_limit(void);
 /* "127.0.0.1:8080", "[::1]:8080" */
 int cli_parse_address(const char *text, struct sockaddr_storage *out);
 /* Parse a whole non-negative number; -1 if text is not one. */

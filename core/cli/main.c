@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include "cli.h"
 #include "wfpr/wfpr.h"
 
@@ -27,6 +28,15 @@ const char cli_usage[] =
 	"  rules check   load each Lua rules file in the sandbox and report syntax errors,\n"
 	"                failing top-level code (forbidden globals such as os or io) and\n"
 	"                unknown hook names; exit 1 if any file has a problem\n";
+
+void cli_raise_fd_limit(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
 
 int cli_parse_address(const char *text, struct sockaddr_storage *out)
 {

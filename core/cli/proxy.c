@@ -67,6 +67,7 @@ int proxy_serve(const proxy_config *cfg)
 	wfpr_rules *rules = NULL;
 	wfpr_rules_options ro = WFPR_RULES_OPTIONS_INIT;
 	ro.fail_closed = cfg->fail_closed;
+	cli_raise_fd_limit();
 	int rc = wfpr_preload_attach(cfg->broker_path);
 	if (rc == 0 && cfg->rules_path) {
 		rc = wfpr_rules_new(&rules, &ro);

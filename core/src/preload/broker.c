@@ -288,8 +288,8 @@ static int route(wfpr_broker *b, client *c, const wire_request *rq, const uint8_
 	conn_info info = {.protocol = (int)rq->protocol, .remote = rq->a, .local = rq->b, .pid = c->pid, .uid = c->uid};
 	addr_unmap(&info.remote);
 	addr_unmap(&info.local);
-	if (!is_inet(&info.remote) || info.local.ss_family != info.remote.ss_family)
-		return WFPR_WSAEINVAL;
+	if (!is_inet(&info.remote) || !is_inet(&info.local))
+		return WFPR_WSAEINVAL; /* an IPv6 socket may talk IPv4 (mapped): the families can differ */
 	if (rq->blob_len) {
 		entry *e = entry_issued(b, blob, rq->blob_len);
 		if (!e) {
@@ -337,7 +337,7 @@ static int issue(wfpr_broker *b, client *c, const wire_request *rq)
 	uint8_t *record = NULL, token[WFPR_TOKEN_SIZE];
 	size_t record_len = 0;
 	int rc = WFPR_WSAEINVAL;
-	if (c->info.local.ss_family == c->info.remote.ss_family && addr_port(&c->info.local))
+	if (is_inet(&c->info.local) && addr_port(&c->info.local))
 		rc = layer_issue(b->layer, &c->decision, &c->info, c->records, c->records_len, &record, &record_len, token);
 	if (rc == 0) {
 		rc = entry_add(b, c->info.protocol, &c->info.local, &c->decision.target, record, record_len,

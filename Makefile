@@ -8,7 +8,7 @@ CMAKE ?= cmake
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: all deps build demo test test-plain test-sanitize test-threads test-python fuzz bench clean
+.PHONY: all deps build demo test test-plain test-sanitize test-threads test-python test-integration fuzz bench clean
 
 all: build
 
@@ -22,7 +22,7 @@ build: deps
 demo: build
 	python3 -u examples/demo.py
 
-test: test-plain test-sanitize test-threads test-python fuzz
+test: test-plain test-sanitize test-threads test-python test-integration fuzz
 
 test-plain: build
 	cd build && ctest --output-on-failure -j $(JOBS)
@@ -50,6 +50,11 @@ $(PY):
 test-python: deps $(PY)
 	$(PY) -m pip install -q ".[test,notebook]"
 	cd tests && ../$(PY) -m pytest -q -p no:cacheprovider python
+
+# Real programs (curl, Python) through `wfpr run`: chains, UDP, faults, load.
+test-integration: build $(PY)
+	$(PY) -m pip install -q pytest
+	cd tests && ../$(PY) -m pytest -q -p no:cacheprovider integration
 
 fuzz: deps
 	CC=clang $(CMAKE) -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DWFPR_BUILD_FUZZERS=ON \

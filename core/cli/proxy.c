@@ -104,6 +104,8 @@ int proxy_serve(const proxy_config *cfg)
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	char where[64];
+	fprintf(stderr, "wfpr proxy %s: listening on %s\n", cfg->name, wfpr_sockaddr_format(where, sizeof(where), &address));
 	if (cfg->ready_fd >= 0) {
 		if (write(cfg->ready_fd, "p", 1) < 0) {
 			/* the parent went away: serve anyway until told to stop */

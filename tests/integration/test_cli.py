@@ -1,0 +1,50 @@
+"""The CLI's contract: --help everywhere, a wrong option or a missing file is exit status 2 with a message."""
+import subprocess
+
+import pytest
+
+from conftest import WFPR
+
+
+def wfpr(*args):
+    return subprocess.run([WFPR, *args], capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("command", [["run"], ["broker"], ["proxy"], ["inspect"], ["rules", "check"]])
+def test_help(command):
+    r = wfpr(*command, "--help")
+    assert r.returncode == 0 and "usage: wfpr run" in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--rules", "/nonexistent.lua", "--", "true"], "cannot read the rules file"),
+    (["run", "--rules"], "needs a value"),
+    (["run", "--bogus", "x", "--", "true"], "unknown or invalid option '--bogus'"),
+    (["run", "--", "true"], "give --rules"),
+    (["run", "--rules", "lua/rules/tag.lua"], "give the command after --"),
+    (["run", "--rules", "lua/rules/tag.lua", "--backend", "nope", "--", "true"], "backend 'nope' is not available"),
+    (["run", "--rules", "lua/rules/tag.lua", "--proxy", "noequals", "--", "true"], "NAME=RULES.lua"),
+    (["run", "--rules", "lua/rules/tag.lua", "--log", "/nonexistent/dir/log", "--", "true"], "cannot open the log"),
+    (["broker"], "--socket PATH is required"),
+    (["broker", "--bogus"], "unknown or incomplete option"),
+    (["proxy", "--name", "x"], "--broker PATH and --name NAME are required"),
+    (["proxy", "--broker", "/tmp/x", "--name", "x", "--rules", "/nonexistent.lua"], "cannot read the rules file"),
+    (["proxy", "--broker", "/tmp/x", "--name", "x", "--listen", "nonsense"], "invalid option '--listen'"),
+    (["nonsense"], "unknown command nonsense"),
+])
+def test_usage_errors(args, message):
+    r = subprocess.run([WFPR, *args], capture_output=True, text=True, timeout=30,
+                       cwd=__file__.rsplit("/tests/", 1)[0])
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr
+
+
+def test_proxy_without_broker_says_so(tmp_path):
+    r = wfpr("proxy", "--broker", str(tmp_path / "none.sock"), "--name", "x")
+    assert r.returncode == 1 and "WSAENETDOWN" in r.stderr
+
+
+def test_run_exits_with_command_status_on_missing_command():
+    r = subprocess.run([WFPR, "run", "--rules", "lua/rules/tag.lua", "--", "/nonexistent/program"],
+                       capture_output=True, text=True, timeout=30, cwd=__file__.rsplit("/tests/", 1)[0])
+    assert r.returncode == 127 and "cannot run /nonexistent/program" in r.stderr

@@ -1,0 +1,217 @@
+"""Faults: in each case the client sees an error or a reset, never a hang,
+and the other connections go on."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import PY, SHIM, WFPR, sha256_file
+
+
+class StreamServer:
+    """Sends `size` bytes to each connection (endless when None), slowly
+    enough that a transfer is still going when a test breaks it."""
+
+    def __init__(self, size=None, close_after=None, header=b""):
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.port = self.sock.getsockname()[1]
+        self.size, self.close_after, self.header = size, close_after, header
+        self.errors = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            threading.Thread(target=self.send, args=(conn,), daemon=True).start()
+
+    def send(self, conn):
+        sent = 0
+        chunk = os.urandom(64 << 10)
+        try:
+            conn.recv(65536)  # the request, if any
+            conn.sendall(self.header)
+            while not self.stop.is_set() and (self.size is None or sent < self.size):
+                if self.close_after is not None and sent >= self.close_after:
+                    break
+                conn.sendall(chunk)
+                sent += len(chunk)
+                time.sleep(0.002)
+        except OSError as e:
+            self.errors.append(e)
+        finally:
+            conn.close()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def stream():
+    servers = []
+
+    def make(**kw):
+        servers.append(StreamServer(**kw))
+        return servers[-1]
+    yield make
+    for s in servers:
+        s.close()
+
+
+def test_client_resets_mid_stream(stream, http_server, rules, wfpr_run):
+    server = stream()
+    script = (
+        "import socket, struct, sys, urllib.request, hashlib\n"
+        "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
+        "s.sendall(b'go')\n"
+        "got = 0\n"
+        "while got < 1 << 20:\n"
+        "    got += len(s.recv(65536))\n"
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n"
+        "s.close()\n"
+        "print(hashlib.sha256(urllib.request.urlopen(sys.argv[2]).read()).hexdigest())\n")
+    run = wfpr_run([("alpha", rules("alpha")), ("beta", rules("beta"))],
+                   [PY, "-c", script, str(server.port), http_server["v4"] + "/small.bin"], timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == sha256_file(http_server["root"] / "small.bin")  # the next connection went on
+    errors = [e for e in run.events("error") if e["original_dst"].endswith(":%d" % server.port)]
+    assert {e["proxy"] for e in errors} == {"alpha", "beta"}  # the reset went down the chain
+    deadline = time.time() + 10
+    while not server.errors and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.errors, "the server never saw the reset"
+
+
+def test_server_refuses(rules, wfpr_run):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    script = (
+        "import socket, sys\n"
+        "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=10)\n"
+        "try:\n"
+        "    print('eof' if s.recv(1) == b'' else 'data')\n"
+        "except ConnectionResetError:\n"
+        "    print('reset')\n")
+    start = time.monotonic()
+    run = wfpr_run([("alpha", rules("alpha")), ("beta", rules("beta"))], [PY, "-c", script, str(port)], timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "reset"
+    assert time.monotonic() - start < 20
+    assert any(e["proxy"] == "beta" and "REFUSED" in (e["error"] or "") for e in run.events("error"))
+
+
+def test_server_closes_early(stream, rules, wfpr_run):
+    server = stream(close_after=256 << 10,
+                    header=b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\nConnection: close\r\n\r\n")
+    run = wfpr_run([("alpha", rules("alpha")), ("beta", rules("beta"))],
+                   ["curl", "-sS", "-o", "/dev/null", "--max-time", "30", "http://127.0.0.1:%d/" % server.port])
+    assert run.returncode == 18, run.stderr  # curl: partial file, not a timeout (28)
+    closes = [e for e in run.events("close") if e["proxy"] == "beta"]
+    assert closes and closes[0]["bytes_down"] >= 256 << 10
+
+
+def start(args, env=None, ready=None):
+    """A process whose stderr says `ready` when it is up."""
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
+    if ready:
+        line = proc.stderr.readline()
+        assert ready in line, line
+    return proc
+
+
+@pytest.fixture
+def preload(tmp_path):
+    """A broker and proxies started by hand, as `wfpr broker` and `wfpr proxy`."""
+    procs = {}
+    path = str(tmp_path / "broker.sock")
+    log = str(tmp_path / "log.jsonl")
+    procs["broker"] = start([WFPR, "broker", "--socket", path], ready="listening")
+    time.sleep(0.1)
+
+    def proxy(name, rules_path):
+        procs[name] = start([WFPR, "proxy", "--broker", path, "--name", name, "--rules", rules_path, "--log", log],
+                            ready="listening")
+        return procs[name]
+
+    def env(**kw):
+        return dict(os.environ, LD_PRELOAD=SHIM, WFPR_BROKER=path, **kw)
+    yield {"path": path, "proxy": proxy, "env": env, "procs": procs, "log": log}
+    for p in procs.values():
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+def test_broker_killed(stream, http_server, rules, preload):
+    """Relays already running go on; new connects fail open (straight to the
+    server) or, with WFPR_FAIL=closed, fail at once with ENETDOWN."""
+    server = stream()
+    preload["proxy"]("alpha", rules("alpha"))
+    script = (
+        "import socket, sys, errno\n"
+        "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
+        "s.sendall(b'go')\n"
+        "got = 0\n"
+        "while got < 1 << 20:\n"
+        "    got += len(s.recv(65536))\n"
+        "print('streaming', flush=True)\n"
+        "sys.stdin.readline()\n"  # the test kills the broker here
+        "while got < 4 << 20:\n"
+        "    got += len(s.recv(65536))\n"
+        "print('still streaming')\n"
+        "try:\n"
+        "    t = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=10)\n"
+        "    print('new connection to', '%s:%d' % t.getpeername())\n"
+        "except OSError as e:\n"
+        "    print('new connection failed', errno.errorcode[e.errno])\n")
+    for mode, expect in (("open", "new connection to 127.0.0.1:%d" % server.port),
+                         ("closed", "new connection failed ENETDOWN")):
+        if preload["procs"]["broker"].poll() is not None:  # second round: a broker again, then kill it
+            preload["procs"]["broker"] = start([WFPR, "broker", "--socket", preload["path"]], ready="listening")
+            preload["procs"]["alpha"].kill()
+            preload["proxy"]("alpha", rules("alpha"))
+        client = subprocess.Popen([PY, "-c", script, str(server.port)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, env=preload["env"](WFPR_FAIL=mode))
+        assert client.stdout.readline().strip() == "streaming"
+        preload["procs"]["broker"].send_signal(signal.SIGKILL)
+        preload["procs"]["broker"].wait()
+        out, _ = client.communicate("go\n", timeout=30)
+        assert client.returncode == 0
+        assert out.splitlines() == ["still streaming", expect]
+
+
+def test_proxy_killed_mid_transfer(http_server, rules, preload, tmp_path):
+    """The client sees an error at once; the chain closes over the dead proxy
+    and the next connection goes through the proxy that is left."""
+    preload["proxy"]("alpha", rules("alpha"))
+    beta = preload["proxy"]("beta", rules("beta"))
+    env = preload["env"]()
+    client = subprocess.Popen(["curl", "-sS", "--limit-rate", "5M", "-o", "/dev/null", http_server["v4"] + "/big.bin"],
+                              stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(1.0)
+    beta.kill()
+    beta.wait()
+    _, err = client.communicate(timeout=30)
+    assert client.returncode != 0, "the transfer cannot have finished through a dead proxy"
+    out = tmp_path / "got.bin"
+    again = subprocess.run(["curl", "-sS", "--fail", "-o", str(out), http_server["v4"] + "/small.bin"],
+                           capture_output=True, text=True, env=env, timeout=30)
+    assert again.returncode == 0, again.stderr
+    assert sha256_file(out) == sha256_file(http_server["root"] / "small.bin")
+    with open(preload["log"]) as f:
+        last = [json.loads(line) for line in f if '"connect"' in line][-1]
+    assert last["proxy"] == "alpha" and last["hops"] == ["alpha"]

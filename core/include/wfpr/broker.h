@@ -50,7 +50,7 @@ WFPR_EXTERN int wfpr_preload_attach(const char *path);
  * (TCP and UDP, an IPv4 or IPv6 loopback address), in registration order
  * among the redirectors. out_id is its redirector id, for
  * wfpr_redirect_state_for_id. It lasts while this process stays connected
- * to the broker. */
+ * to the broker; one process may register several. */
 WFPR_EXTERN int wfpr_preload_register(uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE], const char *name,
                                       const struct sockaddr_storage *address);
 /* A redirector's name from its id, as the broker knows it. */

@@ -43,6 +43,7 @@ typedef struct proxy {
 	pid_t pid;
 	wfpr_redirect_handle *handle;
 	uint64_t filter;
+	uint64_t owner; /* the client that registered it; it lives as long as that connection */
 	bool live;
 } proxy;
 
@@ -52,7 +53,6 @@ typedef struct client {
 	uint64_t id;
 	pid_t pid;
 	uid_t uid;
-	proxy *proxy;
 	/* between a ROUTE that redirected and its ISSUE */
 	bool deciding;
 	redirect_decision decision;
@@ -227,7 +227,7 @@ static int register_proxy(wfpr_broker *b, client *c, const wire_request *rq, wir
 {
 	struct sockaddr_storage address = rq->a;
 	addr_unmap(&address);
-	if (c->proxy || !is_inet(&address) || addr_port(&address) == 0 || !memchr(rq->name, '\0', sizeof(rq->name)) ||
+	if (!is_inet(&address) || addr_port(&address) == 0 || !memchr(rq->name, '\0', sizeof(rq->name)) ||
 	    !rq->name[0])
 		return WFPR_WSAEINVAL;
 	for (proxy *p = b->proxies; p; p = p->next)
@@ -261,9 +261,9 @@ static int register_proxy(wfpr_broker *b, client *c, const wire_request *rq, wir
 		return rc;
 	}
 	p->live = true;
+	p->owner = c->id;
 	p->next = b->proxies;
 	b->proxies = p;
-	c->proxy = p;
 	b->stats.proxies++;
 	memcpy(rp->id, wfpr_redirect_handle_id(p->handle), WFPR_REDIRECTOR_ID_SIZE);
 	return 0;
@@ -450,10 +450,11 @@ static void drop_client(wfpr_broker *b, client *c)
 			*p = c->next;
 			break;
 		}
-	if (c->proxy) {
-		wfpr_filter_remove(b->layer, c->proxy->filter);
-		c->proxy->live = false;
-	}
+	for (proxy *p = b->proxies; p; p = p->next)
+		if (p->live && p->owner == c->id) {
+			wfpr_filter_remove(b->layer, p->filter);
+			p->live = false;
+		}
 	entries_drop(b, queried_by, c->id);
 	forget_decision(c);
 	close(c->fd);

@@ -1,0 +1,209 @@
+/* The preload backend in one process: a broker thread, two engines that
+ * register as redirectors through it, and the test itself as a third,
+ * hand-driven proxy, so the IOCTL rows run against records the broker
+ * issued. All traffic is real loopback TCP. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include "support.h"
+#include "test.h"
+#include "wfpr/engine.h"
+
+
+static char broker_path[64];
+static wfpr_broker *broker;
+static pthread_t broker_thread;
+
+static void *broker_main(void *arg)
+{
+	wfpr_broker_run(arg);
+	return NULL;
+}
+
+static void *engine_main(void *arg)
+{
+	wfpr_engine_run(arg);
+	return NULL;
+}
+
+typedef struct proxy {
+	wfpr_engine *engine;
+	pthread_t thread;
+	uint8_t id[WFPR_REDIRECTOR_ID_SIZE];
+} proxy;
+
+static void proxy_start(proxy *p, const char *name)
+{
+	wfpr_engine_options o = WFPR_ENGINE_OPTIONS_INIT;
+	o.name = name;
+	o.redirector_id = p->id; /* filled in by the registration below, before the loop runs */
+	struct sockaddr_storage addr;
+	CHECK_EQ(wfpr_engine_new(&p->engine, &o), 0);
+	CHECK_EQ(wfpr_engine_address(&addr, p->engine), 0);
+	CHECK_EQ(wfpr_preload_register(p->id, name, &addr), 0);
+	pthread_create(&p->thread, NULL, engine_main, p->engine);
+}
+
+static void proxy_stop(proxy *p)
+{
+	wfpr_engine_stop(p->engine);
+	pthread_join(p->thread, NULL);
+	wfpr_engine_free(p->engine);
+}
+
+static proxy alpha, beta;
+
+static void test_chain_of_two(void)
+{
+	echo_server server;
+	uint8_t sent[32], echoed[32];
+	CHECK_EQ(echo_server_start(&server, 3), 0);
+	for (int i = 0; i < 3; i++) {
+		CHECK_EQ(echo_client(&server.addr, 1u << 20, sent, echoed), 0);
+		CHECK(memcmp(sent, echoed, 32) == 0);
+	}
+	echo_server_join(&server);
+	wfpr_engine_stats a, b;
+	wfpr_engine_get_stats(&a, alpha.engine);
+	wfpr_engine_get_stats(&b, beta.engine);
+	CHECK_EQ(a.accepted, 3);
+	CHECK_EQ(b.accepted, 3);
+	CHECK_EQ(a.failed + b.failed, 0);
+}
+
+/* The test is the third redirector: connect, accept, and QUERY by hand. */
+static void test_ioctl_rows_through_broker(void)
+{
+	echo_server server;
+	CHECK_EQ(echo_server_start(&server, 1), 0);
+	struct sockaddr_storage me;
+	int listener = tcp_listen(&me);
+	uint8_t my_id[WFPR_REDIRECTOR_ID_SIZE];
+	CHECK_EQ(wfpr_preload_register(my_id, "manual", &me), 0);
+	CHECK_EQ(wfpr_preload_register(my_id, "manual", &me), WFPR_WSAEADDRINUSE); /* one name, one proxy */
+
+	int client = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+	CHECK_EQ(wfpr_connect(client, (struct sockaddr *)&server.addr, addr_size(&server.addr)), 0);
+	int accepted = accept(listener, NULL, NULL);
+	CHECK(accepted >= 0);
+
+	uint32_t need = 0, len = 0;
+	CHECK_FAILS_WITH(wfpr_ioctl(accepted, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, NULL, 0, &need,
+	                            NULL, NULL), WFPR_ERROR_INSUFFICIENT_BUFFER);
+	CHECK(need > 0);
+	uint8_t small[2], records[WFPR_RECORD_MAX_SIZE];
+	CHECK_FAILS_WITH(wfpr_ioctl(accepted, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, small,
+	                            sizeof(small), &len, NULL, NULL), WFPR_WSAEINVAL);
+	CHECK_FAILS_WITH(wfpr_ioctl(accepted, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, records, need - 1,
+	                            &len, NULL, NULL), WFPR_ERROR_INSUFFICIENT_BUFFER);
+	CHECK_EQ(len, need);
+	CHECK_EQ(wfpr_ioctl(accepted, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, records, sizeof(records),
+	                    &len, NULL, NULL), 0);
+	CHECK_EQ(len, need);
+
+	/* three hops: alpha, beta, then me; for me the state is SELF, for alpha PREVIOUSLY */
+	wfpr_records *r = NULL;
+	CHECK_EQ(wfpr_records_decode(&r, records, len), 0);
+	CHECK_EQ(r ? r->hop_count : 0, 3);
+	wfpr_records_free(r);
+	wfpr_redirect_state state;
+	CHECK_EQ(wfpr_redirect_state_for_id(&state, records, len, my_id), 0);
+	CHECK_EQ(state, WFPR_CONNECTION_REDIRECTED_BY_SELF);
+	CHECK_EQ(wfpr_redirect_state_for_id(&state, records, len, alpha.id), 0);
+	CHECK_EQ(state, WFPR_CONNECTION_PREVIOUSLY_REDIRECTED_BY_SELF);
+	char name[65];
+	CHECK_EQ(wfpr_preload_redirector_name(name, sizeof(name), beta.id), 0);
+	CHECK(strcmp(name, "beta") == 0);
+
+	struct sockaddr_storage context[2];
+	CHECK_EQ(wfpr_ioctl(accepted, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT, NULL, 0, context, sizeof(context),
+	                    &len, NULL, NULL), 0);
+	CHECK_EQ(len, sizeof(context));
+	CHECK_EQ(addr_port(&context[0]), addr_port(&server.addr));
+
+	/* SET: a forged blob is refused; the real one goes on, and the connect is not redirected back */
+	int out = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+	records[need - 1] ^= 1;
+	CHECK_FAILS_WITH(wfpr_ioctl(out, WFPR_SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, records, need, NULL, 0, &len,
+	                            NULL, NULL), WFPR_WSAEINVAL);
+	records[need - 1] ^= 1;
+	CHECK_EQ(wfpr_ioctl(out, WFPR_SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, records, need, NULL, 0, &len, NULL, NULL), 0);
+	CHECK_EQ(wfpr_connect(out, (struct sockaddr *)&context[0], addr_size(&context[0])), 0);
+	const char hello[] = "hello through three proxies";
+	char back[sizeof(hello)];
+	CHECK_EQ(write(out, hello, sizeof(hello)), (ssize_t)sizeof(hello));
+	shutdown(out, SHUT_WR);
+	CHECK_EQ(read(out, back, sizeof(back)), (ssize_t)sizeof(back));
+	CHECK(memcmp(hello, back, sizeof(hello)) == 0);
+	wfpr_closesocket(out);
+	echo_server_join(&server);
+
+	/* once the proxy closes its side, the record is dead: SET refuses it */
+	wfpr_closesocket(accepted);
+	int late = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+	CHECK_FAILS_WITH(wfpr_ioctl(late, WFPR_SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, records, need, NULL, 0, &len,
+	                            NULL, NULL), WFPR_WSAEINVAL);
+	wfpr_closesocket(late);
+	wfpr_closesocket(client);
+
+	/* a connection nobody redirected has no record */
+	struct sockaddr_storage plain_addr;
+	int plain = tcp_listen(&plain_addr);
+	int direct = socket(AF_INET, SOCK_STREAM, 0);
+	CHECK_EQ(connect(direct, (struct sockaddr *)&plain_addr, addr_size(&plain_addr)), 0);
+	int plain_accepted = accept(plain, NULL, NULL);
+	CHECK_FAILS_WITH(wfpr_ioctl(plain_accepted, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, records,
+	                            sizeof(records), &len, NULL, NULL), WFPR_FWP_E_NOT_FOUND);
+	close(plain_accepted);
+	close(direct);
+	close(plain);
+	close(listener);
+}
+
+static void test_broker_gone(void)
+{
+	wfpr_broker_stop(broker);
+	pthread_join(broker_thread, NULL);
+	wfpr_broker_free(broker);
+	broker = NULL;
+	struct sockaddr_storage addr;
+	int listener = tcp_listen(&addr);
+	int s = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+	CHECK_FAILS_WITH(wfpr_connect(s, (struct sockaddr *)&addr, addr_size(&addr)), WFPR_WSAENETDOWN);
+	int direct = socket(AF_INET, SOCK_STREAM, 0);
+	CHECK_EQ(connect(direct, (struct sockaddr *)&addr, addr_size(&addr)), 0);
+	int accepted = accept(listener, NULL, NULL);
+	uint32_t len;
+	uint8_t buf[64];
+	CHECK_FAILS_WITH(wfpr_ioctl(accepted, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, buf, sizeof(buf),
+	                            &len, NULL, NULL), WFPR_WSAENETDOWN);
+	CHECK_EQ(len, 0);
+	uint8_t id[WFPR_REDIRECTOR_ID_SIZE];
+	CHECK_EQ(wfpr_preload_register(id, "late", &addr), WFPR_WSAENETDOWN);
+	close(accepted);
+	close(direct);
+	wfpr_closesocket(s);
+	close(listener);
+}
+
+int main(void)
+{
+	snprintf(broker_path, sizeof(broker_path), "/tmp/wfpr-test-broker-%d.sock", (int)getpid());
+	wfpr_broker_options o = WFPR_BROKER_OPTIONS_INIT;
+	o.path = broker_path;
+	if (wfpr_broker_new(&broker, &o) != 0 || wfpr_preload_attach(broker_path) != 0) {
+		fprintf(stderr, "cannot start the broker\n");
+		return 1;
+	}
+	pthread_create(&broker_thread, NULL, broker_main, broker);
+	proxy_start(&alpha, "alpha");
+	proxy_start(&beta, "beta");
+	RUN(test_chain_of_two);
+	RUN(test_ioctl_rows_through_broker);
+	proxy_stop(&alpha);
+	proxy_stop(&beta);
+	RUN(test_broker_gone);
+	wfpr_preload_attach(NULL);
+	TEST_MAIN_END();
+}

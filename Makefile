@@ -69,6 +69,8 @@ fuzz: deps
 	@echo "fuzz: $(FUZZ_SECONDS) s of fuzz-records with no finding"
 
 bench: build $(PY)
+	bash .ci/bootstrap.sh iperf3 haproxy nginx-light wrk socat
+	python3 bench/bench_proxies.py
 	./build/bench-records
 	./build/bench-rules
 	./build/bench-engine

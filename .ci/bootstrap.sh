@@ -3,7 +3,9 @@
 # every make target, so `make demo` and `make test` work on a fresh machine.
 set -euo pipefail
 
-packages=(build-essential cmake pkg-config clang llvm libclang-rt-14-dev libssl-dev liblua5.4-dev lua5.4 swig curl python3 python3-venv)
+# Arguments name more packages (make bench: the peers it measures against).
+packages=(build-essential cmake pkg-config clang llvm libclang-rt-14-dev libssl-dev liblua5.4-dev lua5.4 swig curl
+	python3 python3-venv "$@")
 
 missing=()
 for p in "${packages[@]}"; do

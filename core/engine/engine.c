@@ -56,6 +56,8 @@ typedef struct flow {
 typedef struct half {
 	uint8_t *buf;
 	size_t len, cap;
+	bool ready;    /* the source may have bytes: an event came, and no read since came up short */
+	bool hup;      /* the source's end came (RDHUP/HUP): read to the end whatever the sizes */
 	bool eof;      /* the source said it is done */
 	bool shut;     /* we passed the half-close on */
 	uint64_t total;
@@ -383,7 +385,7 @@ static void connect_progress(conn *c)
 static bool fill(conn *c, int src, half *h, int direction, bool *closed_by_rule, size_t *moved)
 {
 	wfpr_engine *e = c->engine;
-	while (!h->eof && h->len < h->cap) {
+	while (h->ready && !h->eof && h->len < h->cap) {
 		bool inspect = c->verdict == WFPR_VERDICT_INSPECT && e->opts.rules;
 		uint8_t *into = inspect ? e->scratch : h->buf + h->len;
 		size_t room = h->cap - h->len;
@@ -394,8 +396,12 @@ static bool fill(conn *c, int src, half *h, int direction, bool *closed_by_rule,
 			h->eof = true;
 			break;
 		}
-		if (n < 0)
+		if (n < 0) {
+			h->ready = errno == EINTR;
 			return errno == EAGAIN || errno == EINTR;
+		}
+		/* a short read emptied the socket: edge-triggered, the next byte brings an event */
+		h->ready = (size_t)n == room || h->hup;
 		*moved += (size_t)n;
 		if (!inspect) {
 			h->len += (size_t)n;
@@ -480,6 +486,15 @@ static void pump(conn *c)
 	}
 }
 
+/* What an event says of the socket that h reads from. */
+static void source_event(half *h, uint32_t events)
+{
+	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		h->ready = true;
+	if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		h->hup = true;
+}
+
 static void accept_all(wfpr_engine *e)
 {
 	for (;;) {
@@ -505,6 +520,7 @@ static void accept_all(wfpr_engine *e)
 		c->client = fd;
 		c->upstream = -1;
 		c->up.cap = c->down.cap = cap;
+		c->up.ready = c->down.ready = true;
 		c->record_cap = FIRST_RECORD_TRY;
 		c->info.version = WFPR_RULE_CONN_VERSION;
 		c->info.id = ++e->next_id;
@@ -843,13 +859,11 @@ int wfpr_engine_run(wfpr_engine *e)
 				query_completed(w->conn);
 				break;
 			case KIND_UPSTREAM:
-				if (w->conn->phase == PHASE_CONNECT) {
-					connect_progress(w->conn);
-					break;
-				}
-				/* fall through */
 			case KIND_CLIENT:
-				if (w->conn->phase == PHASE_RELAY)
+				source_event(w->kind == KIND_CLIENT ? &w->conn->up : &w->conn->down, events[i].events);
+				if (w->conn->phase == PHASE_CONNECT && w->kind == KIND_UPSTREAM)
+					connect_progress(w->conn);
+				else if (w->conn->phase == PHASE_RELAY)
 					pump(w->conn);
 				break;
 			}

@@ -66,7 +66,7 @@ static int query(const call *k, bool context, void *out, uint32_t out_len, uint3
 		/* the preload backend: issued before the client's connect, so never pending */
 		uint8_t blob[WIRE_BLOB_MAX];
 		size_t blob_len;
-		int rc = client_query(k->protocol, &local, &peer, context ? WIRE_QUERY_CONTEXT : 0, blob, sizeof(blob), &blob_len);
+		int rc = client_query(socket_cookie(k->fd), k->protocol, &local, &peer, context ? WIRE_QUERY_CONTEXT : 0, blob, sizeof(blob), &blob_len);
 		return rc != 0 ? rc : query_fill(out, out_len, blob, blob_len, bytes);
 	}
 	pthread_mutex_lock(&inproc_lock);

@@ -341,15 +341,16 @@ static void append_cmsg(struct msghdr *msg, size_t capacity, int type, const uin
 }
 
 /* The preload backend: the broker hands out a flow's records once, with its first datagram. */
-static void remote_first_datagram(struct msghdr *msg, size_t capacity, const struct sockaddr_storage *local,
+static void remote_first_datagram(int fd, struct msghdr *msg, size_t capacity, const struct sockaddr_storage *local,
                                   const struct sockaddr_storage *from, bool want_context)
 {
+	uint64_t cookie = socket_cookie(fd);
 	uint8_t blob[WIRE_BLOB_MAX];
 	size_t len;
-	if (client_query(IPPROTO_UDP, local, from, WIRE_QUERY_FIRST_DATAGRAM, blob, sizeof(blob), &len) != 0 || !capacity)
+	if (client_query(cookie, IPPROTO_UDP, local, from, WIRE_QUERY_FIRST_DATAGRAM, blob, sizeof(blob), &len) != 0 || !capacity)
 		return;
 	append_cmsg(msg, capacity, WFPR_IP_WFP_REDIRECT_RECORDS, blob, len);
-	if (want_context && client_query(IPPROTO_UDP, local, from, WIRE_QUERY_CONTEXT, blob, sizeof(blob), &len) == 0)
+	if (want_context && client_query(cookie, IPPROTO_UDP, local, from, WIRE_QUERY_CONTEXT, blob, sizeof(blob), &len) == 0)
 		append_cmsg(msg, capacity, WFPR_IP_WFP_REDIRECT_CONTEXT, blob, len);
 }
 
@@ -373,7 +374,7 @@ static void after_receive(int fd, struct msghdr *msg, size_t capacity, struct so
 	if (client_enabled()) {
 		bool want_context = s && s->want_context;
 		pthread_mutex_unlock(&inproc_lock);
-		remote_first_datagram(msg, capacity, &local, from, want_context);
+		remote_first_datagram(fd, msg, capacity, &local, from, want_context);
 		return;
 	}
 	conn *c = store_find(IPPROTO_UDP, &local, from);
@@ -548,7 +549,7 @@ static void remote_release(int fd)
 	socklen_t len = sizeof(peer);
 	if (socket_protocol(fd) == IPPROTO_TCP && getpeername(fd, (struct sockaddr *)&peer, &len) == 0 &&
 	    socket_local(fd, &local) != 0)
-		client_release(IPPROTO_TCP, &local, &peer);
+		client_release(socket_cookie(fd), IPPROTO_TCP, &local, &peer);
 }
 
 int wfpr_closesocket(wfpr_socket_t fd)

@@ -53,6 +53,7 @@ typedef struct client {
 	uint64_t id;
 	pid_t pid;
 	uid_t uid;
+	bool failed; /* found broken while catching up: dropped by the loop */
 	/* between a ROUTE that redirected and its ISSUE */
 	bool deciding;
 	redirect_decision decision;
@@ -71,6 +72,7 @@ struct wfpr_broker {
 	entry *by_tuple[BUCKETS], *by_token[BUCKETS];
 	size_t n_entries, sweep_at;
 	wfpr_broker_stats stats;
+	bool catching_up;
 	uint8_t msg[sizeof(wire_request) + WIRE_BLOB_MAX];
 };
 
@@ -348,12 +350,20 @@ static int issue(wfpr_broker *b, client *c, const wire_request *rq)
 	return rc;
 }
 
-static int query(wfpr_broker *b, client *c, const wire_request *rq, wire_reply *rp, const uint8_t **blob)
+static void catch_up(wfpr_broker *b, client *except);
+
+static int query(wfpr_broker *b, client *c, const wire_request *rq, wire_reply *rp, uint8_t *out)
 {
 	struct sockaddr_storage local = rq->a, peer = rq->b;
 	addr_unmap(&local);
 	addr_unmap(&peer);
 	entry *e = entry_find(b, (int)rq->protocol, &local, &peer);
+	if (!e && rq->protocol == IPPROTO_TCP) {
+		/* The client sent its ISSUE before it connected, so it is already
+		 * queued on its connection: read the others, then look again. */
+		catch_up(b, c);
+		e = entry_find(b, (int)rq->protocol, &local, &peer);
+	}
 	if (!e || !entry_alive(e, now_ns()))
 		return WFPR_FWP_E_NOT_FOUND;
 	if (rq->flags & WIRE_QUERY_FIRST_DATAGRAM) {
@@ -364,8 +374,10 @@ static int query(wfpr_broker *b, client *c, const wire_request *rq, wire_reply *
 	e->used = now_ns();
 	if (!e->queried_by)
 		e->queried_by = c->id;
-	*blob = rq->flags & WIRE_QUERY_CONTEXT ? e->context : e->record;
-	rp->blob_len = (uint32_t)(rq->flags & WIRE_QUERY_CONTEXT ? e->context_len : e->record_len);
+	memcpy(out, e->record, e->record_len);
+	memcpy(out + e->record_len, e->context, e->context_len);
+	rp->action = (uint32_t)e->record_len;
+	rp->blob_len = (uint32_t)(e->record_len + e->context_len);
 	return 0;
 }
 
@@ -407,15 +419,15 @@ static bool valid_request(const wire_request *rq, size_t n)
 	return false;
 }
 
-/* One request from c; false when c must be dropped. */
+/* One request from c (n bytes in b->msg); false when c must be dropped. */
 static bool serve(wfpr_broker *b, client *c, size_t n)
 {
 	wire_request rq;
 	memcpy(&rq, b->msg, n < sizeof(rq) ? n : sizeof(rq));
 	const uint8_t *in = b->msg + sizeof(rq);
 	wire_reply rp;
+	uint8_t reply[sizeof(rp) + WIRE_REPLY_BLOB_MAX];
 	memset(&rp, 0, sizeof(rp));
-	const uint8_t *out = NULL;
 	b->stats.requests++;
 	if (!valid_request(&rq, n)) {
 		b->stats.bad_requests++;
@@ -423,8 +435,8 @@ static bool serve(wfpr_broker *b, client *c, size_t n)
 	}
 	switch (rq.type) {
 	case WIRE_ROUTE: rp.err = route(b, c, &rq, in, &rp); break;
-	case WIRE_ISSUE: rp.err = issue(b, c, &rq); break;
-	case WIRE_QUERY: rp.err = query(b, c, &rq, &rp, &out); break;
+	case WIRE_ISSUE: issue(b, c, &rq); return true;
+	case WIRE_QUERY: rp.err = query(b, c, &rq, &rp, reply + sizeof(rp)); break;
 	case WIRE_CHECK:
 		rp.err = rq.blob_len && entry_issued(b, in, rq.blob_len) ? 0 : WFPR_WSAEINVAL;
 		if (rp.err)
@@ -436,10 +448,7 @@ static bool serve(wfpr_broker *b, client *c, size_t n)
 	}
 	if (rp.err)
 		rp.blob_len = 0;
-	uint8_t reply[sizeof(rp) + WIRE_BLOB_MAX];
 	memcpy(reply, &rp, sizeof(rp));
-	if (rp.blob_len)
-		memcpy(reply + sizeof(rp), out, rp.blob_len);
 	return send(c->fd, reply, sizeof(rp) + rp.blob_len, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)(sizeof(rp) + rp.blob_len);
 }
 
@@ -487,6 +496,31 @@ static void accept_clients(wfpr_broker *b)
 	}
 }
 
+/* Serve what every other client has already sent (no waiting). Requests
+ * are copied out of b->msg before they are served, so a QUERY may call
+ * this in the middle of its own. A client that fails is only marked; the
+ * loop drops it. */
+static void catch_up(wfpr_broker *b, client *except)
+{
+	if (b->catching_up)
+		return;
+	b->catching_up = true;
+	for (client *o = b->clients; o; o = o->next) {
+		if (o == except || o->failed)
+			continue;
+		for (;;) {
+			ssize_t n = recv(o->fd, b->msg, sizeof(b->msg), MSG_TRUNC | MSG_DONTWAIT);
+			if (n < 0 && (errno == EAGAIN || errno == EINTR))
+				break;
+			if (n <= 0 || (size_t)n > sizeof(b->msg) || !serve(b, o, (size_t)n)) {
+				o->failed = true;
+				break;
+			}
+		}
+	}
+	b->catching_up = false;
+}
+
 static void client_ready(wfpr_broker *b, client *c)
 {
 	for (;;) {
@@ -494,7 +528,7 @@ static void client_ready(wfpr_broker *b, client *c)
 		if (n < 0 && (errno == EAGAIN || errno == EINTR))
 			return;
 		if (n <= 0 || (size_t)n > sizeof(b->msg) || !serve(b, c, (size_t)n)) {
-			drop_client(b, c);
+			c->failed = true; /* dropped after this batch, which may still name it */
 			return;
 		}
 	}
@@ -557,8 +591,13 @@ int wfpr_broker_run(wfpr_broker *b)
 				return 0;
 			if (!w)
 				accept_clients(b);
-			else
+			else if (!((client *)w)->failed)
 				client_ready(b, w);
+		}
+		for (client *c = b->clients, *next; c; c = next) {
+			next = c->next;
+			if (c->failed)
+				drop_client(b, c);
 		}
 	}
 }

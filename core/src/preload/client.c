@@ -4,6 +4,7 @@
 #include <string.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include "../addr.h"
 #include "../sockutil.h"
 #include "client.h"
 #include "wfpr/error.h"
@@ -13,16 +14,28 @@
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static int broker = -1;
-static pid_t owner; /* the process that opened broker: a forked child opens its own */
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+/* The last QUERY's answer (records and context): a proxy QUERYs the
+ * records, then the context, then SETs the same records on its outbound
+ * socket; the second and third need no trip to the broker. */
+static struct {
+	bool valid;
+	uint64_t socket; /* the proxy socket's SO_COOKIE: a later one with the same tuple is another connection */
+	int protocol;
+	struct sockaddr_storage local, peer;
+	size_t record_len, context_len;
+	uint8_t blob[WFPR_RECORD_MAX_SIZE + WFPR_CONTEXT_MAX_SIZE];
+} last;
 
 static void child_after_fork(void)
 {
-	/* another thread may have held the lock at fork: the child starts clean */
+	/* a forked child opens its own connection; another thread may have held the lock at fork */
 	pthread_mutex_init(&lock, NULL);
 	if (broker >= 0)
 		close(broker);
 	broker = -1;
+	last.valid = false;
 }
 
 static void install_atfork(void)
@@ -39,6 +52,7 @@ int client_set_path(const char *p)
 	if (broker >= 0)
 		close(broker);
 	broker = -1;
+	last.valid = false;
 	if (p)
 		strcpy(path, p);
 	else
@@ -55,10 +69,8 @@ bool client_enabled(void)
 /* Locked. */
 static int open_broker(void)
 {
-	if (broker >= 0 && owner == getpid())
-		return 0;
 	if (broker >= 0)
-		close(broker);
+		return 0;
 	broker = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 	if (broker < 0)
 		return WFPR_WSAENETDOWN;
@@ -72,7 +84,6 @@ static int open_broker(void)
 		broker = -1;
 		return WFPR_WSAENETDOWN;
 	}
-	owner = getpid();
 	return 0;
 }
 
@@ -81,7 +92,7 @@ static int open_broker(void)
  * so a late reply can never be taken for the next one's. */
 static int exchange(wire_request *rq, const void *blob, wire_reply *rp, uint8_t *blob_out, size_t cap)
 {
-	uint8_t msg[sizeof(wire_request) + WIRE_BLOB_MAX];
+	uint8_t msg[sizeof(wire_request) + WIRE_REPLY_BLOB_MAX];
 	if (!path[0])
 		return WFPR_WSAENETDOWN;
 	if (rq->blob_len > WIRE_BLOB_MAX)
@@ -146,11 +157,9 @@ int client_route(int fd, int protocol, const struct sockaddr_storage *remote, co
 		if (socket_bind_for_redirect(fd, protocol, &rp.target, &rq.b) < 0) {
 			rc = wfpr_err_from_errno(errno);
 		} else {
+			/* no reply: the broker reads it before any QUERY that the connect below can cause */
 			wire_request issue = {.type = WIRE_ISSUE, .protocol = (uint32_t)protocol, .b = rq.b};
-			wire_reply ok;
-			rc = exchange(&issue, NULL, &ok, NULL, 0);
-			if (rc == 0)
-				rc = ok.err;
+			rc = exchange(&issue, NULL, NULL, NULL, 0);
 		}
 		if (rc == 0) {
 			*target = rp.target;
@@ -161,13 +170,46 @@ int client_route(int fd, int protocol, const struct sockaddr_storage *remote, co
 	return rc;
 }
 
-int client_query(int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer,
+static bool is_last(uint64_t socket, int protocol, const struct sockaddr_storage *local,
+                    const struct sockaddr_storage *peer)
+{
+	return last.valid && last.socket == socket && last.protocol == protocol && addr_equal(&last.local, local) && addr_equal(&last.peer, peer);
+}
+
+int client_query(uint64_t socket, int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer,
                  uint32_t flags, uint8_t *out, size_t cap, size_t *len)
 {
 	wire_request rq = {.type = WIRE_QUERY, .protocol = (uint32_t)protocol, .flags = flags, .a = *local, .b = *peer};
 	wire_reply rp;
-	int rc = call(&rq, NULL, &rp, out, cap);
-	*len = rc == 0 ? rp.blob_len : 0;
+	int rc = 0;
+	*len = 0;
+	pthread_mutex_lock(&lock);
+	if (flags & WIRE_QUERY_FIRST_DATAGRAM || !is_last(socket, protocol, local, peer)) {
+		last.valid = false;
+		rc = exchange(&rq, NULL, &rp, last.blob, sizeof(last.blob));
+		if (rc == 0)
+			rc = rp.err;
+		if (rc == 0 && rp.action <= rp.blob_len) {
+			last.valid = true; /* exchange wrote the blob in place */
+			last.socket = socket;
+			last.protocol = protocol;
+			last.local = *local;
+			last.peer = *peer;
+			last.record_len = rp.action;
+			last.context_len = rp.blob_len - rp.action;
+		} else if (rc == 0) {
+			rc = WFPR_WSAENETDOWN; /* not what the broker says */
+		}
+	}
+	if (rc == 0) {
+		bool context = flags & WIRE_QUERY_CONTEXT;
+		*len = context ? last.context_len : last.record_len;
+		if (*len > cap)
+			rc = WFPR_WSAEINVAL;
+		else
+			memcpy(out, last.blob + (context ? last.record_len : 0), *len);
+	}
+	pthread_mutex_unlock(&lock);
 	return rc;
 }
 
@@ -175,15 +217,24 @@ int client_check(const uint8_t *blob, size_t len)
 {
 	if (len > WIRE_BLOB_MAX)
 		return WFPR_WSAEINVAL;
+	pthread_mutex_lock(&lock);
+	bool known = last.valid && last.record_len == len && memcmp(last.blob, blob, len) == 0;
+	pthread_mutex_unlock(&lock);
+	if (known)
+		return 0; /* just QUERYed, still open: the broker checks it again when it routes */
 	wire_request rq = {.type = WIRE_CHECK, .blob_len = (uint32_t)len};
 	wire_reply rp;
 	return call(&rq, blob, &rp, NULL, 0);
 }
 
-void client_release(int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer)
+void client_release(uint64_t socket, int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer)
 {
 	wire_request rq = {.type = WIRE_RELEASE, .protocol = (uint32_t)protocol, .a = *local, .b = *peer};
-	call(&rq, NULL, NULL, NULL, 0);
+	pthread_mutex_lock(&lock);
+	if (is_last(socket, protocol, local, peer))
+		last.valid = false;
+	exchange(&rq, NULL, NULL, NULL, 0);
+	pthread_mutex_unlock(&lock);
 }
 
 int client_register(const char *name, const struct sockaddr_storage *address, uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE])

@@ -26,14 +26,14 @@ bool client_enabled(void);
  * back as its error (WSAEACCES, WSAELOOP). */
 int client_route(int fd, int protocol, const struct sockaddr_storage *remote, const uint8_t *records,
                  size_t records_len, struct sockaddr_storage *target, bool *redirected);
-/* The record (or context) of the connection a proxy's socket (local, peer)
- * belongs to, whole, into out (cap >= WIRE_BLOB_MAX). */
-int client_query(int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer,
+/* The record (or context) of the connection a proxy's socket (its
+ * SO_COOKIE, local, peer) belongs to, whole, into out (cap >= WIRE_BLOB_MAX). */
+int client_query(uint64_t socket, int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer,
                  uint32_t flags, uint8_t *out, size_t cap, size_t *len);
 /* Is this a live record the broker issued? (SET) */
 int client_check(const uint8_t *blob, size_t len);
 /* The proxy closed its side of (local, peer): its record may go. */
-void client_release(int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer);
+void client_release(uint64_t socket, int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer);
 int client_register(const char *name, const struct sockaddr_storage *address, uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE]);
 int client_name(const uint8_t id[WFPR_REDIRECTOR_ID_SIZE], char *out, size_t len);
 

@@ -18,10 +18,13 @@
 #define WIRE_NAME_MAX 64
 #define WIRE_BLOB_MAX (WFPR_RECORD_MAX_SIZE > WFPR_CONTEXT_MAX_SIZE ? WFPR_RECORD_MAX_SIZE : WFPR_CONTEXT_MAX_SIZE)
 
+/* A QUERY's reply carries the records and then the context. */
+#define WIRE_REPLY_BLOB_MAX (WFPR_RECORD_MAX_SIZE + WFPR_CONTEXT_MAX_SIZE)
+
 enum wire_type {
 	WIRE_ROUTE = 1, /* a: remote, b: local, blob: the socket's SET records -> action, target */
-	WIRE_ISSUE,     /* b: the local address now bound (after a REDIRECT) -> ok */
-	WIRE_QUERY,     /* a: the proxy socket's local, b: its peer -> blob */
+	WIRE_ISSUE,     /* b: the local address now bound (after a REDIRECT); no reply */
+	WIRE_QUERY,     /* a: the proxy socket's local, b: its peer -> records then context; action: records' length */
 	WIRE_CHECK,     /* blob: records to SET -> ok, or WSAEINVAL */
 	WIRE_REGISTER,  /* name, a: the proxy's address -> id */
 	WIRE_RELEASE,   /* a, b as for QUERY: the proxy closed it; no reply */
@@ -44,7 +47,7 @@ typedef struct wire_request {
 
 typedef struct wire_reply {
 	int32_t err; /* 0 or a wfpr_err */
-	uint32_t action; /* ROUTE: wfpr_action */
+	uint32_t action; /* ROUTE: wfpr_action; QUERY: the records' length */
 	struct sockaddr_storage target;
 	uint8_t id[WFPR_REDIRECTOR_ID_SIZE];
 	char name[WIRE_NAME_MAX];

@@ -67,6 +67,12 @@ fuzz: deps
 		|| { tail -n 60 build-fuzz/fuzz.log; echo "fuzz: a finding, see build-fuzz/"; exit 1; }
 	tail -n 12 build-fuzz/fuzz.log
 	@echo "fuzz: $(FUZZ_SECONDS) s of fuzz-records with no finding"
+	rm -rf build-fuzz/corpus-broker && mkdir -p build-fuzz/corpus-broker
+	./build-fuzz/fuzz-broker -max_total_time=$(FUZZ_SECONDS) -max_len=20000 -print_final_stats=1 \
+		-artifact_prefix=build-fuzz/broker- build-fuzz/corpus-broker > build-fuzz/fuzz-broker.log 2>&1 \
+		|| { tail -n 60 build-fuzz/fuzz-broker.log; echo "fuzz: a finding in the broker, see build-fuzz/"; exit 1; }
+	tail -n 12 build-fuzz/fuzz-broker.log
+	@echo "fuzz: $(FUZZ_SECONDS) s of fuzz-broker with no finding"
 
 bench: build $(PY)
 	bash .ci/bootstrap.sh iperf3 haproxy nginx-light wrk socat

@@ -16,6 +16,7 @@
 #include "../layer.h"
 #include "wfpr/broker.h"
 #include "wfpr/error.h"
+#include "broker_poll.h"
 #include "wire.h"
 
 #define BUCKETS 4096
@@ -574,32 +575,40 @@ int wfpr_broker_new(wfpr_broker **out, const wfpr_broker_options *opts)
 	return 0;
 }
 
+int broker_poll(wfpr_broker *b, int timeout_ms)
+{
+	struct epoll_event events[64];
+	int n = epoll_wait(b->epoll_fd, events, 64, timeout_ms);
+	if (n < 0 && errno == EINTR)
+		return 0;
+	if (n < 0)
+		return wfpr_err_from_errno(errno);
+	int rc = 0;
+	for (int i = 0; i < n; i++) {
+		void *w = events[i].data.ptr;
+		if (w == b)
+			rc = 1;
+		else if (!w)
+			accept_clients(b);
+		else if (!((client *)w)->failed)
+			client_ready(b, w);
+	}
+	for (client *c = b->clients, *next; c; c = next) {
+		next = c->next;
+		if (c->failed)
+			drop_client(b, c);
+	}
+	return rc;
+}
+
 int wfpr_broker_run(wfpr_broker *b)
 {
 	if (!b)
 		return WFPR_WSAEFAULT;
-	struct epoll_event events[64];
-	for (;;) {
-		int n = epoll_wait(b->epoll_fd, events, 64, -1);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return wfpr_err_from_errno(errno);
-		for (int i = 0; i < n; i++) {
-			void *w = events[i].data.ptr;
-			if (w == b)
-				return 0;
-			if (!w)
-				accept_clients(b);
-			else if (!((client *)w)->failed)
-				client_ready(b, w);
-		}
-		for (client *c = b->clients, *next; c; c = next) {
-			next = c->next;
-			if (c->failed)
-				drop_client(b, c);
-		}
-	}
+	int rc;
+	while ((rc = broker_poll(b, -1)) == 0)
+		;
+	return rc == 1 ? 0 : rc;
 }
 
 void wfpr_broker_stop(wfpr_broker *b)

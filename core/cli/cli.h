@@ -24,6 +24,7 @@ typedef struct proxy_config {
 	int stats_fd;            /* a JSON line of counts at exit, -1: none */
 	unsigned int idle_ms;
 	size_t buffer_size;
+	unsigned int workers;    /* engines (threads) on the one address; 0: 1 */
 	int fail_closed;
 } proxy_config;
 

@@ -10,10 +10,10 @@
 
 const char cli_usage[] =
 	"usage: wfpr run --rules R.lua [--proxy NAME=R2.lua ...] [--backend preload] [--log FILE]\n"
-	"                [--fail-closed] [--idle-timeout MS] -- COMMAND [ARGS...]\n"
+	"                [--fail-closed] [--idle-timeout MS] [--workers N] [--buffer BYTES] -- COMMAND [ARGS...]\n"
 	"       wfpr broker --socket PATH\n"
 	"       wfpr proxy --broker PATH --name NAME [--rules R.lua] [--listen ADDR:PORT] [--log FILE]\n"
-	"                  [--idle-timeout MS] [--buffer BYTES]\n"
+	"                  [--idle-timeout MS] [--buffer BYTES] [--workers N]\n"
 	"       wfpr inspect BLOB|-\n"
 	"       wfpr rules check FILE...\n"
 	"       wfpr --version\n"

@@ -3,6 +3,7 @@
  * its Lua rules until SIGTERM or SIGINT. */
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,12 +14,29 @@
 #include "wfpr/rules.h"
 #include "wfpr/wfpr.h"
 
-static wfpr_engine *serving;
+#define MAX_WORKERS 16
+
+/* One engine (and its own Lua state) per worker, all on one address. */
+typedef struct worker {
+	wfpr_engine *engine;
+	wfpr_rules *rules;
+	pthread_t thread;
+} worker;
+
+static worker workers[MAX_WORKERS];
+static unsigned int n_workers;
 
 static void on_signal(int sig)
 {
 	(void)sig;
-	wfpr_engine_stop(serving);
+	for (unsigned int i = 0; i < n_workers; i++)
+		wfpr_engine_stop(workers[i].engine);
+}
+
+static void *worker_main(void *arg)
+{
+	wfpr_engine_run(arg);
+	return NULL;
 }
 
 #define NAME_CACHE 32
@@ -45,59 +63,104 @@ static const char *hop_name(void *user, const uint8_t id[16], char *buf, size_t 
 	return buf;
 }
 
-static void write_stats(const proxy_config *cfg, const wfpr_engine *engine, const wfpr_rules *rules)
+static void write_stats(const proxy_config *cfg)
 {
-	wfpr_engine_stats es;
-	wfpr_rules_stats rs = {0};
-	wfpr_engine_get_stats(&es, engine);
-	if (rules)
-		wfpr_rules_get_stats(&rs, rules);
+	wfpr_engine_stats sum = {0};
+	uint64_t rule_errors = 0;
+	for (unsigned int i = 0; i < n_workers; i++) {
+		wfpr_engine_stats es;
+		wfpr_rules_stats rs = {0};
+		wfpr_engine_get_stats(&es, workers[i].engine);
+		if (workers[i].rules)
+			wfpr_rules_get_stats(&rs, workers[i].rules);
+		sum.accepted += es.accepted;
+		sum.passed += es.passed;
+		sum.inspected += es.inspected;
+		sum.blocked += es.blocked;
+		sum.failed += es.failed;
+		sum.flows += es.flows;
+		sum.bytes_up += es.bytes_up;
+		sum.bytes_down += es.bytes_down;
+		rule_errors += rs.errors + rs.timeouts + rs.nomem;
+	}
 	dprintf(cfg->stats_fd,
 	        "{\"proxy\":\"%s\",\"connections\":%llu,\"pass\":%llu,\"inspect\":%llu,\"block\":%llu,\"failed\":%llu,"
 	        "\"flows\":%llu,\"bytes_up\":%llu,\"bytes_down\":%llu,\"rule_errors\":%llu}\n",
-	        cfg->name, (unsigned long long)es.accepted, (unsigned long long)es.passed,
-	        (unsigned long long)es.inspected, (unsigned long long)es.blocked, (unsigned long long)es.failed,
-	        (unsigned long long)es.flows, (unsigned long long)(es.bytes_up), (unsigned long long)es.bytes_down,
-	        (unsigned long long)(rs.errors + rs.timeouts + rs.nomem));
+	        cfg->name, (unsigned long long)sum.accepted, (unsigned long long)sum.passed,
+	        (unsigned long long)sum.inspected, (unsigned long long)sum.blocked, (unsigned long long)sum.failed,
+	        (unsigned long long)sum.flows, (unsigned long long)sum.bytes_up, (unsigned long long)sum.bytes_down,
+	        (unsigned long long)rule_errors);
 }
 
-int proxy_serve(const proxy_config *cfg)
+static void stop_workers(void)
 {
-	static name_cache names;
-	wfpr_rules *rules = NULL;
+	for (unsigned int i = 0; i < n_workers; i++) {
+		wfpr_engine_free(workers[i].engine);
+		wfpr_rules_free(workers[i].rules);
+	}
+	n_workers = 0;
+}
+
+/* Worker i: its Lua state and its engine, on cfg's address (worker 0 picks
+ * the port the others share). 0, or a message written. */
+static int start_worker(const proxy_config *cfg, unsigned int i, const struct sockaddr_storage *address,
+                        const uint8_t *id, void *names)
+{
+	worker *w = &workers[i];
 	wfpr_rules_options ro = WFPR_RULES_OPTIONS_INIT;
 	ro.fail_closed = cfg->fail_closed;
-	cli_raise_fd_limit();
-	int rc = wfpr_preload_attach(cfg->broker_path);
-	if (rc == 0 && cfg->rules_path) {
-		rc = wfpr_rules_new(&rules, &ro);
-		if (rc == 0 && wfpr_rules_load_file(rules, cfg->rules_path) != 0) {
-			fprintf(stderr, "wfpr proxy %s: %s\n", cfg->name, wfpr_rules_error(rules));
-			wfpr_rules_free(rules);
-			return 1;
+	if (cfg->rules_path) {
+		int rc = wfpr_rules_new(&w->rules, &ro);
+		if (rc != 0 || wfpr_rules_load_file(w->rules, cfg->rules_path) != 0) {
+			fprintf(stderr, "wfpr proxy %s: %s\n", cfg->name, w->rules ? wfpr_rules_error(w->rules) : wfpr_strerror(rc));
+			wfpr_rules_free(w->rules);
+			w->rules = NULL;
+			return -1;
 		}
 	}
-	uint8_t id[WFPR_REDIRECTOR_ID_SIZE];
 	wfpr_engine_options eo = WFPR_ENGINE_OPTIONS_INIT;
 	eo.name = cfg->name;
-	eo.listen_address = &cfg->listen;
-	eo.rules = rules;
+	eo.listen_address = address;
+	eo.rules = w->rules;
 	eo.log_fd = cfg->log_fd;
 	eo.udp = 1;
 	eo.tcp_idle_ms = cfg->idle_ms;
 	eo.buffer_size = cfg->buffer_size;
 	eo.redirector_id = id;
 	eo.hop_name = hop_name;
-	eo.hop_name_user = &names;
+	eo.hop_name_user = names;
+	eo.reuse_port = cfg->workers > 1;
+	int rc = wfpr_engine_new(&w->engine, &eo);
+	if (rc != 0) {
+		fprintf(stderr, "wfpr proxy %s: cannot listen: %s\n", cfg->name, wfpr_strerror(rc));
+		wfpr_rules_free(w->rules);
+		w->rules = NULL;
+		return -1;
+	}
+	n_workers++;
+	return 0;
+}
+
+int proxy_serve(const proxy_config *cfg)
+{
+	static name_cache names;
+	static uint8_t id[WFPR_REDIRECTOR_ID_SIZE];
+	cli_raise_fd_limit();
+	unsigned int count = cfg->workers ? cfg->workers : 1;
+	struct sockaddr_storage address = cfg->listen;
+	int rc = wfpr_preload_attach(cfg->broker_path);
+	for (unsigned int i = 0; rc == 0 && i < count && i < MAX_WORKERS; i++) {
+		if (start_worker(cfg, i, &address, id, &names) != 0)
+			rc = -1;
+		else if (i == 0)
+			wfpr_engine_address(&address, workers[0].engine);
+	}
 	if (rc == 0)
-		rc = wfpr_engine_new(&serving, &eo);
-	struct sockaddr_storage address;
-	if (rc == 0 && (rc = wfpr_engine_address(&address, serving)) == 0)
 		rc = wfpr_preload_register(id, cfg->name, &address);
 	if (rc != 0) {
-		fprintf(stderr, "wfpr proxy %s: cannot start: %s (%s)\n", cfg->name, wfpr_strerror(rc), wfpr_err_name(rc));
-		wfpr_engine_free(serving);
-		wfpr_rules_free(rules);
+		if (rc > 0)
+			fprintf(stderr, "wfpr proxy %s: cannot start: %s (%s)\n", cfg->name, wfpr_strerror(rc), wfpr_err_name(rc));
+		stop_workers();
 		return 1;
 	}
 	struct sigaction sa = {.sa_handler = on_signal};
@@ -105,19 +168,22 @@ int proxy_serve(const proxy_config *cfg)
 	sigaction(SIGINT, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	char where[64];
-	fprintf(stderr, "wfpr proxy %s: listening on %s\n", cfg->name, wfpr_sockaddr_format(where, sizeof(where), &address));
+	fprintf(stderr, "wfpr proxy %s: listening on %s (%u worker%s)\n", cfg->name,
+	        wfpr_sockaddr_format(where, sizeof(where), &address), n_workers, n_workers > 1 ? "s" : "");
 	if (cfg->ready_fd >= 0) {
 		if (write(cfg->ready_fd, "p", 1) < 0) {
 			/* the parent went away: serve anyway until told to stop */
 		}
 		close(cfg->ready_fd);
 	}
-	rc = wfpr_engine_run(serving);
+	for (unsigned int i = 1; i < n_workers; i++)
+		pthread_create(&workers[i].thread, NULL, worker_main, workers[i].engine);
+	rc = wfpr_engine_run(workers[0].engine);
+	for (unsigned int i = 1; i < n_workers; i++)
+		pthread_join(workers[i].thread, NULL);
 	if (cfg->stats_fd >= 0)
-		write_stats(cfg, serving, rules);
-	wfpr_engine_free(serving);
-	wfpr_rules_free(rules);
-	serving = NULL;
+		write_stats(cfg);
+	stop_workers();
 	return rc == 0 ? 0 : 1;
 }
 
@@ -150,6 +216,8 @@ int cmd_proxy(int argc, char **argv)
 			cfg.idle_ms = (unsigned int)n;
 		else if (strcmp(opt, "--buffer") == 0 && (n = cli_parse_count(val)) > 0)
 			cfg.buffer_size = (size_t)n;
+		else if (strcmp(opt, "--workers") == 0 && (n = cli_parse_count(val)) >= 1 && n <= 16)
+			cfg.workers = (unsigned int)n;
 		else
 			goto usage;
 	}

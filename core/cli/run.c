@@ -27,7 +27,8 @@ typedef struct options {
 	size_t n_proxies;
 	const char *log_path;
 	int fail_closed;
-	unsigned int idle_ms;
+	unsigned int idle_ms, workers;
+	size_t buffer_size;
 	char **command;
 } options;
 
@@ -103,6 +104,10 @@ static int parse(options *o, int argc, char **argv)
 			o->log_path = val;
 		} else if (strcmp(opt, "--idle-timeout") == 0 && cli_parse_count(val) >= 0) {
 			o->idle_ms = (unsigned int)cli_parse_count(val);
+		} else if (strcmp(opt, "--workers") == 0 && cli_parse_count(val) >= 1 && cli_parse_count(val) <= 16) {
+			o->workers = (unsigned int)cli_parse_count(val);
+		} else if (strcmp(opt, "--buffer") == 0 && cli_parse_count(val) > 0) {
+			o->buffer_size = (size_t)cli_parse_count(val);
 		} else {
 			fprintf(stderr, "wfpr run: unknown or invalid option '%s'\n", opt);
 			return -1;
@@ -262,6 +267,8 @@ int cmd_run(int argc, char **argv)
 		v4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 		o.proxies[i].log_fd = log_fd;
 		o.proxies[i].idle_ms = o.idle_ms;
+		o.proxies[i].workers = o.workers;
+		o.proxies[i].buffer_size = o.buffer_size;
 		o.proxies[i].fail_closed = o.fail_closed;
 		proxies[i] = start_child(socket_path, &o.proxies[i], stats[1]);
 		if (proxies[i] <= 0) {

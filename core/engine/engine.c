@@ -780,6 +780,7 @@ int wfpr_engine_new(wfpr_engine **out, const wfpr_engine_options *opts)
 		rc = WFPR_WSAENOBUFS;
 	} else if (e->epoll_fd < 0 || e->stop_fd < 0 || e->listen_fd < 0 ||
 	           setsockopt(e->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	           (opts->reuse_port && setsockopt(e->listen_fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) ||
 	           bind(e->listen_fd, (struct sockaddr *)&addr, len) < 0 || listen(e->listen_fd, 1024) < 0) {
 		rc = errno ? wfpr_err_from_errno(errno) : WFPR_WSAEINVAL;
 	} else {
@@ -798,7 +799,9 @@ int wfpr_engine_new(wfpr_engine **out, const wfpr_engine_options *opts)
 		e->udp_fd = socket(e->address.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 		e->datagram = malloc(MAX_DATAGRAM);
 		socklen_t alen = e->address.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-		if (!e->datagram || e->udp_fd < 0 || bind(e->udp_fd, (struct sockaddr *)&e->address, alen) < 0 ||
+		if (!e->datagram || e->udp_fd < 0 ||
+		    (opts->reuse_port && setsockopt(e->udp_fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) < 0) ||
+		    bind(e->udp_fd, (struct sockaddr *)&e->address, alen) < 0 ||
 		    wfpr_setsockopt(e->udp_fd, IPPROTO_IP, WFPR_IP_WFP_REDIRECT_CONTEXT, &on, sizeof(on)) != 0 ||
 		    watch_fd(e, EPOLL_CTL_ADD, e->udp_fd, EPOLLIN, &e->w_udp) < 0)
 			rc = errno ? wfpr_err_from_errno(errno) : WFPR_WSAEADDRINUSE;

@@ -59,10 +59,11 @@ def echo_server():
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_1000_concurrent_through_two(echo_server, rules, wfpr_run):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_1000_concurrent_through_two(workers, echo_server, rules, wfpr_run):
     n = 1000
     run = wfpr_run([("alpha", rules("alpha")), ("beta", rules("beta"))], [PY, "-c", CLIENT, str(echo_server), str(n)],
-                   timeout=300)
+                   timeout=300, extra=["--workers", str(workers)])
     assert run.returncode == 0, run.stderr
     ok, total, errors = run.stdout.split(" ", 2)
     assert int(ok) == n, (ok, errors)

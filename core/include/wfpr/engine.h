@@ -40,11 +40,12 @@ typedef struct wfpr_engine_options {
 	const uint8_t *redirector_id;                 /* without a handle (preload backend): this proxy's id */
 	wfpr_hop_name_fn hop_name;                    /* names the log's hops; NULL: their ids in hex */
 	void *hop_name_user;
+	int reuse_port;                               /* SO_REUSEPORT: several engines (workers) share one address */
 } wfpr_engine_options;
 
 #define WFPR_ENGINE_OPTIONS_VERSION 1
 #define WFPR_ENGINE_OPTIONS_INIT \
-	{WFPR_ENGINE_OPTIONS_VERSION, NULL, NULL, NULL, NULL, 0, -1, 0, 0, 0, NULL, NULL, NULL}
+	{WFPR_ENGINE_OPTIONS_VERSION, NULL, NULL, NULL, NULL, 0, -1, 0, 0, 0, NULL, NULL, NULL, 0}
 
 typedef struct wfpr_engine_stats {
 	uint64_t accepted, passed, inspected, blocked, failed, timed_out;

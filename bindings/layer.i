@@ -13,6 +13,7 @@
 %ignore wfpr_redirect_handle_number;
 %ignore wfpr_redirect_handle_name;
 %ignore wfpr_query_redirect_state;
+%ignore wfpr_redirect_state_for_id;
 %ignore wfpr_callout_register;
 %ignore wfpr_filter_add;
 %ignore wfpr_filter_remove;

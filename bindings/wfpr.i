@@ -36,3 +36,4 @@
 %include "layer.i"
 %include "ioctl.i"
 %include "socket.i"
+%include "broker.i"

@@ -3,6 +3,12 @@
     with wfpr.Layer() as layer, wfpr.Proxy(layer, "antivirus", ports=8080) as av:
         ...  # connections to port 8080 made through wfpr.connect pass through av
 
+With the preload backend, the layer is the broker's (`wfpr broker`), and the
+proxy joins the chain of unmodified programs run with the shim:
+
+    with wfpr.Proxy(None, "dlp", broker="/run/wfpr/broker.sock", inspect=scan) as dlp:
+        ...
+
 Each connection it accepts: QUERY the record and the context, SET the record
 on a new socket, connect to the original destination (the layer does not
 redirect it back), and relay both ways. ``inspect`` may look at (and
@@ -16,6 +22,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
+from . import _wfpr
 from .layer import PERMIT, Layer, Redirect
 from .records import Address, RedirectRecords
 from .sockets import close, connect, original_destination, query_redirect_records, set_redirect_records
@@ -39,11 +46,13 @@ class _Relay:
 
 
 class Proxy:
-    def __init__(self, layer: Layer, name: str, *, ports=None, remote: Optional[str] = None, weight: int = 0,
-                 host: str = "127.0.0.1", inspect: Optional[Inspect] = None, buffer_size: int = 256 * 1024):
+    def __init__(self, layer: Optional[Layer], name: str, *, ports=None, remote: Optional[str] = None,
+                 weight: int = 0, host: str = "127.0.0.1", inspect: Optional[Inspect] = None,
+                 buffer_size: int = 256 * 1024, broker: Optional[str] = None):
+        if (layer is None) == (broker is None):
+            raise ValueError("give a Layer (the inproc backend) or broker= (the preload backend), not both")
         self.layer = layer
         self.name = name
-        self.redirector = layer.redirector(name)
         self.inspect = inspect
         self.buffer_size = buffer_size
         self.connections: List[ProxiedConnection] = []
@@ -54,6 +63,14 @@ class Proxy:
         self._stop = threading.Event()
         self._threads: List[threading.Thread] = []
         self._lock = threading.Lock()
+        if broker is not None:
+            # the broker's layer redirects everything to each registered proxy in turn; this
+            # process's own sockets (the proxy's outbound ones) go through the broker too
+            _wfpr.preload_attach(broker)
+            self.redirector_id: bytes = _wfpr.preload_register(name, self.address[0], self.address[1])
+            self.filter_id = None
+            return
+        self.redirector = layer.redirector(name)
         self.filter_id = layer.add_callout(self._classify, redirector=self.redirector, name=name, protocol="tcp",
                                            ports=ports, remote=remote, weight=weight)
 
@@ -72,7 +89,9 @@ class Proxy:
         for t in list(self._threads):
             t.join(timeout)
         self._listener.close()
-        self.layer.remove_filter(self.filter_id)
+        if self.layer is not None:
+            self.layer.remove_filter(self.filter_id)
+        # (a preload registration lasts as long as this process's broker connection)
 
     def __enter__(self) -> "Proxy":
         return self.start()

@@ -3,7 +3,7 @@ import subprocess
 
 import pytest
 
-from conftest import WFPR
+from itsupport import WFPR
 
 
 def wfpr(*args):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import PY, SHIM, WFPR, sha256_file
+from itsupport import PY, SHIM, WFPR, sha256_file
 
 
 class StreamServer:

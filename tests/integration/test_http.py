@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from conftest import INSPECT_RULE, PY, assert_chain, sha256_file
+from itsupport import INSPECT_RULE, PY, assert_chain, sha256_file
 
 CHAINS = [["alpha"], ["alpha", "beta"], ["alpha", "beta", "gamma"]]
 

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from conftest import PY
+from itsupport import PY
 
 CLIENT = r"""
 import asyncio, hashlib, os, resource, sys

@@ -1,7 +1,7 @@
 """A rule that errors or loops forever: the default verdict applies and the proxy keeps serving."""
 import pytest
 
-from conftest import sha256_file
+from itsupport import sha256_file
 
 BROKEN = {
     "errors": "function on_connect(conn) error('boom') end\n",

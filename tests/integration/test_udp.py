@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from conftest import PY
+from itsupport import PY
 
 
 @pytest.fixture

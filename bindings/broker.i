@@ -1,0 +1,38 @@
+/* broker.i: the proxy side of the preload backend. A process that attaches
+ * sends its QUERY, SET and connects through the broker; a proxy in it
+ * registers as a redirector. (The broker itself runs as `wfpr broker`.) */
+
+%ignore wfpr_broker;
+%ignore wfpr_broker_options;
+%ignore wfpr_broker_stats;
+%ignore wfpr_broker_new;
+%ignore wfpr_broker_run;
+%ignore wfpr_broker_stop;
+%ignore wfpr_broker_get_stats;
+%ignore wfpr_broker_layer;
+%ignore wfpr_broker_free;
+%ignore wfpr_preload_register;
+%ignore wfpr_preload_redirector_name;
+%apply int WFPR_STATUS { int wfpr_preload_attach };
+%include "wfpr/broker.h"
+
+%rename(preload_register) wfpr_binding_preload_register;
+%inline %{
+/* Register host:port (a listening proxy of this process) as the redirector
+ * `name`; returns its 16-byte redirector id. */
+void wfpr_binding_preload_register(const char *name, const char *host, unsigned int port,
+                                   const uint8_t **DATA, size_t *LENGTH)
+{
+	static _Thread_local uint8_t id[WFPR_REDIRECTOR_ID_SIZE];
+	struct sockaddr_storage addr;
+	if (!wfpr_binding_address(host, port, &addr))
+		return;
+	int rc = wfpr_preload_register(id, name, &addr);
+	if (rc != 0) {
+		wfpr_binding_raise(rc, 0);
+		return;
+	}
+	*DATA = id;
+	*LENGTH = sizeof(id);
+}
+%}

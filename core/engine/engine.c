@@ -21,7 +21,7 @@
 #include "wfpr/record.h"
 #include "wfpr/socket.h"
 
-#define DEFAULT_BUFFER (256u << 10)
+#define DEFAULT_BUFFER (1u << 20)
 #define FIRST_RECORD_TRY 1024
 
 enum phase { PHASE_QUERY, PHASE_CONNECT, PHASE_RELAY };

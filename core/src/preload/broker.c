@@ -43,6 +43,7 @@ typedef struct proxy {
 	struct sockaddr_storage address;
 	pid_t pid;
 	wfpr_redirect_handle *handle;
+	uint32_t callout;
 	uint64_t filter;
 	uint64_t owner; /* the client that registered it; it lives as long as that connection */
 	bool live;
@@ -226,47 +227,57 @@ static bool is_proxy_address(const wfpr_broker *b, const struct sockaddr_storage
 	return false;
 }
 
+/* A proxy that registers under the name of one that is gone takes its
+ * redirector back (same id, same callout): a restarted proxy is the same
+ * redirector, and the layer does not grow with restarts. */
 static int register_proxy(wfpr_broker *b, client *c, const wire_request *rq, wire_reply *rp)
 {
 	struct sockaddr_storage address = rq->a;
 	addr_unmap(&address);
-	if (!is_inet(&address) || addr_port(&address) == 0 || !memchr(rq->name, '\0', sizeof(rq->name)) ||
-	    !rq->name[0])
+	if (!is_inet(&address) || addr_port(&address) == 0 || !memchr(rq->name, '\0', sizeof(rq->name)) || !rq->name[0])
 		return WFPR_WSAEINVAL;
-	for (proxy *p = b->proxies; p; p = p->next)
-		if (p->live && (strcmp(p->name, rq->name) == 0 || addr_equal(&p->address, &address)))
+	proxy *p = NULL;
+	for (proxy *o = b->proxies; o; o = o->next) {
+		if (o->live && (strcmp(o->name, rq->name) == 0 || addr_equal(&o->address, &address)))
 			return WFPR_WSAEADDRINUSE;
-	proxy *p = calloc(1, sizeof(*p));
-	if (!p)
+		if (!o->live && strcmp(o->name, rq->name) == 0)
+			p = o;
+	}
+	bool fresh = !p;
+	if (fresh && !(p = calloc(1, sizeof(*p))))
 		return WFPR_WSAENOBUFS;
 	strcpy(p->name, rq->name);
 	p->address = address;
 	p->pid = c->pid;
-	wfpr_callout_options co = WFPR_CALLOUT_OPTIONS_INIT;
-	wfpr_filter_options fo = WFPR_FILTER_OPTIONS_INIT;
-	uint32_t callout;
-	int rc = wfpr_redirect_handle_create(&p->handle, b->layer, NULL, rq->name);
-	if (rc == 0) {
+	int rc = 0;
+	if (fresh) {
+		wfpr_callout_options co = WFPR_CALLOUT_OPTIONS_INIT;
+		rc = wfpr_redirect_handle_create(&p->handle, b->layer, NULL, rq->name);
 		co.name = rq->name;
 		co.classify = classify;
 		co.user = p;
 		co.handle = p->handle;
-		rc = wfpr_callout_register(&callout, b->layer, &co);
+		if (rc == 0)
+			rc = wfpr_callout_register(&p->callout, b->layer, &co);
 	}
 	if (rc == 0) {
+		wfpr_filter_options fo = WFPR_FILTER_OPTIONS_INIT;
 		fo.name = rq->name;
-		fo.callout_id = callout;
+		fo.callout_id = p->callout;
 		fo.weight = UINT32_MAX - ++b->n_proxies; /* the first registered is asked first */
 		rc = wfpr_filter_add(&p->filter, b->layer, &fo);
 	}
 	if (rc != 0) {
-		free(p); /* a created handle stays with the layer, unused */
+		if (fresh)
+			free(p); /* a created handle stays with the layer, unused */
 		return rc;
 	}
 	p->live = true;
 	p->owner = c->id;
-	p->next = b->proxies;
-	b->proxies = p;
+	if (fresh) {
+		p->next = b->proxies;
+		b->proxies = p;
+	}
 	b->stats.proxies++;
 	memcpy(rp->id, wfpr_redirect_handle_id(p->handle), WFPR_REDIRECTOR_ID_SIZE);
 	return 0;

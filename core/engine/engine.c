@@ -199,6 +199,41 @@ static const char *verdict_name(wfpr_verdict v)
 	return v == WFPR_VERDICT_INSPECT ? "inspect" : v == WFPR_VERDICT_BLOCK ? "block" : "pass";
 }
 
+/* ---- the hooks: C (opts.hooks) or Lua (opts.rules) ---- */
+
+static wfpr_verdict hook_connect(wfpr_engine *e, const wfpr_rule_conn *info)
+{
+	const wfpr_engine_hooks *h = e->opts.hooks;
+	if (h)
+		return h->on_connect ? h->on_connect(h->user, info) : WFPR_VERDICT_PASS;
+	return e->opts.rules ? wfpr_rules_on_connect(e->opts.rules, info) : WFPR_VERDICT_PASS;
+}
+
+/* Is there anything to show an inspected connection's data to? */
+static bool has_data_hook(const wfpr_engine *e)
+{
+	return e->opts.hooks ? e->opts.hooks->on_data != NULL : e->opts.rules != NULL;
+}
+
+static wfpr_data_verdict hook_data(wfpr_engine *e, const wfpr_rule_conn *info, int direction, bool datagram,
+                                   const void *data, size_t len, const void **out, size_t *out_len)
+{
+	const wfpr_engine_hooks *h = e->opts.hooks;
+	if (h)
+		return h->on_data(h->user, info, direction, data, len, out, out_len);
+	return datagram ? wfpr_rules_on_datagram(e->opts.rules, info, direction, data, len, out, out_len)
+	                : wfpr_rules_on_data(e->opts.rules, info, direction, data, len, out, out_len);
+}
+
+static void hook_close(wfpr_engine *e, const wfpr_rule_conn *info, const wfpr_rule_close_stats *st)
+{
+	const wfpr_engine_hooks *h = e->opts.hooks;
+	if (h && h->on_close)
+		h->on_close(h->user, info, st);
+	else if (!h && e->opts.rules)
+		wfpr_rules_on_close(e->opts.rules, info, st);
+}
+
 /* conn.state for this proxy's redirector */
 static void redirect_state(wfpr_engine *e, wfpr_rule_conn *info)
 {
@@ -228,9 +263,9 @@ static void close_conn(conn *c, bool reset, const char *error)
 	if (c->phase == PHASE_RELAY || error) {
 		if (c->verdict != WFPR_VERDICT_BLOCK)
 			log_event(e, c, error ? "error" : "close", verdict_name(c->verdict), error);
-		if (e->opts.rules && c->phase == PHASE_RELAY) {
+		if (c->phase == PHASE_RELAY) {
 			wfpr_rule_close_stats st = {c->up.total, c->down.total, (uint64_t)elapsed_ms(&c->started)};
-			wfpr_rules_on_close(e->opts.rules, &c->info, &st);
+			hook_close(e, &c->info, &st);
 		}
 	}
 	if (error)
@@ -280,7 +315,7 @@ static void records_ready(conn *c)
 	c->info.records = c->record;
 	c->info.records_len = c->record_len;
 	redirect_state(e, &c->info);
-	c->verdict = e->opts.rules ? wfpr_rules_on_connect(e->opts.rules, &c->info) : WFPR_VERDICT_PASS;
+	c->verdict = hook_connect(e, &c->info);
 	if (c->verdict == WFPR_VERDICT_BLOCK) {
 		e->stats.blocked++;
 		log_event(e, c, "connect", "block", NULL);
@@ -386,7 +421,7 @@ static bool fill(conn *c, int src, half *h, int direction, bool *closed_by_rule,
 {
 	wfpr_engine *e = c->engine;
 	while (h->ready && !h->eof && h->len < h->cap) {
-		bool inspect = c->verdict == WFPR_VERDICT_INSPECT && e->opts.rules;
+		bool inspect = c->verdict == WFPR_VERDICT_INSPECT && has_data_hook(e);
 		uint8_t *into = inspect ? e->scratch : h->buf + h->len;
 		size_t room = h->cap - h->len;
 		if (inspect && room > e->opts.buffer_size)
@@ -409,7 +444,7 @@ static bool fill(conn *c, int src, half *h, int direction, bool *closed_by_rule,
 		}
 		const void *out = into;
 		size_t out_len = (size_t)n;
-		wfpr_data_verdict v = wfpr_rules_on_data(e->opts.rules, &c->info, direction, into, (size_t)n, &out, &out_len);
+		wfpr_data_verdict v = hook_data(e, &c->info, direction, false, into, (size_t)n, &out, &out_len);
 		if (v == WFPR_DATA_CLOSE) {
 			*closed_by_rule = true;
 			return true;
@@ -547,10 +582,8 @@ static void close_flow(wfpr_engine *e, flow *f, const char *error)
 {
 	log_line(e, &f->info, "udp", f->record, f->record_len, f->up, f->down, error ? "error" : "close",
 	         f->blocked ? "block" : verdict_name(f->verdict), error);
-	if (e->opts.rules) {
-		wfpr_rule_close_stats st = {f->up, f->down, (uint64_t)elapsed_ms(&f->started)};
-		wfpr_rules_on_close(e->opts.rules, &f->info, &st);
-	}
+	wfpr_rule_close_stats st = {f->up, f->down, (uint64_t)elapsed_ms(&f->started)};
+	hook_close(e, &f->info, &st);
 	if (f->upstream >= 0)
 		wfpr_closesocket(f->upstream);
 	RETIRE(e->flows, e->dead_flows, f);
@@ -559,11 +592,11 @@ static void close_flow(wfpr_engine *e, flow *f, const char *error)
 /* Through on_datagram for inspected flows: false to send nothing. */
 static bool datagram_rule(wfpr_engine *e, flow *f, int direction, const uint8_t **data, size_t *len)
 {
-	if (f->verdict != WFPR_VERDICT_INSPECT || !e->opts.rules)
+	if (f->verdict != WFPR_VERDICT_INSPECT || !has_data_hook(e))
 		return true;
 	const void *out;
 	size_t out_len;
-	switch (wfpr_rules_on_datagram(e->opts.rules, &f->info, direction, *data, *len, &out, &out_len)) {
+	switch (hook_data(e, &f->info, direction, true, *data, *len, &out, &out_len)) {
 	case WFPR_DATA_REPLACE:
 		*data = out;
 		*len = out_len;
@@ -617,7 +650,7 @@ static flow *new_flow(wfpr_engine *e, const struct sockaddr_storage *client, con
 		e->flows->prev = f;
 	e->flows = f;
 	e->stats.flows++;
-	f->verdict = e->opts.rules ? wfpr_rules_on_connect(e->opts.rules, &f->info) : WFPR_VERDICT_PASS;
+	f->verdict = hook_connect(e, &f->info);
 	f->blocked = f->verdict == WFPR_VERDICT_BLOCK;
 	if (f->blocked)
 		e->stats.blocked++;

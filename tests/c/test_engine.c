@@ -38,7 +38,8 @@ static void *run(void *arg)
 }
 
 static void proxy_start_with(proxy *p, wfpr_layer *layer, const char *name, uint16_t port, uint64_t weight,
-                             const char *rule_file, int log_fd, int protocol, unsigned int udp_idle_ms)
+                             const char *rule_file, int log_fd, int protocol, unsigned int udp_idle_ms,
+                             const wfpr_engine_hooks *hooks)
 {
 	memset(p, 0, sizeof(*p));
 	CHECK_EQ(wfpr_redirect_handle_create(&p->handle, layer, NULL, name), 0);
@@ -55,6 +56,7 @@ static void proxy_start_with(proxy *p, wfpr_layer *layer, const char *name, uint
 	o.log_fd = log_fd;
 	o.udp = protocol == IPPROTO_UDP;
 	o.udp_idle_ms = udp_idle_ms;
+	o.hooks = hooks;
 	CHECK_EQ(wfpr_engine_new(&p->engine, &o), 0);
 	CHECK_EQ(wfpr_engine_address(&p->addr, p->engine), 0);
 	wfpr_callout_options co = WFPR_CALLOUT_OPTIONS_INIT;
@@ -76,7 +78,7 @@ static void proxy_start_with(proxy *p, wfpr_layer *layer, const char *name, uint
 static void proxy_start(proxy *p, wfpr_layer *layer, const char *name, uint16_t port, uint64_t weight,
                         const char *rule_file, int log_fd)
 {
-	proxy_start_with(p, layer, name, port, weight, rule_file, log_fd, IPPROTO_TCP, 0);
+	proxy_start_with(p, layer, name, port, weight, rule_file, log_fd, IPPROTO_TCP, 0, NULL);
 }
 
 static wfpr_engine_stats proxy_stop(proxy *p)
@@ -369,8 +371,8 @@ static void udp_flows_through_two_engines(void)
 	int log_fd = shared_log();
 	CHECK_EQ(wfpr_layer_new(&layer), 0);
 	CHECK_EQ(udp_echo_start(&server), 0);
-	proxy_start_with(&a, layer, "dns-a", addr_port(&server.addr), 10, NULL, log_fd, IPPROTO_UDP, 150);
-	proxy_start_with(&b, layer, "dns-b", addr_port(&server.addr), 5, NULL, log_fd, IPPROTO_UDP, 150);
+	proxy_start_with(&a, layer, "dns-a", addr_port(&server.addr), 10, NULL, log_fd, IPPROTO_UDP, 150, NULL);
+	proxy_start_with(&b, layer, "dns-b", addr_port(&server.addr), 5, NULL, log_fd, IPPROTO_UDP, 150, NULL);
 	CHECK_EQ(wfpr_inproc_attach(layer), 0);
 	int fd = wfpr_socket(AF_INET, SOCK_DGRAM, 0, 0);
 	struct timeval timeout = {5, 0};
@@ -407,8 +409,80 @@ static void udp_flows_through_two_engines(void)
 	wfpr_layer_free(layer);
 }
 
+/* Hooks in C: inspect everything, upper-case what goes up, count the closes. */
+typedef struct c_hooks_seen {
+	int connects, closes;
+	uint64_t closed_up;
+	uint8_t upper[1 << 20];
+} c_hooks_seen;
+
+static wfpr_verdict c_on_connect(void *user, const wfpr_rule_conn *conn)
+{
+	c_hooks_seen *seen = user;
+	seen->connects++;
+	return conn->state == WFPR_CONNECTION_REDIRECTED_BY_SELF ? WFPR_VERDICT_INSPECT : WFPR_VERDICT_BLOCK;
+}
+
+static wfpr_data_verdict c_on_data(void *user, const wfpr_rule_conn *conn, int direction, const void *data, size_t len,
+                                   const void **out, size_t *out_len)
+{
+	c_hooks_seen *seen = user;
+	(void)conn;
+	if (direction != 0)
+		return WFPR_DATA_PASS;
+	const uint8_t *in = data;
+	for (size_t i = 0; i < len && i < sizeof(seen->upper); i++)
+		seen->upper[i] = (uint8_t)(in[i] >= 'a' && in[i] <= 'z' ? in[i] - 32 : in[i]);
+	*out = seen->upper;
+	*out_len = len < sizeof(seen->upper) ? len : sizeof(seen->upper);
+	return WFPR_DATA_REPLACE;
+}
+
+static void c_on_close(void *user, const wfpr_rule_conn *conn, const wfpr_rule_close_stats *stats)
+{
+	c_hooks_seen *seen = user;
+	(void)conn;
+	seen->closes++;
+	seen->closed_up += stats->bytes_up;
+}
+
+static void c_hooks_decide(void)
+{
+	static c_hooks_seen seen;
+	wfpr_engine_hooks hooks = {c_on_connect, c_on_data, c_on_close, &seen};
+	wfpr_layer *layer;
+	echo_server server;
+	proxy p;
+	CHECK_EQ(wfpr_layer_new(&layer), 0);
+	CHECK_EQ(echo_server_start(&server, 1), 0);
+	proxy_start_with(&p, layer, "c-hooks", addr_port(&server.addr), 10, NULL, -1, IPPROTO_TCP, 0, &hooks);
+	CHECK_EQ(wfpr_inproc_attach(layer), 0);
+	int fd = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+	CHECK_EQ(wfpr_connect(fd, (struct sockaddr *)&server.addr, addr_size(&server.addr)), 0);
+	const char hello[] = "hello from c";
+	char back[sizeof(hello)] = {0};
+	CHECK_EQ(send(fd, hello, sizeof(hello), MSG_NOSIGNAL), (ssize_t)sizeof(hello));
+	shutdown(fd, SHUT_WR);
+	size_t got = 0;
+	ssize_t n;
+	while (got < sizeof(back) && (n = read(fd, back + got, sizeof(back) - got)) > 0)
+		got += (size_t)n;
+	CHECK_EQ(got, sizeof(hello));
+	CHECK(strcmp(back, "HELLO FROM C") == 0);
+	wfpr_closesocket(fd);
+	echo_server_join(&server);
+	wfpr_engine_stats st = proxy_stop(&p);
+	CHECK_EQ(st.inspected, 1);
+	CHECK_EQ(seen.connects, 1);
+	CHECK_EQ(seen.closes, 1);
+	CHECK_EQ(seen.closed_up, sizeof(hello));
+	wfpr_inproc_detach(layer);
+	wfpr_layer_free(layer);
+}
+
 int main(void)
 {
+	RUN(c_hooks_decide);
 	RUN(udp_flows_through_two_engines);
 	RUN(a_large_one_way_stream);
 	RUN(two_engines_cooperate);

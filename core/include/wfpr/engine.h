@@ -25,6 +25,20 @@ typedef struct wfpr_engine wfpr_engine;
 /* Writes a redirector's name for the log into buf (len bytes); returns buf, or NULL for its id in hex. */
 typedef const char *(*wfpr_hop_name_fn)(void *user, const uint8_t id[16], char *buf, size_t len);
 
+/* Hooks in C, in place of Lua rules: each may be NULL (pass; no data
+ * inspection). They run on the engine's thread and must not block.
+ * on_data sees each chunk of an inspected connection (and each datagram
+ * of an inspected UDP flow; direction 0 up, 1 down); for
+ * WFPR_DATA_REPLACE it points *out at bytes that stay valid until the
+ * next call. */
+typedef struct wfpr_engine_hooks {
+	wfpr_verdict (*on_connect)(void *user, const wfpr_rule_conn *conn);
+	wfpr_data_verdict (*on_data)(void *user, const wfpr_rule_conn *conn, int direction, const void *data, size_t len,
+	                             const void **out, size_t *out_len);
+	void (*on_close)(void *user, const wfpr_rule_conn *conn, const wfpr_rule_close_stats *stats);
+	void *user;
+} wfpr_engine_hooks;
+
 typedef struct wfpr_engine_options {
 	unsigned int version;
 	const char *name;                             /* the proxy's name in the log */
@@ -41,11 +55,12 @@ typedef struct wfpr_engine_options {
 	wfpr_hop_name_fn hop_name;                    /* names the log's hops; NULL: their ids in hex */
 	void *hop_name_user;
 	int reuse_port;                               /* SO_REUSEPORT: several engines (workers) share one address */
+	const wfpr_engine_hooks *hooks;               /* C hooks, used instead of rules; NULL: none */
 } wfpr_engine_options;
 
 #define WFPR_ENGINE_OPTIONS_VERSION 1
 #define WFPR_ENGINE_OPTIONS_INIT \
-	{WFPR_ENGINE_OPTIONS_VERSION, NULL, NULL, NULL, NULL, 0, -1, 0, 0, 0, NULL, NULL, NULL, 0}
+	{WFPR_ENGINE_OPTIONS_VERSION, NULL, NULL, NULL, NULL, 0, -1, 0, 0, 0, NULL, NULL, NULL, 0, NULL}
 
 typedef struct wfpr_engine_stats {
 	uint64_t accepted, passed, inspected, blocked, failed, timed_out;

@@ -28,6 +28,8 @@ int broker_serve(const char *path, int ready_fd)
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	if (ready_fd < 0)
+		fprintf(stderr, "wfpr broker: listening on %s\n", path);
 	if (ready_fd >= 0) {
 		if (write(ready_fd, "b", 1) < 0) {
 			/* the parent went away: serve anyway until told to stop */
@@ -55,6 +57,5 @@ int cmd_broker(int argc, char **argv)
 		fprintf(stderr, "wfpr broker: --socket PATH is required\n\n%s", cli_usage);
 		return 2;
 	}
-	fprintf(stderr, "wfpr broker: listening on %s\n", path);
 	return broker_serve(path, -1);
 }

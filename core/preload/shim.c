@@ -150,14 +150,20 @@ static void remember(int fd, const struct sockaddr_storage *dest, const struct s
 	free(r);
 }
 
-/* Ask the broker where fd's connection or flow to dest goes. 0, or -1 with errno set. */
+/* Ask the broker where fd's connection or flow to dest goes. 0, or -1
+ * with errno set. With connect_fn, a redirected TCP socket is connected
+ * here: *connected says so, and the result is connect's (errno too). */
 static int classify(int fd, int protocol, const struct sockaddr_storage *dest, struct sockaddr_storage *target,
-                    bool *redirected)
+                    bool *redirected, client_connect_fn connect_fn, bool *connected)
 {
-	int saved = errno;
-	int rc = client_route(fd, protocol, dest, NULL, 0, target, redirected);
+	int saved = errno, connect_result = 0;
+	int rc = client_route(fd, protocol, dest, NULL, 0, target, redirected, connect_fn, &connect_result);
+	*connected = rc == 0 && *redirected && connect_fn && protocol == IPPROTO_TCP;
+	if (*connected)
+		return connect_result;
 	if (rc == WFPR_WSAENETDOWN && !fail_closed) {
 		*target = *dest; /* fail open: as if there were no proxies */
+		*redirected = false;
 		rc = 0;
 	}
 	if (rc == 0) {
@@ -184,11 +190,15 @@ SHIM_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 	route known;
 	if (protocol == IPPROTO_TCP && find_route(fd, NULL, false, &known)) /* a connect in progress, again */
 		return real_connect(fd, (struct sockaddr *)&known.target, addr_len(&known.target));
-	bool redirected;
-	if (classify(fd, protocol, &dest, &target, &redirected) < 0)
-		return -1;
-	if (redirected)
+	bool redirected, connected;
+	int rc = classify(fd, protocol, &dest, &target, &redirected, real_connect, &connected);
+	if (redirected) {
+		int saved = errno;
 		remember(fd, &dest, &target);
+		errno = saved;
+	}
+	if (connected || rc < 0)
+		return rc;
 	return real_connect(fd, (struct sockaddr *)&target, addr_len(&target));
 }
 
@@ -200,8 +210,8 @@ static int datagram_target(int fd, const struct sockaddr_storage *dest, struct s
 		*target = known.target;
 		return 0;
 	}
-	bool redirected;
-	if (classify(fd, IPPROTO_UDP, dest, target, &redirected) < 0)
+	bool redirected, connected;
+	if (classify(fd, IPPROTO_UDP, dest, target, &redirected, NULL, &connected) < 0)
 		return -1;
 	remember(fd, dest, target); /* permitted flows too: classified once */
 	return 0;

@@ -111,7 +111,7 @@ def test_server_refuses(rules, wfpr_run):
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "reset"
     assert time.monotonic() - start < 20
-    assert any(e["proxy"] == "beta" and "REFUSED" in (e["error"] or "") for e in run.events("error"))
+    assert any(e["proxy"] == "beta" and "REFUSED" in (e["error"] or "") for e in run.events("error")), [(e["proxy"], e["event"], e["error"]) for e in run.log]
 
 
 def test_server_closes_early(stream, rules, wfpr_run):

@@ -1,5 +1,6 @@
 """Load: 1,000 concurrent connections through two proxies, every payload intact."""
 import asyncio
+import collections
 import resource
 import threading
 
@@ -66,7 +67,8 @@ def test_1000_concurrent_through_two(workers, echo_server, rules, wfpr_run):
                    timeout=300, extra=["--workers", str(workers)])
     assert run.returncode == 0, run.stderr
     ok, total, errors = run.stdout.split(" ", 2)
-    assert int(ok) == n, (ok, errors)
+    proxy_errors = collections.Counter((e["proxy"], e["error"]) for e in run.events("error"))
+    assert int(ok) == n, (ok, errors, proxy_errors)
     summary = run.summary()
     for name in ("alpha", "beta"):
         assert summary[name]["connections"] == n

@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,9 +49,11 @@ static uint8_t *dup_bytes(const uint8_t *p, size_t n)
 
 /* Classify a connect or a new flow. On 0, *target is where to send
  * (addr itself when permitted); for a redirect the record is stored and
- * *out_conn is its (uncommitted) entry. */
+ * *out_conn is its (uncommitted) entry. On the preload backend, a TCP
+ * connect (connecting not NULL) that is redirected is made here, and
+ * *connecting gets connect's result (else it stays INT_MIN). */
 static int route(int fd, int protocol, const struct sockaddr *addr, struct sockaddr_storage *target,
-                 conn **out_conn)
+                 conn **out_conn, int *connecting)
 {
 	conn_info info = {.protocol = protocol, .pid = getpid(), .uid = getuid()};
 	redirect_decision d;
@@ -71,8 +74,12 @@ static int route(int fd, int protocol, const struct sockaddr *addr, struct socka
 	if (client_enabled()) {
 		/* the preload backend: the broker's layer decides and keeps the record */
 		bool redirected;
-		int rc = client_route(fd, protocol, &info.remote, records, records_len, target, &redirected);
+		int connect_result = 0;
+		int rc = client_route(fd, protocol, &info.remote, records, records_len, target, &redirected,
+		                      connecting ? connect : NULL, &connect_result);
 		free(records);
+		if (rc == 0 && redirected && connecting && protocol == IPPROTO_TCP)
+			*connecting = connect_result;
 		return rc == 0 ? 0 : fail(rc, rc == WFPR_WSAELOOP ? ELOOP : rc == WFPR_WSAEACCES ? EACCES : ENETDOWN);
 	}
 	if (!layer) {
@@ -209,9 +216,10 @@ int wfpr_connect(wfpr_socket_t fd, const struct sockaddr *addr, socklen_t len)
 
 	struct sockaddr_storage target;
 	conn *c;
-	if (route(fd, protocol, addr, &target, &c) < 0)
+	int connected = INT_MIN;
+	if (route(fd, protocol, addr, &target, &c, &connected) < 0)
 		return WFPR_SOCKET_ERROR;
-	int rc = connect(fd, (struct sockaddr *)&target, addr_len(&target));
+	int rc = connected != INT_MIN ? connected : connect(fd, (struct sockaddr *)&target, addr_len(&target));
 	int e = errno;
 	pthread_mutex_lock(&inproc_lock);
 	if (rc == 0 && c) {
@@ -264,7 +272,7 @@ static int route_datagram(int fd, const struct sockaddr *to, struct sockaddr_sto
 	pthread_mutex_unlock(&inproc_lock);
 
 	conn *c;
-	if (route(fd, IPPROTO_UDP, to, target, &c) < 0)
+	if (route(fd, IPPROTO_UDP, to, target, &c, NULL) < 0)
 		return WFPR_SOCKET_ERROR;
 	pthread_mutex_lock(&inproc_lock);
 	if (c)

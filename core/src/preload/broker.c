@@ -64,6 +64,19 @@ typedef struct client {
 	size_t records_len;
 } client;
 
+/* A TCP QUERY that came before the ISSUE it needs: the client connects to
+ * the proxy before it sends the ISSUE (the kernel picks the port at
+ * connect), so the proxy can ask first. The reply waits for the ISSUE, or
+ * WAIT_NS at most. */
+typedef struct waiting {
+	struct waiting *next;
+	client *c;
+	wire_request rq;
+	int64_t deadline;
+} waiting;
+
+#define WAIT_NS (2 * 1000000000LL)
+
 struct wfpr_broker {
 	wfpr_layer *layer;
 	char *path;
@@ -74,7 +87,7 @@ struct wfpr_broker {
 	entry *by_tuple[BUCKETS], *by_token[BUCKETS];
 	size_t n_entries, sweep_at;
 	wfpr_broker_stats stats;
-	bool catching_up;
+	struct waiting *waiting; /* QUERYs that came before their ISSUE */
 	uint8_t msg[sizeof(wire_request) + WIRE_BLOB_MAX];
 };
 
@@ -342,6 +355,8 @@ static int route(wfpr_broker *b, client *c, const wire_request *rq, const uint8_
 	return 0;
 }
 
+static void answer_waiting(wfpr_broker *b, const entry *issued);
+
 static int issue(wfpr_broker *b, client *c, const wire_request *rq)
 {
 	if (!c->deciding)
@@ -359,22 +374,37 @@ static int issue(wfpr_broker *b, client *c, const wire_request *rq)
 		c->decision.context = NULL; /* the entry owns it now */
 	}
 	forget_decision(c);
+	if (rc == 0 && b->waiting)
+		answer_waiting(b, entry_find(b, c->info.protocol, &c->decision.target, &c->info.local));
 	return rc;
 }
 
-static void catch_up(wfpr_broker *b, client *except);
+#define QUERY_WAITS 1 /* not a wfpr_err: the QUERY was parked */
 
-static int query(wfpr_broker *b, client *c, const wire_request *rq, wire_reply *rp, uint8_t *out)
+/* Is some client between a ROUTE that redirected it to this proxy and its
+ * ISSUE? Only then can a missing record still come. */
+static bool deciding_toward(const wfpr_broker *b, const struct sockaddr_storage *proxy_address)
+{
+	for (const client *c = b->clients; c; c = c->next)
+		if (c->deciding && c->info.protocol == IPPROTO_TCP && addr_port(&c->decision.target) == addr_port(proxy_address) &&
+		    addr_ip_matches(&c->decision.target, proxy_address))
+			return true;
+	return false;
+}
+
+static int query(wfpr_broker *b, client *c, const wire_request *rq, wire_reply *rp, uint8_t *out, bool may_wait)
 {
 	struct sockaddr_storage local = rq->a, peer = rq->b;
 	addr_unmap(&local);
 	addr_unmap(&peer);
 	entry *e = entry_find(b, (int)rq->protocol, &local, &peer);
-	if (!e && rq->protocol == IPPROTO_TCP) {
-		/* The client sent its ISSUE before it connected, so it is already
-		 * queued on its connection: read the others, then look again. */
-		catch_up(b, c);
-		e = entry_find(b, (int)rq->protocol, &local, &peer);
+	if (!e && may_wait && rq->protocol == IPPROTO_TCP && deciding_toward(b, &local)) {
+		waiting *w = malloc(sizeof(*w));
+		if (!w)
+			return WFPR_WSAENOBUFS;
+		*w = (waiting){.next = b->waiting, .c = c, .rq = *rq, .deadline = now_ns() + WAIT_NS};
+		b->waiting = w;
+		return QUERY_WAITS;
 	}
 	if (!e || !entry_alive(e, now_ns()))
 		return WFPR_FWP_E_NOT_FOUND;
@@ -391,6 +421,45 @@ static int query(wfpr_broker *b, client *c, const wire_request *rq, wire_reply *
 	rp->action = (uint32_t)e->record_len;
 	rp->blob_len = (uint32_t)(e->record_len + e->context_len);
 	return 0;
+}
+
+/* Answer a QUERY now (or park it, when may_wait). False if c must go. */
+static bool answer_query(wfpr_broker *b, client *c, const wire_request *rq, bool may_wait)
+{
+	wire_reply rp;
+	uint8_t reply[sizeof(rp) + WIRE_REPLY_BLOB_MAX];
+	memset(&rp, 0, sizeof(rp));
+	rp.err = query(b, c, rq, &rp, reply + sizeof(rp), may_wait);
+	if (rp.err == QUERY_WAITS)
+		return true;
+	if (rp.err)
+		rp.blob_len = 0;
+	memcpy(reply, &rp, sizeof(rp));
+	size_t len = sizeof(rp) + rp.blob_len;
+	return send(c->fd, reply, len, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)len;
+}
+
+/* Answer the parked QUERYs that can be answered: all of them once due
+ * (FWP_E_NOT_FOUND if their ISSUE never came), else those of `issued`. */
+static void answer_waiting(wfpr_broker *b, const entry *issued)
+{
+	int64_t now = now_ns();
+	for (waiting **p = &b->waiting; *p;) {
+		waiting *w = *p;
+		struct sockaddr_storage local = w->rq.a, peer = w->rq.b;
+		addr_unmap(&local);
+		addr_unmap(&peer);
+		bool ready = now >= w->deadline ||
+		             (issued && entry_find(b, (int)w->rq.protocol, &local, &peer) == issued);
+		if (!ready) {
+			p = &w->next;
+			continue;
+		}
+		*p = w->next;
+		if (!answer_query(b, w->c, &w->rq, false))
+			w->c->failed = true;
+		free(w);
+	}
 }
 
 static void release(wfpr_broker *b, client *c, const wire_request *rq)
@@ -438,7 +507,7 @@ static bool serve(wfpr_broker *b, client *c, size_t n)
 	memcpy(&rq, b->msg, n < sizeof(rq) ? n : sizeof(rq));
 	const uint8_t *in = b->msg + sizeof(rq);
 	wire_reply rp;
-	uint8_t reply[sizeof(rp) + WIRE_REPLY_BLOB_MAX];
+	uint8_t reply[sizeof(rp)];
 	memset(&rp, 0, sizeof(rp));
 	b->stats.requests++;
 	if (!valid_request(&rq, n)) {
@@ -448,7 +517,7 @@ static bool serve(wfpr_broker *b, client *c, size_t n)
 	switch (rq.type) {
 	case WIRE_ROUTE: rp.err = route(b, c, &rq, in, &rp); break;
 	case WIRE_ISSUE: issue(b, c, &rq); return true;
-	case WIRE_QUERY: rp.err = query(b, c, &rq, &rp, reply + sizeof(rp)); break;
+	case WIRE_QUERY: return answer_query(b, c, &rq, true);
 	case WIRE_CHECK:
 		rp.err = rq.blob_len && entry_issued(b, in, rq.blob_len) ? 0 : WFPR_WSAEINVAL;
 		if (rp.err)
@@ -477,6 +546,15 @@ static void drop_client(wfpr_broker *b, client *c)
 			p->live = false;
 		}
 	entries_drop(b, queried_by, c->id);
+	for (waiting **p = &b->waiting; *p;) {
+		waiting *w = *p;
+		if (w->c == c) {
+			*p = w->next;
+			free(w);
+		} else {
+			p = &w->next;
+		}
+	}
 	forget_decision(c);
 	close(c->fd);
 	free(c);
@@ -506,31 +584,6 @@ static void accept_clients(wfpr_broker *b)
 		b->clients = c;
 		b->stats.clients++;
 	}
-}
-
-/* Serve what every other client has already sent (no waiting). Requests
- * are copied out of b->msg before they are served, so a QUERY may call
- * this in the middle of its own. A client that fails is only marked; the
- * loop drops it. */
-static void catch_up(wfpr_broker *b, client *except)
-{
-	if (b->catching_up)
-		return;
-	b->catching_up = true;
-	for (client *o = b->clients; o; o = o->next) {
-		if (o == except || o->failed)
-			continue;
-		for (;;) {
-			ssize_t n = recv(o->fd, b->msg, sizeof(b->msg), MSG_TRUNC | MSG_DONTWAIT);
-			if (n < 0 && (errno == EAGAIN || errno == EINTR))
-				break;
-			if (n <= 0 || (size_t)n > sizeof(b->msg) || !serve(b, o, (size_t)n)) {
-				o->failed = true;
-				break;
-			}
-		}
-	}
-	b->catching_up = false;
 }
 
 static void client_ready(wfpr_broker *b, client *c)
@@ -589,6 +642,8 @@ int wfpr_broker_new(wfpr_broker **out, const wfpr_broker_options *opts)
 int broker_poll(wfpr_broker *b, int timeout_ms)
 {
 	struct epoll_event events[64];
+	if (b->waiting && (timeout_ms < 0 || timeout_ms > 50))
+		timeout_ms = 50; /* wake to answer parked QUERYs that are due */
 	int n = epoll_wait(b->epoll_fd, events, 64, timeout_ms);
 	if (n < 0 && errno == EINTR)
 		return 0;
@@ -604,6 +659,8 @@ int broker_poll(wfpr_broker *b, int timeout_ms)
 		else if (!((client *)w)->failed)
 			client_ready(b, w);
 	}
+	if (b->waiting)
+		answer_waiting(b, NULL);
 	for (client *c = b->clients, *next; c; c = next) {
 		next = c->next;
 		if (c->failed)

@@ -138,7 +138,8 @@ static int call(wire_request *rq, const void *blob, wire_reply *rp, uint8_t *blo
 }
 
 int client_route(int fd, int protocol, const struct sockaddr_storage *remote, const uint8_t *records,
-                 size_t records_len, struct sockaddr_storage *target, bool *redirected)
+                 size_t records_len, struct sockaddr_storage *target, bool *redirected, client_connect_fn connect_fn,
+                 int *connect_result)
 {
 	wire_request rq = {.type = WIRE_ROUTE, .protocol = (uint32_t)protocol, .a = *remote,
 	                   .blob_len = (uint32_t)records_len};
@@ -147,23 +148,31 @@ int client_route(int fd, int protocol, const struct sockaddr_storage *remote, co
 	*target = *remote;
 	socket_local(fd, &rq.b);
 
-	/* ROUTE and its ISSUE go out back to back on one connection: the broker
-	 * keeps the decision between them. */
+	/* ROUTE and its ISSUE go out on one connection, under the lock: the
+	 * broker keeps the decision between them. */
 	pthread_mutex_lock(&lock);
 	int rc = exchange(&rq, records, &rp, NULL, 0);
 	if (rc == 0)
 		rc = rp.err;
 	if (rc == 0 && rp.action == WFPR_ACTION_REDIRECT) {
-		if (socket_bind_for_redirect(fd, protocol, &rp.target, &rq.b) < 0) {
+		*target = rp.target;
+		*redirected = true;
+		wire_request issue = {.type = WIRE_ISSUE, .protocol = (uint32_t)protocol};
+		if (protocol == IPPROTO_TCP && connect_fn) {
+			/* connect first: the kernel picks the port with the whole 4-tuple in view (a
+			 * bind would hold ports in TIME_WAIT); the proxy's QUERY waits for the ISSUE */
+			*connect_result = connect_fn(fd, (const struct sockaddr *)target, addr_len(target));
+			int saved = errno;
+			if (*connect_result == 0 || saved == EINPROGRESS) {
+				socket_local(fd, &issue.b);
+				exchange(&issue, NULL, NULL, NULL, 0); /* no reply */
+			}
+			errno = saved;
+		} else if (socket_bind_for_redirect(fd, protocol, target, &issue.b) < 0) {
 			rc = wfpr_err_from_errno(errno);
 		} else {
-			/* no reply: the broker reads it before any QUERY that the connect below can cause */
-			wire_request issue = {.type = WIRE_ISSUE, .protocol = (uint32_t)protocol, .b = rq.b};
-			rc = exchange(&issue, NULL, NULL, NULL, 0);
-		}
-		if (rc == 0) {
-			*target = rp.target;
-			*redirected = true;
+			/* no reply: it is queued before anything this socket sends to the proxy */
+			exchange(&issue, NULL, NULL, NULL, 0);
 		}
 	}
 	pthread_mutex_unlock(&lock);

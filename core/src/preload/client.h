@@ -19,13 +19,19 @@
 int client_set_path(const char *path);
 bool client_enabled(void);
 
+typedef int (*client_connect_fn)(int fd, const struct sockaddr *addr, socklen_t len);
+
 /* Classify a connect or a new UDP flow on fd to remote, carrying the
- * records SET on fd (NULL if none). On a redirect the socket is bound and
- * the record issued before this returns, so the proxy always finds it.
- * *target is where to send (remote itself when permitted). A block comes
- * back as its error (WSAEACCES, WSAELOOP). */
+ * records SET on fd (NULL if none). *target is where to send (remote
+ * itself when permitted). A block comes back as its error (WSAEACCES,
+ * WSAELOOP). On a TCP redirect with connect_fn, this connects (through
+ * connect_fn, result in *connect_result, errno kept) and then has the
+ * record issued for the port the kernel chose; the caller must not
+ * connect again. Otherwise (UDP, or connect_fn NULL) a redirected socket
+ * is bound and the record issued before this returns. */
 int client_route(int fd, int protocol, const struct sockaddr_storage *remote, const uint8_t *records,
-                 size_t records_len, struct sockaddr_storage *target, bool *redirected);
+                 size_t records_len, struct sockaddr_storage *target, bool *redirected, client_connect_fn connect_fn,
+                 int *connect_result);
 /* The record (or context) of the connection a proxy's socket (its
  * SO_COOKIE, local, peer) belongs to, whole, into out (cap >= WIRE_BLOB_MAX). */
 int client_query(uint64_t socket, int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer,

@@ -215,3 +215,43 @@ def test_proxy_killed_mid_transfer(http_server, rules, preload, tmp_path):
     with open(preload["log"]) as f:
         last = [json.loads(line) for line in f if '"connect"' in line][-1]
     assert last["proxy"] == "alpha" and last["hops"] == ["alpha"]
+
+
+def test_idle_timeout_resets(rules, wfpr_run):
+    """--idle-timeout: a relayed connection with no traffic is reset; a busy one is not."""
+    quiet = socket.create_server(("127.0.0.1", 0))
+    held = []
+    stop = threading.Event()
+
+    def accept_and_hold():
+        quiet.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(quiet.accept()[0])
+            except socket.timeout:
+                continue
+    t = threading.Thread(target=accept_and_hold, daemon=True)
+    t.start()
+    script = (
+        "import socket, sys, time\n"
+        "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
+        "start = time.monotonic()\n"
+        "s.settimeout(20)\n"
+        "try:\n"
+        "    end = 'eof' if s.recv(1) == b'' else 'data'\n"
+        "except ConnectionResetError:\n"
+        "    end = 'reset'\n"
+        "print(end, round(time.monotonic() - start, 1))\n")
+    try:
+        run = wfpr_run([("alpha", rules("alpha"))], [PY, "-c", script, str(quiet.getsockname()[1])],
+                       extra=["--idle-timeout", "500"], timeout=60)
+    finally:
+        stop.set()
+        t.join()
+        for h in held:
+            h.close()
+        quiet.close()
+    assert run.returncode == 0, run.stderr
+    end, seconds = run.stdout.split()
+    assert end in ("reset", "eof") and 0.4 <= float(seconds) < 10
+    assert [e["error"] for e in run.events("error")] == ["idle timeout"]

@@ -76,6 +76,7 @@ WFPR_EXTERN int wfpr_engine_address(struct sockaddr_storage *out, const wfpr_eng
 WFPR_EXTERN int wfpr_engine_run(wfpr_engine *engine);
 /* From any thread: wfpr_engine_run returns after closing its connections. */
 WFPR_EXTERN void wfpr_engine_stop(wfpr_engine *engine);
+/* From the loop's own thread (a hook), or once wfpr_engine_run has returned. */
 WFPR_EXTERN int wfpr_engine_get_stats(wfpr_engine_stats *out, const wfpr_engine *engine);
 WFPR_EXTERN void wfpr_engine_free(wfpr_engine *engine);
 

@@ -4,7 +4,9 @@
 /* The wfpr command's subcommands, one file each, and what they share. */
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 extern const char cli_usage[];
 
@@ -13,6 +15,7 @@ int cmd_rules_check(int argc, char **argv);
 int cmd_broker(int argc, char **argv);
 int cmd_proxy(int argc, char **argv);
 int cmd_run(int argc, char **argv);
+int cmd_ebpf(int argc, char **argv);
 
 typedef struct proxy_config {
 	const char *name;
@@ -26,9 +29,15 @@ typedef struct proxy_config {
 	size_t buffer_size;
 	unsigned int workers;    /* engines (threads) on the one address; 0: 1 */
 	int fail_closed;
+	/* the eBPF backend: no broker; the redirector ids the loader gave out */
+	int ebpf;
+	const uint8_t (*ids)[16]; /* every proxy's id, this one's at index slot */
+	const char (*names)[64];  /* and their names, for the log's hops */
+	size_t n_ids, slot;
 } proxy_config;
 
-/* Serve as a proxy of the preload backend until SIGTERM or SIGINT; exit status. */
+/* Serve as a proxy until SIGTERM or SIGINT; exit status. Once listening it
+ * writes its address (a struct sockaddr_storage) to ready_fd. */
 int proxy_serve(const proxy_config *cfg);
 /* Serve as the broker until SIGTERM or SIGINT; exit status. */
 int broker_serve(const char *path, int ready_fd);
@@ -39,5 +48,11 @@ void cli_raise_fd_limit(void);
 int cli_parse_address(const char *text, struct sockaddr_storage *out);
 /* Parse a whole non-negative number; -1 if text is not one. */
 long long cli_parse_count(const char *text);
+
+/* The eBPF backend for wfpr run (core/cli/ebpf.c): 0 or -1. */
+int run_ebpf_open(char *err, size_t err_len);
+int run_ebpf_enter(pid_t pid);
+int run_ebpf_add_proxy(unsigned int slot, const uint8_t id[16], pid_t pid, const struct sockaddr_storage *address);
+void run_ebpf_close(void);
 
 #endif

@@ -9,11 +9,12 @@
 #include "wfpr/wfpr.h"
 
 const char cli_usage[] =
-	"usage: wfpr run --rules R.lua [--proxy NAME=R2.lua ...] [--backend preload] [--log FILE]\n"
+	"usage: wfpr run --rules R.lua [--proxy NAME=R2.lua ...] [--backend preload|ebpf] [--log FILE]\n"
 	"                [--fail-closed] [--idle-timeout MS] [--workers N] [--buffer BYTES] -- COMMAND [ARGS...]\n"
 	"       wfpr broker --socket PATH\n"
 	"       wfpr proxy --broker PATH --name NAME [--rules R.lua] [--listen ADDR:PORT] [--log FILE]\n"
 	"                  [--idle-timeout MS] [--buffer BYTES] [--workers N]\n"
+	"       wfpr ebpf status|cleanup\n"
 	"       wfpr inspect BLOB|-\n"
 	"       wfpr rules check FILE...\n"
 	"       wfpr --version\n"
@@ -21,6 +22,9 @@ const char cli_usage[] =
 	"  run           start a broker and one proxy per rules file (each its own redirector),\n"
 	"                then run COMMAND with its connections going through all of them;\n"
 	"                print a summary per proxy and exit with COMMAND's status\n"
+	"                (--backend ebpf: as root, BPF programs on a cgroup of their own redirect\n"
+	"                every program in it, static binaries too; see docs/ebpf.md)\n"
+	"  ebpf          status: what eBPF instances, cgroups and pins exist; cleanup: remove them\n"
 	"  broker        hold the redirect layer of the preload backend on a Unix socket\n"
 	"  proxy         a redirect service (proxy) of the preload backend, with Lua rules\n"
 	"  inspect       decode a redirect record: BLOB in hex, or - to read it from\n"
@@ -91,6 +95,7 @@ int main(int argc, char **argv)
 		int (*run)(int, char **);
 	} commands[] = {
 		{"run", cmd_run}, {"broker", cmd_broker}, {"proxy", cmd_proxy}, {"inspect", cmd_inspect},
+		{"ebpf", cmd_ebpf},
 	};
 	if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
 		fputs(cli_usage, stdout);

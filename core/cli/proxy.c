@@ -1,6 +1,7 @@
-/* wfpr proxy: one redirect service of the preload backend. It attaches to
- * the broker, registers as a redirector, and serves with the engine and
- * its Lua rules until SIGTERM or SIGINT. */
+/* wfpr proxy: one redirect service. On the preload backend it attaches to
+ * the broker and registers as a redirector; on the eBPF backend (started by
+ * wfpr run) the loader made it one. It serves with the engine and its Lua
+ * rules until SIGTERM or SIGINT. */
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -148,14 +149,21 @@ int proxy_serve(const proxy_config *cfg)
 	cli_raise_fd_limit();
 	unsigned int count = cfg->workers ? cfg->workers : 1;
 	struct sockaddr_storage address = cfg->listen;
-	int rc = wfpr_preload_attach(cfg->broker_path);
+	int rc = cfg->ebpf ? wfpr_ebpf_attach(1) : wfpr_preload_attach(cfg->broker_path);
+	for (size_t i = 0; cfg->ebpf && i < cfg->n_ids && i < NAME_CACHE; i++) {
+		memcpy(names.id[i], cfg->ids[i], WFPR_REDIRECTOR_ID_SIZE);
+		snprintf(names.name[i], sizeof(names.name[i]), "%s", cfg->names[i]);
+		names.n = i + 1;
+	}
+	if (cfg->ebpf)
+		memcpy(id, cfg->ids[cfg->slot], WFPR_REDIRECTOR_ID_SIZE);
 	for (unsigned int i = 0; rc == 0 && i < count && i < MAX_WORKERS; i++) {
 		if (start_worker(cfg, i, &address, id, &names) != 0)
 			rc = -1;
 		else if (i == 0)
 			wfpr_engine_address(&address, workers[0].engine);
 	}
-	if (rc == 0)
+	if (rc == 0 && !cfg->ebpf)
 		rc = wfpr_preload_register(id, cfg->name, &address);
 	if (rc != 0) {
 		if (rc > 0)
@@ -171,7 +179,7 @@ int proxy_serve(const proxy_config *cfg)
 	fprintf(stderr, "wfpr proxy %s: listening on %s (%u worker%s)\n", cfg->name,
 	        wfpr_sockaddr_format(where, sizeof(where), &address), n_workers, n_workers > 1 ? "s" : "");
 	if (cfg->ready_fd >= 0) {
-		if (write(cfg->ready_fd, "p", 1) < 0) {
+		if (write(cfg->ready_fd, &address, sizeof(address)) < 0) {
 			/* the parent went away: serve anyway until told to stop */
 		}
 		close(cfg->ready_fd);

@@ -1,7 +1,8 @@
-/* wfpr run: the broker, one proxy per rules file (each its own redirector,
- * asked in the order given), and COMMAND with the preload shim, so its
- * connections go through all of them. Exits with COMMAND's status after a
- * summary per proxy. */
+/* wfpr run: one proxy per rules file (each its own redirector, asked in the
+ * order given) and COMMAND, whose connections go through all of them: with
+ * the preload backend, a broker and the LD_PRELOAD shim in COMMAND; with
+ * the eBPF backend, BPF programs on a cgroup that holds COMMAND and the
+ * proxies. Exits with COMMAND's status after a summary per proxy. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -13,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -24,7 +27,9 @@
 typedef struct options {
 	proxy_config proxies[MAX_PROXIES];
 	char names[MAX_PROXIES][64];
+	uint8_t ids[MAX_PROXIES][16];
 	size_t n_proxies;
+	int ebpf;
 	const char *log_path;
 	int fail_closed;
 	unsigned int idle_ms, workers;
@@ -96,8 +101,12 @@ static int parse(options *o, int argc, char **argv)
 				return -1;
 			}
 		} else if (strcmp(opt, "--backend") == 0) {
-			if (strcmp(val, "preload") != 0) {
-				fprintf(stderr, "wfpr run: backend '%s' is not available; this build has: preload\n", val);
+			if (strcmp(val, "ebpf") == 0) {
+				o->ebpf = 1;
+			} else if (strcmp(val, "preload") == 0) {
+				o->ebpf = 0;
+			} else {
+				fprintf(stderr, "wfpr run: unknown backend '%s': give preload or ebpf\n", val);
 				return -1;
 			}
 		} else if (strcmp(opt, "--log") == 0) {
@@ -136,27 +145,40 @@ static void shim_path(char *out, size_t len)
 	snprintf(out, len, "%s/%s", WFPR_LIBDIR, WFPR_PRELOAD_NAME);
 }
 
-/* Wait for a child's one-byte "ready"; false if it died or took too long. */
-static bool wait_ready(int fd)
+/* Wait for a child's "ready" (a proxy sends its address); false if it died
+ * or took too long. */
+static bool wait_ready(int fd, struct sockaddr_storage *address)
 {
 	struct pollfd p = {.fd = fd, .events = POLLIN};
-	char byte;
-	bool ok = poll(&p, 1, READY_TIMEOUT_MS) == 1 && read(fd, &byte, 1) == 1;
+	struct sockaddr_storage got;
+	bool ok = poll(&p, 1, READY_TIMEOUT_MS) == 1 && read(fd, &got, sizeof(got)) > 0;
+	if (ok && address)
+		*address = got;
 	close(fd);
 	return ok;
 }
 
-/* Fork a child that serves (the broker when cfg is NULL); its pid once ready, else -1. */
-static pid_t start_child(const char *socket_path, const proxy_config *cfg, int stats_fd)
+/* Fork a child that serves (the broker when cfg is NULL); its pid once
+ * ready, else -1. A proxy's address goes to *address. */
+static pid_t start_child(const char *socket_path, const proxy_config *cfg, int stats_fd,
+                         struct sockaddr_storage *address)
 {
 	int ready[2];
 	if (pipe2(ready, O_CLOEXEC) < 0)
 		return -1;
+	pid_t parent = getpid();
 	pid_t pid = fork();
 	if (pid == 0) {
 		close(ready[0]);
+		prctl(PR_SET_PDEATHSIG, SIGTERM); /* wfpr run gone: stop serving */
+		if (getppid() != parent)
+			_exit(1);
 		if (!cfg)
 			_exit(broker_serve(socket_path, ready[1]));
+		if (cfg->ebpf && run_ebpf_enter(getpid()) != 0) {
+			fprintf(stderr, "wfpr run: cannot enter the cgroup: %s\n", strerror(errno));
+			_exit(1);
+		}
 		proxy_config c = *cfg;
 		c.broker_path = socket_path;
 		c.ready_fd = ready[1];
@@ -168,7 +190,7 @@ static pid_t start_child(const char *socket_path, const proxy_config *cfg, int s
 		close(ready[0]);
 		return -1;
 	}
-	if (!wait_ready(ready[0])) {
+	if (!wait_ready(ready[0], address)) {
 		kill(pid, SIGKILL);
 		waitpid(pid, NULL, 0);
 		return -1;
@@ -184,17 +206,23 @@ static void stop_child(pid_t pid)
 	waitpid(pid, NULL, 0);
 }
 
-static pid_t start_command(char **command, const char *socket_path, int fail_closed)
+static pid_t start_command(char **command, const char *socket_path, int fail_closed, int ebpf)
 {
 	char shim[PATH_MAX], preload[2 * PATH_MAX];
 	shim_path(shim, sizeof(shim));
 	const char *old = getenv("LD_PRELOAD");
 	snprintf(preload, sizeof(preload), "%s%s%s", shim, old && *old ? " " : "", old ? old : "");
 	pid_t pid = fork();
-	if (pid == 0) {
+	if (pid == 0 && ebpf && run_ebpf_enter(getpid()) != 0) {
+		fprintf(stderr, "wfpr run: cannot put %s in the cgroup: %s\n", command[0], strerror(errno));
+		_exit(126);
+	}
+	if (pid == 0 && !ebpf) {
 		setenv("LD_PRELOAD", preload, 1);
 		setenv("WFPR_BROKER", socket_path, 1);
 		setenv("WFPR_FAIL", fail_closed ? "closed" : "open", 1);
+	}
+	if (pid == 0) {
 		signal(SIGINT, SIG_DFL);
 		signal(SIGTERM, SIG_DFL);
 		execvp(command[0], command);
@@ -257,10 +285,20 @@ int cmd_run(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	int status = 1;
-	pid_t broker = start_child(socket_path, NULL, -1), proxies[MAX_PROXIES] = {0};
-	bool started = broker > 0;
-	if (!started)
-		fprintf(stderr, "wfpr run: the broker did not start\n");
+	pid_t broker = -1, proxies[MAX_PROXIES] = {0};
+	bool started;
+	char why[512];
+	if (o.ebpf) {
+		started = run_ebpf_open(why, sizeof(why)) == 0 &&
+		          getrandom(o.ids, sizeof(o.ids), 0) == (ssize_t)sizeof(o.ids);
+		if (!started)
+			fprintf(stderr, "wfpr run: the eBPF backend is not available: %s\n", why);
+	} else {
+		broker = start_child(socket_path, NULL, -1, NULL);
+		started = broker > 0;
+		if (!started)
+			fprintf(stderr, "wfpr run: the broker did not start\n");
+	}
 	for (size_t i = 0; started && i < o.n_proxies; i++) {
 		struct sockaddr_in *v4 = (struct sockaddr_in *)&o.proxies[i].listen;
 		v4->sin_family = AF_INET;
@@ -270,8 +308,14 @@ int cmd_run(int argc, char **argv)
 		o.proxies[i].workers = o.workers;
 		o.proxies[i].buffer_size = o.buffer_size;
 		o.proxies[i].fail_closed = o.fail_closed;
-		proxies[i] = start_child(socket_path, &o.proxies[i], stats[1]);
-		if (proxies[i] <= 0) {
+		o.proxies[i].ebpf = o.ebpf;
+		o.proxies[i].ids = (const uint8_t(*)[16])o.ids;
+		o.proxies[i].names = (const char(*)[64])o.names;
+		o.proxies[i].n_ids = o.n_proxies;
+		o.proxies[i].slot = i;
+		struct sockaddr_storage address;
+		proxies[i] = start_child(socket_path, &o.proxies[i], stats[1], &address);
+		if (proxies[i] <= 0 || (o.ebpf && run_ebpf_add_proxy((unsigned int)i, o.ids[i], proxies[i], &address) != 0)) {
 			fprintf(stderr, "wfpr run: proxy %s did not start\n", o.names[i]);
 			started = false;
 		}
@@ -280,7 +324,7 @@ int cmd_run(int argc, char **argv)
 		struct sigaction sa = {.sa_handler = forward_signal};
 		sigaction(SIGINT, &sa, NULL);
 		sigaction(SIGTERM, &sa, NULL);
-		command_pid = start_command(o.command, socket_path, o.fail_closed);
+		command_pid = start_command(o.command, socket_path, o.fail_closed, o.ebpf);
 		int ws = 0;
 		while (command_pid > 0 && waitpid(command_pid, &ws, 0) < 0 && errno == EINTR)
 			;
@@ -290,6 +334,8 @@ int cmd_run(int argc, char **argv)
 	for (size_t i = o.n_proxies; i-- > 0;)
 		stop_child(proxies[i]);
 	stop_child(broker);
+	if (o.ebpf)
+		run_ebpf_close();
 	close(stats[1]);
 	if (started)
 		print_summary(&o, stats[0]);

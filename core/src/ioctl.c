@@ -3,6 +3,7 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include "ebpf/kernel.h"
 #include "inproc/inproc.h"
 #include "preload/client.h"
 #include "wfpr/error.h"
@@ -56,6 +57,13 @@ static int query(const call *k, bool context, void *out, uint32_t out_len, uint3
 
 	if (out_len > 0 && out_len < sizeof(uint32_t))
 		return WFPR_WSAEINVAL;
+	if (kernel_enabled()) {
+		/* the eBPF backend: issued when the client's connect was established, so never pending */
+		uint8_t blob[KERNEL_BLOB_MAX];
+		size_t blob_len;
+		int rc = kernel_query(k->fd, context, blob, &blob_len);
+		return rc != 0 ? rc : query_fill(out, out_len, blob, blob_len, bytes);
+	}
 	if (getpeername(k->fd, (struct sockaddr *)&peer, &len) < 0)
 		return errno == ENOTCONN ? WFPR_WSAENOTCONN : wfpr_err_from_errno(errno);
 	len = sizeof(local);

@@ -10,5 +10,6 @@
 #include "ioctl.h"
 #include "socket.h"
 #include "broker.h"
+#include "ebpf.h"
 
 #endif

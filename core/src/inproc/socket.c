@@ -6,6 +6,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 #include "../addr.h"
+#include "../ebpf/kernel.h"
 #include "../preload/client.h"
 #include "inproc.h"
 #include "wfpr/error.h"
@@ -71,6 +72,10 @@ static int route(int fd, int protocol, const struct sockaddr *addr, struct socka
 	pthread_mutex_unlock(&inproc_lock);
 	if (records_len && !records)
 		return fail(WFPR_WSAENOBUFS, ENOMEM);
+	if (kernel_enabled()) {
+		free(records); /* the eBPF backend: the kernel decides at connect or sendto */
+		return 0;
+	}
 	if (client_enabled()) {
 		/* the preload backend: the broker's layer decides and keeps the record */
 		bool redirected;
@@ -348,10 +353,21 @@ static void append_cmsg(struct msghdr *msg, size_t capacity, int type, const uin
 	msg->msg_controllen = used + CMSG_SPACE(len);
 }
 
-/* The preload backend: the broker hands out a flow's records once, with its first datagram. */
+/* The preload and eBPF backends: the broker or the kernel hands out a
+ * flow's records once, with its first datagram. */
 static void remote_first_datagram(int fd, struct msghdr *msg, size_t capacity, const struct sockaddr_storage *local,
                                   const struct sockaddr_storage *from, bool want_context)
 {
+	if (kernel_enabled()) {
+		uint8_t blob[KERNEL_BLOB_MAX];
+		size_t len;
+		if (kernel_query(fd, false, blob, &len) != 0 || !capacity)
+			return;
+		append_cmsg(msg, capacity, WFPR_IP_WFP_REDIRECT_RECORDS, blob, len);
+		if (want_context && kernel_query(fd, true, blob, &len) == 0)
+			append_cmsg(msg, capacity, WFPR_IP_WFP_REDIRECT_CONTEXT, blob, len);
+		return;
+	}
 	uint64_t cookie = socket_cookie(fd);
 	uint8_t blob[WIRE_BLOB_MAX];
 	size_t len;
@@ -379,7 +395,7 @@ static void after_receive(int fd, struct msghdr *msg, size_t capacity, struct so
 			break;
 		}
 	}
-	if (client_enabled()) {
+	if (client_enabled() || kernel_enabled()) {
 		bool want_context = s && s->want_context;
 		pthread_mutex_unlock(&inproc_lock);
 		remote_first_datagram(fd, msg, capacity, &local, from, want_context);
@@ -444,6 +460,8 @@ int inproc_set_records(int fd, const uint8_t *blob, size_t len)
 		return WFPR_WSAEFAULT;
 	if (len == 0 || len > WFPR_RECORD_MAX_SIZE)
 		return WFPR_WSAEINVAL;
+	if (kernel_enabled())
+		return kernel_set(fd, blob, len);
 	bool remote = client_enabled();
 	int rc = remote ? client_check(blob, len) : WFPR_WSAENETDOWN;
 	pthread_mutex_lock(&inproc_lock);

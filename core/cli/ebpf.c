@@ -1,0 +1,85 @@
+/* wfpr ebpf status|cleanup, and what wfpr run --backend ebpf asks of the
+ * loader (core/ebpf/loader.c): one instance for the run, its proxies as
+ * redirectors in the order given, and the run's processes in its cgroup. */
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include "cli.h"
+#ifdef WFPR_HAVE_EBPF
+#include "loader.h"
+
+static ebpf_instance *instance;
+
+int run_ebpf_open(char *err, size_t err_len)
+{
+	return ebpf_open(&instance, err, err_len);
+}
+
+int run_ebpf_enter(pid_t pid)
+{
+	return instance ? ebpf_enter(instance, pid) : -1;
+}
+
+int run_ebpf_add_proxy(unsigned int slot, const uint8_t id[16], pid_t pid, const struct sockaddr_storage *address)
+{
+	/* every TCP and UDP connection, to any address and port; the first proxy first */
+	if (!instance || ebpf_add_redirector(instance, slot, id, slot + 1, pid, address) != 0)
+		return -1;
+	return ebpf_add_filter(instance, slot, NULL, 0, 0, 65535, 0, 1000 - slot);
+}
+
+void run_ebpf_close(void)
+{
+	ebpf_close(instance);
+	instance = NULL;
+}
+
+int cmd_ebpf(int argc, char **argv)
+{
+	if (argc == 1 && strcmp(argv[0], "status") == 0)
+		return ebpf_status(stdout) < 0 ? 1 : 0;
+	if (argc == 1 && strcmp(argv[0], "cleanup") == 0) {
+		if (geteuid() != 0) {
+			fprintf(stderr, "wfpr ebpf cleanup: needs root, to remove cgroups and BPF pins\n");
+			return 1;
+		}
+		return ebpf_cleanup(stdout, false) < 0 ? 1 : 0;
+	}
+	fprintf(stderr, "wfpr ebpf: give status or cleanup\n\n%s", cli_usage);
+	return 2;
+}
+
+#else
+
+static const char not_built[] = "this wfpr was built without the eBPF backend (it needs clang, bpftool, "
+                                "libbpf-dev and the kernel's BTF at build time)";
+
+int run_ebpf_open(char *err, size_t err_len)
+{
+	snprintf(err, err_len, "%s", not_built);
+	return -1;
+}
+
+int run_ebpf_enter(pid_t pid)
+{
+	(void)pid;
+	return -1;
+}
+
+int run_ebpf_add_proxy(unsigned int slot, const uint8_t id[16], pid_t pid, const struct sockaddr_storage *address)
+{
+	(void)slot, (void)id, (void)pid, (void)address;
+	return -1;
+}
+
+void run_ebpf_close(void)
+{
+}
+
+int cmd_ebpf(int argc, char **argv)
+{
+	(void)argc, (void)argv;
+	fprintf(stderr, "wfpr ebpf: %s\n", not_built);
+	return 1;
+}
+#endif

@@ -1,0 +1,118 @@
+#ifndef WFPR_EBPF_ABI_H
+#define WFPR_EBPF_ABI_H
+
+/*
+ * What the BPF programs (wfpr.bpf.c), their loader (loader.c) and the
+ * library's kernel backend (core/src/ebpf/kernel.c) share: the custom
+ * socket-option level and names, and the layout of the maps. Included by
+ * BPF C (after vmlinux.h) and by user space (after <linux/types.h>).
+ *
+ * Addresses are kept as 16 bytes, IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d),
+ * so an IPv6 socket redirected to an IPv4 proxy has one key. Ports in keys
+ * and maps are in host order.
+ */
+
+/* The custom level of getsockopt/setsockopt ("WFPR"). */
+#define WFPR_EBPF_SOL 0x57465052
+#define WFPR_EBPF_OPT_RECORDS 1 /* get: the record of this connection (TCP) or of the last datagram's flow (UDP) */
+#define WFPR_EBPF_OPT_CONTEXT 2 /* get: its redirect context */
+#define WFPR_EBPF_OPT_SET 3     /* set: records issued by the kernel, before connect or sendto */
+
+#define WFPR_EBPF_REDIRECTORS 16
+#define WFPR_EBPF_FILTERS 32
+#define WFPR_EBPF_HOPS 16
+#define WFPR_EBPF_RECORD_CAP 2560 /* 12 + 16 hops of 150 bytes (IPv6) fit */
+#define WFPR_EBPF_CONTEXT_SIZE 256 /* two struct sockaddr_storage */
+#define WFPR_EBPF_TOKEN 16
+
+/* Where a record is found: the redirected connection (or UDP flow) as the
+ * proxy's socket sees it. */
+struct wfpr_ebpf_key {
+	__u8 client[16];
+	__u8 proxy[16];
+	__u16 client_port;
+	__u16 proxy_port;
+	__u32 protocol;
+};
+
+struct wfpr_ebpf_redirector {
+	__u8 id[16];
+	__u64 handle;
+	__u32 pid;
+	__u32 active;
+	__u8 ip[16]; /* where it listens (TCP and UDP) */
+	__u16 port;
+	__u16 pad;
+	__u32 pad2;
+};
+
+/* Filters, highest weight first; filter i applies to a remote address whose
+ * longest-prefix entry in lpm4/lpm6 has bit i set. */
+struct wfpr_ebpf_filter {
+	__u32 redirector; /* slot in the redirectors map */
+	__u32 protocol;   /* 0: TCP and UDP */
+	__u16 port_lo;    /* remote port range, inclusive */
+	__u16 port_hi;
+	__u32 weight;
+};
+
+struct wfpr_ebpf_config {
+	__u32 n_filters;
+	__u32 pad;
+	__s64 realtime_offset_ns; /* CLOCK_REALTIME - CLOCK_MONOTONIC at load */
+};
+
+struct wfpr_ebpf_lpm4 {
+	__u32 prefixlen;
+	__u8 ip[4];
+};
+
+struct wfpr_ebpf_lpm6 {
+	__u32 prefixlen;
+	__u8 ip[16];
+};
+
+/* An issued record, with what the kernel needs to check and use it. */
+struct wfpr_ebpf_entry {
+	__u32 len;
+	__u8 hops;
+	__u8 delivered; /* UDP: handed to the proxy with the flow's first datagram */
+	__u8 slots[WFPR_EBPF_HOPS]; /* the redirector slot of each hop, oldest first */
+	__u16 pad;
+	__u8 token[WFPR_EBPF_TOKEN];
+	__u8 original[16]; /* the newest hop's original destination */
+	__u16 original_port;
+	__u16 family;
+	__u8 context[WFPR_EBPF_CONTEXT_SIZE];
+	__u8 record[WFPR_EBPF_RECORD_CAP];
+};
+
+/* Per socket (SK_STORAGE): the chain SET on it, and a redirect to finish. */
+struct wfpr_ebpf_sock {
+	__u32 chain_len;
+	__u8 hops;
+	__u8 pending;    /* TCP: connect redirected; the record is issued once established */
+	__u8 slot;       /* the redirector it went to */
+	__u8 redirected; /* getpeername shows original */
+	__u8 slots[WFPR_EBPF_HOPS];
+	__u8 original[16];
+	__u16 original_port;
+	__u16 from_port; /* UDP at a proxy: the last datagram's source */
+	__u8 from[16];
+	__u8 chain[WFPR_EBPF_RECORD_CAP];
+};
+
+/* Counters (a per-CPU array, summed by `wfpr ebpf status`). */
+enum wfpr_ebpf_counter {
+	WFPR_EBPF_REDIRECTS,
+	WFPR_EBPF_PERMITS,
+	WFPR_EBPF_LOOP_BLOCKS,
+	WFPR_EBPF_ISSUED,
+	WFPR_EBPF_QUERIES,
+	WFPR_EBPF_SETS,
+	WFPR_EBPF_BAD_SETS,
+	WFPR_EBPF_NO_SPACE,
+	WFPR_EBPF_COUNTERS
+};
+
+#endif

@@ -1,0 +1,514 @@
+/* The eBPF backend's loader: a cgroup, the programs attached to it, their
+ * links and maps pinned, the redirectors and filters written to the maps;
+ * and the status and cleanup of what a crash leaves. */
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <time.h>
+#include <unistd.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include "abi.h"
+#include "loader.h"
+#include "wfpr.skel.h"
+
+#define MAX_LINKS 16
+#define CGROUP_PREFIX "wfpr-"
+
+typedef struct filter_spec {
+	unsigned int slot;
+	int family; /* 0: both */
+	uint8_t prefix[16];
+	unsigned int prefix_len;
+	uint16_t port_lo, port_hi;
+	int protocol;
+	uint32_t weight;
+} filter_spec;
+
+struct ebpf_instance {
+	struct wfpr_bpf *skel;
+	struct bpf_link *links[MAX_LINKS];
+	size_t n_links;
+	char cgroup[320];
+	char pins[320];
+	int cgroup_fd;
+	filter_spec filters[WFPR_EBPF_FILTERS];
+	size_t n_filters;
+};
+
+static int quiet(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+	if (level == LIBBPF_WARN && getenv("WFPR_EBPF_DEBUG"))
+		return vfprintf(stderr, fmt, ap);
+	return 0;
+}
+
+/* Where cgroup v2 is mounted (the unified hierarchy). */
+static int cgroup2_root(char *out, size_t len)
+{
+	FILE *f = fopen("/proc/self/mounts", "r");
+	char dev[256], dir[256], type[64];
+	int found = -1;
+	if (!f)
+		return -1;
+	while (found < 0 && fscanf(f, "%255s %255s %63s %*[^\n]", dev, dir, type) == 3)
+		if (strcmp(type, "cgroup2") == 0 && (size_t)snprintf(out, len, "%s", dir) < len)
+			found = 0;
+	fclose(f);
+	return found;
+}
+
+static int ensure_bpffs(void)
+{
+	struct statfs st;
+	if (statfs("/sys/fs/bpf", &st) == 0 && st.f_type == BPF_FS_MAGIC)
+		return 0;
+	if (mount("bpf", "/sys/fs/bpf", "bpf", 0, "mode=0700") != 0)
+		return -1;
+	return 0;
+}
+
+static bool owner_alive(pid_t pid)
+{
+	return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
+}
+
+/* Kill every process in a cgroup and wait (2 s at most) until it is empty. */
+static void empty_cgroup(const char *cgroup)
+{
+	char path[640];
+	snprintf(path, sizeof(path), "%s/cgroup.kill", cgroup);
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		if (write(fd, "1", 1) < 0) {
+			/* fall through to killing one by one */
+		}
+		close(fd);
+	}
+	snprintf(path, sizeof(path), "%s/cgroup.procs", cgroup);
+	for (int i = 0; i < 200; i++) {
+		FILE *f = fopen(path, "r");
+		int pid, n = 0;
+		while (f && fscanf(f, "%d", &pid) == 1) {
+			kill(pid, SIGKILL);
+			n++;
+		}
+		if (f)
+			fclose(f);
+		if (n == 0)
+			return;
+		struct timespec ts = {0, 10 * 1000 * 1000};
+		nanosleep(&ts, NULL);
+	}
+}
+
+static void remove_pins(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *ent;
+	char path[640];
+	while (d && (ent = readdir(d))) {
+		if (ent->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, ent->d_name);
+		unlink(path);
+	}
+	if (d)
+		closedir(d);
+	rmdir(dir);
+}
+
+int ebpf_open(ebpf_instance **out, char *err, size_t err_len)
+{
+	char root[200];
+	*out = NULL;
+	if (geteuid() != 0) {
+		snprintf(err, err_len, "the eBPF backend needs root (CAP_SYS_ADMIN, or CAP_BPF with CAP_NET_ADMIN and CAP_PERFMON) to load and attach its programs");
+		return -1;
+	}
+	if (cgroup2_root(root, sizeof(root)) != 0) {
+		snprintf(err, err_len, "no cgroup v2 hierarchy is mounted (see /proc/self/mounts)");
+		return -1;
+	}
+	if (ensure_bpffs() != 0) {
+		snprintf(err, err_len, "cannot mount a bpffs at /sys/fs/bpf: %s", strerror(errno));
+		return -1;
+	}
+	ebpf_cleanup(NULL, true);
+	libbpf_set_print(quiet);
+
+	ebpf_instance *e = calloc(1, sizeof(*e));
+	if (!e) {
+		snprintf(err, err_len, "out of memory");
+		return -1;
+	}
+	e->cgroup_fd = -1;
+	snprintf(e->cgroup, sizeof(e->cgroup), "%s/" CGROUP_PREFIX "%d", root, (int)getpid());
+	snprintf(e->pins, sizeof(e->pins), EBPF_PIN_ROOT "/%d", (int)getpid());
+	if ((mkdir(EBPF_PIN_ROOT, 0700) != 0 && errno != EEXIST) || mkdir(e->pins, 0700) != 0) {
+		snprintf(err, err_len, "cannot make %s: %s", e->pins, strerror(errno));
+		free(e);
+		return -1;
+	}
+	if (mkdir(e->cgroup, 0755) != 0 || (e->cgroup_fd = open(e->cgroup, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+		snprintf(err, err_len, "cannot make the cgroup %s: %s", e->cgroup, strerror(errno));
+		rmdir(e->pins);
+		free(e);
+		return -1;
+	}
+	e->skel = wfpr_bpf__open_and_load();
+	if (!e->skel) {
+		snprintf(err, err_len, "the kernel refused the BPF programs (%s); WFPR_EBPF_DEBUG=1 shows the verifier's log",
+		         strerror(errno));
+		ebpf_close(e);
+		return -1;
+	}
+	struct timespec mono, real;
+	clock_gettime(CLOCK_MONOTONIC, &mono);
+	clock_gettime(CLOCK_REALTIME, &real);
+	struct wfpr_ebpf_config cfg = {
+		.realtime_offset_ns = (int64_t)(real.tv_sec - mono.tv_sec) * 1000000000LL + (real.tv_nsec - mono.tv_nsec)};
+	uint32_t zero = 0;
+	bpf_map__update_elem(e->skel->maps.settings, &zero, sizeof(zero), &cfg, sizeof(cfg), BPF_ANY);
+
+	struct bpf_program *prog;
+	char path[640];
+	bpf_object__for_each_program(prog, e->skel->obj) {
+		struct bpf_link *link = bpf_program__attach_cgroup(prog, e->cgroup_fd);
+		snprintf(path, sizeof(path), "%s/%s", e->pins, bpf_program__name(prog));
+		if (!link || e->n_links == MAX_LINKS || bpf_link__pin(link, path) != 0) {
+			snprintf(err, err_len, "cannot attach %s to %s: %s", bpf_program__name(prog), e->cgroup, strerror(errno));
+			bpf_link__destroy(link);
+			ebpf_close(e);
+			return -1;
+		}
+		e->links[e->n_links++] = link;
+	}
+	struct bpf_map *shown[] = {e->skel->maps.redirectors, e->skel->maps.counters, e->skel->maps.records,
+	                           e->skel->maps.flows};
+	for (size_t i = 0; i < sizeof(shown) / sizeof(shown[0]); i++) {
+		snprintf(path, sizeof(path), "%s/map_%s", e->pins, bpf_map__name(shown[i]));
+		bpf_map__pin(shown[i], path);
+	}
+	*out = e;
+	return 0;
+}
+
+static void to16(uint8_t out[16], const struct sockaddr_storage *a, uint16_t *port)
+{
+	memset(out, 0, 16);
+	if (a->ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)a;
+		out[10] = out[11] = 0xff;
+		memcpy(out + 12, &in->sin_addr, 4);
+		if (port)
+			*port = ntohs(in->sin_port);
+	} else {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)a;
+		memcpy(out, &in6->sin6_addr, 16);
+		if (port)
+			*port = ntohs(in6->sin6_port);
+	}
+}
+
+int ebpf_add_redirector(ebpf_instance *e, unsigned int slot, const uint8_t id[16], uint64_t handle, pid_t pid,
+                        const struct sockaddr_storage *address)
+{
+	if (!e || !id || !address || slot >= WFPR_EBPF_REDIRECTORS ||
+	    (address->ss_family != AF_INET && address->ss_family != AF_INET6))
+		return -1;
+	struct wfpr_ebpf_redirector r = {.handle = handle, .pid = (uint32_t)pid, .active = 1};
+	memcpy(r.id, id, 16);
+	to16(r.ip, address, &r.port);
+	uint32_t key = slot;
+	return bpf_map__update_elem(e->skel->maps.redirectors, &key, sizeof(key), &r, sizeof(r), BPF_ANY);
+}
+
+/* Does filter f's prefix contain prefix p/len of family? */
+static bool covers(const filter_spec *f, int family, const uint8_t *p, unsigned int len)
+{
+	if (f->family && f->family != family)
+		return false;
+	if (f->prefix_len > len)
+		return false;
+	unsigned int bits = f->prefix_len, whole = bits / 8, rest = bits % 8;
+	if (memcmp(f->prefix, p, whole) != 0)
+		return false;
+	return rest == 0 || ((f->prefix[whole] ^ p[whole]) & (0xff << (8 - rest))) == 0;
+}
+
+static void clear_map(struct bpf_map *map, size_t key_size)
+{
+	uint8_t next[32];
+	while (bpf_map__get_next_key(map, NULL, next, key_size) == 0)
+		if (bpf_map__delete_elem(map, next, key_size, 0) != 0)
+			break;
+}
+
+/* Rewrite the filter array and the two tries from e->filters. */
+static int commit_filters(ebpf_instance *e)
+{
+	uint32_t zero = 0;
+	struct wfpr_ebpf_config cfg;
+	if (bpf_map__lookup_elem(e->skel->maps.settings, &zero, sizeof(zero), &cfg, sizeof(cfg), 0) != 0)
+		return -1;
+	cfg.n_filters = 0; /* nothing matches while the maps change */
+	bpf_map__update_elem(e->skel->maps.settings, &zero, sizeof(zero), &cfg, sizeof(cfg), BPF_ANY);
+
+	for (uint32_t i = 0; i < e->n_filters; i++) {
+		const filter_spec *f = &e->filters[i];
+		struct wfpr_ebpf_filter v = {.redirector = f->slot, .protocol = (uint32_t)f->protocol,
+		                             .port_lo = f->port_lo, .port_hi = f->port_hi, .weight = f->weight};
+		if (bpf_map__update_elem(e->skel->maps.filters, &i, sizeof(i), &v, sizeof(v), BPF_ANY) != 0)
+			return -1;
+	}
+	clear_map(e->skel->maps.lpm4, sizeof(struct wfpr_ebpf_lpm4));
+	clear_map(e->skel->maps.lpm6, sizeof(struct wfpr_ebpf_lpm6));
+	/* Each filter's prefix gets the bits of every filter whose prefix
+	 * contains it, so the longest match carries all that apply. */
+	for (size_t i = 0; i < e->n_filters; i++) {
+		for (int family = AF_INET; family <= AF_INET6; family += AF_INET6 - AF_INET) {
+			const filter_spec *f = &e->filters[i];
+			if (f->family && f->family != family)
+				continue;
+			unsigned int len = f->prefix_len;
+			uint32_t mask = 0;
+			for (size_t j = 0; j < e->n_filters; j++)
+				if (covers(&e->filters[j], family, f->prefix, len))
+					mask |= 1u << j;
+			if (family == AF_INET) {
+				struct wfpr_ebpf_lpm4 k = {.prefixlen = len};
+				memcpy(k.ip, f->prefix, 4);
+				bpf_map__update_elem(e->skel->maps.lpm4, &k, sizeof(k), &mask, sizeof(mask), BPF_ANY);
+			} else {
+				struct wfpr_ebpf_lpm6 k = {.prefixlen = len};
+				memcpy(k.ip, f->prefix, 16);
+				bpf_map__update_elem(e->skel->maps.lpm6, &k, sizeof(k), &mask, sizeof(mask), BPF_ANY);
+			}
+		}
+	}
+	cfg.n_filters = (uint32_t)e->n_filters;
+	return bpf_map__update_elem(e->skel->maps.settings, &zero, sizeof(zero), &cfg, sizeof(cfg), BPF_ANY);
+}
+
+int ebpf_add_filter(ebpf_instance *e, unsigned int slot, const struct sockaddr_storage *prefix, unsigned int prefix_len,
+                    uint16_t port_lo, uint16_t port_hi, int protocol, uint32_t weight)
+{
+	if (!e || slot >= WFPR_EBPF_REDIRECTORS || e->n_filters == WFPR_EBPF_FILTERS || port_lo > port_hi ||
+	    (protocol != 0 && protocol != IPPROTO_TCP && protocol != IPPROTO_UDP))
+		return -1;
+	filter_spec f = {.slot = slot, .port_lo = port_lo, .port_hi = port_hi, .protocol = protocol, .weight = weight};
+	if (prefix) {
+		if (prefix->ss_family != AF_INET && prefix->ss_family != AF_INET6)
+			return -1;
+		f.family = prefix->ss_family;
+		if (prefix_len > (f.family == AF_INET ? 32u : 128u))
+			return -1;
+		uint8_t ip[16];
+		to16(ip, prefix, NULL);
+		memcpy(f.prefix, f.family == AF_INET ? ip + 12 : ip, f.family == AF_INET ? 4 : 16);
+		f.prefix_len = prefix_len;
+	}
+	/* keep them highest weight first; equal weights in the order added */
+	size_t at = e->n_filters;
+	while (at > 0 && e->filters[at - 1].weight < weight) {
+		e->filters[at] = e->filters[at - 1];
+		at--;
+	}
+	e->filters[at] = f;
+	e->n_filters++;
+	return commit_filters(e);
+}
+
+int ebpf_enter(const ebpf_instance *e, pid_t pid)
+{
+	char path[640], text[32];
+	snprintf(path, sizeof(path), "%s/cgroup.procs", e->cgroup);
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	int n = snprintf(text, sizeof(text), "%d\n", (int)pid);
+	int rc = write(fd, text, (size_t)n) == n ? 0 : -1;
+	close(fd);
+	return rc;
+}
+
+void ebpf_close(ebpf_instance *e)
+{
+	if (!e)
+		return;
+	empty_cgroup(e->cgroup);
+	for (size_t i = 0; i < e->n_links; i++) {
+		bpf_link__unpin(e->links[i]);
+		bpf_link__destroy(e->links[i]);
+	}
+	wfpr_bpf__destroy(e->skel);
+	remove_pins(e->pins);
+	if (e->cgroup_fd >= 0)
+		close(e->cgroup_fd);
+	rmdir(e->cgroup);
+	free(e);
+}
+
+/* ---- status and cleanup --------------------------------------------------- */
+
+static uint64_t counter_sum(int map_fd, uint32_t which)
+{
+	int cpus = libbpf_num_possible_cpus();
+	if (cpus <= 0 || cpus > 4096)
+		return 0;
+	uint64_t *v = calloc((size_t)cpus, sizeof(uint64_t)), sum = 0;
+	if (v && bpf_map_lookup_elem(map_fd, &which, v) == 0)
+		for (int i = 0; i < cpus; i++)
+			sum += v[i];
+	free(v);
+	return sum;
+}
+
+static unsigned int count_keys(int map_fd, size_t key_size)
+{
+	uint8_t key[64], next[64];
+	unsigned int n = 0;
+	if (map_fd < 0 || key_size > sizeof(key))
+		return 0;
+	void *prev = NULL;
+	while (n < 1000000 && bpf_map_get_next_key(map_fd, prev, next) == 0) {
+		memcpy(key, next, key_size);
+		prev = key;
+		n++;
+	}
+	return n;
+}
+
+static void show(FILE *out, pid_t owner, const char *pins, const char *cgroup)
+{
+	char path[640];
+	unsigned int n_pins = 0, n_procs = 0;
+	DIR *d = opendir(pins);
+	struct dirent *ent;
+	while (d && (ent = readdir(d)))
+		n_pins += ent->d_name[0] != '.';
+	if (d)
+		closedir(d);
+	snprintf(path, sizeof(path), "%s/cgroup.procs", cgroup);
+	FILE *f = fopen(path, "r");
+	int pid;
+	while (f && fscanf(f, "%d", &pid) == 1)
+		n_procs++;
+	fprintf(out, "instance %d (%s)\n  cgroup %s: %s, %u process%s\n  pins %s: %u\n", (int)owner,
+	        owner_alive(owner) ? "running" : "owner gone: `wfpr ebpf cleanup` removes it", cgroup,
+	        f ? "present" : "missing", n_procs, n_procs == 1 ? "" : "es", pins, n_pins);
+	if (f)
+		fclose(f);
+	snprintf(path, sizeof(path), "%s/map_counters", pins);
+	int counters = bpf_obj_get(path);
+	snprintf(path, sizeof(path), "%s/map_records", pins);
+	int records = bpf_obj_get(path);
+	snprintf(path, sizeof(path), "%s/map_flows", pins);
+	int flows = bpf_obj_get(path);
+	if (counters >= 0)
+		fprintf(out,
+		        "  redirects %llu, permits %llu, hop-limit blocks %llu, records issued %llu, queries %llu,"
+		        " sets %llu, refused sets %llu\n",
+		        (unsigned long long)counter_sum(counters, WFPR_EBPF_REDIRECTS),
+		        (unsigned long long)counter_sum(counters, WFPR_EBPF_PERMITS),
+		        (unsigned long long)counter_sum(counters, WFPR_EBPF_LOOP_BLOCKS),
+		        (unsigned long long)counter_sum(counters, WFPR_EBPF_ISSUED),
+		        (unsigned long long)counter_sum(counters, WFPR_EBPF_QUERIES),
+		        (unsigned long long)counter_sum(counters, WFPR_EBPF_SETS),
+		        (unsigned long long)counter_sum(counters, WFPR_EBPF_BAD_SETS));
+	if (records >= 0)
+		fprintf(out, "  live TCP records %u, UDP flows %u\n", count_keys(records, sizeof(struct wfpr_ebpf_key)),
+		        count_keys(flows, sizeof(struct wfpr_ebpf_key)));
+	int fds[] = {counters, records, flows};
+	for (size_t i = 0; i < 3; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+}
+
+#define MAX_INSTANCES 256
+
+/* The owners of every instance: pin directories and cgroups named after them. */
+static size_t instances(pid_t *out, const char *root)
+{
+	size_t n = 0;
+	const char *dirs[] = {EBPF_PIN_ROOT, root};
+	for (size_t k = 0; k < 2; k++) {
+		DIR *d = dirs[k] ? opendir(dirs[k]) : NULL;
+		struct dirent *ent;
+		while (d && (ent = readdir(d)) && n < MAX_INSTANCES) {
+			const char *name = ent->d_name;
+			if (k == 1 && strncmp(name, CGROUP_PREFIX, strlen(CGROUP_PREFIX)) != 0)
+				continue;
+			if (k == 1)
+				name += strlen(CGROUP_PREFIX);
+			char *end;
+			long pid = strtol(name, &end, 10);
+			if (*name == '\0' || *end != '\0' || pid <= 0)
+				continue;
+			bool seen = false;
+			for (size_t i = 0; i < n; i++)
+				seen |= out[i] == (pid_t)pid;
+			if (!seen)
+				out[n++] = (pid_t)pid;
+		}
+		if (d)
+			closedir(d);
+	}
+	return n;
+}
+
+static int each_instance(FILE *out, bool remove, bool dead_only)
+{
+	char root[200], pins[320], cgroup[320];
+	bool have_root = cgroup2_root(root, sizeof(root)) == 0;
+	pid_t owners[MAX_INSTANCES];
+	size_t n = instances(owners, have_root ? root : NULL), done = 0;
+	for (size_t i = 0; i < n; i++) {
+		snprintf(pins, sizeof(pins), EBPF_PIN_ROOT "/%d", (int)owners[i]);
+		snprintf(cgroup, sizeof(cgroup), "%s/" CGROUP_PREFIX "%d", have_root ? root : "", (int)owners[i]);
+		if (!remove) {
+			show(out, owners[i], pins, cgroup);
+			done++;
+			continue;
+		}
+		if (dead_only && owner_alive(owners[i]))
+			continue;
+		empty_cgroup(cgroup);
+		remove_pins(pins); /* unpinned links with no other holder detach */
+		rmdir(cgroup);
+		if (out)
+			fprintf(out, "removed instance %d (cgroup %s, pins %s)\n", (int)owners[i], cgroup, pins);
+		done++;
+	}
+	return (int)done;
+}
+
+int ebpf_status(FILE *out)
+{
+	int n = each_instance(out, false, false);
+	if (n == 0)
+		fprintf(out, "no wfpr eBPF instance (no pins under " EBPF_PIN_ROOT ", no wfpr-* cgroup)\n");
+	return n;
+}
+
+int ebpf_cleanup(FILE *out, bool dead_only)
+{
+	if (geteuid() != 0) {
+		if (out)
+			fprintf(out, "wfpr ebpf cleanup needs root\n");
+		return -1;
+	}
+	int n = each_instance(out, true, dead_only);
+	if (out && n == 0)
+		fprintf(out, "nothing to clean up\n");
+	return n;
+}

@@ -1,0 +1,53 @@
+#ifndef WFPR_EBPF_LOADER_H
+#define WFPR_EBPF_LOADER_H
+
+/*
+ * The eBPF backend's loader (root): one instance is a cgroup under the
+ * cgroup2 mount (wfpr-PID) with the BPF programs of wfpr.bpf.c attached,
+ * their links and maps pinned under /sys/fs/bpf/wfpr/PID. Processes put in
+ * the cgroup (ebpf_enter) have their connects and datagrams redirected to
+ * the redirectors added here. Used by `wfpr run --backend ebpf`, `wfpr ebpf`
+ * and the tests; the library's side (QUERY, SET) is core/src/ebpf/.
+ */
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+typedef struct ebpf_instance ebpf_instance;
+
+#define EBPF_PIN_ROOT "/sys/fs/bpf/wfpr"
+
+/* Load, attach and pin; 0, or -1 with a message in err (no root, no BPF,
+ * no cgroup2). Instances left by a dead owner are removed first. */
+int ebpf_open(ebpf_instance **out, char *err, size_t err_len);
+
+/* Redirector slot (0..15): connections go to address (TCP and UDP on a
+ * loopback address). id is the redirector id its records carry. */
+int ebpf_add_redirector(ebpf_instance *e, unsigned int slot, const uint8_t id[16], uint64_t handle, pid_t pid,
+                        const struct sockaddr_storage *address);
+
+/* A filter: connections whose remote address is in prefix/prefix_len (an
+ * AF_INET or AF_INET6 sockaddr; NULL: every address of both families), to a
+ * port in [port_lo, port_hi], of protocol (0: TCP and UDP), go to slot's
+ * redirector. Filters are asked highest weight first; a redirector that may
+ * only permit a connection (it is already in its chain) passes it on to the
+ * next. At most 32. */
+int ebpf_add_filter(ebpf_instance *e, unsigned int slot, const struct sockaddr_storage *prefix, unsigned int prefix_len,
+                    uint16_t port_lo, uint16_t port_hi, int protocol, uint32_t weight);
+
+/* Put a process in the instance's cgroup (before it makes its sockets). */
+int ebpf_enter(const ebpf_instance *e, pid_t pid);
+
+/* Kill what is left in the cgroup, detach, unpin, remove the cgroup. */
+void ebpf_close(ebpf_instance *e);
+
+/* `wfpr ebpf status` and `wfpr ebpf cleanup`: what instances exist (owner
+ * alive or not, pins, cgroup, counters), and remove them (all, or only
+ * those whose owner is dead). The number found, or -1. */
+int ebpf_status(FILE *out);
+int ebpf_cleanup(FILE *out, bool dead_only);
+
+#endif

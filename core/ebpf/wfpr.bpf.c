@@ -1,0 +1,845 @@
+// SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause
+/*
+ * The eBPF backend's kernel half: the Linux counterpart of a WFP
+ * ALE_CONNECT_REDIRECT callout, attached to one cgroup.
+ *
+ *   connect4/6    decide from the filters and the chain SET on the socket
+ *                 (the four redirect states, the loop guard, the hop cap)
+ *                 and send a TCP connect to the redirector's proxy;
+ *   sock_ops      once the redirected connect is established, issue its
+ *                 record (the chain plus one hop, with a random token) under
+ *                 the connection's 4-tuple; watch the proxy's accepted
+ *                 socket and forget the record when it closes;
+ *   getsockopt    QUERY: the record or context of the proxy's connection;
+ *   setsockopt    SET: only a record the kernel issued to a live
+ *                 connection, byte for byte (looked up by its last token);
+ *   getpeername   the client still sees its original destination;
+ *   sendmsg4/6,   the same for UDP datagrams, per flow;
+ *   recvmsg4/6    replies appear to come from the original destination.
+ *
+ * The record bytes follow docs/record-format.md; the decoder in
+ * core/src/record.c reads them (tests/c/test_ebpf.c checks that it does).
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+#include "abi.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define EINVAL 22
+#define ENOENT 2
+#define ENOSPC 28
+#define ELOOP 40
+#define ENOPROTOOPT 92
+#define EPROTONOSUPPORT 93
+#define ENOTCONN 107
+
+#define HEADER 12
+#define HOP4 114 /* a HOP TLV with IPv4 addresses */
+#define HOP6 150
+#define CAP WFPR_EBPF_RECORD_CAP
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, WFPR_EBPF_REDIRECTORS);
+	__type(key, __u32);
+	__type(value, struct wfpr_ebpf_redirector);
+} redirectors SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, WFPR_EBPF_FILTERS);
+	__type(key, __u32);
+	__type(value, struct wfpr_ebpf_filter);
+} filters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct wfpr_ebpf_config);
+} settings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 256);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct wfpr_ebpf_lpm4);
+	__type(value, __u32);
+} lpm4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 256);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct wfpr_ebpf_lpm6);
+	__type(value, __u32);
+} lpm6 SEC(".maps");
+
+/* TCP records: issued when the redirected connect is established, removed
+ * when the proxy's accepted socket closes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct wfpr_ebpf_key);
+	__type(value, struct wfpr_ebpf_entry);
+} records SEC(".maps");
+
+/* UDP records: a datagram flow has no close, so the least recently used go. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct wfpr_ebpf_key);
+	__type(value, struct wfpr_ebpf_entry);
+} flows SEC(".maps");
+
+struct token {
+	__u8 b[WFPR_EBPF_TOKEN];
+};
+
+/* Each issued record's last token: where that record is. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 131072);
+	__type(key, struct token);
+	__type(value, struct wfpr_ebpf_key);
+} tokens SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct wfpr_ebpf_sock);
+} socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct wfpr_ebpf_entry);
+} scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, WFPR_EBPF_COUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void count(__u32 which)
+{
+	__u64 *c = bpf_map_lookup_elem(&counters, &which);
+	if (c)
+		*c += 1;
+}
+
+/* v, bounded for the verifier in the very register a helper gets (clang
+ * may check a copy and pass the original otherwise). v <= max already. */
+#define AT_MOST(v, max)                                                              \
+	({                                                                           \
+		__u64 _v = (v);                                                      \
+		asm volatile("if %0 <= %1 goto +1; %0 = %1" : "+r"(_v) : "i"(max)); \
+		_v;                                                                  \
+	})
+
+/* ---- addresses ---------------------------------------------------------- */
+
+struct dest {
+	__u8 ip[16];
+	__u16 port;
+	__u16 family;
+};
+
+static __always_inline void map4(__u8 *out, __u32 ip4)
+{
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		out[i] = 0;
+	out[10] = 0xff;
+	out[11] = 0xff;
+	__builtin_memcpy(out + 12, &ip4, 4);
+}
+
+static __always_inline void put6(__u8 *out, __u32 w0, __u32 w1, __u32 w2, __u32 w3)
+{
+	__builtin_memcpy(out, &w0, 4);
+	__builtin_memcpy(out + 4, &w1, 4);
+	__builtin_memcpy(out + 8, &w2, 4);
+	__builtin_memcpy(out + 12, &w3, 4);
+}
+
+static __always_inline __u32 word(const __u8 *ip, int i)
+{
+	__u32 w;
+	__builtin_memcpy(&w, ip + 4 * i, 4);
+	return w;
+}
+
+static __always_inline int same_ip(const __u8 *a, const __u8 *b)
+{
+	int same = 1;
+#pragma unroll
+	for (int i = 0; i < 16; i++)
+		if (a[i] != b[i])
+			same = 0;
+	return same;
+}
+
+static __always_inline int is_mapped(const __u8 *ip)
+{
+	__u8 m[16];
+	map4(m, word(ip, 3));
+	return same_ip(m, ip);
+}
+
+/* A socket's two ends as 16-byte addresses (IPv4 mapped). */
+static __always_inline void sock_ends(struct bpf_sock *sk, __u8 *local, __u8 *peer)
+{
+	if (sk->family == AF_INET) {
+		map4(local, sk->src_ip4);
+		map4(peer, sk->dst_ip4);
+	} else {
+		put6(local, sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]);
+		put6(peer, sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2], sk->dst_ip6[3]);
+	}
+}
+
+/* ---- the decision ------------------------------------------------------- */
+
+#define PERMIT -1
+#define HOP_LIMIT -2
+
+static __always_inline struct wfpr_ebpf_redirector *redirector(__u32 slot)
+{
+	struct wfpr_ebpf_redirector *r = bpf_map_lookup_elem(&redirectors, &slot);
+	return r && r->active ? r : 0;
+}
+
+/* Is ip:port where a redirector listens? */
+static __always_inline int is_proxy(const __u8 *ip, __u16 port)
+{
+	for (__u32 i = 0; i < WFPR_EBPF_REDIRECTORS; i++) {
+		struct wfpr_ebpf_redirector *r = redirector(i);
+		if (r && r->port == port && same_ip(r->ip, ip))
+			return 1;
+	}
+	return 0;
+}
+
+/* The chain a socket carries, as decide() reads it. */
+struct chain {
+	__u32 hops;
+	__u8 slots[WFPR_EBPF_HOPS];
+};
+
+/* The redirect state of slot for a socket carrying chain c. */
+static __always_inline int permit_only(const struct chain *c, __u32 slot)
+{
+	for (__u32 h = 0; h < WFPR_EBPF_HOPS; h++)
+		if (h < c->hops && c->slots[h] == slot)
+			return 1; /* REDIRECTED_BY_SELF (newest) or PREVIOUSLY_REDIRECTED_BY_SELF */
+	return 0; /* NOT_REDIRECTED (no hops) or REDIRECTED_BY_OTHER */
+}
+
+/* The slot to redirect d to, PERMIT or HOP_LIMIT, for a socket whose
+ * storage is st (NULL: none). local_port: the socket's own port when known
+ * (a proxy's own socket is never redirected). */
+static __always_inline int decide(const struct wfpr_ebpf_sock *st, const struct dest *d, __u32 protocol,
+                                  const __u8 *local, __u16 local_port)
+{
+	__u32 zero = 0;
+	struct chain c = {};
+	if (st) {
+		c.hops = st->hops;
+		__builtin_memcpy(c.slots, st->slots, WFPR_EBPF_HOPS);
+	}
+	struct wfpr_ebpf_config *cfg = bpf_map_lookup_elem(&settings, &zero);
+	if (!cfg || cfg->n_filters == 0)
+		return PERMIT;
+	if (is_proxy(d->ip, d->port) || (local_port && is_proxy(local, local_port)))
+		return PERMIT;
+
+	__u32 *mask;
+	if (is_mapped(d->ip)) {
+		struct wfpr_ebpf_lpm4 k = {.prefixlen = 32};
+		__builtin_memcpy(k.ip, d->ip + 12, 4);
+		mask = bpf_map_lookup_elem(&lpm4, &k);
+	} else {
+		struct wfpr_ebpf_lpm6 k = {.prefixlen = 128};
+		__builtin_memcpy(k.ip, d->ip, 16);
+		mask = bpf_map_lookup_elem(&lpm6, &k);
+	}
+	if (!mask)
+		return PERMIT;
+	__u32 bits = *mask;
+	for (__u32 i = 0; i < WFPR_EBPF_FILTERS; i++) {
+		if (i >= cfg->n_filters)
+			break;
+		if (!(bits & (1u << i)))
+			continue;
+		__u32 k = i;
+		struct wfpr_ebpf_filter *f = bpf_map_lookup_elem(&filters, &k);
+		if (!f || (f->protocol && f->protocol != protocol) || d->port < f->port_lo || d->port > f->port_hi)
+			continue;
+		if (!redirector(f->redirector) || permit_only(&c, f->redirector))
+			continue; /* the callout may only permit: the next filter is asked */
+		if (c.hops >= WFPR_EBPF_HOPS)
+			return HOP_LIMIT;
+		return (int)f->redirector;
+	}
+	return PERMIT;
+}
+
+/* ---- records ------------------------------------------------------------ */
+
+static __always_inline void be16(__u8 *p, __u16 v)
+{
+	p[0] = v >> 8;
+	p[1] = v;
+}
+
+static __always_inline void be32(__u8 *p, __u32 v)
+{
+	be16(p, v >> 16);
+	be16(p + 2, v);
+}
+
+static __always_inline void be64(__u8 *p, __u64 v)
+{
+	be32(p, v >> 32);
+	be32(p + 4, v);
+}
+
+static __always_inline __u8 *tlv(__u8 *p, __u16 type, __u16 len)
+{
+	be16(p, type);
+	be16(p + 2, len);
+	return p + 4;
+}
+
+static __always_inline __u8 *put_addr(__u8 *p, const int alen, const __u8 *ip, __u16 port)
+{
+	p[0] = alen == 4 ? 4 : 6;
+	be16(p + 1, port);
+#pragma unroll
+	for (int i = 0; i < alen; i++)
+		p[3 + i] = ip[16 - alen + i];
+	return p + 3 + alen;
+}
+
+struct hop_args {
+	const struct wfpr_ebpf_redirector *r;
+	__u32 protocol;
+	const __u8 *original;
+	__u16 original_port;
+	const __u8 *local;
+	__u16 local_port;
+	__u64 time;
+	const __u8 *token;
+};
+
+/* One HOP TLV at p; its size. alen is a constant (4 or 16). */
+static __always_inline __u32 write_hop(__u8 *p, const int alen, const struct hop_args *a)
+{
+	__u8 *q = tlv(p, 1, 98 + 3 * alen);
+	q = tlv(q, 1, 16);
+#pragma unroll
+	for (int i = 0; i < 16; i++)
+		q[i] = a->r->id[i];
+	q = tlv(q + 16, 2, 8);
+	be64(q, a->r->handle);
+	q = tlv(q + 8, 3, 4);
+	be32(q, a->r->pid);
+	q = tlv(q + 4, 4, 1);
+	q[0] = a->protocol;
+	q = tlv(q + 1, 5, 3 + alen);
+	q = put_addr(q, alen, a->original, a->original_port);
+	q = tlv(q, 6, 3 + alen);
+	q = put_addr(q, alen, a->local, a->local_port);
+	q = tlv(q, 7, 3 + alen);
+	q = put_addr(q, alen, a->r->ip, a->r->port);
+	q = tlv(q, 8, 8);
+	be64(q, a->time);
+	q = tlv(q + 8, 9, 16);
+#pragma unroll
+	for (int i = 0; i < 16; i++)
+		q[i] = a->token[i];
+	return 102 + 3 * alen;
+}
+
+/* A struct sockaddr_in or sockaddr_in6 (host-order family) at p. */
+static __always_inline void put_sockaddr(__u8 *p, int v4, const __u8 *ip, __u16 port)
+{
+	__u16 family = v4 ? AF_INET : AF_INET6;
+	__builtin_memcpy(p, &family, 2);
+	be16(p + 2, port);
+	if (v4) {
+		__builtin_memcpy(p + 4, ip + 12, 4);
+	} else {
+#pragma unroll
+		for (int i = 0; i < 16; i++)
+			p[8 + i] = ip[i];
+	}
+}
+
+/*
+ * Issue the record of a redirect to slot r under key into map: the chain
+ * SET on the socket (st, may be NULL) plus one hop. v4: the socket's family.
+ */
+static __always_inline int issue(void *map, const struct wfpr_ebpf_key *key, const struct wfpr_ebpf_sock *st,
+                                 __u32 slot, const struct wfpr_ebpf_redirector *r, int v4, const __u8 *original,
+                                 __u16 original_port)
+{
+	__u32 zero = 0;
+	struct wfpr_ebpf_entry *e = bpf_map_lookup_elem(&scratch, &zero);
+	struct wfpr_ebpf_config *cfg = bpf_map_lookup_elem(&settings, &zero);
+	if (!e || !cfg)
+		return -1;
+
+	__u32 off = HEADER, hops = 0;
+	if (st && st->hops) {
+		off = st->chain_len;
+		hops = st->hops;
+		if (off < HEADER || off > CAP - HOP6 || hops >= WFPR_EBPF_HOPS)
+			return -1;
+		bpf_probe_read_kernel(e->record, AT_MOST(off, CAP - HOP6), st->chain);
+		__builtin_memcpy(e->slots, st->slots, WFPR_EBPF_HOPS);
+	}
+	__u32 t[4] = {bpf_get_prandom_u32(), bpf_get_prandom_u32(), bpf_get_prandom_u32(), bpf_get_prandom_u32()};
+	__builtin_memcpy(e->token, t, sizeof(t));
+
+	struct hop_args a = {.r = r, .protocol = key->protocol, .original = original, .original_port = original_port,
+	                     .local = key->client, .local_port = key->client_port,
+	                     .time = bpf_ktime_get_ns() + cfg->realtime_offset_ns, .token = e->token};
+	__u32 len = off + (v4 ? write_hop(e->record + off, 4, &a) : write_hop(e->record + off, 16, &a));
+
+	__u8 *h = e->record;
+	h[0] = 'W';
+	h[1] = 'F';
+	h[2] = 'P';
+	h[3] = 'R';
+	h[4] = 1; /* version */
+	h[5] = 0; /* flags */
+	be16(h + 6, hops + 1);
+	be32(h + 8, len);
+	e->len = len;
+	e->hops = hops + 1;
+	e->slots[hops & (WFPR_EBPF_HOPS - 1)] = slot;
+	e->delivered = 0;
+	__builtin_memcpy(e->original, original, 16);
+	e->original_port = original_port;
+	e->family = v4 ? AF_INET : AF_INET6;
+
+	/* the default context: the original remote, then the original local address */
+	__builtin_memset(e->context, 0, WFPR_EBPF_CONTEXT_SIZE);
+	put_sockaddr(e->context, v4, original, original_port);
+	put_sockaddr(e->context + 128, v4, key->client, key->client_port);
+
+	if (bpf_map_update_elem(map, key, e, BPF_ANY) != 0)
+		return -1;
+	bpf_map_update_elem(&tokens, e->token, key, BPF_ANY);
+	count(WFPR_EBPF_ISSUED);
+	return 0;
+}
+
+/* ---- connect and getpeername -------------------------------------------- */
+
+static __always_inline void rewrite(struct bpf_sock_addr *ctx, int v4, const __u8 *ip, __u16 port)
+{
+	if (v4) {
+		ctx->user_ip4 = word(ip, 3);
+	} else {
+		ctx->user_ip6[0] = word(ip, 0);
+		ctx->user_ip6[1] = word(ip, 1);
+		ctx->user_ip6[2] = word(ip, 2);
+		ctx->user_ip6[3] = word(ip, 3);
+	}
+	ctx->user_port = bpf_htons(port);
+}
+
+static __always_inline void dest_of(struct bpf_sock_addr *ctx, int v4, struct dest *d)
+{
+	if (v4)
+		map4(d->ip, ctx->user_ip4);
+	else
+		put6(d->ip, ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]);
+	d->port = bpf_ntohs(ctx->user_port);
+}
+
+static __always_inline int on_connect(struct bpf_sock_addr *ctx, int v4)
+{
+	if (ctx->protocol != IPPROTO_TCP)
+		return 1; /* connected UDP is not redirected (docs/ebpf.md) */
+	struct dest d = {};
+	dest_of(ctx, v4, &d);
+	struct wfpr_ebpf_sock *st = bpf_sk_storage_get(&socks, ctx->sk, 0, 0);
+	int slot = decide(st, &d, IPPROTO_TCP, 0, 0);
+	if (slot == PERMIT) {
+		count(WFPR_EBPF_PERMITS);
+		return 1;
+	}
+	if (slot == HOP_LIMIT) {
+		count(WFPR_EBPF_LOOP_BLOCKS);
+		bpf_set_retval(-ELOOP);
+		return 0;
+	}
+	struct wfpr_ebpf_redirector *r = redirector((__u32)slot);
+	if (!r)
+		return 1;
+	if (!st)
+		st = bpf_sk_storage_get(&socks, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st)
+		return 1; /* no memory: the connection goes direct */
+	st->pending = 1;
+	st->redirected = 1;
+	st->slot = slot;
+	__builtin_memcpy(st->original, d.ip, 16);
+	st->original_port = d.port;
+	rewrite(ctx, v4, r->ip, r->port);
+	count(WFPR_EBPF_REDIRECTS);
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int wfpr_connect4(struct bpf_sock_addr *ctx)
+{
+	return on_connect(ctx, 1);
+}
+
+SEC("cgroup/connect6")
+int wfpr_connect6(struct bpf_sock_addr *ctx)
+{
+	return on_connect(ctx, 0);
+}
+
+static __always_inline int on_getpeername(struct bpf_sock_addr *ctx, int v4)
+{
+	struct wfpr_ebpf_sock *st = bpf_sk_storage_get(&socks, ctx->sk, 0, 0);
+	if (st && st->redirected)
+		rewrite(ctx, v4, st->original, st->original_port);
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int wfpr_getpeername4(struct bpf_sock_addr *ctx)
+{
+	return on_getpeername(ctx, 1);
+}
+
+SEC("cgroup/getpeername6")
+int wfpr_getpeername6(struct bpf_sock_addr *ctx)
+{
+	return on_getpeername(ctx, 0);
+}
+
+/* ---- sock_ops: issue when established, forget when the proxy closes ----- */
+
+static __always_inline void key_of(struct bpf_sock *sk, struct wfpr_ebpf_key *key)
+{
+	sock_ends(sk, key->proxy, key->client);
+	key->client_port = bpf_ntohs(sk->dst_port);
+	key->proxy_port = sk->src_port;
+	key->protocol = sk->protocol;
+}
+
+SEC("sockops")
+int wfpr_sockops(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+	if (!sk)
+		return 1;
+	struct wfpr_ebpf_key key = {};
+	switch (skops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
+		struct wfpr_ebpf_sock *st = bpf_sk_storage_get(&socks, sk, 0, 0);
+		if (!st || !st->pending)
+			break;
+		st->pending = 0;
+		__u32 slot = st->slot;
+		struct wfpr_ebpf_redirector *r = redirector(slot);
+		if (!r)
+			break;
+		__u8 peer[16];
+		sock_ends(sk, key.client, peer);
+		key.client_port = sk->src_port;
+		__builtin_memcpy(key.proxy, r->ip, 16);
+		key.proxy_port = r->port;
+		key.protocol = IPPROTO_TCP;
+		issue(&records, &key, st, slot, r, sk->family == AF_INET, st->original, st->original_port);
+		break;
+	}
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		key_of(sk, &key);
+		if (bpf_map_lookup_elem(&records, &key))
+			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] == BPF_TCP_CLOSE) {
+			key_of(sk, &key);
+			struct wfpr_ebpf_entry *e = bpf_map_lookup_elem(&records, &key);
+			if (e) {
+				bpf_map_delete_elem(&tokens, e->token);
+				bpf_map_delete_elem(&records, &key);
+			}
+		}
+		break;
+	}
+	return 1;
+}
+
+/* ---- QUERY and SET ------------------------------------------------------ */
+
+/* The entry a proxy's socket asks about: its TCP connection, or the flow of
+ * the last datagram it received. */
+static __always_inline struct wfpr_ebpf_entry *entry_of(struct bpf_sock *sk, int records_wanted, int *err)
+{
+	struct wfpr_ebpf_key key = {};
+	if (sk->protocol == IPPROTO_TCP) {
+		if (sk->state == BPF_TCP_LISTEN || sk->state == BPF_TCP_CLOSE || sk->state == BPF_TCP_SYN_SENT) {
+			*err = ENOTCONN;
+			return 0;
+		}
+		key_of(sk, &key);
+		struct wfpr_ebpf_entry *e = bpf_map_lookup_elem(&records, &key);
+		*err = e ? 0 : ENOENT;
+		return e;
+	}
+	if (sk->protocol != IPPROTO_UDP) {
+		*err = EPROTONOSUPPORT;
+		return 0;
+	}
+	struct wfpr_ebpf_sock *st = bpf_sk_storage_get(&socks, sk, 0, 0);
+	*err = ENOENT;
+	if (!st || !st->from_port)
+		return 0;
+	__u8 peer[16];
+	sock_ends(sk, key.proxy, peer);
+	__builtin_memcpy(key.client, st->from, 16);
+	key.client_port = st->from_port;
+	key.proxy_port = sk->src_port;
+	key.protocol = IPPROTO_UDP;
+	struct wfpr_ebpf_entry *e = bpf_map_lookup_elem(&flows, &key);
+	if (!e || (records_wanted && e->delivered))
+		return 0;
+	if (records_wanted)
+		e->delivered = 1; /* the records come with a flow's first datagram only */
+	*err = 0;
+	return e;
+}
+
+SEC("cgroup/getsockopt")
+int wfpr_getsockopt(struct bpf_sockopt *ctx)
+{
+	if (ctx->level != WFPR_EBPF_SOL)
+		return 1;
+	int err = ENOPROTOOPT;
+	__s32 optlen = ctx->optlen, out_len = optlen;
+	__u8 *dst = ctx->optval, *end = ctx->optval_end;
+	int records_wanted = ctx->optname == WFPR_EBPF_OPT_RECORDS;
+	if (records_wanted || ctx->optname == WFPR_EBPF_OPT_CONTEXT) {
+		struct wfpr_ebpf_entry *e = entry_of(ctx->sk, records_wanted, &err);
+		if (e) {
+			__u64 len = records_wanted ? e->len : WFPR_EBPF_CONTEXT_SIZE;
+			const __u8 *src = records_wanted ? e->record : e->context;
+			count(WFPR_EBPF_QUERIES);
+			if (len > CAP) {
+				err = EINVAL;
+			} else if (optlen == 0) {
+				out_len = len; /* the size probe */
+			} else if ((__u64)optlen < len) {
+				err = ENOSPC;
+			} else if (dst + CAP <= end) {
+				bpf_probe_read_kernel(dst, AT_MOST(len, CAP), src);
+				out_len = len;
+			} else {
+				for (__u32 i = 0; i < CAP; i++) {
+					if (i >= len || dst + i + 1 > end)
+						break;
+					dst[i] = src[i];
+				}
+				out_len = len;
+			}
+		}
+	}
+	/* one store of each at one exit (see ../shared/notes/ebpf.md) */
+	ctx->optlen = err ? optlen : out_len;
+	ctx->retval = -err;
+	return 1;
+}
+
+/* Is the blob in e->record (len bytes) byte for byte a live issued record?
+ * Its entry, else NULL. */
+static __always_inline struct wfpr_ebpf_entry *issued(struct wfpr_ebpf_entry *blob, __u32 len)
+{
+	const __u8 *h = blob->record;
+	if (h[0] != 'W' || h[1] != 'F' || h[2] != 'P' || h[3] != 'R' || h[4] != 1 || h[5] != 0)
+		return 0;
+	__u32 total = ((__u32)h[8] << 24) | ((__u32)h[9] << 16) | ((__u32)h[10] << 8) | h[11];
+	if (total != len || len < HEADER + HOP4 || len > CAP)
+		return 0;
+	struct token t;
+	__builtin_memcpy(t.b, blob->record + (len - WFPR_EBPF_TOKEN), WFPR_EBPF_TOKEN);
+	struct wfpr_ebpf_key *key = bpf_map_lookup_elem(&tokens, &t);
+	if (!key)
+		return 0;
+	struct wfpr_ebpf_entry *e = key->protocol == IPPROTO_UDP ? bpf_map_lookup_elem(&flows, key)
+	                                                         : bpf_map_lookup_elem(&records, key);
+	if (!e || e->len != len)
+		return 0;
+	for (__u32 i = 0; i < CAP / 8; i++) {
+		__u32 at = i * 8;
+		if (at >= len)
+			break;
+		__u64 a, b;
+		__builtin_memcpy(&a, blob->record + at, 8);
+		__builtin_memcpy(&b, e->record + at, 8);
+		if (at + 8 > len) {
+			__u32 shift = (at + 8 - len) * 8; /* compare only the bytes inside the blob */
+			a <<= shift;
+			b <<= shift;
+		}
+		if (a != b)
+			return 0;
+	}
+	return e;
+}
+
+SEC("cgroup/setsockopt")
+int wfpr_setsockopt(struct bpf_sockopt *ctx)
+{
+	if (ctx->level != WFPR_EBPF_SOL)
+		return 1;
+	int err = ENOPROTOOPT;
+	__u32 zero = 0;
+	__s32 optlen = ctx->optlen;
+	if (ctx->optname == WFPR_EBPF_OPT_SET) {
+		err = EINVAL;
+		struct wfpr_ebpf_entry *blob = bpf_map_lookup_elem(&scratch, &zero);
+		if (blob && optlen >= HEADER + HOP4 && optlen <= CAP &&
+		    bpf_probe_read_kernel(blob->record, AT_MOST(optlen, CAP), ctx->optval) == 0) {
+			struct wfpr_ebpf_entry *e = issued(blob, (__u32)optlen);
+			struct wfpr_ebpf_sock *st = e ? bpf_sk_storage_get(&socks, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE) : 0;
+			if (st && bpf_probe_read_kernel(st->chain, AT_MOST(optlen, CAP), e->record) == 0) {
+				st->chain_len = optlen;
+				st->hops = e->hops;
+				__builtin_memcpy(st->slots, e->slots, WFPR_EBPF_HOPS);
+				err = 0;
+			}
+		}
+		count(err ? WFPR_EBPF_BAD_SETS : WFPR_EBPF_SETS);
+	}
+	ctx->optlen = -1; /* the kernel does not know this level */
+	if (err)
+		bpf_set_retval(-err);
+	return err ? 0 : 1;
+}
+
+/* ---- UDP ------------------------------------------------------------------ */
+
+static __always_inline int on_sendmsg(struct bpf_sock_addr *ctx, int v4)
+{
+	if (ctx->protocol != IPPROTO_UDP)
+		return 1;
+	struct bpf_sock *sk = ctx->sk;
+	struct dest d = {};
+	dest_of(ctx, v4, &d);
+	__u8 local[16], peer[16];
+	sock_ends(sk, local, peer);
+	__u16 local_port = sk->src_port;
+	struct wfpr_ebpf_sock *st = bpf_sk_storage_get(&socks, sk, 0, 0);
+	int slot = decide(st, &d, IPPROTO_UDP, local, local_port);
+	if (slot == PERMIT)
+		return 1;
+	if (slot == HOP_LIMIT) {
+		count(WFPR_EBPF_LOOP_BLOCKS);
+		return 0;
+	}
+	struct wfpr_ebpf_redirector *r = redirector((__u32)slot);
+	if (!r)
+		return 1;
+	__u8 any[16] = {};
+	__u8 any4[16];
+	map4(any4, 0);
+	int unbound = same_ip(local, any) || same_ip(local, any4);
+	struct wfpr_ebpf_key key = {.client_port = local_port, .proxy_port = r->port, .protocol = IPPROTO_UDP};
+	__builtin_memcpy(key.client, unbound ? r->ip : local, 16);
+	__builtin_memcpy(key.proxy, r->ip, 16);
+	struct wfpr_ebpf_entry *e = bpf_map_lookup_elem(&flows, &key);
+	if (!e || e->original_port != d.port || !same_ip(e->original, d.ip))
+		issue(&flows, &key, st, slot, r, v4, d.ip, d.port);
+	rewrite(ctx, v4, r->ip, r->port);
+	if (unbound) {
+		/* pin the source, so the proxy sees the address the flow is keyed by */
+		if (v4) {
+			ctx->msg_src_ip4 = word(r->ip, 3);
+		} else {
+			ctx->msg_src_ip6[0] = word(r->ip, 0);
+			ctx->msg_src_ip6[1] = word(r->ip, 1);
+			ctx->msg_src_ip6[2] = word(r->ip, 2);
+			ctx->msg_src_ip6[3] = word(r->ip, 3);
+		}
+	}
+	count(WFPR_EBPF_REDIRECTS);
+	return 1;
+}
+
+SEC("cgroup/sendmsg4")
+int wfpr_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return on_sendmsg(ctx, 1);
+}
+
+SEC("cgroup/sendmsg6")
+int wfpr_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return on_sendmsg(ctx, 0);
+}
+
+static __always_inline int on_recvmsg(struct bpf_sock_addr *ctx, int v4)
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct dest from = {};
+	dest_of(ctx, v4, &from);
+	__u8 local[16], peer[16];
+	sock_ends(sk, local, peer);
+	__u16 local_port = sk->src_port;
+
+	if (is_proxy(local, local_port)) {
+		/* a proxy's socket: QUERY asks about this datagram's flow */
+		struct wfpr_ebpf_sock *st = bpf_sk_storage_get(&socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (st) {
+			__builtin_memcpy(st->from, from.ip, 16);
+			st->from_port = from.port;
+		}
+		return 1;
+	}
+	if (!is_proxy(from.ip, from.port))
+		return 1;
+	/* a reply from a proxy to a redirected client: from the original destination */
+	__u8 any[16] = {};
+	__u8 any4[16];
+	map4(any4, 0);
+	struct wfpr_ebpf_key key = {.client_port = local_port, .proxy_port = from.port, .protocol = IPPROTO_UDP};
+	__builtin_memcpy(key.client, same_ip(local, any) || same_ip(local, any4) ? from.ip : local, 16);
+	__builtin_memcpy(key.proxy, from.ip, 16);
+	struct wfpr_ebpf_entry *e = bpf_map_lookup_elem(&flows, &key);
+	if (e)
+		rewrite(ctx, v4, e->original, e->original_port);
+	return 1;
+}
+
+SEC("cgroup/recvmsg4")
+int wfpr_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return on_recvmsg(ctx, 1);
+}
+
+SEC("cgroup/recvmsg6")
+int wfpr_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return on_recvmsg(ctx, 0);
+}

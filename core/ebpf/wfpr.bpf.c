@@ -116,6 +116,20 @@ struct {
 	__type(value, struct wfpr_ebpf_sock);
 } socks SEC(".maps");
 
+/* UDP: the last peer a socket received a datagram from (not through a
+ * proxy). A datagram back to it is a reply, not a new flow: never redirected. */
+struct peer {
+	__u8 ip[16];
+	__u32 port;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct peer);
+} peers SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -750,6 +764,9 @@ static __always_inline int on_sendmsg(struct bpf_sock_addr *ctx, int v4)
 	__u8 local[16], peer[16];
 	sock_ends(sk, local, peer);
 	__u16 local_port = sk->src_port;
+	struct peer *last = bpf_sk_storage_get(&peers, sk, 0, 0);
+	if (last && last->port == d.port && same_ip(last->ip, d.ip))
+		return 1; /* a reply */
 	struct wfpr_ebpf_sock *st = bpf_sk_storage_get(&socks, sk, 0, 0);
 	int slot = decide(st, &d, IPPROTO_UDP, local, local_port);
 	if (slot == PERMIT)
@@ -817,8 +834,14 @@ static __always_inline int on_recvmsg(struct bpf_sock_addr *ctx, int v4)
 		}
 		return 1;
 	}
-	if (!is_proxy(from.ip, from.port))
+	if (!is_proxy(from.ip, from.port)) {
+		struct peer *last = bpf_sk_storage_get(&peers, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (last) {
+			__builtin_memcpy(last->ip, from.ip, 16);
+			last->port = from.port;
+		}
 		return 1;
+	}
 	/* a reply from a proxy to a redirected client: from the original destination */
 	__u8 any[16] = {};
 	__u8 any4[16];

@@ -49,12 +49,12 @@ $(PY):
 
 test-python: deps $(PY)
 	$(PY) -m pip install -q ".[test,notebook]"
-	cd tests && ../$(PY) -m pytest -q -p no:cacheprovider python
+	cd tests && ../$(PY) -m pytest -q -rs -p no:cacheprovider python
 
 # Real programs (curl, Python) through `wfpr run`: chains, UDP, faults, load.
 test-integration: build $(PY)
 	$(PY) -m pip install -q pytest
-	cd tests && ../$(PY) -m pytest -q -p no:cacheprovider integration
+	cd tests && ../$(PY) -m pytest -q -rs -p no:cacheprovider integration
 
 fuzz: deps
 	CC=clang $(CMAKE) -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DWFPR_BUILD_FUZZERS=ON \

@@ -1,0 +1,204 @@
+"""The eBPF backend (root): the preload backend's scenarios again with
+`--backend ebpf`, and what only the kernel can do: a statically linked client,
+records that cannot be forged, and cleanup that leaves nothing behind.
+Where the programs cannot load, every test here is skipped with the reason."""
+import glob
+import os
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from itsupport import INSPECT_RULE, PASS_RULE, PY, WFPR, assert_chain, sha256_file
+from test_udp import CLIENT as UDP_CLIENT, udp_echo  # noqa: F401 - fixture
+
+EBPF = ("--backend", "ebpf")
+STATIC_FETCH = os.path.join(os.path.dirname(WFPR), "static-fetch")
+
+
+def leftovers():
+    """BPF programs, pins and cgroups of any wfpr eBPF instance."""
+    progs = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True).stdout
+    names = sorted({line.split("name ")[1].split()[0] for line in progs.splitlines()
+                    if " name wfpr_" in line})
+    pins = glob.glob("/sys/fs/bpf/wfpr/*")
+    cgroups = [p for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified") for p in glob.glob(root + "/wfpr-*")]
+    return names, pins, cgroups
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ebpf_available(tmp_path_factory):
+    rule = tmp_path_factory.mktemp("probe") / "probe.lua"
+    rule.write_text(PASS_RULE)
+    probe = subprocess.run([WFPR, "run", *EBPF, "--rules", str(rule), "--", "true"],
+                           capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        reason = " ".join(probe.stderr.split())
+        print("\nSKIP the eBPF backend's tests: " + reason)
+        pytest.skip("the eBPF backend is not available here: " + reason)
+    assert leftovers() == ([], [], [])
+
+
+def wait_loaded():
+    """Until a running wfpr run has its programs, pins and cgroup (and COMMAND started)."""
+    deadline = time.time() + 20
+    while not all(leftovers()) and time.time() < deadline:
+        time.sleep(0.1)
+    assert all(leftovers()), leftovers()
+    time.sleep(0.5)
+
+
+CHAINS = [["alpha"], ["alpha", "beta"], ["alpha", "beta", "gamma"]]
+
+
+@pytest.mark.parametrize("names", CHAINS, ids=lambda n: "%d-proxies" % len(n))
+def test_curl_through_chain(names, http_server, rules, wfpr_run, tmp_path):
+    proxies = [(n, rules(n, INSPECT_RULE) if i % 2 else rules(n)) for i, n in enumerate(names)]
+    out = tmp_path / "got.bin"
+    run = wfpr_run(proxies, ["curl", "-sS", "--fail", "-o", str(out), http_server["v4"] + "/small.bin"], extra=EBPF)
+    assert run.returncode == 0, run.stderr
+    assert sha256_file(out) == sha256_file(http_server["root"] / "small.bin")
+    assert_chain(run, names, connections=1)  # each proxy once, in order: no loop
+    assert all(e["original_dst"] == http_server["v4"][len("http://"):] for e in run.events("connect"))
+    assert all(e["error"] is None and e["bytes_down"] > 256 << 10 for e in run.events("close"))
+
+
+def test_big_download_through_two(http_server, rules, wfpr_run, tmp_path):
+    out = tmp_path / "big.bin"
+    run = wfpr_run([("alpha", rules("alpha")), ("beta", rules("beta", INSPECT_RULE))],
+                   ["curl", "-sS", "--fail", "-o", str(out), http_server["v4"] + "/big.bin"], extra=EBPF)
+    assert run.returncode == 0, run.stderr
+    assert sha256_file(out) == sha256_file(http_server["root"] / "big.bin")
+    assert_chain(run, ["alpha", "beta"], connections=1)
+
+
+def test_ipv6_through_two(http_server, rules, wfpr_run, tmp_path):
+    out = tmp_path / "got.bin"
+    run = wfpr_run([("alpha", rules("alpha")), ("beta", rules("beta"))],
+                   ["curl", "-6", "-sS", "--fail", "-o", str(out), http_server["v6"] + "/small.bin"], extra=EBPF)
+    assert run.returncode == 0, run.stderr
+    assert sha256_file(out) == sha256_file(http_server["root"] / "small.bin")
+    assert_chain(run, ["alpha", "beta"], connections=1)
+    assert all(e["original_dst"].startswith("[::1]:") for e in run.events("connect"))
+
+
+def test_udp_through_two(udp_echo, rules, wfpr_run):  # noqa: F811 - the fixture
+    host, port = udp_echo
+    run = wfpr_run([("alpha", rules("alpha")), ("beta", rules("beta"))], [PY, "-c", UDP_CLIENT, host, str(port)],
+                   extra=EBPF)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["%s:%d" % (host, port)] * 5  # replies from the original destination
+    connects = run.events("connect", "udp")
+    assert [e["hops"] for e in connects if e["proxy"] == "alpha"] == [["alpha"]]
+    assert [e["hops"] for e in connects if e["proxy"] == "beta"] == [["alpha", "beta"]]
+    assert all(e["original_dst"] == "%s:%d" % (host, port) for e in connects)
+
+
+def test_static_binary_is_redirected(http_server, rules, wfpr_run, tmp_path):
+    if not os.path.exists(STATIC_FETCH):
+        pytest.skip("build/static-fetch is not built (sanitizer builds cannot link statically)")
+    port = http_server["v4"].rsplit(":", 1)[1]
+    want = sha256_file(http_server["root"] / "small.bin")
+    out = tmp_path / "got.bin"
+    command = ["sh", "-c", '"$0" 127.0.0.1 "$1" /small.bin > "$2"', STATIC_FETCH, port, str(out)]
+    proxies = [("alpha", rules("alpha")), ("beta", rules("beta"))]
+
+    # the preload backend cannot see it: no proxy has a connection
+    run = wfpr_run(proxies, command)
+    assert run.returncode == 0, run.stderr
+    assert sha256_file(out) == want and run.events("connect") == []
+
+    # the kernel can
+    run = wfpr_run(proxies, command, extra=EBPF)
+    assert run.returncode == 0, run.stderr
+    assert sha256_file(out) == want
+    assert_chain(run, ["alpha", "beta"], connections=1)
+
+
+FORGE = r"""
+import errno, os, socket, struct, sys
+SOL, SET = 0x57465052, 3
+host, port = sys.argv[1], int(sys.argv[2])
+
+def hop(token):
+    addr = lambda p: bytes([4]) + struct.pack(">H", p) + socket.inet_aton("127.0.0.1")
+    attrs = [(1, os.urandom(16)), (2, struct.pack(">Q", 1)), (3, struct.pack(">I", os.getpid())), (4, b"\x06"),
+             (5, addr(port)), (6, addr(40000)), (7, addr(port)), (8, struct.pack(">Q", 0)), (9, token)]
+    body = b"".join(struct.pack(">HH", t, len(v)) + v for t, v in attrs)
+    return struct.pack(">HH", 1, len(body)) + body
+
+h = hop(os.urandom(16))
+blobs = {"well formed, made-up token": b"WFPR\x01\x00\x00\x01" + struct.pack(">I", 12 + len(h)) + h,
+         "random bytes": os.urandom(300), "too short": b"WFPR", "too long": os.urandom(5000)}
+for name, blob in blobs.items():
+    s = socket.socket()
+    try:
+        s.setsockopt(SOL, SET, blob)
+        print("ACCEPTED", name)
+    except OSError as e:
+        print("refused", name, errno.errorcode[e.errno])
+    # the refused SET does not skip the redirect: this request goes through the proxy
+    s.connect((host, port))
+    s.sendall(b"GET /small.bin HTTP/1.0\r\n\r\n")
+    while s.recv(65536):
+        pass
+    s.close()
+"""
+
+
+def test_forged_set_is_refused(http_server, rules, wfpr_run):
+    port = http_server["v4"].rsplit(":", 1)[1]
+    run = wfpr_run([("alpha", rules("alpha"))], [PY, "-c", FORGE, "127.0.0.1", port], extra=EBPF)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert len(lines) == 4 and all(line.startswith("refused") for line in lines), lines
+    assert all(line.split()[-1] == "EINVAL" for line in lines if "too long" not in line), lines
+    assert len(run.events("connect")) == 4  # every one still redirected to alpha
+
+
+def test_cleanup_after_exit_and_ctrl_c(rules, tmp_path):
+    rule = rules("alpha")
+    run = subprocess.run([WFPR, "run", *EBPF, "--rules", rule, "--", "true"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert leftovers() == ([], [], [])
+
+    proc = subprocess.Popen([WFPR, "run", *EBPF, "--rules", rule, "--", "sleep", "60"],
+                            stderr=subprocess.PIPE, text=True)
+    wait_loaded()
+    proc.send_signal(signal.SIGINT)  # Ctrl-C: passed to COMMAND; then everything is removed
+    assert proc.wait(timeout=30) == 128 + signal.SIGINT
+    assert leftovers() == ([], [], [])
+
+
+def test_cleanup_after_a_crash(rules):
+    rule = rules("alpha")
+    proc = subprocess.Popen([WFPR, "run", *EBPF, "--rules", rule, "--", "sleep", "60"], stderr=subprocess.DEVNULL)
+    wait_loaded()
+    proc.kill()  # the loader dies without cleaning up
+    proc.wait()
+    names, pins, cgroups = leftovers()
+    assert names and pins and cgroups
+    status = subprocess.run([WFPR, "ebpf", "status"], capture_output=True, text=True)
+    assert "owner gone" in status.stdout, status.stdout
+    cleanup = subprocess.run([WFPR, "ebpf", "cleanup"], capture_output=True, text=True)
+    assert cleanup.returncode == 0 and "removed instance %d" % proc.pid in cleanup.stdout, cleanup.stdout
+    time.sleep(0.2)
+    assert leftovers() == ([], [], [])
+    assert "no wfpr eBPF instance" in subprocess.run([WFPR, "ebpf", "status"], capture_output=True, text=True).stdout
+
+
+def test_needs_root_says_so():
+    with tempfile.TemporaryDirectory() as d:
+        os.chmod(d, 0o755)
+        rule = os.path.join(d, "alpha.lua")
+        with open(rule, "w") as f:
+            f.write(PASS_RULE)
+        os.chmod(rule, 0o644)
+        run = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                              WFPR, "run", *EBPF, "--rules", rule, "--", "true"], capture_output=True, text=True)
+    if "Permission denied" in run.stderr:
+        pytest.skip("the build tree is not reachable by the user nobody here: " + run.stderr.strip())
+    assert run.returncode != 0
+    assert "needs root" in run.stderr, run.stderr

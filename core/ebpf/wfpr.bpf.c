@@ -730,7 +730,9 @@ int wfpr_setsockopt(struct bpf_sockopt *ctx)
 	int err = ENOPROTOOPT;
 	__u32 zero = 0;
 	__s32 optlen = ctx->optlen;
-	if (ctx->optname == WFPR_EBPF_OPT_SET) {
+	if (ctx->optname == WFPR_EBPF_OPT_SET && ctx->sk->protocol != IPPROTO_TCP && ctx->sk->protocol != IPPROTO_UDP) {
+		err = EPROTONOSUPPORT;
+	} else if (ctx->optname == WFPR_EBPF_OPT_SET) {
 		err = EINVAL;
 		struct wfpr_ebpf_entry *blob = bpf_map_lookup_elem(&scratch, &zero);
 		if (blob && optlen >= HEADER + HOP4 && optlen <= CAP &&

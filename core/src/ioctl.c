@@ -169,11 +169,14 @@ int wfpr_ioctl(wfpr_socket_t s, uint32_t code, const void *in, uint32_t in_len, 
 		return fail(bytes_returned, 0, WFPR_WSAEINPROGRESS);
 	if (!known_code(code))
 		return fail(bytes_returned, 0, WFPR_WSAEINVAL);
-	k.protocol = socket_protocol(s);
-	if (k.protocol < 0)
-		return fail(bytes_returned, 0, errno == ENOTSOCK ? WFPR_WSAENOTSOCK : wfpr_err_from_errno(errno));
-	if (k.protocol != IPPROTO_TCP && k.protocol != IPPROTO_UDP)
-		return fail(bytes_returned, 0, WFPR_WSAEOPNOTSUPP);
+	if (!kernel_enabled() || code == WFPR_SIO_FLUSH) {
+		/* (on the eBPF backend the BPF programs check the socket: one syscall less) */
+		k.protocol = socket_protocol(s);
+		if (k.protocol < 0)
+			return fail(bytes_returned, 0, errno == ENOTSOCK ? WFPR_WSAENOTSOCK : wfpr_err_from_errno(errno));
+		if (k.protocol != IPPROTO_TCP && k.protocol != IPPROTO_UDP)
+			return fail(bytes_returned, 0, WFPR_WSAEOPNOTSUPP);
+	}
 	if (ov) {
 		pthread_mutex_lock(&inproc_lock);
 		sock *entry = socktab_find(s);

@@ -174,8 +174,20 @@ static void test_ioctl_rows(void)
 	close(plain);
 	close(direct);
 
-	/* a listening socket is not connected */
+	/* a listening socket is not connected; neither TCP nor UDP; not a socket */
 	CHECK_FAILS_WITH(QUERY(slots[0].listen_fd, RECORDS, records, sizeof(records), &len), WFPR_WSAENOTCONN);
+	int pair[2];
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, pair), 0);
+	CHECK_FAILS_WITH(QUERY(pair[0], RECORDS, records, sizeof(records), &len), WFPR_WSAEOPNOTSUPP);
+	close(pair[0]);
+	pair[0] = socket(AF_UNIX, SOCK_STREAM, 0);
+	CHECK_FAILS_WITH(SET(pair[0], records, need, &len), WFPR_WSAEOPNOTSUPP);
+	close(pair[0]);
+	close(pair[1]);
+	CHECK_EQ(pipe(pair), 0);
+	CHECK_FAILS_WITH(QUERY(pair[0], RECORDS, records, sizeof(records), &len), WFPR_WSAENOTSOCK);
+	close(pair[0]);
+	close(pair[1]);
 }
 
 /* An IPv6 client to [::1]: sent to the IPv4 proxy, its hop keeps IPv6 addresses. */

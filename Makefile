@@ -75,8 +75,9 @@ fuzz: deps
 	@echo "fuzz: $(FUZZ_SECONDS) s of fuzz-broker with no finding"
 
 bench: build $(PY)
-	bash .ci/bootstrap.sh iperf3 haproxy nginx-light wrk socat
+	bash .ci/bootstrap.sh iperf3 haproxy nginx-light wrk socat nftables iproute2
 	python3 bench/bench_proxies.py
+	python3 bench/bench_ebpf.py
 	./build/bench-records
 	./build/bench-rules
 	./build/bench-engine

@@ -37,3 +37,4 @@
 %include "ioctl.i"
 %include "socket.i"
 %include "broker.i"
+%include "ebpf.i"

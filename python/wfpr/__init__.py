@@ -22,5 +22,18 @@ from .sockets import (
     set_overlapped, set_redirect_records, want_context)
 
 __version__ = "0.1.0"
+
+
+def ebpf_attach(on=True):
+    """Use the eBPF backend in this process: it runs inside the cgroup that
+    `wfpr run --backend ebpf` made, so the kernel redirects its connects, and
+    QUERY and SET (``query_redirect_records``, ``set_redirect_records``...)
+    go to the BPF programs (docs/ebpf.md). ``ebpf_attach(False)`` turns it off."""
+    _wfpr.ebpf_attach(1 if on else 0)
+
+
+def ebpf_available(sock):
+    """True when the eBPF backend's programs answer on this socket (or fd)."""
+    return bool(_wfpr.ebpf_available(sock.fileno() if hasattr(sock, "fileno") else int(sock)))
 RECORD_MAX_HOPS = _wfpr.RECORD_MAX_HOPS
 RECORD_MAX_SIZE = _wfpr.RECORD_MAX_SIZE

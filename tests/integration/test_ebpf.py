@@ -202,3 +202,37 @@ def test_needs_root_says_so():
         pytest.skip("the build tree is not reachable by the user nobody here: " + run.stderr.strip())
     assert run.returncode != 0
     assert "needs root" in run.stderr, run.stderr
+
+
+PY_BINDING = r"""
+import socket, sys, wfpr
+host, port = sys.argv[1], int(sys.argv[2])
+wfpr.ebpf_attach()
+s = socket.socket()
+print("available", wfpr.ebpf_available(s))
+try:
+    wfpr.set_redirect_records(s, b"WFPR" + bytes(200))
+    print("accepted")
+except wfpr.WSAError as e:
+    print("refused", type(e).__name__)
+# a connection nobody redirected (to the proxy's own address) has no record
+listener = socket.create_server(("127.0.0.1", 0))
+c = socket.create_connection(listener.getsockname())
+a, _ = listener.accept()
+try:
+    wfpr.query_redirect_records(a)
+except wfpr.WSAError as e:
+    print("query", type(e).__name__)
+"""
+
+
+def test_python_binding(http_server, rules, wfpr_run):
+    pytest.importorskip("wfpr")
+    port = http_server["v4"].rsplit(":", 1)[1]
+    run = wfpr_run([("alpha", rules("alpha"))], [PY, "-c", PY_BINDING, "127.0.0.1", port], extra=EBPF)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == "available True"
+    assert lines[1].startswith("refused") and "Inval" in lines[1], lines
+    # the test's own listener is not a redirector: its connection went to alpha, which relayed it
+    assert lines[2].startswith("query"), lines

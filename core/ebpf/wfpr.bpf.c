@@ -733,7 +733,10 @@ int wfpr_setsockopt(struct bpf_sockopt *ctx)
 	if (ctx->optname == WFPR_EBPF_OPT_SET && ctx->sk->protocol != IPPROTO_TCP && ctx->sk->protocol != IPPROTO_UDP) {
 		err = EPROTONOSUPPORT;
 	} else if (ctx->optname == WFPR_EBPF_OPT_SET) {
-		err = EINVAL;
+		err = EINVAL; /* also for a connected socket: records go on before connect */
+		struct bpf_sock *sk = ctx->sk;
+		if ((sk->protocol == IPPROTO_TCP && sk->state != BPF_TCP_CLOSE) || (sk->protocol == IPPROTO_UDP && sk->dst_port))
+			goto refuse;
 		struct wfpr_ebpf_entry *blob = bpf_map_lookup_elem(&scratch, &zero);
 		if (blob && optlen >= HEADER + HOP4 && optlen <= CAP &&
 		    bpf_probe_read_kernel(blob->record, AT_MOST(optlen, CAP), ctx->optval) == 0) {
@@ -746,6 +749,7 @@ int wfpr_setsockopt(struct bpf_sockopt *ctx)
 				err = 0;
 			}
 		}
+	refuse:
 		count(err ? WFPR_EBPF_BAD_SETS : WFPR_EBPF_SETS);
 	}
 	ctx->optlen = -1; /* the kernel does not know this level */

@@ -1,6 +1,7 @@
 /* The service engine: one epoll loop, non-blocking sockets, a fixed buffer
- * per direction. A connection moves through three phases: QUERY (an
- * overlapped query whose event fd sits in the epoll set), CONNECT (a
+ * per direction. A connection moves through three phases: QUERY (at once
+ * when the record is there, else overlapped with its event fd in the
+ * epoll set), CONNECT (a
  * non-blocking connect to the original destination, with the record SET),
  * RELAY (both directions pumped edge-triggered, half-close passed on). */
 #include <arpa/inet.h>
@@ -70,6 +71,7 @@ typedef struct conn {
 	enum phase phase;
 	int client, upstream;
 	watch w_client, w_upstream, w_query;
+	bool overlapped; /* ov is set up: the record was not there at once */
 	wfpr_overlapped ov;
 	uint8_t *record;
 	uint32_t record_cap, record_len;
@@ -277,7 +279,8 @@ static void close_conn(conn *c, bool reset, const char *error)
 	wfpr_closesocket(c->client);
 	if (c->upstream >= 0)
 		wfpr_closesocket(c->upstream);
-	wfpr_overlapped_dispose(&c->ov);
+	if (c->overlapped)
+		wfpr_overlapped_dispose(&c->ov);
 	RETIRE(e->conns, e->dead, c);
 }
 
@@ -302,7 +305,8 @@ static void records_ready(conn *c)
 	wfpr_engine *e = c->engine;
 	uint32_t bytes = 0;
 	/* done at once still signals the event: stop watching it */
-	epoll_ctl(e->epoll_fd, EPOLL_CTL_DEL, c->ov.event_fd, NULL);
+	if (c->overlapped)
+		epoll_ctl(e->epoll_fd, EPOLL_CTL_DEL, c->ov.event_fd, NULL);
 	socklen_t len = sizeof(c->info.client);
 	if (wfpr_ioctl(c->client, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT, NULL, 0, c->context,
 	               sizeof(c->context), &bytes, NULL, NULL) != 0 ||
@@ -330,13 +334,15 @@ static void records_ready(conn *c)
 	start_connect(c);
 }
 
-/* QUERY the record; it may still be on its way (overlapped). */
+/* QUERY the record: at once (the client socket is non-blocking); if it is
+ * still on its way, overlapped, with the event fd in the epoll set. */
 static void query_records(conn *c)
 {
 	uint32_t bytes = 0;
-	wfpr_overlapped_reset(&c->ov);
+	if (c->overlapped)
+		wfpr_overlapped_reset(&c->ov);
 	if (wfpr_ioctl(c->client, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, c->record, c->record_cap,
-	               &bytes, &c->ov, NULL) == 0) {
+	               &bytes, c->overlapped ? &c->ov : NULL, NULL) == 0) {
 		c->record_len = bytes;
 		records_ready(c);
 		return;
@@ -344,6 +350,16 @@ static void query_records(conn *c)
 	int err = wfpr_get_last_error();
 	if (err == WFPR_WSA_IO_PENDING)
 		return; /* the event fd is in the epoll set */
+	if (err == WFPR_WSAEWOULDBLOCK && !c->overlapped) {
+		if (wfpr_overlapped_init(&c->ov) != 0 || wfpr_socket_set_overlapped(c->client, 1) != 0) {
+			close_conn(c, true, "cannot wait for the record");
+			return;
+		}
+		c->overlapped = true;
+		watch_fd(c->engine, EPOLL_CTL_ADD, c->ov.event_fd, EPOLLIN, &c->w_query);
+		query_records(c);
+		return;
+	}
 	if (err == WFPR_ERROR_INSUFFICIENT_BUFFER && bytes > c->record_cap) {
 		uint8_t *grown = realloc(c->record, bytes);
 		if (grown) {
@@ -539,8 +555,7 @@ static void accept_all(wfpr_engine *e)
 		conn *c = calloc(1, sizeof(*c));
 		size_t cap = e->opts.buffer_size;
 		if (!c || !(c->up.buf = malloc(cap)) || !(c->down.buf = malloc(cap)) ||
-		    !(c->record = malloc(FIRST_RECORD_TRY)) || wfpr_overlapped_init(&c->ov) != 0 ||
-		    wfpr_socket_set_overlapped(fd, 1) != 0) {
+		    !(c->record = malloc(FIRST_RECORD_TRY))) {
 			if (c) {
 				free(c->up.buf);
 				free(c->down.buf);
@@ -571,7 +586,6 @@ static void accept_all(wfpr_engine *e)
 		e->conns = c;
 		e->stats.accepted++;
 		e->stats.active++;
-		watch_fd(e, EPOLL_CTL_ADD, c->ov.event_fd, EPOLLIN, &c->w_query);
 		query_records(c);
 	}
 }

@@ -132,6 +132,8 @@ static int set(const call *k, const void *in, uint32_t in_len)
 		return WFPR_WSAEFAULT;
 	if (!in || in_len == 0 || in_len > WFPR_RECORD_MAX_SIZE)
 		return WFPR_WSAEINVAL;
+	if (kernel_enabled())
+		return kernel_set(k->fd, in, in_len); /* the BPF program refuses a connected socket itself */
 	if (getpeername(k->fd, (struct sockaddr *)&peer, &len) == 0)
 		return WFPR_WSAEINVAL; /* records go on before connect */
 	return inproc_set_records(k->fd, in, in_len);

@@ -56,12 +56,16 @@ static uint8_t *dup_bytes(const uint8_t *p, size_t n)
 static int route(int fd, int protocol, const struct sockaddr *addr, struct sockaddr_storage *target,
                  conn **out_conn, int *connecting)
 {
-	conn_info info = {.protocol = protocol, .pid = getpid(), .uid = getuid()};
+	conn_info info = {.protocol = protocol};
 	redirect_decision d;
 
 	*out_conn = NULL;
-	to_storage(&info.remote, addr);
 	to_storage(target, addr);
+	if (kernel_enabled())
+		return 0; /* the eBPF backend: the kernel decides at connect or sendto */
+	info.pid = getpid();
+	info.uid = getuid();
+	to_storage(&info.remote, addr);
 	socket_local(fd, &info.local);
 
 	pthread_mutex_lock(&inproc_lock);
@@ -72,10 +76,6 @@ static int route(int fd, int protocol, const struct sockaddr *addr, struct socka
 	pthread_mutex_unlock(&inproc_lock);
 	if (records_len && !records)
 		return fail(WFPR_WSAENOBUFS, ENOMEM);
-	if (kernel_enabled()) {
-		free(records); /* the eBPF backend: the kernel decides at connect or sendto */
-		return 0;
-	}
 	if (client_enabled()) {
 		/* the preload backend: the broker's layer decides and keeps the record */
 		bool redirected;

@@ -73,6 +73,15 @@ fuzz: deps
 		|| { tail -n 60 build-fuzz/fuzz-broker.log; echo "fuzz: a finding in the broker, see build-fuzz/"; exit 1; }
 	tail -n 12 build-fuzz/fuzz-broker.log
 	@echo "fuzz: $(FUZZ_SECONDS) s of fuzz-broker with no finding"
+	@if [ -x build-fuzz/fuzz-ebpf-set ]; then \
+		rm -rf build-fuzz/corpus-ebpf && mkdir -p build-fuzz/corpus-ebpf && \
+		WFPR_FUZZ_SEED_DIR=build-fuzz/corpus-ebpf ./build-fuzz/fuzz-ebpf-set -max_total_time=$(FUZZ_SECONDS) \
+			-max_len=4096 -print_final_stats=1 -artifact_prefix=build-fuzz/ebpf- build-fuzz/corpus-ebpf \
+			> build-fuzz/fuzz-ebpf.log 2>&1 \
+		|| { tail -n 60 build-fuzz/fuzz-ebpf.log; echo "fuzz: a finding in the eBPF SET path, see build-fuzz/"; exit 1; }; \
+		grep SKIP build-fuzz/fuzz-ebpf.log || tail -n 12 build-fuzz/fuzz-ebpf.log; \
+		echo "fuzz: $(FUZZ_SECONDS) s of fuzz-ebpf-set (SET in the kernel) with no finding"; \
+	else echo "fuzz: fuzz-ebpf-set is not built (no eBPF backend in this build)"; fi
 
 bench: build $(PY)
 	bash .ci/bootstrap.sh iperf3 haproxy nginx-light wrk socat nftables iproute2

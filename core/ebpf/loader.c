@@ -328,10 +328,10 @@ int ebpf_add_filter(ebpf_instance *e, unsigned int slot, const struct sockaddr_s
 	return commit_filters(e);
 }
 
-int ebpf_enter(const ebpf_instance *e, pid_t pid)
+static int write_pid(const char *dir, pid_t pid)
 {
 	char path[640], text[32];
-	snprintf(path, sizeof(path), "%s/cgroup.procs", e->cgroup);
+	snprintf(path, sizeof(path), "%s/cgroup.procs", dir);
 	int fd = open(path, O_WRONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -1;
@@ -339,6 +339,19 @@ int ebpf_enter(const ebpf_instance *e, pid_t pid)
 	int rc = write(fd, text, (size_t)n) == n ? 0 : -1;
 	close(fd);
 	return rc;
+}
+
+int ebpf_enter(const ebpf_instance *e, pid_t pid)
+{
+	return e ? write_pid(e->cgroup, pid) : -1;
+}
+
+int ebpf_leave(const ebpf_instance *e, pid_t pid)
+{
+	char root[200];
+	if (!e || cgroup2_root(root, sizeof(root)) != 0)
+		return -1;
+	return write_pid(root, pid);
 }
 
 void ebpf_close(ebpf_instance *e)

@@ -41,6 +41,10 @@ int ebpf_add_filter(ebpf_instance *e, unsigned int slot, const struct sockaddr_s
 /* Put a process in the instance's cgroup (before it makes its sockets). */
 int ebpf_enter(const ebpf_instance *e, pid_t pid);
 
+/* Move a process back to the root of the cgroup hierarchy (before
+ * ebpf_close, which kills what it finds in the instance's cgroup). */
+int ebpf_leave(const ebpf_instance *e, pid_t pid);
+
 /* Kill what is left in the cgroup, detach, unpin, remove the cgroup. */
 void ebpf_close(ebpf_instance *e);
 

@@ -22,7 +22,7 @@ def test_help(command):
     (["run", "--bogus", "x", "--", "true"], "unknown or invalid option '--bogus'"),
     (["run", "--", "true"], "give --rules"),
     (["run", "--rules", "lua/rules/tag.lua"], "give the command after --"),
-    (["run", "--rules", "lua/rules/tag.lua", "--backend", "nope", "--", "true"], "backend 'nope' is not available"),
+    (["run", "--rules", "lua/rules/tag.lua", "--backend", "nope", "--", "true"], "unknown backend 'nope'"),
     (["run", "--rules", "lua/rules/tag.lua", "--proxy", "noequals", "--", "true"], "NAME=RULES.lua"),
     (["run", "--rules", "lua/rules/tag.lua", "--log", "/nonexistent/dir/log", "--", "true"], "cannot open the log"),
     (["broker"], "--socket PATH is required"),

@@ -100,6 +100,18 @@ static void test_ioctl_rows(void)
 	CHECK_EQ(QUERY(accepted, RECORDS, records, need, &len), 0);
 	CHECK_EQ(len, need);
 
+	/* overlapped: done at once (the kernel issued the record before accept), completion still signalled */
+	wfpr_overlapped ov;
+	CHECK_EQ(wfpr_overlapped_init(&ov), 0);
+	CHECK_EQ(wfpr_socket_set_overlapped(accepted, 1), 0);
+	uint8_t again_buf[WFPR_RECORD_MAX_SIZE];
+	CHECK_EQ(wfpr_ioctl(accepted, RECORDS, NULL, 0, again_buf, sizeof(again_buf), NULL, &ov, NULL), 0);
+	uint32_t ov_bytes = 0;
+	CHECK_EQ(wfpr_get_overlapped_result(accepted, &ov, &ov_bytes, 1, NULL), 0);
+	CHECK_EQ(ov_bytes, need);
+	CHECK(memcmp(again_buf, records, need) == 0);
+	wfpr_overlapped_dispose(&ov);
+
 	/* the kernel's encoder and core/src/record.c's decoder agree */
 	wfpr_records *r = NULL;
 	CHECK_EQ(wfpr_records_decode(&r, records, len), 0);
@@ -317,6 +329,69 @@ static void test_udp(void)
 	udp_echo_stop(&echo);
 }
 
+/* Filters: a higher-weight redirector for one /32 prefix, one port and TCP
+ * only goes first there; the catch-all redirector comes after it in the
+ * chain, and alone everywhere else. */
+static void test_filters(void)
+{
+	struct sockaddr_in two = {.sin_family = AF_INET};
+	inet_pton(AF_INET, "127.0.0.2", &two.sin_addr);
+	int listen2 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	socklen_t n = sizeof(two);
+	CHECK_EQ(bind(listen2, (struct sockaddr *)&two, sizeof(two)), 0);
+	CHECK_EQ(listen(listen2, 8), 0);
+	getsockname(listen2, (struct sockaddr *)&two, &n);
+
+	proxy_slot *p = &slots[1];
+	p->listen_fd = tcp_listen(&p->addr);
+	p->id[0] = 0xe1;
+	struct sockaddr_storage prefix = {0};
+	memcpy(&prefix, &two, sizeof(two));
+	CHECK_EQ(ebpf_add_redirector(instance, 1, p->id, 101, getpid(), &p->addr), 0);
+	CHECK_EQ(ebpf_add_filter(instance, 1, &prefix, 32, ntohs(two.sin_port), ntohs(two.sin_port), IPPROTO_TCP, 2000), 0);
+
+	/* to 127.0.0.2:port: slot 1 first, then slot 0, then the server */
+	int client = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	CHECK_EQ(connect(client, (struct sockaddr *)&two, sizeof(two)), 0);
+	CHECK(readable(p->listen_fd, 2000));
+	int a1 = accept(p->listen_fd, NULL, NULL);
+	uint8_t records[WFPR_RECORD_MAX_SIZE];
+	uint32_t len = 0;
+	CHECK_EQ(QUERY(a1, RECORDS, records, sizeof(records), &len), 0);
+	CHECK_EQ(len, 12 + 114);
+	int o1 = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+	CHECK_EQ(SET(o1, records, len, &len), 0);
+	CHECK_EQ(connect(o1, (struct sockaddr *)&two, sizeof(two)), 0);
+	CHECK(readable(slots[0].listen_fd, 2000));
+	int a0 = accept(slots[0].listen_fd, NULL, NULL);
+	CHECK_EQ(QUERY(a0, RECORDS, records, sizeof(records), &len), 0);
+	wfpr_records *r = NULL;
+	CHECK_EQ(wfpr_records_decode(&r, records, len), 0);
+	CHECK(r && r->hop_count == 2 && memcmp(r->hops[0].redirector_id, slots[1].id, 16) == 0 &&
+	      memcmp(r->hops[1].redirector_id, slots[0].id, 16) == 0);
+	wfpr_records_free(r);
+	int o0 = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+	CHECK_EQ(SET(o0, records, len, &len), 0);
+	CHECK_EQ(connect(o0, (struct sockaddr *)&two, sizeof(two)), 0);
+	CHECK(readable(listen2, 2000)); /* the server, at last */
+	int served = accept(listen2, NULL, NULL);
+	close(served);
+
+	/* another port on 127.0.0.2, or another address: slot 0 alone */
+	struct sockaddr_storage other_addr;
+	int other = tcp_listen(&other_addr);
+	int c2 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	CHECK_EQ(connect(c2, (struct sockaddr *)&other_addr, addr_size(&other_addr)), 0);
+	CHECK(readable(slots[0].listen_fd, 2000));
+	CHECK(!readable(p->listen_fd, 0));
+	int a2 = accept(slots[0].listen_fd, NULL, NULL);
+	CHECK_EQ(QUERY(a2, RECORDS, records, sizeof(records), &len), 0);
+	CHECK_EQ(len, 12 + 114);
+	int fds[] = {client, a1, o1, a0, o0, other, c2, a2, listen2, p->listen_fd};
+	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
+		close(fds[i]);
+}
+
 static int child(void)
 {
 	if (ebpf_enter(instance, getpid()) != 0) {
@@ -328,6 +403,7 @@ static int child(void)
 	RUN(test_ioctl_rows);
 	RUN(test_ipv6);
 	RUN(test_udp);
+	RUN(test_filters);
 	for (unsigned int i = 1; i < 16; i++)
 		add_slot(i);
 	RUN(test_sixteen_hops);

@@ -202,6 +202,8 @@ void store_abort_pending(int fd, uint64_t cookie)
 
 void store_socket_closed(int fd)
 {
+	if (n_conns == 0)
+		return; /* nothing to scan (the preload and eBPF backends keep no records here) */
 	for (size_t i = 0; i < STORE_BUCKETS; i++) {
 		for (conn *c = by_tuple[i], *next; c; c = next) {
 			next = c->next_tuple;

@@ -782,8 +782,12 @@ static __always_inline int on_sendmsg(struct bpf_sock_addr *ctx, int v4)
 		return 0;
 	}
 	struct wfpr_ebpf_redirector *r = redirector((__u32)slot);
-	if (!r)
+	if (!r || (!v4 && is_mapped(r->ip))) {
+		/* the kernel refuses an IPv6 datagram rewritten to an IPv4-mapped
+		 * address (ENOTSUPP): UDP over IPv6 goes direct (docs/ebpf.md) */
+		count(WFPR_EBPF_PERMITS);
 		return 1;
+	}
 	__u8 any[16] = {};
 	__u8 any4[16];
 	map4(any4, 0);

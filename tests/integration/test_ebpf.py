@@ -236,3 +236,33 @@ def test_python_binding(http_server, rules, wfpr_run):
     assert lines[1].startswith("refused") and "Inval" in lines[1], lines
     # the test's own listener is not a redirector: its connection went to alpha, which relayed it
     assert lines[2].startswith("query"), lines
+
+
+UDP6_CLIENT = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(5)
+for i in range(3):
+    s.sendto(b"six %d" % i, ("::1", int(sys.argv[1])))
+    print(s.recvfrom(100)[0].decode())
+"""
+
+
+def test_udp_over_ipv6_goes_direct(rules, wfpr_run):
+    """The kernel will not let sendmsg6 send to the IPv4 proxy: the datagrams go direct, intact."""
+    import socket
+    import threading
+    server = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    server.bind(("::1", 0))
+
+    def serve():
+        for _ in range(3):
+            data, peer = server.recvfrom(100)
+            server.sendto(b"echo " + data, peer)
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    run = wfpr_run([("alpha", rules("alpha"))], [PY, "-c", UDP6_CLIENT, str(server.getsockname()[1])], extra=EBPF)
+    server.close()
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[:3] == ["echo six 0", "echo six 1", "echo six 2"]
+    assert run.events("connect", "udp") == []

@@ -53,6 +53,7 @@ long long cli_parse_count(const char *text);
 int run_ebpf_open(char *err, size_t err_len);
 int run_ebpf_enter(pid_t pid);
 int run_ebpf_add_proxy(unsigned int slot, const uint8_t id[16], pid_t pid, const struct sockaddr_storage *address);
+int run_ebpf_remove_proxy(unsigned int slot);
 void run_ebpf_close(void);
 
 #endif

@@ -28,6 +28,11 @@ int run_ebpf_add_proxy(unsigned int slot, const uint8_t id[16], pid_t pid, const
 	return ebpf_add_filter(instance, slot, NULL, 0, 0, 65535, 0, 1000 - slot);
 }
 
+int run_ebpf_remove_proxy(unsigned int slot)
+{
+	return instance ? ebpf_remove_redirector(instance, slot) : -1;
+}
+
 void run_ebpf_close(void)
 {
 	ebpf_close(instance);
@@ -69,6 +74,12 @@ int run_ebpf_enter(pid_t pid)
 int run_ebpf_add_proxy(unsigned int slot, const uint8_t id[16], pid_t pid, const struct sockaddr_storage *address)
 {
 	(void)slot, (void)id, (void)pid, (void)address;
+	return -1;
+}
+
+int run_ebpf_remove_proxy(unsigned int slot)
+{
+	(void)slot;
 	return -1;
 }
 

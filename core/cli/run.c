@@ -206,6 +206,24 @@ static void stop_child(pid_t pid)
 	waitpid(pid, NULL, 0);
 }
 
+/* A proxy (or the broker) ended before COMMAND. On the eBPF backend its
+ * redirector is switched off, so new connections go on to the next proxy
+ * or direct, as the preload broker does when a proxy goes; with
+ * --fail-closed it stays, and they fail. */
+static void proxy_exited(const options *o, pid_t *proxies, pid_t pid, pid_t broker)
+{
+	for (size_t i = 0; i < o->n_proxies; i++) {
+		if (proxies[i] != pid)
+			continue;
+		proxies[i] = 0; /* reaped: never signalled again */
+		fprintf(stderr, "wfpr run: proxy %s exited%s\n", o->names[i],
+		        o->ebpf && !o->fail_closed && run_ebpf_remove_proxy((unsigned int)i) == 0
+		                ? "; its connections go on without it" : "");
+	}
+	if (pid == broker)
+		fprintf(stderr, "wfpr run: the broker exited\n");
+}
+
 static pid_t start_command(char **command, const char *socket_path, int fail_closed, int ebpf)
 {
 	char shim[PATH_MAX], preload[2 * PATH_MAX];
@@ -326,8 +344,14 @@ int cmd_run(int argc, char **argv)
 		sigaction(SIGTERM, &sa, NULL);
 		command_pid = start_command(o.command, socket_path, o.fail_closed, o.ebpf);
 		int ws = 0;
-		while (command_pid > 0 && waitpid(command_pid, &ws, 0) < 0 && errno == EINTR)
-			;
+		while (command_pid > 0) {
+			pid_t done = waitpid(-1, &ws, 0);
+			if (done < 0 && errno == EINTR)
+				continue;
+			if (done < 0 || done == command_pid)
+				break;
+			proxy_exited(&o, proxies, done, broker);
+		}
 		status = command_pid < 0 ? 1 : WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
 		command_pid = 0;
 	}

@@ -232,6 +232,17 @@ int ebpf_add_redirector(ebpf_instance *e, unsigned int slot, const uint8_t id[16
 	return bpf_map__update_elem(e->skel->maps.redirectors, &key, sizeof(key), &r, sizeof(r), BPF_ANY);
 }
 
+int ebpf_remove_redirector(ebpf_instance *e, unsigned int slot)
+{
+	struct wfpr_ebpf_redirector r;
+	uint32_t key = slot;
+	if (!e || slot >= WFPR_EBPF_REDIRECTORS ||
+	    bpf_map__lookup_elem(e->skel->maps.redirectors, &key, sizeof(key), &r, sizeof(r), 0) != 0)
+		return -1;
+	r.active = 0;
+	return bpf_map__update_elem(e->skel->maps.redirectors, &key, sizeof(key), &r, sizeof(r), BPF_ANY);
+}
+
 /* Does filter f's prefix contain prefix p/len of family? */
 static bool covers(const filter_spec *f, int family, const uint8_t *p, unsigned int len)
 {

@@ -29,6 +29,10 @@ int ebpf_open(ebpf_instance **out, char *err, size_t err_len);
 int ebpf_add_redirector(ebpf_instance *e, unsigned int slot, const uint8_t id[16], uint64_t handle, pid_t pid,
                         const struct sockaddr_storage *address);
 
+/* Switch slot's redirector off (its proxy is gone): its filters no longer
+ * match, and connections go on to the next filter. */
+int ebpf_remove_redirector(ebpf_instance *e, unsigned int slot);
+
 /* A filter: connections whose remote address is in prefix/prefix_len (an
  * AF_INET or AF_INET6 sockaddr; NULL: every address of both families), to a
  * port in [port_lo, port_hi], of protocol (0: TCP and UDP), go to slot's

@@ -3,10 +3,13 @@
 records that cannot be forged, and cleanup that leaves nothing behind.
 Where the programs cannot load, every test here is skipped with the reason."""
 import glob
+import json
 import os
 import signal
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
@@ -250,8 +253,6 @@ for i in range(3):
 
 def test_udp_over_ipv6_goes_direct(rules, wfpr_run):
     """The kernel will not let sendmsg6 send to the IPv4 proxy: the datagrams go direct, intact."""
-    import socket
-    import threading
     server = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     server.bind(("::1", 0))
 
@@ -266,3 +267,31 @@ def test_udp_over_ipv6_goes_direct(rules, wfpr_run):
     assert run.returncode == 0, run.stderr
     assert run.stdout.split("\n")[:3] == ["echo six 0", "echo six 1", "echo six 2"]
     assert run.events("connect", "udp") == []
+
+
+def test_proxy_killed_mid_transfer(http_server, rules, tmp_path):
+    """As on the preload backend: the client sees an error at once, the dead
+    proxy's redirector is switched off, and the next fetch goes through the
+    proxy that is left."""
+    out, log = tmp_path / "got.bin", tmp_path / "log.jsonl"
+    script = ('curl -sS --limit-rate 5M -o /dev/null "$0/big.bin"; echo "first $?"; '
+              'curl -sS --fail -o "$1" "$0/small.bin"; echo "second $?"')
+    proc = subprocess.Popen([WFPR, "run", *EBPF, "--rules", rules("alpha"), "--proxy", "beta=" + rules("beta"),
+                             "--log", str(log), "--", "sh", "-c", script, http_server["v4"], str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 20
+    while time.time() < deadline and not (log.exists() and '"connect"' in log.read_text()):
+        time.sleep(0.1)
+    time.sleep(0.5)
+    children = sorted(int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid), "-x", "wfpr"],
+                                                     capture_output=True, text=True).stdout.split())
+    assert len(children) == 2, children  # alpha, then beta (COMMAND is sh)
+    os.kill(children[1], signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "first 0" not in stdout, "the transfer cannot have finished through a dead proxy"
+    assert "second 0" in stdout, stdout + stderr
+    assert "proxy beta exited; its connections go on without it" in stderr
+    assert sha256_file(out) == sha256_file(http_server["root"] / "small.bin")
+    last = [json.loads(line) for line in log.read_text().splitlines() if '"connect"' in line][-1]
+    assert last["proxy"] == "alpha" and last["hops"] == ["alpha"]

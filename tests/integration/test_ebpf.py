@@ -15,6 +15,7 @@ import time
 import pytest
 
 from itsupport import INSPECT_RULE, PASS_RULE, PY, WFPR, assert_chain, sha256_file
+from test_load import CLIENT as LOAD_CLIENT, echo_server  # noqa: F401 - fixture
 from test_udp import CLIENT as UDP_CLIENT, udp_echo  # noqa: F401 - fixture
 
 EBPF = ("--backend", "ebpf")
@@ -295,3 +296,21 @@ def test_proxy_killed_mid_transfer(http_server, rules, tmp_path):
     assert sha256_file(out) == sha256_file(http_server["root"] / "small.bin")
     last = [json.loads(line) for line in log.read_text().splitlines() if '"connect"' in line][-1]
     assert last["proxy"] == "alpha" and last["hops"] == ["alpha"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_1000_concurrent_through_two(workers, echo_server, rules, wfpr_run):  # noqa: F811 - the fixture
+    n = 1000
+    run = wfpr_run([("alpha", rules("alpha")), ("beta", rules("beta"))],
+                   [PY, "-c", LOAD_CLIENT, str(echo_server), str(n)], timeout=300,
+                   extra=[*EBPF, "--workers", str(workers)])
+    assert run.returncode == 0, run.stderr
+    ok, total, errors = run.stdout.split(" ", 2)
+    assert int(ok) == n, (ok, errors, [e for e in run.events("error")][:3])
+    summary = run.summary()
+    for name in ("alpha", "beta"):
+        assert summary[name]["connections"] == n and summary[name]["failed"] == 0
+        assert summary[name]["bytes_up"] == int(total) == summary[name]["bytes_down"]
+    assert all(len(e["hops"]) == (1 if e["proxy"] == "alpha" else 2) for e in run.events("connect"))
+    status = subprocess.run([WFPR, "ebpf", "status"], capture_output=True, text=True).stdout
+    assert "no wfpr eBPF instance" in status  # and nothing left behind

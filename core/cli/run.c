@@ -351,6 +351,8 @@ int cmd_run(int argc, char **argv)
 			if (done < 0 || done == command_pid)
 				break;
 			proxy_exited(&o, proxies, done, broker);
+			if (done == broker)
+				broker = 0; /* reaped: never signalled again */
 		}
 		status = command_pid < 0 ? 1 : WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
 		command_pid = 0;

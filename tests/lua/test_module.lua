@@ -58,5 +58,16 @@ test("bad arguments are refused", function()
   raises("WSAEINVAL", wfpr.connect, wfpr.tcp_socket(), "not an address", 80)
 end)
 
+test("the eBPF backend's switch, outside its cgroup", function()
+  local fd = wfpr.tcp_socket()
+  assert(wfpr.ebpf_available(fd) == 0) -- no BPF program answers for this socket
+  wfpr.ebpf_attach(1)
+  -- QUERY now goes to the kernel, which has no program here: the backend is down
+  raises("WSAENETDOWN", wfpr.ioctl, fd, wfpr.SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, nil, 64, false)
+  wfpr.ebpf_attach(0)
+  raises("WSAENOTCONN", wfpr.ioctl, fd, wfpr.SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, nil, 64, false)
+  wfpr.closesocket(fd)
+end)
+
 print(string.format("%d passed, %d failed", passed, failed))
 os.exit(failed == 0 and 0 or 1)

@@ -5,6 +5,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 import wfpr
 
 
@@ -61,3 +63,18 @@ def test_100k_queries_do_not_grow_memory(redirected):
         wfpr.query_redirect_context(accepted)
     grown = rss_kib() - before
     assert grown < 5 * 1024, f"RSS grew {grown} KiB"
+
+
+def test_ebpf_switch_outside_its_cgroup():
+    """wfpr.ebpf_attach sends QUERY to the kernel; outside the eBPF backend's
+    cgroup no program answers, and that is WSAENETDOWN, not a crash or a hang.
+    (tests/integration/test_ebpf.py runs the backend itself, as root.)"""
+    with socket.socket() as s:
+        assert wfpr.ebpf_available(s) is False
+        wfpr.ebpf_attach()
+        try:
+            with pytest.raises(wfpr.WSAError) as e:
+                wfpr.query_redirect_records(s)
+            assert e.value.name == "WSAENETDOWN"
+        finally:
+            wfpr.ebpf_attach(False)

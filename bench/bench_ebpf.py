@@ -14,6 +14,8 @@ import statistics
 import subprocess
 import sys
 
+from readme_block import write_block
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "build", "bench-ebpf")
 NETNS = "wfpr-bench-%d" % os.getpid()
@@ -60,17 +62,9 @@ def main():
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        path = os.path.join(ROOT, "bench", "README.md")
-        text = open(path).read()
-        begin, end = "<!-- ebpf:begin -->", "<!-- ebpf:end -->"
-        block = "%s\n%s\n%s" % (begin, table, end)
-        if begin in text:
-            text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
-        else:
-            text += ("\n## The eBPF backend's QUERY (eBPF issue)\n\n`make bench` runs `bench/bench_ebpf.py` as root "
-                     "(`build/bench-ebpf` in a network namespace of its own for the nftables baseline):\n\n" + block + "\n")
-        with open(path, "w") as f:
-            f.write(text)
+        write_block("ebpf", table, "## The eBPF backend's QUERY (eBPF issue)\n\n`make bench` runs "
+                    "`bench/bench_ebpf.py` as root (`build/bench-ebpf` in a network namespace of its own for the "
+                    "nftables baseline):")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 
+from readme_block import write_block
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WFPR = os.path.join(ROOT, "build", "wfpr")
 PASS = "function on_connect(conn) return pass end\n"
@@ -243,18 +245,9 @@ def main():
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        path = os.path.join(ROOT, "bench", "README.md")
-        text = open(path).read()
-        begin, end = "<!-- proxies:begin -->", "<!-- proxies:end -->"
-        block = "%s\n%s\n%s" % (begin, table, end)
-        if begin in text:
-            text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
-        else:
-            text += "\n## The service engine with real programs (service-engine issue)\n\n" \
-                    "`make bench` runs `bench/bench_proxies.py` (machine: 2 shared vCPUs; clients, proxies and " \
-                    "servers share them):\n\n" + block + "\n"
-        with open(path, "w") as f:
-            f.write(text)
+        write_block("proxies", table, "## The service engine with real programs (service-engine issue)\n\n"
+                    "`make bench` runs `bench/bench_proxies.py` (machine: 2 shared vCPUs; clients, proxies and "
+                    "servers share them):")
 
 
 if __name__ == "__main__":

@@ -460,6 +460,13 @@ static __always_inline int issue(void *map, const struct wfpr_ebpf_key *key, con
 	return 0;
 }
 
+/* One program per address family (cgroup/HOOK4 and HOOK6), one handler. */
+#define BOTH_FAMILIES(hook, handler)                                        \
+	SEC("cgroup/" #hook "4")                                            \
+	int wfpr_##hook##4(struct bpf_sock_addr *ctx) { return handler(ctx, 1); } \
+	SEC("cgroup/" #hook "6")                                            \
+	int wfpr_##hook##6(struct bpf_sock_addr *ctx) { return handler(ctx, 0); }
+
 /* ---- connect and getpeername -------------------------------------------- */
 
 static __always_inline void rewrite(struct bpf_sock_addr *ctx, int v4, const __u8 *ip, __u16 port)
@@ -518,17 +525,7 @@ static __always_inline int on_connect(struct bpf_sock_addr *ctx, int v4)
 	return 1;
 }
 
-SEC("cgroup/connect4")
-int wfpr_connect4(struct bpf_sock_addr *ctx)
-{
-	return on_connect(ctx, 1);
-}
-
-SEC("cgroup/connect6")
-int wfpr_connect6(struct bpf_sock_addr *ctx)
-{
-	return on_connect(ctx, 0);
-}
+BOTH_FAMILIES(connect, on_connect)
 
 static __always_inline int on_getpeername(struct bpf_sock_addr *ctx, int v4)
 {
@@ -538,17 +535,7 @@ static __always_inline int on_getpeername(struct bpf_sock_addr *ctx, int v4)
 	return 1;
 }
 
-SEC("cgroup/getpeername4")
-int wfpr_getpeername4(struct bpf_sock_addr *ctx)
-{
-	return on_getpeername(ctx, 1);
-}
-
-SEC("cgroup/getpeername6")
-int wfpr_getpeername6(struct bpf_sock_addr *ctx)
-{
-	return on_getpeername(ctx, 0);
-}
+BOTH_FAMILIES(getpeername, on_getpeername)
 
 /* ---- sock_ops: issue when established, forget when the proxy closes ----- */
 
@@ -814,17 +801,7 @@ static __always_inline int on_sendmsg(struct bpf_sock_addr *ctx, int v4)
 	return 1;
 }
 
-SEC("cgroup/sendmsg4")
-int wfpr_sendmsg4(struct bpf_sock_addr *ctx)
-{
-	return on_sendmsg(ctx, 1);
-}
-
-SEC("cgroup/sendmsg6")
-int wfpr_sendmsg6(struct bpf_sock_addr *ctx)
-{
-	return on_sendmsg(ctx, 0);
-}
+BOTH_FAMILIES(sendmsg, on_sendmsg)
 
 static __always_inline int on_recvmsg(struct bpf_sock_addr *ctx, int v4)
 {
@@ -865,14 +842,5 @@ static __always_inline int on_recvmsg(struct bpf_sock_addr *ctx, int v4)
 	return 1;
 }
 
-SEC("cgroup/recvmsg4")
-int wfpr_recvmsg4(struct bpf_sock_addr *ctx)
-{
-	return on_recvmsg(ctx, 1);
-}
+BOTH_FAMILIES(recvmsg, on_recvmsg)
 
-SEC("cgroup/recvmsg6")
-int wfpr_recvmsg6(struct bpf_sock_addr *ctx)
-{
-	return on_recvmsg(ctx, 0);
-}

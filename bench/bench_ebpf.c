@@ -55,7 +55,7 @@ static int run(ebpf_instance *e, const char *netns, uint16_t nat_from, uint16_t 
 		uint8_t id[16] = {0xbe, (uint8_t)i};
 		proxies[i] = loopback(0);
 		proxy_fd[i] = listener(&proxies[i]);
-		ebpf_add_redirector(e, i, id, i + 1, getpid(), (struct sockaddr_storage *)&proxies[i]);
+		ebpf_add_redirector(e, i, id, i + 1, getpid(), (struct sockaddr_storage *)&proxies[i], NULL);
 		/* only connections to the sink are redirected */
 		ebpf_add_filter(e, i, NULL, 0, ntohs(sink.sin_port), ntohs(sink.sin_port), IPPROTO_TCP, 100 - i);
 	}

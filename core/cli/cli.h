@@ -37,7 +37,8 @@ typedef struct proxy_config {
 } proxy_config;
 
 /* Serve as a proxy until SIGTERM or SIGINT; exit status. Once listening it
- * writes its address (a struct sockaddr_storage) to ready_fd. */
+ * writes its addresses to ready_fd: two struct sockaddr_storage, where it
+ * listens and (on the eBPF backend) the same port on [::1], else AF_UNSPEC. */
 int proxy_serve(const proxy_config *cfg);
 /* Serve as the broker until SIGTERM or SIGINT; exit status. */
 int broker_serve(const char *path, int ready_fd);
@@ -52,7 +53,8 @@ long long cli_parse_count(const char *text);
 /* The eBPF backend for wfpr run (core/cli/ebpf.c): 0 or -1. */
 int run_ebpf_open(char *err, size_t err_len);
 int run_ebpf_enter(pid_t pid);
-int run_ebpf_add_proxy(unsigned int slot, const uint8_t id[16], pid_t pid, const struct sockaddr_storage *address);
+/* address: the proxy's IPv4 and IPv6 (AF_UNSPEC: none) addresses */
+int run_ebpf_add_proxy(unsigned int slot, const uint8_t id[16], pid_t pid, const struct sockaddr_storage address[2]);
 int run_ebpf_remove_proxy(unsigned int slot);
 void run_ebpf_close(void);
 

@@ -20,10 +20,10 @@ int run_ebpf_enter(pid_t pid)
 	return instance ? ebpf_enter(instance, pid) : -1;
 }
 
-int run_ebpf_add_proxy(unsigned int slot, const uint8_t id[16], pid_t pid, const struct sockaddr_storage *address)
+int run_ebpf_add_proxy(unsigned int slot, const uint8_t id[16], pid_t pid, const struct sockaddr_storage address[2])
 {
 	/* every TCP and UDP connection, to any address and port; the first proxy first */
-	if (!instance || ebpf_add_redirector(instance, slot, id, slot + 1, pid, address) != 0)
+	if (!instance || ebpf_add_redirector(instance, slot, id, slot + 1, pid, &address[0], &address[1]) != 0)
 		return -1;
 	return ebpf_add_filter(instance, slot, NULL, 0, 0, 65535, 0, 1000 - slot);
 }
@@ -71,7 +71,7 @@ int run_ebpf_enter(pid_t pid)
 	return -1;
 }
 
-int run_ebpf_add_proxy(unsigned int slot, const uint8_t id[16], pid_t pid, const struct sockaddr_storage *address)
+int run_ebpf_add_proxy(unsigned int slot, const uint8_t id[16], pid_t pid, const struct sockaddr_storage address[2])
 {
 	(void)slot, (void)id, (void)pid, (void)address;
 	return -1;

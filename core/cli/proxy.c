@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +25,7 @@ typedef struct worker {
 	pthread_t thread;
 } worker;
 
-static worker workers[MAX_WORKERS];
+static worker workers[2 * MAX_WORKERS]; /* on the eBPF backend, as many again on [::1] */
 static unsigned int n_workers;
 
 static void on_signal(int sig)
@@ -103,9 +104,9 @@ static void stop_workers(void)
 }
 
 /* Worker i: its Lua state and its engine, on cfg's address (worker 0 picks
- * the port the others share). 0, or a message written. */
+ * the port the others share). 0, or -1 (a message written unless quiet). */
 static int start_worker(const proxy_config *cfg, unsigned int i, const struct sockaddr_storage *address,
-                        const uint8_t *id, void *names)
+                        const uint8_t *id, void *names, bool quiet)
 {
 	worker *w = &workers[i];
 	wfpr_rules_options ro = WFPR_RULES_OPTIONS_INIT;
@@ -133,7 +134,8 @@ static int start_worker(const proxy_config *cfg, unsigned int i, const struct so
 	eo.reuse_port = cfg->workers > 1;
 	int rc = wfpr_engine_new(&w->engine, &eo);
 	if (rc != 0) {
-		fprintf(stderr, "wfpr proxy %s: cannot listen: %s\n", cfg->name, wfpr_strerror(rc));
+		if (!quiet)
+			fprintf(stderr, "wfpr proxy %s: cannot listen: %s\n", cfg->name, wfpr_strerror(rc));
 		wfpr_rules_free(w->rules);
 		w->rules = NULL;
 		return -1;
@@ -158,10 +160,25 @@ int proxy_serve(const proxy_config *cfg)
 	if (cfg->ebpf)
 		memcpy(id, cfg->ids[cfg->slot], WFPR_REDIRECTOR_ID_SIZE);
 	for (unsigned int i = 0; rc == 0 && i < count && i < MAX_WORKERS; i++) {
-		if (start_worker(cfg, i, &address, id, &names) != 0)
+		if (start_worker(cfg, i, &address, id, &names, false) != 0)
 			rc = -1;
 		else if (i == 0)
 			wfpr_engine_address(&address, workers[0].engine);
+	}
+	/* the eBPF backend: the same port on [::1] too, so that IPv6 sockets
+	 * (IPV6_V6ONLY ones, and UDP) reach the proxy as IPv6; if the port is
+	 * taken there, they use the IPv4 address, mapped */
+	struct sockaddr_storage address6 = {.ss_family = AF_UNSPEC};
+	if (rc == 0 && cfg->ebpf && address.ss_family == AF_INET) {
+		struct sockaddr_in6 *six = (struct sockaddr_in6 *)&address6;
+		*six = (struct sockaddr_in6){.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT,
+		                             .sin6_port = ((struct sockaddr_in *)&address)->sin_port};
+		unsigned int first = n_workers;
+		for (unsigned int i = 0; i < count && i < MAX_WORKERS; i++)
+			if (start_worker(cfg, first + i, &address6, id, &names, true) != 0)
+				break;
+		if (n_workers == first)
+			address6.ss_family = AF_UNSPEC;
 	}
 	if (rc == 0 && !cfg->ebpf)
 		rc = wfpr_preload_register(id, cfg->name, &address);
@@ -175,11 +192,15 @@ int proxy_serve(const proxy_config *cfg)
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
-	char where[64];
-	fprintf(stderr, "wfpr proxy %s: listening on %s (%u worker%s)\n", cfg->name,
-	        wfpr_sockaddr_format(where, sizeof(where), &address), n_workers, n_workers > 1 ? "s" : "");
+	char where[64], where6[64] = "";
+	if (address6.ss_family == AF_INET6)
+		wfpr_sockaddr_format(where6, sizeof(where6), &address6);
+	fprintf(stderr, "wfpr proxy %s: listening on %s%s%s (%u worker%s)\n", cfg->name,
+	        wfpr_sockaddr_format(where, sizeof(where), &address), *where6 ? " and " : "", where6, count,
+	        count > 1 ? "s" : "");
 	if (cfg->ready_fd >= 0) {
-		if (write(cfg->ready_fd, &address, sizeof(address)) < 0) {
+		struct sockaddr_storage both[2] = {address, address6};
+		if (write(cfg->ready_fd, both, sizeof(both)) < 0) {
 			/* the parent went away: serve anyway until told to stop */
 		}
 		close(cfg->ready_fd);

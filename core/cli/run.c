@@ -147,21 +147,21 @@ static void shim_path(char *out, size_t len)
 
 /* Wait for a child's "ready" (a proxy sends its address); false if it died
  * or took too long. */
-static bool wait_ready(int fd, struct sockaddr_storage *address)
+static bool wait_ready(int fd, struct sockaddr_storage address[2])
 {
 	struct pollfd p = {.fd = fd, .events = POLLIN};
-	struct sockaddr_storage got;
-	bool ok = poll(&p, 1, READY_TIMEOUT_MS) == 1 && read(fd, &got, sizeof(got)) > 0;
+	struct sockaddr_storage got[2];
+	bool ok = poll(&p, 1, READY_TIMEOUT_MS) == 1 && read(fd, got, sizeof(got)) > 0;
 	if (ok && address)
-		*address = got;
+		memcpy(address, got, sizeof(got));
 	close(fd);
 	return ok;
 }
 
 /* Fork a child that serves (the broker when cfg is NULL); its pid once
- * ready, else -1. A proxy's address goes to *address. */
+ * ready, else -1. A proxy's addresses go to address. */
 static pid_t start_child(const char *socket_path, const proxy_config *cfg, int stats_fd,
-                         struct sockaddr_storage *address)
+                         struct sockaddr_storage address[2])
 {
 	int ready[2];
 	if (pipe2(ready, O_CLOEXEC) < 0)
@@ -331,9 +331,9 @@ int cmd_run(int argc, char **argv)
 		o.proxies[i].names = (const char(*)[64])o.names;
 		o.proxies[i].n_ids = o.n_proxies;
 		o.proxies[i].slot = i;
-		struct sockaddr_storage address;
-		proxies[i] = start_child(socket_path, &o.proxies[i], stats[1], &address);
-		if (proxies[i] <= 0 || (o.ebpf && run_ebpf_add_proxy((unsigned int)i, o.ids[i], proxies[i], &address) != 0)) {
+		struct sockaddr_storage address[2];
+		proxies[i] = start_child(socket_path, &o.proxies[i], stats[1], address);
+		if (proxies[i] <= 0 || (o.ebpf && run_ebpf_add_proxy((unsigned int)i, o.ids[i], proxies[i], address) != 0)) {
 			fprintf(stderr, "wfpr run: proxy %s did not start\n", o.names[i]);
 			started = false;
 		}

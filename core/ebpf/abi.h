@@ -40,10 +40,11 @@ struct wfpr_ebpf_redirector {
 	__u64 handle;
 	__u32 pid;
 	__u32 active;
-	__u8 ip[16]; /* where it listens (TCP and UDP) */
+	__u8 ip[16];  /* where it listens (TCP and UDP) for IPv4 sockets */
 	__u16 port;
-	__u16 pad;
-	__u32 pad2;
+	__u16 port6;  /* and for IPv6 sockets (0: none; they go to ip as IPv4-mapped) */
+	__u32 pad;
+	__u8 ip6[16];
 };
 
 /* Filters, highest weight first; filter i applies to a remote address whose
@@ -94,6 +95,8 @@ struct wfpr_ebpf_sock {
 	__u8 pending;    /* TCP: connect redirected; the record is issued once established */
 	__u8 slot;       /* the redirector it went to */
 	__u8 redirected; /* getpeername shows original */
+	__u8 target6;    /* sent to the redirector's IPv6 address */
+	__u8 pad[3];
 	__u8 slots[WFPR_EBPF_HOPS];
 	__u8 original[16];
 	__u16 original_port;

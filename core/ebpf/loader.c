@@ -220,7 +220,7 @@ static void to16(uint8_t out[16], const struct sockaddr_storage *a, uint16_t *po
 }
 
 int ebpf_add_redirector(ebpf_instance *e, unsigned int slot, const uint8_t id[16], uint64_t handle, pid_t pid,
-                        const struct sockaddr_storage *address)
+                        const struct sockaddr_storage *address, const struct sockaddr_storage *address6)
 {
 	if (!e || !id || !address || slot >= WFPR_EBPF_REDIRECTORS ||
 	    (address->ss_family != AF_INET && address->ss_family != AF_INET6))
@@ -228,6 +228,8 @@ int ebpf_add_redirector(ebpf_instance *e, unsigned int slot, const uint8_t id[16
 	struct wfpr_ebpf_redirector r = {.handle = handle, .pid = (uint32_t)pid, .active = 1};
 	memcpy(r.id, id, 16);
 	to16(r.ip, address, &r.port);
+	if (address6 && address6->ss_family == AF_INET6)
+		to16(r.ip6, address6, &r.port6);
 	uint32_t key = slot;
 	return bpf_map__update_elem(e->skel->maps.redirectors, &key, sizeof(key), &r, sizeof(r), BPF_ANY);
 }

@@ -24,10 +24,12 @@ typedef struct ebpf_instance ebpf_instance;
  * no cgroup2). Instances left by a dead owner are removed first. */
 int ebpf_open(ebpf_instance **out, char *err, size_t err_len);
 
-/* Redirector slot (0..15): connections go to address (TCP and UDP on a
- * loopback address). id is the redirector id its records carry. */
+/* Redirector slot (0..15): connections go to address (TCP and UDP on an
+ * IPv4 loopback address); those of IPv6 sockets to address6 when it is an
+ * AF_INET6 address (NULL or another family: to address, IPv4-mapped). id
+ * is the redirector id its records carry. */
 int ebpf_add_redirector(ebpf_instance *e, unsigned int slot, const uint8_t id[16], uint64_t handle, pid_t pid,
-                        const struct sockaddr_storage *address);
+                        const struct sockaddr_storage *address, const struct sockaddr_storage *address6);
 
 /* Switch slot's redirector off (its proxy is gone): its filters no longer
  * match, and connections go on to the next filter. */

@@ -238,10 +238,23 @@ static __always_inline int is_proxy(const __u8 *ip, __u16 port)
 {
 	for (__u32 i = 0; i < WFPR_EBPF_REDIRECTORS; i++) {
 		struct wfpr_ebpf_redirector *r = redirector(i);
-		if (r && r->port == port && same_ip(r->ip, ip))
+		if (r && ((r->port == port && same_ip(r->ip, ip)) || (r->port6 && r->port6 == port && same_ip(r->ip6, ip))))
 			return 1;
 	}
 	return 0;
+}
+
+/* Where a socket of this family goes to reach r: its IPv6 address for an
+ * IPv6 socket when it has one, else its IPv4 address (IPv4-mapped for an
+ * IPv6 socket). */
+static __always_inline const __u8 *target_ip(const struct wfpr_ebpf_redirector *r, int six)
+{
+	return six ? r->ip6 : r->ip;
+}
+
+static __always_inline __u16 target_port(const struct wfpr_ebpf_redirector *r, int six)
+{
+	return six ? r->port6 : r->port;
 }
 
 /* The chain a socket carries, as decide() reads it. */
@@ -347,6 +360,8 @@ static __always_inline __u8 *put_addr(__u8 *p, const int alen, const __u8 *ip, _
 
 struct hop_args {
 	const struct wfpr_ebpf_redirector *r;
+	const __u8 *target;
+	__u16 target_port;
 	__u32 protocol;
 	const __u8 *original;
 	__u16 original_port;
@@ -375,7 +390,7 @@ static __always_inline __u32 write_hop(__u8 *p, const int alen, const struct hop
 	q = tlv(q, 6, 3 + alen);
 	q = put_addr(q, alen, a->local, a->local_port);
 	q = tlv(q, 7, 3 + alen);
-	q = put_addr(q, alen, a->r->ip, a->r->port);
+	q = put_addr(q, alen, a->target, a->target_port);
 	q = tlv(q, 8, 8);
 	be64(q, a->time);
 	q = tlv(q + 8, 9, 16);
@@ -426,7 +441,8 @@ static __always_inline int issue(void *map, const struct wfpr_ebpf_key *key, con
 	__u32 t[4] = {bpf_get_prandom_u32(), bpf_get_prandom_u32(), bpf_get_prandom_u32(), bpf_get_prandom_u32()};
 	__builtin_memcpy(e->token, t, sizeof(t));
 
-	struct hop_args a = {.r = r, .protocol = key->protocol, .original = original, .original_port = original_port,
+	struct hop_args a = {.r = r, .target = key->proxy, .target_port = key->proxy_port,
+	                     .protocol = key->protocol, .original = original, .original_port = original_port,
 	                     .local = key->client, .local_port = key->client_port,
 	                     .time = bpf_ktime_get_ns() + cfg->realtime_offset_ns, .token = e->token};
 	__u32 len = off + (v4 ? write_hop(e->record + off, 4, &a) : write_hop(e->record + off, 16, &a));
@@ -515,12 +531,14 @@ static __always_inline int on_connect(struct bpf_sock_addr *ctx, int v4)
 		st = bpf_sk_storage_get(&socks, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st)
 		return 1; /* no memory: the connection goes direct */
+	int six = !v4 && r->port6;
 	st->pending = 1;
 	st->redirected = 1;
 	st->slot = slot;
+	st->target6 = six;
 	__builtin_memcpy(st->original, d.ip, 16);
 	st->original_port = d.port;
-	rewrite(ctx, v4, r->ip, r->port);
+	rewrite(ctx, v4, target_ip(r, six), target_port(r, six));
 	count(WFPR_EBPF_REDIRECTS);
 	return 1;
 }
@@ -567,8 +585,8 @@ int wfpr_sockops(struct bpf_sock_ops *skops)
 		__u8 peer[16];
 		sock_ends(sk, key.client, peer);
 		key.client_port = sk->src_port;
-		__builtin_memcpy(key.proxy, r->ip, 16);
-		key.proxy_port = r->port;
+		__builtin_memcpy(key.proxy, target_ip(r, st->target6), 16);
+		key.proxy_port = target_port(r, st->target6);
 		key.protocol = IPPROTO_TCP;
 		issue(&records, &key, st, slot, r, sk->family == AF_INET, st->original, st->original_port);
 		break;
@@ -769,32 +787,35 @@ static __always_inline int on_sendmsg(struct bpf_sock_addr *ctx, int v4)
 		return 0;
 	}
 	struct wfpr_ebpf_redirector *r = redirector((__u32)slot);
-	if (!r || (!v4 && is_mapped(r->ip))) {
+	if (!r || (!v4 && !r->port6)) {
 		/* the kernel refuses an IPv6 datagram rewritten to an IPv4-mapped
-		 * address (ENOTSUPP): UDP over IPv6 goes direct (docs/ebpf.md) */
+		 * address (ENOTSUPP): without an IPv6 proxy address, UDP over IPv6
+		 * goes direct (docs/ebpf.md) */
 		count(WFPR_EBPF_PERMITS);
 		return 1;
 	}
+	int six = !v4;
+	const __u8 *to = target_ip(r, six);
 	__u8 any[16] = {};
 	__u8 any4[16];
 	map4(any4, 0);
 	int unbound = same_ip(local, any) || same_ip(local, any4);
-	struct wfpr_ebpf_key key = {.client_port = local_port, .proxy_port = r->port, .protocol = IPPROTO_UDP};
-	__builtin_memcpy(key.client, unbound ? r->ip : local, 16);
-	__builtin_memcpy(key.proxy, r->ip, 16);
+	struct wfpr_ebpf_key key = {.client_port = local_port, .proxy_port = target_port(r, six), .protocol = IPPROTO_UDP};
+	__builtin_memcpy(key.client, unbound ? to : local, 16);
+	__builtin_memcpy(key.proxy, to, 16);
 	struct wfpr_ebpf_entry *e = bpf_map_lookup_elem(&flows, &key);
 	if (!e || e->original_port != d.port || !same_ip(e->original, d.ip))
 		issue(&flows, &key, st, slot, r, v4, d.ip, d.port);
-	rewrite(ctx, v4, r->ip, r->port);
+	rewrite(ctx, v4, to, key.proxy_port);
 	if (unbound) {
 		/* pin the source, so the proxy sees the address the flow is keyed by */
 		if (v4) {
-			ctx->msg_src_ip4 = word(r->ip, 3);
+			ctx->msg_src_ip4 = word(to, 3);
 		} else {
-			ctx->msg_src_ip6[0] = word(r->ip, 0);
-			ctx->msg_src_ip6[1] = word(r->ip, 1);
-			ctx->msg_src_ip6[2] = word(r->ip, 2);
-			ctx->msg_src_ip6[3] = word(r->ip, 3);
+			ctx->msg_src_ip6[0] = word(to, 0);
+			ctx->msg_src_ip6[1] = word(to, 1);
+			ctx->msg_src_ip6[2] = word(to, 2);
+			ctx->msg_src_ip6[3] = word(to, 3);
 		}
 	}
 	count(WFPR_EBPF_REDIRECTS);

@@ -42,7 +42,7 @@ static void add_slot(unsigned int i)
 	memset(p->id, 0, sizeof(p->id));
 	p->id[0] = 0xe0;
 	p->id[15] = (uint8_t)i;
-	CHECK_EQ(ebpf_add_redirector(instance, i, p->id, 100 + i, getpid(), &p->addr), 0);
+	CHECK_EQ(ebpf_add_redirector(instance, i, p->id, 100 + i, getpid(), &p->addr, NULL), 0);
 	CHECK_EQ(ebpf_add_filter(instance, i, NULL, 0, 0, 65535, 0, 1000 - i), 0);
 }
 
@@ -347,7 +347,7 @@ static void test_filters(void)
 	p->id[0] = 0xe1;
 	struct sockaddr_storage prefix = {0};
 	memcpy(&prefix, &two, sizeof(two));
-	CHECK_EQ(ebpf_add_redirector(instance, 1, p->id, 101, getpid(), &p->addr), 0);
+	CHECK_EQ(ebpf_add_redirector(instance, 1, p->id, 101, getpid(), &p->addr, NULL), 0);
 	CHECK_EQ(ebpf_add_filter(instance, 1, &prefix, 32, ntohs(two.sin_port), ntohs(two.sin_port), IPPROTO_TCP, 2000), 0);
 
 	/* to 127.0.0.2:port: slot 1 first, then slot 0, then the server */

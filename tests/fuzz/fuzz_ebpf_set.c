@@ -54,7 +54,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	struct sockaddr_in proxy, sink;
 	int proxy_fd = listener(&proxy), sink_fd = listener(&sink);
 	uint8_t id[16] = {0xf0};
-	if (ebpf_add_redirector(instance, 0, id, 1, getpid(), (struct sockaddr_storage *)&proxy) ||
+	if (ebpf_add_redirector(instance, 0, id, 1, getpid(), (struct sockaddr_storage *)&proxy, NULL) ||
 	    ebpf_add_filter(instance, 0, NULL, 0, 0, 65535, 0, 1))
 		abort();
 	keep[0] = socket(AF_INET, SOCK_STREAM, 0);

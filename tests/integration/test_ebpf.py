@@ -248,26 +248,56 @@ s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
 s.settimeout(5)
 for i in range(3):
     s.sendto(b"six %d" % i, ("::1", int(sys.argv[1])))
-    print(s.recvfrom(100)[0].decode())
+    data, peer = s.recvfrom(100)
+    print(data.decode(), "[%s]:%d" % peer[:2])
 """
 
 
-def test_udp_over_ipv6_goes_direct(rules, wfpr_run):
-    """The kernel will not let sendmsg6 send to the IPv4 proxy: the datagrams go direct, intact."""
+def test_udp_over_ipv6(rules, wfpr_run):
+    """IPv6 datagrams go to the proxies' [::1] addresses; replies come from the original destination."""
     server = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     server.bind(("::1", 0))
+    port = server.getsockname()[1]
 
     def serve():
         for _ in range(3):
             data, peer = server.recvfrom(100)
             server.sendto(b"echo " + data, peer)
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    run = wfpr_run([("alpha", rules("alpha"))], [PY, "-c", UDP6_CLIENT, str(server.getsockname()[1])], extra=EBPF)
+    threading.Thread(target=serve, daemon=True).start()
+    run = wfpr_run([("alpha", rules("alpha")), ("beta", rules("beta"))], [PY, "-c", UDP6_CLIENT, str(port)],
+                   extra=EBPF)
     server.close()
     assert run.returncode == 0, run.stderr
-    assert run.stdout.split("\n")[:3] == ["echo six 0", "echo six 1", "echo six 2"]
-    assert run.events("connect", "udp") == []
+    assert run.stdout.splitlines() == ["echo six %d [::1]:%d" % (i, port) for i in range(3)]
+    connects = run.events("connect", "udp")
+    assert [(e["proxy"], e["hops"]) for e in connects] == [("alpha", ["alpha"]), ("beta", ["alpha", "beta"])]
+    assert all(e["original_dst"] == "[::1]:%d" % port for e in connects)
+
+
+V6ONLY_CLIENT = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+s.connect(("::1", int(sys.argv[1])))
+s.sendall(b"GET /small.bin HTTP/1.0\r\n\r\n")
+total = 0
+while True:
+    b = s.recv(65536)
+    if not b:
+        break
+    total += len(b)
+print(total)
+"""
+
+
+def test_ipv6_only_socket(http_server, rules, wfpr_run):
+    """An IPV6_V6ONLY socket cannot reach an IPv4-mapped address: it goes to the proxies' [::1]."""
+    port = http_server["v6"].rsplit(":", 1)[1]
+    run = wfpr_run([("alpha", rules("alpha")), ("beta", rules("beta"))], [PY, "-c", V6ONLY_CLIENT, port], extra=EBPF)
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout) > 256 << 10
+    assert_chain(run, ["alpha", "beta"], connections=1)
+    assert all(e["client"].startswith("[::1]:") for e in run.events("connect"))
 
 
 def test_proxy_killed_mid_transfer(http_server, rules, tmp_path):

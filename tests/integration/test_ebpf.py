@@ -192,6 +192,16 @@ def test_cleanup_after_a_crash(rules):
     assert leftovers() == ([], [], [])
     assert "no wfpr eBPF instance" in subprocess.run([WFPR, "ebpf", "status"], capture_output=True, text=True).stdout
 
+    # the next run removes what a crashed one left, before it loads its own
+    proc = subprocess.Popen([WFPR, "run", *EBPF, "--rules", rule, "--", "sleep", "60"], stderr=subprocess.DEVNULL)
+    wait_loaded()
+    proc.kill()
+    proc.wait()
+    assert all(leftovers())
+    run = subprocess.run([WFPR, "run", *EBPF, "--rules", rule, "--", "true"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert leftovers() == ([], [], [])
+
 
 def test_needs_root_says_so():
     with tempfile.TemporaryDirectory() as d:

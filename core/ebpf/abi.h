@@ -83,7 +83,7 @@ struct wfpr_ebpf_entry {
 	__u8 token[WFPR_EBPF_TOKEN];
 	__u8 original[16]; /* the newest hop's original destination */
 	__u16 original_port;
-	__u16 family;
+	__u16 pad2;
 	__u8 context[WFPR_EBPF_CONTEXT_SIZE];
 	__u8 record[WFPR_EBPF_RECORD_CAP];
 };
@@ -114,7 +114,6 @@ enum wfpr_ebpf_counter {
 	WFPR_EBPF_QUERIES,
 	WFPR_EBPF_SETS,
 	WFPR_EBPF_BAD_SETS,
-	WFPR_EBPF_NO_SPACE,
 	WFPR_EBPF_COUNTERS
 };
 

@@ -462,7 +462,6 @@ static __always_inline int issue(void *map, const struct wfpr_ebpf_key *key, con
 	e->delivered = 0;
 	__builtin_memcpy(e->original, original, 16);
 	e->original_port = original_port;
-	e->family = v4 ? AF_INET : AF_INET6;
 
 	/* the default context: the original remote, then the original local address */
 	__builtin_memset(e->context, 0, WFPR_EBPF_CONTEXT_SIZE);

@@ -414,6 +414,24 @@ static unsigned int count_keys(int map_fd, size_t key_size)
 	return n;
 }
 
+/* One line per redirector slot in use: its id, addresses, proxy pid. */
+static void show_redirector(FILE *out, int map_fd, uint32_t slot)
+{
+	struct wfpr_ebpf_redirector r;
+	if (bpf_map_lookup_elem(map_fd, &slot, &r) != 0 || r.port == 0)
+		return;
+	char id[33], ip[INET6_ADDRSTRLEN], ip6[INET6_ADDRSTRLEN] = "";
+	for (int i = 0; i < 16; i++)
+		snprintf(id + 2 * i, 3, "%02x", r.id[i]);
+	inet_ntop(AF_INET, r.ip + 12, ip, sizeof(ip));
+	if (r.port6)
+		inet_ntop(AF_INET6, r.ip6, ip6, sizeof(ip6));
+	fprintf(out, "  redirector %u: id %s, proxy pid %u at %s:%u", slot, id, r.pid, ip, r.port);
+	if (r.port6)
+		fprintf(out, " and [%s]:%u", ip6, r.port6);
+	fprintf(out, "%s\n", r.active ? "" : " (off: its proxy is gone)");
+}
+
 static void show(FILE *out, pid_t owner, const char *pins, const char *cgroup)
 {
 	char path[640];
@@ -454,8 +472,12 @@ static void show(FILE *out, pid_t owner, const char *pins, const char *cgroup)
 	if (records >= 0)
 		fprintf(out, "  live TCP records %u, UDP flows %u\n", count_keys(records, sizeof(struct wfpr_ebpf_key)),
 		        count_keys(flows, sizeof(struct wfpr_ebpf_key)));
-	int fds[] = {counters, records, flows};
-	for (size_t i = 0; i < 3; i++)
+	snprintf(path, sizeof(path), "%s/map_redirectors", pins);
+	int redirectors = bpf_obj_get(path);
+	for (uint32_t slot = 0; redirectors >= 0 && slot < WFPR_EBPF_REDIRECTORS; slot++)
+		show_redirector(out, redirectors, slot);
+	int fds[] = {counters, records, flows, redirectors};
+	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
 		if (fds[i] >= 0)
 			close(fds[i]);
 }

@@ -171,6 +171,8 @@ def test_cleanup_after_exit_and_ctrl_c(rules, tmp_path):
     proc = subprocess.Popen([WFPR, "run", *EBPF, "--rules", rule, "--", "sleep", "60"],
                             stderr=subprocess.PIPE, text=True)
     wait_loaded()
+    status = subprocess.run([WFPR, "ebpf", "status"], capture_output=True, text=True).stdout
+    assert "instance %d (running)" % proc.pid in status and "redirector 0: id " in status, status
     proc.send_signal(signal.SIGINT)  # Ctrl-C: passed to COMMAND; then everything is removed
     assert proc.wait(timeout=30) == 128 + signal.SIGINT
     assert leftovers() == ([], [], [])

@@ -43,6 +43,12 @@ int proxy_serve(const proxy_config *cfg);
 /* Serve as the broker until SIGTERM or SIGINT; exit status. */
 int broker_serve(const char *path, int ready_fd);
 
+/* The systemd readiness protocol (notify.c): take NOTIFY_SOCKET out of the
+ * environment, so that children do not inherit it; later send it a state
+ * such as "READY=1" (nothing when it was not set). */
+void cli_notify_take(void);
+int cli_notify(const char *state);
+
 /* A relay holds two descriptors per connection: take the hard limit. */
 void cli_raise_fd_limit(void);
 /* "127.0.0.1:8080", "[::1]:8080" */

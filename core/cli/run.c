@@ -224,29 +224,49 @@ static void proxy_exited(const options *o, pid_t *proxies, pid_t pid, pid_t brok
 		fprintf(stderr, "wfpr run: the broker exited\n");
 }
 
-static pid_t start_command(char **command, const char *socket_path, int fail_closed, int ebpf)
+/* Start COMMAND; its pid, and *running once it runs (in the cgroup on the
+ * eBPF backend). A close-on-exec pipe tells exec from a failure before it;
+ * a child that failed exits 126 or 127, for the caller to reap. */
+static pid_t start_command(char **command, const char *socket_path, int fail_closed, int ebpf, bool *running)
 {
 	char shim[PATH_MAX], preload[2 * PATH_MAX];
 	shim_path(shim, sizeof(shim));
 	const char *old = getenv("LD_PRELOAD");
 	snprintf(preload, sizeof(preload), "%s%s%s", shim, old && *old ? " " : "", old ? old : "");
+	int started[2];
+	*running = false;
+	if (pipe2(started, O_CLOEXEC) < 0)
+		return -1;
 	pid_t pid = fork();
-	if (pid == 0 && ebpf && run_ebpf_enter(getpid()) != 0) {
-		fprintf(stderr, "wfpr run: cannot put %s in the cgroup: %s\n", command[0], strerror(errno));
-		_exit(126);
-	}
-	if (pid == 0 && !ebpf) {
-		setenv("LD_PRELOAD", preload, 1);
-		setenv("WFPR_BROKER", socket_path, 1);
-		setenv("WFPR_FAIL", fail_closed ? "closed" : "open", 1);
-	}
 	if (pid == 0) {
-		signal(SIGINT, SIG_DFL);
-		signal(SIGTERM, SIG_DFL);
-		execvp(command[0], command);
-		fprintf(stderr, "wfpr run: cannot run %s: %s\n", command[0], strerror(errno));
-		_exit(127);
+		int err = 0;
+		close(started[0]);
+		if (ebpf && run_ebpf_enter(getpid()) != 0) {
+			err = errno;
+			fprintf(stderr, "wfpr run: cannot put %s in the cgroup: %s\n", command[0], strerror(err));
+		} else {
+			if (!ebpf) {
+				setenv("LD_PRELOAD", preload, 1);
+				setenv("WFPR_BROKER", socket_path, 1);
+				setenv("WFPR_FAIL", fail_closed ? "closed" : "open", 1);
+			}
+			signal(SIGINT, SIG_DFL);
+			signal(SIGTERM, SIG_DFL);
+			execvp(command[0], command);
+			err = errno;
+			fprintf(stderr, "wfpr run: cannot run %s: %s\n", command[0], strerror(err));
+		}
+		if (write(started[1], &err, sizeof(err)) < 0)
+			_exit(127);
+		_exit(err == ENOENT ? 127 : 126);
 	}
+	close(started[1]);
+	int err = 0;
+	ssize_t n;
+	while ((n = read(started[0], &err, sizeof(err))) < 0 && errno == EINTR)
+		;
+	close(started[0]);
+	*running = pid > 0 && n == 0;
 	return pid;
 }
 
@@ -282,6 +302,7 @@ int cmd_run(int argc, char **argv)
 {
 	static options o;
 	memset(&o, 0, sizeof(o));
+	cli_notify_take();
 	if (parse(&o, argc, argv) < 0) {
 		fprintf(stderr, "\n%s", cli_usage);
 		return 2;
@@ -342,7 +363,10 @@ int cmd_run(int argc, char **argv)
 		struct sigaction sa = {.sa_handler = forward_signal};
 		sigaction(SIGINT, &sa, NULL);
 		sigaction(SIGTERM, &sa, NULL);
-		command_pid = start_command(o.command, socket_path, o.fail_closed, o.ebpf);
+		bool running = false;
+		command_pid = start_command(o.command, socket_path, o.fail_closed, o.ebpf, &running);
+		if (running)
+			cli_notify("READY=1\nSTATUS=COMMAND is running through the proxies");
 		int ws = 0;
 		while (command_pid > 0) {
 			pid_t done = waitpid(-1, &ws, 0);

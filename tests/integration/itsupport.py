@@ -6,10 +6,12 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -113,6 +115,62 @@ def wfpr_run(tmp_path):
                               env=dict(os.environ, **(env or {})))
         return Run(proc, log)
     return run
+
+
+class Started:
+    """Background processes of one test. Each runs in a session of its own,
+    so that teardown can kill it with everything it started, even when the
+    test failed half-way; `wfpr ebpf cleanup` then removes what a killed
+    eBPF run left loaded."""
+
+    def __init__(self, tmp_path):
+        self.tmp_path = tmp_path
+        self.procs = []
+
+    def __call__(self, args, ready=False, timeout=30, **kwargs):
+        """Popen(args); with ready=True, return only once `wfpr run` said
+        READY=1 on NOTIFY_SOCKET (its programs attached, its proxies
+        listening and COMMAND running), as systemd's Type=notify waits."""
+        env = dict(kwargs.pop("env", None) or os.environ)
+        notify = None
+        if ready:
+            notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            path = str(self.tmp_path / ("notify-%d" % len(self.procs)))
+            notify.bind(path)
+            env["NOTIFY_SOCKET"] = path
+        proc = subprocess.Popen(args, env=env, start_new_session=True, **kwargs)
+        self.procs.append(proc)
+        if notify:
+            with notify:
+                notify.settimeout(timeout)
+                deadline = time.time() + timeout
+                while True:
+                    assert proc.poll() is None, "%s exited (%s) before it was ready" % (args[:2], proc.returncode)
+                    try:
+                        if b"READY=1" in notify.recv(4096).split(b"\n"):
+                            break
+                    except socket.timeout:
+                        pass
+                    assert time.time() < deadline, "%s was not ready after %d s" % (args[:2], timeout)
+        return proc
+
+    def cleanup(self):
+        for proc in self.procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait()
+        if self.procs and os.path.exists(WFPR):
+            subprocess.run([WFPR, "ebpf", "cleanup"], capture_output=True)
+
+
+@pytest.fixture
+def started(tmp_path):
+    """started(args, ready=False, **popen_kwargs) -> Popen, killed at teardown."""
+    s = Started(tmp_path)
+    yield s
+    s.cleanup()
 
 
 def assert_chain(run, names, connections):

@@ -1,5 +1,8 @@
 """The CLI's contract: --help everywhere, a wrong option or a missing file is exit status 2 with a message."""
+import os
+import socket
 import subprocess
+import time
 
 import pytest
 
@@ -48,3 +51,30 @@ def test_run_exits_with_command_status_on_missing_command():
     r = subprocess.run([WFPR, "run", "--rules", "lua/rules/tag.lua", "--", "/nonexistent/program"],
                        capture_output=True, text=True, timeout=30, cwd=__file__.rsplit("/tests/", 1)[0])
     assert r.returncode == 127 and "cannot run /nonexistent/program" in r.stderr
+
+
+def test_run_says_ready_once_command_runs(tmp_path, started):
+    """NOTIFY_SOCKET gets READY=1 (systemd's Type=notify) once COMMAND runs
+    through the proxies; COMMAND does not inherit NOTIFY_SOCKET."""
+    out = tmp_path / "env.txt"
+    proc = started([WFPR, "run", "--rules", "lua/rules/tag.lua", "--", "sh", "-c",
+                    'echo "notify=${NOTIFY_SOCKET:-unset}" > "$0"; sleep 30', str(out)],
+                   ready=True, cwd=__file__.rsplit("/tests/", 1)[0], stderr=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while not out.exists() or not out.read_text():
+        assert time.time() < deadline
+        time.sleep(0.02)
+    assert out.read_text().strip() == "notify=unset"
+    assert proc.poll() is None
+
+
+def test_run_never_says_ready_when_command_cannot_start(tmp_path):
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(0.1)
+    r = subprocess.run([WFPR, "run", "--rules", "lua/rules/tag.lua", "--", "/nonexistent/program"],
+                       capture_output=True, text=True, timeout=30, cwd=__file__.rsplit("/tests/", 1)[0],
+                       env=dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify")))
+    assert r.returncode == 127
+    with pytest.raises(socket.timeout):
+        notify.recv(100)

@@ -45,15 +45,6 @@ def ebpf_available(tmp_path_factory):
     assert leftovers() == ([], [], [])
 
 
-def wait_loaded():
-    """Until a running wfpr run has its programs, pins and cgroup (and COMMAND started)."""
-    deadline = time.time() + 20
-    while not all(leftovers()) and time.time() < deadline:
-        time.sleep(0.1)
-    assert all(leftovers()), leftovers()
-    time.sleep(0.5)
-
-
 CHAINS = [["alpha"], ["alpha", "beta"], ["alpha", "beta", "gamma"]]
 
 
@@ -162,26 +153,28 @@ def test_forged_set_is_refused(http_server, rules, wfpr_run):
     assert len(run.events("connect")) == 4  # every one still redirected to alpha
 
 
-def test_cleanup_after_exit_and_ctrl_c(rules, tmp_path):
+def test_cleanup_after_exit_and_ctrl_c(rules, started):
     rule = rules("alpha")
     run = subprocess.run([WFPR, "run", *EBPF, "--rules", rule, "--", "true"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert leftovers() == ([], [], [])
 
-    proc = subprocess.Popen([WFPR, "run", *EBPF, "--rules", rule, "--", "sleep", "60"],
-                            stderr=subprocess.PIPE, text=True)
-    wait_loaded()
+    proc = started([WFPR, "run", *EBPF, "--rules", rule, "--", "sleep", "60"], ready=True,
+                   stderr=subprocess.DEVNULL)
+    names, pins, cgroups = leftovers()
+    assert names and pins == ["/sys/fs/bpf/wfpr/%d" % proc.pid] and len(cgroups) == 1, leftovers()
     status = subprocess.run([WFPR, "ebpf", "status"], capture_output=True, text=True).stdout
     assert "instance %d (running)" % proc.pid in status and "redirector 0: id " in status, status
+    assert ", 2 processes" in status, status  # the proxy and COMMAND
     proc.send_signal(signal.SIGINT)  # Ctrl-C: passed to COMMAND; then everything is removed
     assert proc.wait(timeout=30) == 128 + signal.SIGINT
     assert leftovers() == ([], [], [])
 
 
-def test_cleanup_after_a_crash(rules):
+def test_cleanup_after_a_crash(rules, started):
     rule = rules("alpha")
-    proc = subprocess.Popen([WFPR, "run", *EBPF, "--rules", rule, "--", "sleep", "60"], stderr=subprocess.DEVNULL)
-    wait_loaded()
+    proc = started([WFPR, "run", *EBPF, "--rules", rule, "--", "sleep", "60"], ready=True,
+                   stderr=subprocess.DEVNULL)
     proc.kill()  # the loader dies without cleaning up
     proc.wait()
     names, pins, cgroups = leftovers()
@@ -190,13 +183,12 @@ def test_cleanup_after_a_crash(rules):
     assert "owner gone" in status.stdout, status.stdout
     cleanup = subprocess.run([WFPR, "ebpf", "cleanup"], capture_output=True, text=True)
     assert cleanup.returncode == 0 and "removed instance %d" % proc.pid in cleanup.stdout, cleanup.stdout
-    time.sleep(0.2)
     assert leftovers() == ([], [], [])
     assert "no wfpr eBPF instance" in subprocess.run([WFPR, "ebpf", "status"], capture_output=True, text=True).stdout
 
     # the next run removes what a crashed one left, before it loads its own
-    proc = subprocess.Popen([WFPR, "run", *EBPF, "--rules", rule, "--", "sleep", "60"], stderr=subprocess.DEVNULL)
-    wait_loaded()
+    proc = started([WFPR, "run", *EBPF, "--rules", rule, "--", "sleep", "60"], ready=True,
+                   stderr=subprocess.DEVNULL)
     proc.kill()
     proc.wait()
     assert all(leftovers())
@@ -312,20 +304,24 @@ def test_ipv6_only_socket(http_server, rules, wfpr_run):
     assert all(e["client"].startswith("[::1]:") for e in run.events("connect"))
 
 
-def test_proxy_killed_mid_transfer(http_server, rules, tmp_path):
+def test_proxy_killed_mid_transfer(http_server, rules, tmp_path, started):
     """As on the preload backend: the client sees an error at once, the dead
     proxy's redirector is switched off, and the next fetch goes through the
     proxy that is left."""
     out, log = tmp_path / "got.bin", tmp_path / "log.jsonl"
     script = ('curl -sS --limit-rate 5M -o /dev/null "$0/big.bin"; echo "first $?"; '
               'curl -sS --fail -o "$1" "$0/small.bin"; echo "second $?"')
-    proc = subprocess.Popen([WFPR, "run", *EBPF, "--rules", rules("alpha"), "--proxy", "beta=" + rules("beta"),
-                             "--log", str(log), "--", "sh", "-c", script, http_server["v4"], str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 20
-    while time.time() < deadline and not (log.exists() and '"connect"' in log.read_text()):
-        time.sleep(0.1)
-    time.sleep(0.5)
+    proc = started([WFPR, "run", *EBPF, "--rules", rules("alpha"), "--proxy", "beta=" + rules("beta"),
+                    "--log", str(log), "--", "sh", "-c", script, http_server["v4"], str(out)],
+                   ready=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def beta_relaying():
+        return log.exists() and any('"connect"' in line and '"proxy":"beta"' in line
+                                    for line in log.read_text().splitlines())
+    deadline = time.time() + 30
+    while time.time() < deadline and not beta_relaying():
+        time.sleep(0.05)
+    assert beta_relaying(), "beta never got the first download's connection"
     children = sorted(int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid), "-x", "wfpr"],
                                                      capture_output=True, text=True).stdout.split())
     assert len(children) == 2, children  # alpha, then beta (COMMAND is sh)

@@ -10,7 +10,9 @@ from setuptools import Extension, setup
 from setuptools.command.build_py import build_py as _build_py
 
 HERE = Path(__file__).parent.resolve()
-CORE_SOURCES = sorted(str(p.relative_to(HERE)) for p in (HERE / "core" / "src").rglob("*.c"))
+# the same list CMakeLists.txt builds libwfpr from
+CORE_SOURCES = [line.strip() for line in (HERE / "core" / "sources.txt").read_text().splitlines()
+                if line.strip().endswith(".c") and not line.startswith("#")]
 INTERFACE = sorted((HERE / "bindings").glob("*.i")) + sorted((HERE / "core").rglob("*.h"))
 WRAPPER = HERE / "bindings" / "wfpr_wrap.c"
 

@@ -43,8 +43,8 @@ WFPR_EXTERN int wfpr_broker_get_stats(wfpr_broker_stats *out, const wfpr_broker 
 WFPR_EXTERN const wfpr_layer *wfpr_broker_layer(const wfpr_broker *broker);
 WFPR_EXTERN void wfpr_broker_free(wfpr_broker *broker);
 
-/* This process's sockets go through the broker at path (NULL: back to the
- * in-process backend). */
+/* This process's sockets go through the broker at path (NULL: detach).
+ * WFPR_WSAEADDRINUSE while another backend (a layer, eBPF) is attached. */
 WFPR_EXTERN int wfpr_preload_attach(const char *path);
 /* Make this process a redirector: connections are redirected to address
  * (TCP and UDP, an IPv4 or IPv6 loopback address), in registration order

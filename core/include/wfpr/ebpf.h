@@ -15,7 +15,8 @@
 
 WFPR_BEGIN_DECL
 
-/* on: 1 turns the eBPF backend on for this process, 0 back off. 0. */
+/* on: 1 turns the eBPF backend on for this process, 0 back off. 0, or
+ * WFPR_WSAEADDRINUSE while another backend is attached (one at a time). */
 WFPR_EXTERN int wfpr_ebpf_attach(int on);
 /* 1 when the BPF programs answer on this socket (it is in their cgroup), else 0. */
 WFPR_EXTERN int wfpr_ebpf_available(wfpr_socket_t s);

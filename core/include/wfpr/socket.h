@@ -28,7 +28,8 @@ WFPR_BEGIN_DECL
 #define WFPR_FLAG_OVERLAPPED 0x01u
 
 /* The layer that classifies this process's wfpr_connect/wfpr_sendto calls.
- * One at a time, as one kernel has one stack. */
+ * One at a time, as one kernel has one stack: WFPR_WSAEADDRINUSE while
+ * another layer or another backend (preload, eBPF) is attached. */
 WFPR_EXTERN int wfpr_inproc_attach(wfpr_layer *layer);
 WFPR_EXTERN void wfpr_inproc_detach(wfpr_layer *layer);
 

@@ -3,48 +3,21 @@
 
 /*
  * The in-process backend: it stores the records the layer issues, keyed by
- * the redirected connection's 4-tuple and by the record's last token, finds
- * them again for QUERY and SET, and carries out redirects on real sockets.
- * One lock (inproc_lock) guards the store and the socket table.
+ * the redirected connection's 4-tuple and by the record's last token, and
+ * finds them again for QUERY and SET. One lock (inproc_lock) guards the
+ * store and the attached layer.
  */
 
 #include <pthread.h>
 #include <stdbool.h>
 #include <sys/socket.h>
 #include "../layer.h"
+#include "../backend.h"
 #include "../overlapped.h"
 #include "../sockutil.h"
 
 extern pthread_mutex_t inproc_lock;
 extern wfpr_layer *inproc_layer; /* guarded by inproc_lock */
-
-/* ---- sockets: socktab.c ---- */
-
-typedef struct flow {
-	struct flow *next;
-	struct sockaddr_storage dest;   /* what the application addressed */
-	struct sockaddr_storage target; /* where its datagrams really go */
-} flow;
-
-typedef struct sock {
-	struct sock *next;
-	int fd;
-	uint64_t cookie;
-	bool overlapped;
-	bool want_context;
-	uint8_t *records; /* SET on this socket, checked */
-	size_t records_len;
-	bool connect_pending;    /* a non-blocking connect in progress... */
-	struct sockaddr_storage connect_target; /* ...to here (the proxy, if redirected) */
-	struct conn *connecting; /* its record, if redirected */
-	flow *flows;             /* UDP: where each destination goes */
-	size_t n_flows;
-} sock;
-
-
-sock *socktab_find(int fd); /* locked; NULL if none or stale */
-sock *socktab_get(int fd);  /* locked; creates; NULL when out of memory or not a socket */
-void socktab_remove(int fd);
 
 /* ---- records: store.c ---- */
 
@@ -56,6 +29,7 @@ typedef struct pending_op {
 	bool context;
 	void *out;
 	uint32_t out_len;
+	wfpr__fill_fn fill;
 	wfpr_overlapped *ov;
 	wfpr_completion_routine routine;
 	apc_queue *queue;
@@ -101,13 +75,5 @@ void store_socket_closed(int fd);
 /* Wait (blocking QUERY) until c is committed or gone; false if gone. */
 bool store_wait_committed(int protocol, const struct sockaddr_storage *local,
                           const struct sockaddr_storage *peer);
-
-/* SET: a blob this layer issued to a live connection becomes fd's records.
- * 0 or a wfpr_err code. (socket.c) */
-int inproc_set_records(int fd, const uint8_t *blob, size_t len);
-
-/* The conformance table's buffer rules, once the blob is known
- * (shared by the immediate and the pending QUERY). */
-int query_fill(void *out, uint32_t out_len, const uint8_t *blob, size_t len, uint32_t *bytes);
 
 #endif

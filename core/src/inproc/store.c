@@ -68,8 +68,8 @@ static void finish_waiters(conn *c)
 		uint32_t bytes = 0;
 		int err = WFPR_FWP_E_NOT_FOUND;
 		if (c->committed)
-			err = op->context ? query_fill(op->out, op->out_len, c->context, c->context_len, &bytes)
-			                  : query_fill(op->out, op->out_len, c->record, c->record_len, &bytes);
+			err = op->context ? op->fill(op->out, op->out_len, c->context, c->context_len, &bytes)
+			                  : op->fill(op->out, op->out_len, c->record, c->record_len, &bytes);
 		overlapped_complete(op->ov, op->routine, op->queue, err, bytes);
 		apc_queue_unref(op->queue);
 		free(op);

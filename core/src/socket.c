@@ -1,14 +1,17 @@
+/* The socket front end: wfpr_connect, wfpr_sendto/recvmsg/sendmsg and the
+ * rest, the same on every backend. Each connect and each new UDP flow is
+ * routed through the attached backend (backend.h); the application keeps
+ * seeing the addresses it used. */
 #include <errno.h>
-#include <limits.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
 #include <unistd.h>
-#include "../addr.h"
-#include "../ebpf/kernel.h"
-#include "../preload/client.h"
-#include "inproc.h"
+#include "addr.h"
+#include "backend.h"
+#include "sockutil.h"
+#include "socktab.h"
 #include "wfpr/error.h"
 #include "wfpr/socket.h"
 
@@ -48,103 +51,38 @@ static uint8_t *dup_bytes(const uint8_t *p, size_t n)
 	return copy;
 }
 
-/* Classify a connect or a new flow. On 0, *target is where to send
- * (addr itself when permitted); for a redirect the record is stored and
- * *out_conn is its (uncommitted) entry. On the preload backend, a TCP
- * connect (connecting not NULL) that is redirected is made here, and
- * *connecting gets connect's result (else it stays INT_MIN). */
-static int route(int fd, int protocol, const struct sockaddr *addr, struct sockaddr_storage *target,
-                 conn **out_conn, int *connecting)
+/* The errno of a route's failure when the backend gave none. */
+static int errno_of(int err)
 {
-	conn_info info = {.protocol = protocol};
-	redirect_decision d;
+	switch (err) {
+	case WFPR_WSAELOOP: return ELOOP;
+	case WFPR_WSAEACCES: return EACCES;
+	case WFPR_WSAENOBUFS: return ENOMEM;
+	case WFPR_WSAENETDOWN: return ENETDOWN;
+	default: return EINVAL;
+	}
+}
 
-	*out_conn = NULL;
-	to_storage(target, addr);
-	if (kernel_enabled())
-		return 0; /* the eBPF backend: the kernel decides at connect or sendto */
-	info.pid = getpid();
-	info.uid = getuid();
-	to_storage(&info.remote, addr);
-	socket_local(fd, &info.local);
-
-	pthread_mutex_lock(&inproc_lock);
-	wfpr_layer *layer = inproc_layer;
-	sock *s = socktab_find(fd);
+/* Route a connect or a new flow through backend b, with the records SET
+ * on the socket. On 0, r->target is where to send. */
+static int route(const wfpr__backend *b, int fd, int protocol, const struct sockaddr *addr, bool may_connect,
+                 wfpr__route *r)
+{
+	*r = (wfpr__route){.fd = fd, .protocol = protocol, .may_connect = may_connect};
+	to_storage(&r->remote, addr);
+	pthread_mutex_lock(&wfpr__socktab_lock);
+	wfpr__sock *s = wfpr__socktab_find(fd);
 	size_t records_len = s ? s->records_len : 0;
 	uint8_t *records = s ? dup_bytes(s->records, s->records_len) : NULL;
-	pthread_mutex_unlock(&inproc_lock);
+	pthread_mutex_unlock(&wfpr__socktab_lock);
 	if (records_len && !records)
 		return fail(WFPR_WSAENOBUFS, ENOMEM);
-	if (client_enabled()) {
-		/* the preload backend: the broker's layer decides and keeps the record */
-		bool redirected;
-		int connect_result = 0;
-		int rc = client_route(fd, protocol, &info.remote, records, records_len, target, &redirected,
-		                      connecting ? connect : NULL, &connect_result);
-		free(records);
-		if (rc == 0 && redirected && connecting && protocol == IPPROTO_TCP)
-			*connecting = connect_result;
-		return rc == 0 ? 0 : fail(rc, rc == WFPR_WSAELOOP ? ELOOP : rc == WFPR_WSAEACCES ? EACCES : ENETDOWN);
-	}
-	if (!layer) {
-		free(records);
-		return 0;
-	}
-
-	int rc = layer_classify(layer, &info, records, records_len, &d);
-	if (rc != 0) {
-		free(records);
-		return fail(rc, EINVAL);
-	}
-	if (d.action == WFPR_ACTION_BLOCK) {
-		free(records);
-		redirect_decision_cleanup(&d);
-		return fail(d.err, d.err == WFPR_WSAELOOP ? ELOOP : EACCES);
-	}
-	if (d.action == WFPR_ACTION_PERMIT) {
-		free(records);
-		return 0;
-	}
-
-	uint8_t *record = NULL, token[WFPR_TOKEN_SIZE];
-	size_t record_len = 0;
-	if (socket_bind_for_redirect(fd, protocol, &d.target, &info.local) < 0) {
-		rc = fail_errno();
-	} else if ((rc = layer_issue(layer, &d, &info, records, records_len, &record, &record_len, token)) != 0) {
-		rc = fail(rc, rc == WFPR_WSAELOOP ? ELOOP : EINVAL);
-	} else {
-		pthread_mutex_lock(&inproc_lock);
-		*out_conn = store_reserve(protocol, &info.local, &d.target, fd, record, record_len, d.context,
-		                          d.context_len, token);
-		pthread_mutex_unlock(&inproc_lock);
-		d.context = NULL; /* the store owns it now */
-		*target = d.target;
-		rc = *out_conn ? 0 : fail(WFPR_WSAENOBUFS, ENOMEM);
-	}
+	r->records = records;
+	r->records_len = records_len;
+	int rc = b->route(r);
 	free(records);
-	redirect_decision_cleanup(&d);
-	return rc;
-}
-
-int wfpr_inproc_attach(wfpr_layer *layer)
-{
-	if (!layer)
-		return WFPR_WSAEFAULT;
-	pthread_mutex_lock(&inproc_lock);
-	int rc = inproc_layer && inproc_layer != layer ? WFPR_WSAEADDRINUSE : 0;
-	if (rc == 0)
-		inproc_layer = layer;
-	pthread_mutex_unlock(&inproc_lock);
-	return rc;
-}
-
-void wfpr_inproc_detach(wfpr_layer *layer)
-{
-	pthread_mutex_lock(&inproc_lock);
-	if (inproc_layer == layer)
-		inproc_layer = NULL;
-	pthread_mutex_unlock(&inproc_lock);
+	r->records = NULL;
+	return rc == 0 ? 0 : fail(rc, r->errnum ? r->errnum : errno_of(rc));
 }
 
 wfpr_socket_t wfpr_socket(int family, int type, int protocol, unsigned int flags)
@@ -166,34 +104,34 @@ int wfpr_socket_set_overlapped(wfpr_socket_t fd, int on)
 {
 	if (socket_protocol(fd) < 0)
 		return fail_errno();
-	pthread_mutex_lock(&inproc_lock);
-	sock *s = socktab_get(fd);
+	pthread_mutex_lock(&wfpr__socktab_lock);
+	wfpr__sock *s = wfpr__socktab_get(fd);
 	if (s)
 		s->overlapped = on != 0;
-	pthread_mutex_unlock(&inproc_lock);
+	pthread_mutex_unlock(&wfpr__socktab_lock);
 	return s ? 0 : fail(WFPR_WSAENOBUFS, ENOMEM);
 }
 
 /* A second connect on a non-blocking socket whose connect is in progress:
- * finish it (a redirected one publishes its record now), never classify again. */
+ * finish it (a redirected one publishes its record now), never route again. */
 static int finish_connect(int fd, const struct sockaddr_storage *target)
 {
 	int rc = connect(fd, (const struct sockaddr *)target, addr_len(target));
 	int e = errno;
-	bool done = rc == 0 || e == EISCONN;
-	pthread_mutex_lock(&inproc_lock);
-	sock *s = socktab_find(fd);
-	if (s && s->connect_pending) {
-		if (done && s->connecting)
-			store_commit(s->connecting);
-		else if (!done && e != EALREADY && e != EINPROGRESS && s->connecting)
-			store_abandon(s->connecting);
-		if (done || (e != EALREADY && e != EINPROGRESS)) {
-			s->connect_pending = false;
-			s->connecting = NULL;
-		}
+	bool done = rc == 0 || e == EISCONN, ended = done || (e != EALREADY && e != EINPROGRESS);
+	const wfpr__backend *b = NULL;
+	void *pending = NULL;
+	pthread_mutex_lock(&wfpr__socktab_lock);
+	wfpr__sock *s = wfpr__socktab_find(fd);
+	if (s && s->connect_pending && ended) {
+		b = s->routed_by;
+		pending = s->connecting;
+		s->connect_pending = false;
+		s->connecting = NULL;
 	}
-	pthread_mutex_unlock(&inproc_lock);
+	pthread_mutex_unlock(&wfpr__socktab_lock);
+	if (pending)
+		b->connect_done(pending, done);
 	if (done)
 		return 0;
 	return fail(e == EINPROGRESS ? WFPR_WSAEALREADY : wfpr_err_from_errno(e), e);
@@ -209,34 +147,36 @@ int wfpr_connect(wfpr_socket_t fd, const struct sockaddr *addr, socklen_t len)
 	if (!is_inet(addr, len) || (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP))
 		return connect(fd, addr, len) == 0 ? 0 : fail_errno();
 
-	pthread_mutex_lock(&inproc_lock);
-	sock *s = socktab_find(fd);
-	bool pending = s && s->connect_pending;
+	pthread_mutex_lock(&wfpr__socktab_lock);
+	wfpr__sock *s = wfpr__socktab_find(fd);
+	bool in_progress = s && s->connect_pending;
 	struct sockaddr_storage pending_target;
-	if (pending)
+	if (in_progress)
 		pending_target = s->connect_target;
-	pthread_mutex_unlock(&inproc_lock);
-	if (pending)
+	pthread_mutex_unlock(&wfpr__socktab_lock);
+	if (in_progress)
 		return finish_connect(fd, &pending_target);
 
-	struct sockaddr_storage target;
-	conn *c;
-	int connected = INT_MIN;
-	if (route(fd, protocol, addr, &target, &c, &connected) < 0)
+	const wfpr__backend *b = wfpr__backend_current();
+	wfpr__route r;
+	if (route(b, fd, protocol, addr, true, &r) < 0)
 		return WFPR_SOCKET_ERROR;
-	int rc = connected != INT_MIN ? connected : connect(fd, (struct sockaddr *)&target, addr_len(&target));
-	int e = errno;
-	pthread_mutex_lock(&inproc_lock);
-	if (rc == 0 && c) {
-		store_commit(c);
-	} else if (rc != 0 && e == EINPROGRESS && (s = socktab_get(fd))) {
-		s->connect_pending = true;
-		s->connect_target = target;
-		s->connecting = c;
-	} else if (rc != 0 && c) {
-		store_abandon(c);
+	int rc = r.connected ? r.connect_result : connect(fd, (struct sockaddr *)&r.target, addr_len(&r.target));
+	int e = r.connected ? r.connect_errno : errno;
+	if (rc != 0 && e == EINPROGRESS) {
+		pthread_mutex_lock(&wfpr__socktab_lock);
+		s = wfpr__socktab_get(fd);
+		if (s) {
+			s->connect_pending = true;
+			s->connect_target = r.target;
+			s->routed_by = b;
+			s->connecting = r.pending;
+			r.pending = NULL;
+		}
+		pthread_mutex_unlock(&wfpr__socktab_lock);
 	}
-	pthread_mutex_unlock(&inproc_lock);
+	if (r.pending)
+		b->connect_done(r.pending, rc == 0);
 	return rc == 0 ? 0 : fail(wfpr_err_from_errno(e), e);
 }
 
@@ -245,13 +185,13 @@ wfpr_socket_t wfpr_accept(wfpr_socket_t fd, struct sockaddr *addr, socklen_t *le
 	int child = accept4(fd, addr, len, SOCK_CLOEXEC);
 	if (child < 0)
 		return fail_errno();
-	pthread_mutex_lock(&inproc_lock);
-	sock *listener = socktab_find(fd);
+	pthread_mutex_lock(&wfpr__socktab_lock);
+	wfpr__sock *listener = wfpr__socktab_find(fd);
 	bool overlapped = listener && listener->overlapped;
-	sock *s = overlapped ? socktab_get(child) : NULL;
+	wfpr__sock *s = overlapped ? wfpr__socktab_get(child) : NULL;
 	if (s)
 		s->overlapped = true;
-	pthread_mutex_unlock(&inproc_lock);
+	pthread_mutex_unlock(&wfpr__socktab_lock);
 	if (overlapped && !s) {
 		close(child);
 		return fail(WFPR_WSAENOBUFS, ENOMEM);
@@ -259,38 +199,40 @@ wfpr_socket_t wfpr_accept(wfpr_socket_t fd, struct sockaddr *addr, socklen_t *le
 	return child;
 }
 
-/* Where a datagram to `to` goes, classifying the flow the first time. */
+/* Where a datagram to `to` goes, routing the flow the first time. */
 static int route_datagram(int fd, const struct sockaddr *to, struct sockaddr_storage *target)
 {
 	struct sockaddr_storage dest;
 	to_storage(&dest, to);
 
-	pthread_mutex_lock(&inproc_lock);
-	sock *s = socktab_find(fd);
-	for (flow *f = s ? s->flows : NULL; f; f = f->next) {
+	pthread_mutex_lock(&wfpr__socktab_lock);
+	wfpr__sock *s = wfpr__socktab_find(fd);
+	for (wfpr__flow *f = s ? s->flows : NULL; f; f = f->next) {
 		if (addr_equal(&f->dest, &dest)) {
 			*target = f->target;
-			pthread_mutex_unlock(&inproc_lock);
+			pthread_mutex_unlock(&wfpr__socktab_lock);
 			return 0;
 		}
 	}
-	pthread_mutex_unlock(&inproc_lock);
+	pthread_mutex_unlock(&wfpr__socktab_lock);
 
-	conn *c;
-	if (route(fd, IPPROTO_UDP, to, target, &c, NULL) < 0)
+	const wfpr__backend *b = wfpr__backend_current();
+	wfpr__route r;
+	if (route(b, fd, IPPROTO_UDP, to, false, &r) < 0)
 		return WFPR_SOCKET_ERROR;
-	pthread_mutex_lock(&inproc_lock);
-	if (c)
-		store_commit(c); /* a datagram needs no handshake */
-	s = socktab_get(fd);
-	flow *f = s ? calloc(1, sizeof(*f)) : NULL;
+	if (r.pending)
+		b->connect_done(r.pending, true); /* a datagram needs no handshake */
+	*target = r.target;
+	pthread_mutex_lock(&wfpr__socktab_lock);
+	s = wfpr__socktab_get(fd);
+	wfpr__flow *f = s ? calloc(1, sizeof(*f)) : NULL;
 	if (f) {
 		f->dest = dest;
-		f->target = *target;
+		f->target = r.target;
 		f->next = s->flows;
 		s->flows = f;
 		if (++s->n_flows > MAX_FLOWS_PER_SOCKET) {
-			flow **p = &s->flows;
+			wfpr__flow **p = &s->flows;
 			while ((*p)->next)
 				p = &(*p)->next;
 			free(*p);
@@ -298,7 +240,7 @@ static int route_datagram(int fd, const struct sockaddr *to, struct sockaddr_sto
 			s->n_flows--;
 		}
 	}
-	pthread_mutex_unlock(&inproc_lock);
+	pthread_mutex_unlock(&wfpr__socktab_lock);
 	return 0;
 }
 
@@ -353,41 +295,17 @@ static void append_cmsg(struct msghdr *msg, size_t capacity, int type, const uin
 	msg->msg_controllen = used + CMSG_SPACE(len);
 }
 
-/* The preload and eBPF backends: the broker or the kernel hands out a
- * flow's records once, with its first datagram. */
-static void remote_first_datagram(int fd, struct msghdr *msg, size_t capacity, const struct sockaddr_storage *local,
-                                  const struct sockaddr_storage *from, bool want_context)
-{
-	if (kernel_enabled()) {
-		uint8_t blob[KERNEL_BLOB_MAX];
-		size_t len;
-		if (kernel_query(fd, false, blob, &len) != 0 || !capacity)
-			return;
-		append_cmsg(msg, capacity, WFPR_IP_WFP_REDIRECT_RECORDS, blob, len);
-		if (want_context && kernel_query(fd, true, blob, &len) == 0)
-			append_cmsg(msg, capacity, WFPR_IP_WFP_REDIRECT_CONTEXT, blob, len);
-		return;
-	}
-	uint64_t cookie = socket_cookie(fd);
-	uint8_t blob[WIRE_BLOB_MAX];
-	size_t len;
-	if (client_query(cookie, IPPROTO_UDP, local, from, WIRE_QUERY_FIRST_DATAGRAM, blob, sizeof(blob), &len) != 0 || !capacity)
-		return;
-	append_cmsg(msg, capacity, WFPR_IP_WFP_REDIRECT_RECORDS, blob, len);
-	if (want_context && client_query(cookie, IPPROTO_UDP, local, from, WIRE_QUERY_CONTEXT, blob, sizeof(blob), &len) == 0)
-		append_cmsg(msg, capacity, WFPR_IP_WFP_REDIRECT_CONTEXT, blob, len);
-}
-
 /* After a datagram arrived from `from`: a client sees replies from the
- * original destination; a proxy gets the records with a flow's first datagram. */
+ * original destination; a proxy gets the records with a flow's first
+ * datagram (once, even when there is no room for them). */
 static void after_receive(int fd, struct msghdr *msg, size_t capacity, struct sockaddr_storage *from)
 {
 	struct sockaddr_storage local;
 	socket_local(fd, &local);
 
-	pthread_mutex_lock(&inproc_lock);
-	sock *s = socktab_find(fd);
-	for (flow *f = s ? s->flows : NULL; f; f = f->next) {
+	pthread_mutex_lock(&wfpr__socktab_lock);
+	wfpr__sock *s = wfpr__socktab_find(fd);
+	for (wfpr__flow *f = s ? s->flows : NULL; f; f = f->next) {
 		if (addr_equal(&f->target, from) && !addr_equal(&f->target, &f->dest)) {
 			if (msg->msg_name)
 				memcpy(msg->msg_name, &f->dest, msg->msg_namelen < addr_len(&f->dest) ? msg->msg_namelen : addr_len(&f->dest));
@@ -395,22 +313,18 @@ static void after_receive(int fd, struct msghdr *msg, size_t capacity, struct so
 			break;
 		}
 	}
-	if (client_enabled() || kernel_enabled()) {
-		bool want_context = s && s->want_context;
-		pthread_mutex_unlock(&inproc_lock);
-		remote_first_datagram(fd, msg, capacity, &local, from, want_context);
-		return;
+	bool want_context = s && s->want_context;
+	pthread_mutex_unlock(&wfpr__socktab_lock);
+
+	static _Thread_local uint8_t records[WFPR__BLOB_MAX], context[WFPR__BLOB_MAX];
+	size_t records_len = 0, context_len = 0;
+	wfpr__backend_current()->first_datagram(fd, &local, from, want_context, records, &records_len, context,
+	                                        &context_len);
+	if (records_len && capacity) {
+		append_cmsg(msg, capacity, WFPR_IP_WFP_REDIRECT_RECORDS, records, records_len);
+		if (context_len)
+			append_cmsg(msg, capacity, WFPR_IP_WFP_REDIRECT_CONTEXT, context, context_len);
 	}
-	conn *c = store_find(IPPROTO_UDP, &local, from);
-	if (c && c->committed && !c->delivered) {
-		c->delivered = true;
-		if (capacity) {
-			append_cmsg(msg, capacity, WFPR_IP_WFP_REDIRECT_RECORDS, c->record, c->record_len);
-			if (s && s->want_context)
-				append_cmsg(msg, capacity, WFPR_IP_WFP_REDIRECT_CONTEXT, c->context, c->context_len);
-		}
-	}
-	pthread_mutex_unlock(&inproc_lock);
 }
 
 ssize_t wfpr_recvmsg(wfpr_socket_t fd, struct msghdr *msg, int flags)
@@ -451,42 +365,27 @@ ssize_t wfpr_recvfrom(wfpr_socket_t fd, void *buf, size_t len, int flags, struct
 	return n;
 }
 
-/* SET: a checked, live blob becomes the socket's records. */
-int inproc_set_records(int fd, const uint8_t *blob, size_t len)
+int wfpr__set_records(int fd, const uint8_t *blob, size_t len)
 {
-	uint8_t token[WFPR_TOKEN_SIZE];
-
 	if (!blob)
 		return WFPR_WSAEFAULT;
 	if (len == 0 || len > WFPR_RECORD_MAX_SIZE)
 		return WFPR_WSAEINVAL;
-	if (kernel_enabled())
-		return kernel_set(fd, blob, len);
-	bool remote = client_enabled();
-	int rc = remote ? client_check(blob, len) : WFPR_WSAENETDOWN;
-	pthread_mutex_lock(&inproc_lock);
-	wfpr_layer *layer = inproc_layer;
-	if (!remote && layer) {
-		rc = layer_check_records(layer, blob, len, token);
-		if (rc == 0 && !store_find_issued(blob, len, token))
-			rc = WFPR_WSAEINVAL; /* well formed, but not a live connection's record */
-		if (rc != 0)
-			layer_count_bad_record(layer);
+	int rc = wfpr__backend_current()->check_set(fd, blob, len);
+	if (rc != 0)
+		return rc;
+	uint8_t *copy = dup_bytes(blob, len);
+	pthread_mutex_lock(&wfpr__socktab_lock);
+	wfpr__sock *s = copy ? wfpr__socktab_get(fd) : NULL;
+	if (s) {
+		free(s->records);
+		s->records = copy;
+		s->records_len = len;
 	}
-	if (rc == 0) {
-		sock *s = socktab_get(fd);
-		uint8_t *copy = dup_bytes(blob, len);
-		if (!s || !copy) {
-			free(copy);
-			rc = WFPR_WSAENOBUFS;
-		} else {
-			free(s->records);
-			s->records = copy;
-			s->records_len = len;
-		}
-	}
-	pthread_mutex_unlock(&inproc_lock);
-	return rc;
+	pthread_mutex_unlock(&wfpr__socktab_lock);
+	if (!s)
+		free(copy);
+	return s ? 0 : WFPR_WSAENOBUFS;
 }
 
 ssize_t wfpr_sendmsg(wfpr_socket_t fd, const struct msghdr *msg, int flags)
@@ -497,7 +396,7 @@ ssize_t wfpr_sendmsg(wfpr_socket_t fd, const struct msghdr *msg, int flags)
 	uint8_t *control = NULL;
 
 	if (msg->msg_controllen) {
-		/* Our control messages are for the layer, not the kernel: take them out. */
+		/* Our control messages are for the backend, not the kernel: take them out. */
 		control = malloc(msg->msg_controllen);
 		if (!control)
 			return fail(WFPR_WSAENOBUFS, ENOMEM);
@@ -513,7 +412,7 @@ ssize_t wfpr_sendmsg(wfpr_socket_t fd, const struct msghdr *msg, int flags)
 			}
 			if (c->cmsg_type != WFPR_IP_WFP_REDIRECT_RECORDS)
 				continue;
-			int rc = inproc_set_records(fd, CMSG_DATA(c), c->cmsg_len - CMSG_LEN(0));
+			int rc = wfpr__set_records(fd, CMSG_DATA(c), c->cmsg_len - CMSG_LEN(0));
 			if (rc != 0) {
 				free(control);
 				return fail(rc, EINVAL);
@@ -553,29 +452,19 @@ int wfpr_setsockopt(wfpr_socket_t fd, int level, int name, const void *value, so
 	if (!value)
 		return fail(WFPR_WSAEFAULT, EFAULT);
 	if (name == WFPR_IP_WFP_REDIRECT_RECORDS) {
-		int rc = inproc_set_records(fd, value, len);
+		int rc = wfpr__set_records(fd, value, len);
 		return rc == 0 ? 0 : fail(rc, EINVAL);
 	}
 	if (len < (socklen_t)sizeof(int))
 		return fail(WFPR_WSAEFAULT, EFAULT);
 	int on;
 	memcpy(&on, value, sizeof(on));
-	pthread_mutex_lock(&inproc_lock);
-	sock *s = socktab_get(fd);
+	pthread_mutex_lock(&wfpr__socktab_lock);
+	wfpr__sock *s = wfpr__socktab_get(fd);
 	if (s)
 		s->want_context = on != 0;
-	pthread_mutex_unlock(&inproc_lock);
+	pthread_mutex_unlock(&wfpr__socktab_lock);
 	return s ? 0 : fail(WFPR_WSAENOBUFS, ENOMEM);
-}
-
-/* The preload backend: a proxy's closed socket lets its record go. */
-static void remote_release(int fd)
-{
-	struct sockaddr_storage local, peer;
-	socklen_t len = sizeof(peer);
-	if (socket_protocol(fd) == IPPROTO_TCP && getpeername(fd, (struct sockaddr *)&peer, &len) == 0 &&
-	    socket_local(fd, &local) != 0)
-		client_release(socket_cookie(fd), IPPROTO_TCP, &local, &peer);
 }
 
 int wfpr_closesocket(wfpr_socket_t fd)
@@ -583,12 +472,11 @@ int wfpr_closesocket(wfpr_socket_t fd)
 	uint64_t cookie = socket_cookie(fd);
 	if (cookie == 0)
 		return fail(WFPR_WSAENOTSOCK, ENOTSOCK);
-	if (client_enabled())
-		remote_release(fd);
-	pthread_mutex_lock(&inproc_lock);
-	store_abort_pending(fd, cookie);
-	store_socket_closed(fd);
-	socktab_remove(fd);
-	pthread_mutex_unlock(&inproc_lock);
+	/* the backend forgets the socket's records, and a record still waiting
+	 * for this socket's connect */
+	wfpr__backend_current()->closed(fd, cookie);
+	pthread_mutex_lock(&wfpr__socktab_lock);
+	wfpr__socktab_remove(fd);
+	pthread_mutex_unlock(&wfpr__socktab_lock);
 	return close(fd) == 0 ? 0 : fail_errno();
 }

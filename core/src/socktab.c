@@ -2,15 +2,17 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
-#include "inproc.h"
+#include "sockutil.h"
+#include "socktab.h"
 
 #define SOCKTAB_BUCKETS 1024
 
-static sock *buckets[SOCKTAB_BUCKETS];
+pthread_mutex_t wfpr__socktab_lock = PTHREAD_MUTEX_INITIALIZER;
+static wfpr__sock *buckets[SOCKTAB_BUCKETS];
 
-static void sock_free(sock *s)
+static void sock_free(wfpr__sock *s)
 {
-	for (flow *f = s->flows, *next; f; f = next) {
+	for (wfpr__flow *f = s->flows, *next; f; f = next) {
 		next = f->next;
 		free(f);
 	}
@@ -18,15 +20,15 @@ static void sock_free(sock *s)
 	free(s);
 }
 
-static sock **slot_of(int fd)
+static wfpr__sock **slot_of(int fd)
 {
 	return &buckets[(unsigned int)fd % SOCKTAB_BUCKETS];
 }
 
-sock *socktab_find(int fd)
+wfpr__sock *wfpr__socktab_find(int fd)
 {
-	for (sock **p = slot_of(fd); *p; p = &(*p)->next) {
-		sock *s = *p;
+	for (wfpr__sock **p = slot_of(fd); *p; p = &(*p)->next) {
+		wfpr__sock *s = *p;
 		if (s->fd != fd)
 			continue;
 		/* a descriptor number reused by a later socket is not the same socket */
@@ -39,9 +41,9 @@ sock *socktab_find(int fd)
 	return NULL;
 }
 
-sock *socktab_get(int fd)
+wfpr__sock *wfpr__socktab_get(int fd)
 {
-	sock *s = socktab_find(fd);
+	wfpr__sock *s = wfpr__socktab_find(fd);
 	if (s)
 		return s;
 	uint64_t cookie = socket_cookie(fd);
@@ -54,11 +56,11 @@ sock *socktab_get(int fd)
 	return s;
 }
 
-void socktab_remove(int fd)
+void wfpr__socktab_remove(int fd)
 {
-	for (sock **p = slot_of(fd); *p; p = &(*p)->next) {
+	for (wfpr__sock **p = slot_of(fd); *p; p = &(*p)->next) {
 		if ((*p)->fd == fd) {
-			sock *s = *p;
+			wfpr__sock *s = *p;
 			*p = s->next;
 			sock_free(s);
 			return;

@@ -1,0 +1,73 @@
+/* Which backend this process's sockets go through: one atomic pointer,
+ * set at attach time. */
+#include "backend.h"
+#include "wfpr/error.h"
+
+static int none_route(wfpr__route *r)
+{
+	r->target = r->remote; /* nothing classifies: direct */
+	return 0;
+}
+
+static void none_connect_done(void *pending, bool connected)
+{
+	(void)pending, (void)connected;
+}
+
+static int none_query(const wfpr__query *q, uint8_t *blob, size_t *len)
+{
+	(void)q, (void)blob, (void)len;
+	return WFPR_WSAENETDOWN;
+}
+
+static int none_check_set(int fd, const uint8_t *blob, size_t len)
+{
+	(void)fd, (void)blob, (void)len;
+	return WFPR_WSAENETDOWN;
+}
+
+static void none_first_datagram(int fd, const struct sockaddr_storage *local, const struct sockaddr_storage *from,
+                                bool want_context, uint8_t *records, size_t *records_len, uint8_t *context,
+                                size_t *context_len)
+{
+	(void)fd, (void)local, (void)from, (void)want_context, (void)records, (void)records_len, (void)context,
+		(void)context_len;
+}
+
+static void none_socket(int fd, uint64_t cookie)
+{
+	(void)fd, (void)cookie;
+}
+
+const wfpr__backend wfpr__backend_none = {
+	.name = "none",
+	.route = none_route,
+	.connect_done = none_connect_done,
+	.query = none_query,
+	.check_set = none_check_set,
+	.first_datagram = none_first_datagram,
+	.flush = none_socket,
+	.closed = none_socket,
+};
+
+static const wfpr__backend *current = &wfpr__backend_none;
+
+const wfpr__backend *wfpr__backend_current(void)
+{
+	return __atomic_load_n(&current, __ATOMIC_ACQUIRE);
+}
+
+int wfpr__backend_attach(const wfpr__backend *b)
+{
+	const wfpr__backend *expected = &wfpr__backend_none;
+	if (__atomic_compare_exchange_n(&current, &expected, b, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+		return 0;
+	return expected == b ? 0 : WFPR_WSAEADDRINUSE;
+}
+
+void wfpr__backend_detach(const wfpr__backend *b)
+{
+	const wfpr__backend *expected = b;
+	__atomic_compare_exchange_n(&current, &expected, &wfpr__backend_none, false, __ATOMIC_ACQ_REL,
+	                            __ATOMIC_ACQUIRE);
+}

@@ -1,0 +1,115 @@
+/* The preload backend, as a proxy or a library user sees it: this
+ * process's sockets go through the broker (core/src/preload/client.c),
+ * whose layer decides and keeps the records. */
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include "../backend.h"
+#include "../sockutil.h"
+#include "client.h"
+#include "wfpr/broker.h"
+#include "wfpr/error.h"
+
+_Static_assert(WIRE_BLOB_MAX <= WFPR__BLOB_MAX, "a broker's blob fits a QUERY's buffer");
+
+static int preload_route(wfpr__route *r)
+{
+	bool redirected;
+	int connect_result = 0;
+	int rc = client_route(r->fd, r->protocol, &r->remote, r->records, r->records_len, &r->target, &redirected,
+	                      r->may_connect ? connect : NULL, &connect_result);
+	if (rc == 0 && redirected && r->may_connect && r->protocol == IPPROTO_TCP) {
+		r->connected = true;
+		r->connect_result = connect_result;
+		r->connect_errno = errno;
+	}
+	if (rc != 0 && rc != WFPR_WSAELOOP && rc != WFPR_WSAEACCES)
+		r->errnum = ENETDOWN;
+	return rc;
+}
+
+static void preload_connect_done(void *pending, bool connected)
+{
+	(void)pending, (void)connected; /* the broker was told at ISSUE */
+}
+
+/* Issued before the client's connect, so never pending. */
+static int preload_query(const wfpr__query *q, uint8_t *blob, size_t *len)
+{
+	return client_query(socket_cookie(q->fd), q->protocol, &q->local, &q->peer, q->context ? WIRE_QUERY_CONTEXT : 0,
+	                    blob, WFPR__BLOB_MAX, len);
+}
+
+static void preload_first_datagram(int fd, const struct sockaddr_storage *local, const struct sockaddr_storage *from,
+                                   bool want_context, uint8_t *records, size_t *records_len, uint8_t *context,
+                                   size_t *context_len)
+{
+	uint64_t cookie = socket_cookie(fd);
+	if (client_query(cookie, IPPROTO_UDP, local, from, WIRE_QUERY_FIRST_DATAGRAM, records, WFPR__BLOB_MAX,
+	                 records_len) == 0 && want_context)
+		client_query(cookie, IPPROTO_UDP, local, from, WIRE_QUERY_CONTEXT, context, WFPR__BLOB_MAX, context_len);
+}
+
+static int preload_check_set(int fd, const uint8_t *blob, size_t len)
+{
+	(void)fd;
+	return client_check(blob, len);
+}
+
+static void preload_flush(int fd, uint64_t cookie)
+{
+	(void)fd, (void)cookie; /* nothing is ever pending */
+}
+
+/* A proxy's closed socket lets its record go. */
+static void preload_closed(int fd, uint64_t cookie)
+{
+	struct sockaddr_storage local, peer;
+	socklen_t len = sizeof(peer);
+	if (socket_protocol(fd) == IPPROTO_TCP && getpeername(fd, (struct sockaddr *)&peer, &len) == 0 &&
+	    socket_local(fd, &local) != 0)
+		client_release(cookie, IPPROTO_TCP, &local, &peer);
+}
+
+const wfpr__backend wfpr__backend_preload = {
+	.name = "preload",
+	.route = preload_route,
+	.connect_done = preload_connect_done,
+	.query = preload_query,
+	.check_set = preload_check_set,
+	.first_datagram = preload_first_datagram,
+	.flush = preload_flush,
+	.closed = preload_closed,
+};
+
+int wfpr_preload_attach(const char *path)
+{
+	if (path && !path[0])
+		return WFPR_WSAEINVAL;
+	if (!path) {
+		wfpr__backend_detach(&wfpr__backend_preload);
+		return client_set_path(NULL);
+	}
+	int rc = wfpr__backend_attach(&wfpr__backend_preload);
+	return rc != 0 ? rc : client_set_path(path);
+}
+
+int wfpr_preload_register(uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE], const char *name,
+                          const struct sockaddr_storage *address)
+{
+	if (!out_id || !name || !address)
+		return WFPR_WSAEFAULT;
+	if (!client_enabled())
+		return WFPR_WSAENETDOWN;
+	return client_register(name, address, out_id);
+}
+
+int wfpr_preload_redirector_name(char *out, size_t len, const uint8_t id[WFPR_REDIRECTOR_ID_SIZE])
+{
+	if (!out || !id || len == 0)
+		return WFPR_WSAEFAULT;
+	if (!client_enabled())
+		return WFPR_WSAENETDOWN;
+	return client_name(id, out, len);
+}

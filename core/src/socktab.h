@@ -1,0 +1,51 @@
+#ifndef WFPR_SRC_SOCKTAB_H
+#define WFPR_SRC_SOCKTAB_H
+
+/*
+ * The socket front end's state of each socket made or touched through the
+ * library, whatever the backend: the overlapped attribute, the records SET
+ * on it, a connect in progress, and where each UDP destination goes. One
+ * lock (wfpr__socktab_lock) guards it; no backend lock is taken under it.
+ */
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include "backend.h"
+
+extern pthread_mutex_t wfpr__socktab_lock;
+
+typedef struct wfpr__flow {
+	struct wfpr__flow *next;
+	struct sockaddr_storage dest;   /* what the application addressed */
+	struct sockaddr_storage target; /* where its datagrams really go */
+} wfpr__flow;
+
+typedef struct wfpr__sock {
+	struct wfpr__sock *next;
+	int fd;
+	uint64_t cookie;
+	bool overlapped;
+	bool want_context;
+	uint8_t *records; /* SET on this socket, checked */
+	size_t records_len;
+	bool connect_pending;                   /* a non-blocking connect in progress... */
+	struct sockaddr_storage connect_target; /* ...to here (the proxy, if redirected) */
+	const wfpr__backend *routed_by;         /* ...routed by this backend, */
+	void *connecting;                       /* ...whose record waits for its end */
+	wfpr__flow *flows;                      /* UDP: where each destination goes */
+	size_t n_flows;
+} wfpr__sock;
+
+wfpr__sock *wfpr__socktab_find(int fd); /* locked; NULL if none or stale */
+wfpr__sock *wfpr__socktab_get(int fd);  /* locked; creates; NULL when out of memory or not a socket */
+void wfpr__socktab_remove(int fd);      /* locked */
+
+/* SET (the IOCTL, the control message, the socket option): the backend
+ * checks the blob, which then goes with fd's connect. 0 or a wfpr_err.
+ * (socket.c) */
+int wfpr__set_records(int fd, const uint8_t *blob, size_t len);
+
+#endif

@@ -68,6 +68,11 @@ const char *wfpr_redirect_state_name(wfpr_redirect_state state)
 	return "UNKNOWN";
 }
 
+int wfpr_redirect_state_allows_redirect(wfpr_redirect_state state)
+{
+	return state == WFPR_CONNECTION_NOT_REDIRECTED || state == WFPR_CONNECTION_REDIRECTED_BY_OTHER;
+}
+
 static char *dup_name(const char *name)
 {
 	return strdup(name ? name : "");
@@ -163,7 +168,8 @@ const char *wfpr_redirect_handle_name(const wfpr_redirect_handle *handle)
 	return handle ? handle->name : NULL;
 }
 
-/* The four-state rule of DESIGN.md, over an already parsed chain. */
+/* The redirect state of redirector id for an already parsed chain
+ * (docs/record-format.md). */
 static wfpr_redirect_state state_for(const record_view *view, const uint8_t *id)
 {
 	if (!view || view->hop_count == 0 || !id)
@@ -383,9 +389,7 @@ static bool valid_target(const struct sockaddr_storage *t)
 static bool accept_redirect(wfpr_layer *layer, const callout *c, const wfpr_connect_request *req,
                             redirect_decision *out)
 {
-	if (!c->handle || req->state == WFPR_CONNECTION_REDIRECTED_BY_SELF ||
-	    req->state == WFPR_CONNECTION_PREVIOUSLY_REDIRECTED_BY_SELF ||
-	    !valid_target(&req->redirect_to) || req->context_len > WFPR_CONTEXT_MAX_SIZE ||
+	if (!c->handle || !wfpr_redirect_state_allows_redirect(req->state) || !valid_target(&req->redirect_to) || req->context_len > WFPR_CONTEXT_MAX_SIZE ||
 	    (req->context_len && !req->context)) {
 		count(&layer->stats.refused_redirects);
 		return false;

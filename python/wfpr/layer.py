@@ -47,8 +47,9 @@ class ConnectRequest:
 
     @property
     def mine(self) -> bool:
-        """True when this callout's redirector may not redirect it again."""
-        return self.state in (RedirectState.REDIRECTED_BY_SELF, RedirectState.PREVIOUSLY_REDIRECTED_BY_SELF)
+        """True when this callout's redirector may not redirect it again (the
+        redirect-state rule, wfpr_redirect_state_allows_redirect)."""
+        return not _wfpr.redirect_state_allows_redirect(int(self.state))
 
 
 class Redirector:

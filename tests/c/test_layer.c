@@ -1,5 +1,5 @@
-/* The redirect-state table of DESIGN.md, read from real redirects, and the
- * filter conditions. */
+/* The redirect-state table (docs/record-format.md), read from real
+ * redirects; the filter conditions; one backend at a time. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <string.h>
@@ -240,10 +240,62 @@ static void handles(void)
 	wfpr_layer_free(other);
 }
 
+/* The rule every redirector follows, as one function. */
+static void state_rule(void)
+{
+	CHECK_EQ(wfpr_redirect_state_allows_redirect(WFPR_CONNECTION_NOT_REDIRECTED), 1);
+	CHECK_EQ(wfpr_redirect_state_allows_redirect(WFPR_CONNECTION_REDIRECTED_BY_OTHER), 1);
+	CHECK_EQ(wfpr_redirect_state_allows_redirect(WFPR_CONNECTION_REDIRECTED_BY_SELF), 0);
+	CHECK_EQ(wfpr_redirect_state_allows_redirect(WFPR_CONNECTION_PREVIOUSLY_REDIRECTED_BY_SELF), 0);
+	CHECK_EQ(wfpr_redirect_state_allows_redirect((wfpr_redirect_state)7), 0);
+}
+
+/* A process goes through one backend: attaching a second is refused until
+ * the first is detached. */
+static void one_backend_at_a_time(void)
+{
+	wfpr_layer *layer;
+	CHECK_EQ(wfpr_layer_new(&layer), 0);
+	CHECK_EQ(wfpr_inproc_attach(layer), 0);
+	CHECK_EQ(wfpr_inproc_attach(layer), 0); /* the same layer again: nothing changes */
+	CHECK_EQ(wfpr_ebpf_attach(1), WFPR_WSAEADDRINUSE);
+	CHECK_EQ(wfpr_preload_attach("/nonexistent/broker.sock"), WFPR_WSAEADDRINUSE);
+	wfpr_inproc_detach(layer);
+	CHECK_EQ(wfpr_ebpf_attach(1), 0);
+	CHECK_EQ(wfpr_inproc_attach(layer), WFPR_WSAEADDRINUSE);
+	CHECK_EQ(wfpr_preload_attach("/nonexistent/broker.sock"), WFPR_WSAEADDRINUSE);
+	CHECK_EQ(wfpr_ebpf_attach(0), 0);
+	CHECK_EQ(wfpr_preload_attach("/nonexistent/broker.sock"), 0);
+	CHECK_EQ(wfpr_inproc_attach(layer), WFPR_WSAEADDRINUSE);
+	CHECK_EQ(wfpr_preload_attach(NULL), 0);
+	/* with none attached, QUERY says the network (the layer) is down */
+	int fd = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0), other = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+	int listener = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t alen = sizeof(a);
+	CHECK_EQ(bind(listener, (struct sockaddr *)&a, sizeof(a)), 0);
+	CHECK_EQ(listen(listener, 1), 0);
+	CHECK_EQ(getsockname(listener, (struct sockaddr *)&a, &alen), 0);
+	CHECK_EQ(wfpr_connect(fd, (struct sockaddr *)&a, sizeof(a)), 0); /* direct */
+	uint32_t bytes = 0;
+	uint8_t buf[64];
+	CHECK_EQ(wfpr_ioctl(fd, QUERY_RECORDS, NULL, 0, buf, sizeof(buf), &bytes, NULL, NULL), WFPR_SOCKET_ERROR);
+	CHECK_EQ(wfpr_get_last_error(), WFPR_WSAENETDOWN);
+	CHECK_EQ(wfpr_ioctl(other, WFPR_SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, buf, sizeof(buf), NULL, 0, &bytes,
+	                    NULL, NULL), WFPR_SOCKET_ERROR);
+	CHECK_EQ(wfpr_get_last_error(), WFPR_WSAENETDOWN);
+	wfpr_closesocket(fd);
+	wfpr_closesocket(other);
+	close(listener);
+	wfpr_layer_free(layer);
+}
+
 int main(void)
 {
 	RUN(state_table_along_a_chain);
 	RUN(filter_conditions);
 	RUN(handles);
+	RUN(state_rule);
+	RUN(one_backend_at_a_time);
 	TEST_MAIN_END();
 }

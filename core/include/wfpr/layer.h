@@ -27,6 +27,12 @@ typedef enum wfpr_redirect_state {
 } wfpr_redirect_state;
 
 WFPR_EXTERN const char *wfpr_redirect_state_name(wfpr_redirect_state state);
+/* The redirect-state rule: may a redirector whose state for a connection
+ * is `state` redirect it? 1 for NOT_REDIRECTED and REDIRECTED_BY_OTHER; 0
+ * when it already did (REDIRECTED_BY_SELF, PREVIOUSLY_REDIRECTED_BY_SELF),
+ * so that it permits and no proxy loop can form; 0 for a value outside
+ * the enum. The layer applies it to every callout's REDIRECT. */
+WFPR_EXTERN int wfpr_redirect_state_allows_redirect(wfpr_redirect_state state);
 
 /*
  * Every matching filter's callout is asked in weight order, so each

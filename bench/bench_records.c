@@ -76,6 +76,7 @@ typedef struct record_bench {
 	uint8_t key[RECORD_KEY_SIZE];
 	uint8_t *three;
 	size_t three_len;
+	record_view three_view; /* as the layer holds it from classify */
 	uint8_t *four;
 	size_t four_len;
 	wfpr_hop fourth;
@@ -89,7 +90,7 @@ static void build_and_parse(void *arg, int n)
 		uint8_t *blob;
 		size_t len;
 		wfpr_hop h = b->fourth;
-		if (record_append(&blob, &len, b->three, b->three_len, &h, b->key) != 0 ||
+		if (record_append(&blob, &len, &b->three_view, b->three, b->three_len, &h, b->key) != 0 ||
 		    record_parse(&view, blob, len) != 0)
 			abort();
 		free(blob);
@@ -194,14 +195,18 @@ int main(void)
 		uint8_t *next;
 		size_t len;
 		wfpr_hop h = hop(i);
-		record_append(&next, &len, b.three, b.three_len, &h, b.key);
+		if (b.three && record_parse(&b.three_view, b.three, b.three_len) != 0)
+			abort();
+		record_append(&next, &len, b.three ? &b.three_view : NULL, b.three, b.three_len, &h, b.key);
 		free(b.three);
 		b.three = next;
 		b.three_len = len;
 	}
 	b.fourth = hop(3);
 	wfpr_hop h = b.fourth;
-	record_append(&b.four, &b.four_len, b.three, b.three_len, &h, b.key);
+	if (record_parse(&b.three_view, b.three, b.three_len) != 0)
+		abort();
+	record_append(&b.four, &b.four_len, &b.three_view, b.three, b.three_len, &h, b.key);
 
 	wfpr_layer *layer;
 	wfpr_layer_new(&layer);

@@ -464,7 +464,10 @@ int layer_classify(wfpr_layer *layer, const conn_info *conn, const uint8_t *reco
 		}
 	}
 	pthread_rwlock_unlock(&layer->lock);
-	free(view);
+	if (out->action == WFPR_ACTION_REDIRECT)
+		out->chain = view; /* issue appends to it */
+	else
+		free(view);
 
 	if (out->action == WFPR_ACTION_BLOCK)
 		count(&layer->stats.blocked);
@@ -489,7 +492,9 @@ int layer_issue(wfpr_layer *layer, redirect_decision *d, const conn_info *conn,
 	clock_gettime(CLOCK_REALTIME, &now);
 	hop.time_ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
 
-	int rc = record_append(out_record, out_record_len, records, records_len, &hop, layer->key);
+	if (!records != !d->chain)
+		return WFPR_WSAEINVAL; /* not the records that were classified */
+	int rc = record_append(out_record, out_record_len, d->chain, records, records_len, &hop, layer->key);
 	if (rc != 0)
 		return rc;
 	memcpy(out_token, hop.token, WFPR_TOKEN_SIZE);
@@ -515,6 +520,8 @@ void redirect_decision_cleanup(redirect_decision *d)
 	free(d->context);
 	d->context = NULL;
 	d->context_len = 0;
+	free(d->chain);
+	d->chain = NULL;
 }
 
 int layer_check_records(wfpr_layer *layer, const uint8_t *blob, size_t len,

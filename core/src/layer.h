@@ -27,6 +27,7 @@ typedef struct redirect_decision {
 	pid_t target_pid;
 	uint8_t *context; /* owned; NULL: the default context is made at issue time */
 	size_t context_len;
+	record_view *chain; /* owned; the parsed records the new hop goes after (NULL: none) */
 } redirect_decision;
 
 /* records: the blob already SET on the connecting socket (checked), or NULL. */
@@ -34,7 +35,8 @@ int layer_classify(wfpr_layer *layer, const conn_info *conn, const uint8_t *reco
                    size_t records_len, redirect_decision *out);
 
 /* The record for a REDIRECT decision, once the backend knows the final local
- * address: records plus one new hop. Also fills the default context. */
+ * address: records (the same that were classified) plus one new hop. Also
+ * fills the default context. */
 int layer_issue(wfpr_layer *layer, redirect_decision *decision, const conn_info *conn,
                 const uint8_t *records, size_t records_len,
                 uint8_t **out_record, size_t *out_record_len, uint8_t out_token[WFPR_TOKEN_SIZE]);

@@ -294,35 +294,21 @@ static bool add_u64_attr(builder *b, uint16_t type, uint64_t v)
 	return builder_add_u16(b, type) && builder_add_u16(b, 8) && builder_add_u64(b, v);
 }
 
-/* What appending needs of an earlier, already verified chain: its hop count
- * and last token, which closes the blob (the token TLV ends the last hop). */
-static int chain_tail(const uint8_t *prev, size_t prev_len, size_t *hop_count, const uint8_t **last_token)
-{
-	if (prev_len < RECORD_HEADER_SIZE + TLV_HEADER_SIZE + WFPR_TOKEN_SIZE || prev_len > WFPR_RECORD_MAX_SIZE ||
-	    memcmp(prev, record_magic, 4) != 0)
-		return WFPR_WSAEINVAL;
-	const uint8_t *tlv = prev + prev_len - WFPR_TOKEN_SIZE - TLV_HEADER_SIZE;
-	if (tlv[0] != 0 || tlv[1] != HOP_TOKEN || tlv[2] != 0 || tlv[3] != WFPR_TOKEN_SIZE)
-		return WFPR_WSAEINVAL;
-	*hop_count = ((size_t)prev[6] << 8) | prev[7];
-	*last_token = tlv + TLV_HEADER_SIZE;
-	if (*hop_count == 0)
-		return WFPR_WSAEINVAL;
-	return *hop_count >= WFPR_RECORD_MAX_HOPS ? WFPR_WSAELOOP : 0;
-}
-
-int record_append(uint8_t **out, size_t *out_len, const uint8_t *prev, size_t prev_len,
-                  wfpr_hop *hop, const uint8_t key[RECORD_KEY_SIZE])
+int record_append(uint8_t **out, size_t *out_len, const record_view *prev_view, const uint8_t *prev,
+                  size_t prev_len, wfpr_hop *hop, const uint8_t key[RECORD_KEY_SIZE])
 {
 	static const uint8_t zero[WFPR_TOKEN_SIZE];
 	const uint8_t *prev_token = zero;
 	size_t hop_count = 0;
 	builder b;
 
+	if (!prev != !prev_view || (prev && (prev_len <= RECORD_HEADER_SIZE || prev_view->hop_count == 0)))
+		return WFPR_WSAEINVAL;
 	if (prev) {
-		int rc = chain_tail(prev, prev_len, &hop_count, &prev_token);
-		if (rc != 0)
-			return rc;
+		hop_count = prev_view->hop_count;
+		prev_token = prev_view->hops[hop_count - 1].token;
+		if (hop_count >= WFPR_RECORD_MAX_HOPS)
+			return WFPR_WSAELOOP;
 	}
 
 	builder_init(&b, WFPR_RECORD_MAX_SIZE, (prev ? prev_len : RECORD_HEADER_SIZE) + 160);

@@ -31,6 +31,15 @@ static wfpr_hop random_hop(int i)
 	return h;
 }
 
+/* One more hop after prev, as the layer appends it: to the parsed chain. */
+static int append(uint8_t **out, size_t *out_len, const uint8_t *prev, size_t prev_len, wfpr_hop *hop)
+{
+	static record_view view;
+	if (prev && record_parse(&view, prev, prev_len) != 0)
+		return WFPR_WSAEINVAL;
+	return record_append(out, out_len, prev ? &view : NULL, prev, prev_len, hop, key);
+}
+
 /* A chain of n hops, built as the layer builds it: one append per redirect. */
 static uint8_t *chain(size_t n, size_t *len, wfpr_hop *hops)
 {
@@ -40,7 +49,7 @@ static uint8_t *chain(size_t n, size_t *len, wfpr_hop *hops)
 		uint8_t *next = NULL;
 		size_t next_len = 0;
 		hops[i] = random_hop((int)i);
-		CHECK_EQ(record_append(&next, &next_len, blob, *len, &hops[i], key), 0);
+		CHECK_EQ(append(&next, &next_len, blob, *len, &hops[i]), 0);
 		free(blob);
 		blob = next;
 		*len = next_len;
@@ -78,7 +87,7 @@ static void seventeenth_append_refused(void)
 	wfpr_hop hops[WFPR_RECORD_MAX_HOPS], extra = random_hop(16);
 	size_t len, out_len = 0;
 	uint8_t *blob = chain(WFPR_RECORD_MAX_HOPS, &len, hops), *out = NULL;
-	CHECK_EQ(record_append(&out, &out_len, blob, len, &extra, key), WFPR_WSAELOOP);
+	CHECK_EQ(append(&out, &out_len, blob, len, &extra), WFPR_WSAELOOP);
 	CHECK(out == NULL);
 
 	/* a hand-made 17-hop blob: the 16th hop twice more, header patched */

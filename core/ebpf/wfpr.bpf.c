@@ -24,6 +24,7 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 #include "abi.h"
+#include "record_writer.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -35,9 +36,9 @@
 #define EPROTONOSUPPORT 93
 #define ENOTCONN 107
 
-#define HEADER 12
-#define HOP4 114 /* a HOP TLV with IPv4 addresses */
-#define HOP6 150
+#define HEADER WFPR__WIRE_HEADER_SIZE
+#define HOP4 WFPR__WIRE_HOP_SIZE(4)
+#define HOP6 WFPR__WIRE_HOP_SIZE(16)
 #define CAP WFPR_EBPF_RECORD_CAP
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -323,89 +324,12 @@ static __always_inline int decide(const struct wfpr_ebpf_sock *st, const struct 
 
 /* ---- records ------------------------------------------------------------ */
 
-static __always_inline void be16(__u8 *p, __u16 v)
-{
-	p[0] = v >> 8;
-	p[1] = v;
-}
-
-static __always_inline void be32(__u8 *p, __u32 v)
-{
-	be16(p, v >> 16);
-	be16(p + 2, v);
-}
-
-static __always_inline void be64(__u8 *p, __u64 v)
-{
-	be32(p, v >> 32);
-	be32(p + 4, v);
-}
-
-static __always_inline __u8 *tlv(__u8 *p, __u16 type, __u16 len)
-{
-	be16(p, type);
-	be16(p + 2, len);
-	return p + 4;
-}
-
-static __always_inline __u8 *put_addr(__u8 *p, const int alen, const __u8 *ip, __u16 port)
-{
-	p[0] = alen == 4 ? 4 : 6;
-	be16(p + 1, port);
-#pragma unroll
-	for (int i = 0; i < alen; i++)
-		p[3 + i] = ip[16 - alen + i];
-	return p + 3 + alen;
-}
-
-struct hop_args {
-	const struct wfpr_ebpf_redirector *r;
-	const __u8 *target;
-	__u16 target_port;
-	__u32 protocol;
-	const __u8 *original;
-	__u16 original_port;
-	const __u8 *local;
-	__u16 local_port;
-	__u64 time;
-	const __u8 *token;
-};
-
-/* One HOP TLV at p; its size. alen is a constant (4 or 16). */
-static __always_inline __u32 write_hop(__u8 *p, const int alen, const struct hop_args *a)
-{
-	__u8 *q = tlv(p, 1, 98 + 3 * alen);
-	q = tlv(q, 1, 16);
-#pragma unroll
-	for (int i = 0; i < 16; i++)
-		q[i] = a->r->id[i];
-	q = tlv(q + 16, 2, 8);
-	be64(q, a->r->handle);
-	q = tlv(q + 8, 3, 4);
-	be32(q, a->r->pid);
-	q = tlv(q + 4, 4, 1);
-	q[0] = a->protocol;
-	q = tlv(q + 1, 5, 3 + alen);
-	q = put_addr(q, alen, a->original, a->original_port);
-	q = tlv(q, 6, 3 + alen);
-	q = put_addr(q, alen, a->local, a->local_port);
-	q = tlv(q, 7, 3 + alen);
-	q = put_addr(q, alen, a->target, a->target_port);
-	q = tlv(q, 8, 8);
-	be64(q, a->time);
-	q = tlv(q + 8, 9, 16);
-#pragma unroll
-	for (int i = 0; i < 16; i++)
-		q[i] = a->token[i];
-	return 102 + 3 * alen;
-}
-
 /* A struct sockaddr_in or sockaddr_in6 (host-order family) at p. */
 static __always_inline void put_sockaddr(__u8 *p, int v4, const __u8 *ip, __u16 port)
 {
 	__u16 family = v4 ? AF_INET : AF_INET6;
 	__builtin_memcpy(p, &family, 2);
-	be16(p + 2, port);
+	wfpr__be16(p + 2, port);
 	if (v4) {
 		__builtin_memcpy(p + 4, ip + 12, 4);
 	} else {
@@ -441,21 +365,12 @@ static __always_inline int issue(void *map, const struct wfpr_ebpf_key *key, con
 	__u32 t[4] = {bpf_get_prandom_u32(), bpf_get_prandom_u32(), bpf_get_prandom_u32(), bpf_get_prandom_u32()};
 	__builtin_memcpy(e->token, t, sizeof(t));
 
-	struct hop_args a = {.r = r, .target = key->proxy, .target_port = key->proxy_port,
-	                     .protocol = key->protocol, .original = original, .original_port = original_port,
-	                     .local = key->client, .local_port = key->client_port,
-	                     .time = bpf_ktime_get_ns() + cfg->realtime_offset_ns, .token = e->token};
-	__u32 len = off + (v4 ? write_hop(e->record + off, 4, &a) : write_hop(e->record + off, 16, &a));
-
-	__u8 *h = e->record;
-	h[0] = 'W';
-	h[1] = 'F';
-	h[2] = 'P';
-	h[3] = 'R';
-	h[4] = 1; /* version */
-	h[5] = 0; /* flags */
-	be16(h + 6, hops + 1);
-	be32(h + 8, len);
+	struct wfpr__hop_args a = {.id = r->id, .handle = r->handle, .pid = r->pid, .target = key->proxy,
+	                           .target_port = key->proxy_port, .protocol = key->protocol, .original = original,
+	                           .original_port = original_port, .local = key->client, .local_port = key->client_port,
+	                           .time = bpf_ktime_get_ns() + cfg->realtime_offset_ns, .token = e->token};
+	__u32 len = off + (v4 ? wfpr__write_hop(e->record + off, 4, &a) : wfpr__write_hop(e->record + off, 16, &a));
+	wfpr__write_header(e->record, hops + 1, len);
 	e->len = len;
 	e->hops = hops + 1;
 	e->slots[hops & (WFPR_EBPF_HOPS - 1)] = slot;

@@ -12,30 +12,29 @@
 #include "record.h"
 #include "wfpr/error.h"
 
-/* Wire constants; docs/record-format.md is the prose version of this block. */
-static const uint8_t record_magic[4] = {'W', 'F', 'P', 'R'};
-#define RECORD_VERSION 1
-#define RECORD_HEADER_SIZE 12
-#define TLV_HEADER_SIZE 4
-#define TYPE_NONCRITICAL 0x8000u /* unknown types with this bit are skipped */
+#include "record_wire.h"
 
-enum { TOP_HOP = 1 };
+#define RECORD_HEADER_SIZE WFPR__WIRE_HEADER_SIZE
+#define TYPE_NONCRITICAL WFPR__WIRE_NONCRITICAL
+#define TOP_HOP WFPR__WIRE_HOP
+#define ADDR4_SIZE WFPR__WIRE_ADDR_SIZE(4)
+#define ADDR6_SIZE WFPR__WIRE_ADDR_SIZE(16)
 
 enum hop_attr {
-	HOP_REDIRECTOR = 1,
-	HOP_HANDLE = 2,
-	HOP_PID = 3,
-	HOP_PROTOCOL = 4,
-	HOP_ORIGINAL_REMOTE = 5,
-	HOP_ORIGINAL_LOCAL = 6,
-	HOP_TARGET = 7,
-	HOP_TIME = 8,
-	HOP_TOKEN = 9,
-	HOP_ATTR_MAX = HOP_TOKEN
+	HOP_REDIRECTOR = WFPR__WIRE_REDIRECTOR,
+	HOP_HANDLE = WFPR__WIRE_HANDLE,
+	HOP_PID = WFPR__WIRE_PID,
+	HOP_PROTOCOL = WFPR__WIRE_PROTOCOL,
+	HOP_ORIGINAL_REMOTE = WFPR__WIRE_ORIGINAL_REMOTE,
+	HOP_ORIGINAL_LOCAL = WFPR__WIRE_ORIGINAL_LOCAL,
+	HOP_TARGET = WFPR__WIRE_TARGET,
+	HOP_TIME = WFPR__WIRE_TIME,
+	HOP_TOKEN = WFPR__WIRE_TOKEN,
+	HOP_ATTR_MAX = WFPR__WIRE_HOP_ATTR_MAX
 };
 
-#define ADDR4_SIZE 7  /* family, port, 4-byte address */
-#define ADDR6_SIZE 19 /* family, port, 16-byte address */
+_Static_assert(WFPR__WIRE_ID_SIZE == WFPR_REDIRECTOR_ID_SIZE && WFPR__WIRE_TOKEN_SIZE == WFPR_TOKEN_SIZE,
+               "the wire's sizes are the API's");
 
 struct attr_policy {
 	uint16_t min_len, max_len;
@@ -155,8 +154,8 @@ int record_parse(record_view *out, const uint8_t *blob, size_t len)
 	if (len < RECORD_HEADER_SIZE || len > WFPR_RECORD_MAX_SIZE)
 		return WFPR_WSAEINVAL;
 	cursor_init(&c, blob, len);
-	if (!cursor_get_bytes(&c, &magic, 4) || memcmp(magic, record_magic, 4) != 0 ||
-	    !cursor_get_u8(&c, &version) || version != RECORD_VERSION ||
+	if (!cursor_get_bytes(&c, &magic, WFPR__WIRE_MAGIC_SIZE) || memcmp(magic, WFPR__WIRE_MAGIC, WFPR__WIRE_MAGIC_SIZE) != 0 ||
+	    !cursor_get_u8(&c, &version) || version != WFPR__WIRE_VERSION ||
 	    !cursor_get_u8(&c, &flags) || flags != 0 ||
 	    !cursor_get_u16(&c, &hop_count) || hop_count == 0 || hop_count > WFPR_RECORD_MAX_HOPS ||
 	    !cursor_get_u32(&c, &total_len) || total_len != len)
@@ -312,8 +311,8 @@ int record_append(uint8_t **out, size_t *out_len, const record_view *prev_view, 
 	}
 
 	builder_init(&b, WFPR_RECORD_MAX_SIZE, (prev ? prev_len : RECORD_HEADER_SIZE) + 160);
-	builder_add_bytes(&b, record_magic, 4);
-	builder_add_u8(&b, RECORD_VERSION);
+	builder_add_bytes(&b, WFPR__WIRE_MAGIC, WFPR__WIRE_MAGIC_SIZE);
+	builder_add_u8(&b, WFPR__WIRE_VERSION);
 	builder_add_u8(&b, 0);
 	builder_add_u16(&b, (uint16_t)(hop_count + 1));
 	builder_add_u32(&b, 0); /* total length, back-filled */
@@ -359,7 +358,7 @@ int wfpr_records_decode(wfpr_records **out, const void *blob, size_t len)
 		if (!records) {
 			rc = WFPR_WSAENOBUFS;
 		} else {
-			records->version = RECORD_VERSION;
+			records->version = WFPR__WIRE_VERSION;
 			records->hop_count = view->hop_count;
 			memcpy(records->hops, view->hops, view->hop_count * sizeof(wfpr_hop));
 			*out = records;

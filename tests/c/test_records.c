@@ -1,8 +1,11 @@
 /* The record format: round trips, the hop cap, and bad blobs (bit flips,
- * truncation, trailing bytes, oversize, unknown types, 17 hops). */
+ * truncation, trailing bytes, oversize, unknown types, 17 hops); and the
+ * BPF programs' writer, compiled here, read back by the C decoder. */
 #include <arpa/inet.h>
+#include <linux/types.h>
 #include <netinet/in.h>
 #include <string.h>
+#include "../../core/ebpf/record_writer.h"
 #include "../../core/src/record.h"
 #include "support.h"
 #include "test.h"
@@ -213,9 +216,77 @@ static void decode_arguments(void)
 	CHECK(strcmp(wfpr_redirector_id_format(text, sizeof(text), id), "dead0000000000000000000000000000") == 0);
 }
 
+/* Records as the kernel writes them (core/ebpf/record_writer.h, the code
+ * wfpr.bpf.c runs), decoded by record.c: one IPv4 hop, then two IPv6 hops. */
+static void bpf_writer_decodes(void)
+{
+	__u8 blob[WFPR__WIRE_HEADER_SIZE + 2 * WFPR__WIRE_HOP_SIZE(16)];
+	__u8 id[2][16], token[2][16], proxy[16] = {0}, original[16] = {0}, client[16] = {0};
+	RAND_bytes(id[0], sizeof(id));
+	RAND_bytes(token[0], sizeof(token));
+	proxy[10] = original[10] = client[10] = 0xff; /* IPv4-mapped */
+	proxy[11] = original[11] = client[11] = 0xff;
+	proxy[12] = original[12] = client[12] = 127;
+	proxy[15] = 1, original[15] = 7, client[15] = 1;
+	struct wfpr__hop_args a = {.id = id[0], .handle = 0x1122334455667788ull, .pid = 4242, .protocol = IPPROTO_TCP,
+	                           .target = proxy, .target_port = 15001, .original = original, .original_port = 80,
+	                           .local = client, .local_port = 40000, .time = 1700000000123456789ull,
+	                           .token = token[0]};
+	__u32 len = WFPR__WIRE_HEADER_SIZE + wfpr__write_hop(blob + WFPR__WIRE_HEADER_SIZE, 4, &a);
+	wfpr__write_header(blob, 1, len);
+	CHECK_EQ(len, WFPR__WIRE_HEADER_SIZE + WFPR__WIRE_HOP_SIZE(4));
+
+	record_view view;
+	CHECK_EQ(record_parse(&view, blob, len), 0);
+	CHECK_EQ(view.hop_count, 1);
+	const wfpr_hop *h = &view.hops[0];
+	CHECK(memcmp(h->redirector_id, id[0], 16) == 0 && memcmp(h->token, token[0], 16) == 0);
+	CHECK_EQ(h->handle_id, 0x1122334455667788ull);
+	CHECK_EQ(h->proxy_pid, 4242);
+	CHECK_EQ(h->protocol, IPPROTO_TCP);
+	CHECK_EQ(h->time_ns, 1700000000123456789ull);
+	const struct sockaddr_in *remote = (const struct sockaddr_in *)&h->original_remote;
+	const struct sockaddr_in *local = (const struct sockaddr_in *)&h->original_local;
+	const struct sockaddr_in *target = (const struct sockaddr_in *)&h->target;
+	CHECK_EQ(remote->sin_family, AF_INET);
+	CHECK_EQ(ntohs(remote->sin_port), 80);
+	CHECK_EQ(ntohl(remote->sin_addr.s_addr), 0x7f000007);
+	CHECK_EQ(ntohs(local->sin_port), 40000);
+	CHECK_EQ(ntohl(local->sin_addr.s_addr), 0x7f000001);
+	CHECK_EQ(ntohs(target->sin_port), 15001);
+
+	/* two IPv6 hops, the second appended after the first as issue() does */
+	__u8 six[16] = {0};
+	six[15] = 1;
+	a.target = a.original = a.local = six;
+	a.protocol = IPPROTO_UDP;
+	__u32 off = WFPR__WIRE_HEADER_SIZE;
+	for (int i = 0; i < 2; i++) {
+		a.id = id[i];
+		a.token = token[i];
+		a.target_port = (__u16)(15001 + i);
+		off += wfpr__write_hop(blob + off, 16, &a);
+	}
+	wfpr__write_header(blob, 2, off);
+	CHECK_EQ(off, sizeof(blob));
+	CHECK_EQ(record_parse(&view, blob, off), 0);
+	CHECK_EQ(view.hop_count, 2);
+	for (int i = 0; i < 2; i++) {
+		CHECK(memcmp(view.hops[i].redirector_id, id[i], 16) == 0);
+		CHECK(memcmp(view.hops[i].token, token[i], 16) == 0);
+		CHECK_EQ(view.hops[i].target.ss_family, AF_INET6);
+		CHECK_EQ(ntohs(((const struct sockaddr_in6 *)&view.hops[i].target)->sin6_port), 15001 + i);
+		CHECK_EQ(view.hops[i].protocol, IPPROTO_UDP);
+	}
+	/* and the decoder refuses what the writer would never write */
+	blob[4] = WFPR__WIRE_VERSION + 1;
+	CHECK_EQ(record_parse(&view, blob, off), WFPR_WSAEINVAL);
+}
+
 int main(void)
 {
 	RAND_bytes(key, sizeof(key));
+	RUN(bpf_writer_decodes);
 	RUN(round_trip_every_length);
 	RUN(seventeenth_append_refused);
 	RUN(every_bit_flip_refused);

@@ -5,6 +5,10 @@ JOBS ?= $(shell nproc)
 FUZZ_SECONDS ?= 60
 CMAKE ?= cmake
 
+# CI (CI=true) treats compiler warnings as errors; a user's build does not.
+WERROR ?= $(if $(CI),ON,OFF)
+CMAKE_FLAGS := -DWFPR_WERROR=$(WERROR)
+
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -16,7 +20,7 @@ deps:
 	@bash .ci/bootstrap.sh
 
 build: deps
-	$(CMAKE) -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	$(CMAKE) -S . -B build $(CMAKE_FLAGS) -DCMAKE_BUILD_TYPE=RelWithDebInfo
 	$(CMAKE) --build build -j $(JOBS)
 
 demo: build
@@ -28,7 +32,7 @@ test-plain: build
 	cd build && ctest --output-on-failure -j $(JOBS)
 
 test-sanitize: deps
-	CC=clang $(CMAKE) -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DWFPR_SANITIZE="address;undefined" \
+	CC=clang $(CMAKE) -S . -B build-asan $(CMAKE_FLAGS) -DCMAKE_BUILD_TYPE=Debug -DWFPR_SANITIZE="address;undefined" \
 		-DWFPR_BUILD_LUA_MODULE=OFF
 	$(CMAKE) --build build-asan -j $(JOBS)
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
@@ -36,7 +40,7 @@ test-sanitize: deps
 
 # Data races in the core, its overlapped completions and the test servers.
 test-threads: deps
-	CC=clang $(CMAKE) -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DWFPR_SANITIZE=thread \
+	CC=clang $(CMAKE) -S . -B build-tsan $(CMAKE_FLAGS) -DCMAKE_BUILD_TYPE=Debug -DWFPR_SANITIZE=thread \
 		-DWFPR_BUILD_LUA_MODULE=OFF -DWFPR_BUILD_BENCH=OFF -DWFPR_BUILD_EXAMPLES=OFF
 	$(CMAKE) --build build-tsan -j $(JOBS)
 	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j $(JOBS)
@@ -57,7 +61,7 @@ test-integration: build $(PY)
 	cd tests && ../$(PY) -m pytest -q -rs -p no:cacheprovider integration
 
 fuzz: deps
-	CC=clang $(CMAKE) -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DWFPR_BUILD_FUZZERS=ON \
+	CC=clang $(CMAKE) -S . -B build-fuzz $(CMAKE_FLAGS) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DWFPR_BUILD_FUZZERS=ON \
 		-DWFPR_BUILD_TESTS=OFF -DWFPR_BUILD_BENCH=OFF -DWFPR_BUILD_EXAMPLES=OFF -DWFPR_BUILD_LUA_MODULE=OFF \
 		-DWFPR_SANITIZE="address;undefined;fuzzer-no-link"
 	$(CMAKE) --build build-fuzz -j $(JOBS)

@@ -90,8 +90,8 @@ static void build_and_parse(void *arg, int n)
 		uint8_t *blob;
 		size_t len;
 		wfpr_hop h = b->fourth;
-		if (record_append(&blob, &len, &b->three_view, b->three, b->three_len, &h, b->key) != 0 ||
-		    record_parse(&view, blob, len) != 0)
+		if (wfpr__record_append(&blob, &len, &b->three_view, b->three, b->three_len, &h, b->key) != 0 ||
+		    wfpr__record_parse(&view, blob, len) != 0)
 			abort();
 		free(blob);
 	}
@@ -101,10 +101,10 @@ static void verify(void *arg, int n)
 {
 	record_bench *b = arg;
 	static record_view view;
-	if (record_parse(&view, b->four, b->four_len) != 0)
+	if (wfpr__record_parse(&view, b->four, b->four_len) != 0)
 		abort();
 	for (int i = 0; i < n; i++)
-		if (!record_tokens_valid(&view, b->key))
+		if (!wfpr__record_tokens_valid(&view, b->key))
 			abort();
 }
 
@@ -195,18 +195,18 @@ int main(void)
 		uint8_t *next;
 		size_t len;
 		wfpr_hop h = hop(i);
-		if (b.three && record_parse(&b.three_view, b.three, b.three_len) != 0)
+		if (b.three && wfpr__record_parse(&b.three_view, b.three, b.three_len) != 0)
 			abort();
-		record_append(&next, &len, b.three ? &b.three_view : NULL, b.three, b.three_len, &h, b.key);
+		wfpr__record_append(&next, &len, b.three ? &b.three_view : NULL, b.three, b.three_len, &h, b.key);
 		free(b.three);
 		b.three = next;
 		b.three_len = len;
 	}
 	b.fourth = hop(3);
 	wfpr_hop h = b.fourth;
-	if (record_parse(&b.three_view, b.three, b.three_len) != 0)
+	if (wfpr__record_parse(&b.three_view, b.three, b.three_len) != 0)
 		abort();
-	record_append(&b.four, &b.four_len, &b.three_view, b.three, b.three_len, &h, b.key);
+	wfpr__record_append(&b.four, &b.four_len, &b.three_view, b.three, b.three_len, &h, b.key);
 
 	wfpr_layer *layer;
 	wfpr_layer_new(&layer);

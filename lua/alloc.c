@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include "host.h"
 
-void *rules_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+void *wfpr__rules_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
 	wfpr_rules *r = ud;
 	size_t old = ptr ? osize : 0;

@@ -239,17 +239,17 @@ static void push_field(lua_State *L, const host_object *o, const char *key)
 		lua_pushnil(L);
 }
 
-void conn_push(lua_State *L, const wfpr_rule_conn *c)
+void wfpr__conn_push(lua_State *L, const wfpr_rule_conn *c)
 {
 	wrap(L, c->protocol == IPPROTO_UDP ? "flow" : "conn")->conn = c;
 }
 
-void conn_push_request(lua_State *L, const wfpr_connect_request *req)
+void wfpr__conn_push_request(lua_State *L, const wfpr_connect_request *req)
 {
 	wrap(L, "req")->req = req;
 }
 
-void conn_push_stats(lua_State *L, const wfpr_rule_close_stats *s)
+void wfpr__conn_push_stats(lua_State *L, const wfpr_rule_close_stats *s)
 {
 	lua_createtable(L, 0, 3);
 	lua_pushinteger(L, (lua_Integer)(s ? s->bytes_up : 0));
@@ -260,7 +260,7 @@ void conn_push_stats(lua_State *L, const wfpr_rule_close_stats *s)
 	lua_setfield(L, -2, "duration_ms");
 }
 
-void conn_expire_all(lua_State *L)
+void wfpr__conn_expire_all(lua_State *L)
 {
 	if (lua_getfield(L, LUA_REGISTRYINDEX, LIVE) == LUA_TTABLE) {
 		for (lua_Integer i = (lua_Integer)lua_rawlen(L, -1); i >= 1; i--) {
@@ -279,7 +279,7 @@ void conn_expire_all(lua_State *L)
 	lua_pop(L, 1);
 }
 
-void conn_forget_tag(lua_State *L, uint64_t id)
+void wfpr__conn_forget_tag(lua_State *L, uint64_t id)
 {
 	lua_getfield(L, LUA_REGISTRYINDEX, SANDBOX_TAGS);
 	lua_pushnil(L);

@@ -11,7 +11,7 @@
 #include "wfpr/rules.h"
 
 enum hook { HOOK_CONNECT, HOOK_DATA, HOOK_DATAGRAM, HOOK_CLOSE, HOOK_CLASSIFY, HOOK_COUNT };
-extern const char *const hook_names[HOOK_COUNT];
+extern const char *const wfpr__hook_names[HOOK_COUNT];
 
 typedef struct proxy_name {
 	struct proxy_name *next;
@@ -38,27 +38,27 @@ struct wfpr_rules {
 };
 
 /* alloc.c */
-void *rules_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+void *wfpr__rules_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 
 /* sandbox.c: open the allowed libraries and build the locked base
  * environment, left in the registry under SANDBOX_BASE. */
 #define SANDBOX_BASE "wfpr.base"
 #define SANDBOX_TAGS "wfpr.tags"
-void sandbox_open(lua_State *L);
+void wfpr__sandbox_open(lua_State *L);
 /* A fresh environment for a rule chunk: reads fall to the base (an unknown
  * name is an error), writes stay in the rule's own table. */
-void sandbox_push_env(lua_State *L);
+void wfpr__sandbox_push_env(lua_State *L);
 /* After the top level ran: no more global writes. */
-void sandbox_lock_env(lua_State *L, int env_index);
+void wfpr__sandbox_lock_env(lua_State *L, int env_index);
 /* The sentinel values rules return: drop and close. */
-bool sandbox_is_sentinel(lua_State *L, int index, const char *name);
+bool wfpr__sandbox_is_sentinel(lua_State *L, int index, const char *name);
 
 /* conn.c: a host object valid only during the hook it is passed to. */
-void conn_push(lua_State *L, const wfpr_rule_conn *conn);
-void conn_push_request(lua_State *L, const wfpr_connect_request *req);
-void conn_push_stats(lua_State *L, const wfpr_rule_close_stats *stats);
+void wfpr__conn_push(lua_State *L, const wfpr_rule_conn *conn);
+void wfpr__conn_push_request(lua_State *L, const wfpr_connect_request *req);
+void wfpr__conn_push_stats(lua_State *L, const wfpr_rule_close_stats *stats);
 /* Invalidate every host object pushed since the last call. */
-void conn_expire_all(lua_State *L);
-void conn_forget_tag(lua_State *L, uint64_t id);
+void wfpr__conn_expire_all(lua_State *L);
+void wfpr__conn_forget_tag(lua_State *L, uint64_t id);
 
 #endif

@@ -10,7 +10,7 @@
 #include "host.h"
 #include "wfpr/error.h"
 
-const char *const hook_names[HOOK_COUNT] = {"on_connect", "on_data", "on_datagram", "on_close", "classify"};
+const char *const wfpr__hook_names[HOOK_COUNT] = {"on_connect", "on_data", "on_datagram", "on_close", "classify"};
 
 #define MAX_RULE_FILE (1u << 20)
 
@@ -54,9 +54,9 @@ static void log_failure(wfpr_rules *r, enum hook h, wfpr_rule_outcome outcome, c
 		return;
 	r->logged[h] |= bit;
 	if (r->opts.log)
-		r->opts.log(r->opts.log_user, hook_names[h], outcome, message);
+		r->opts.log(r->opts.log_user, wfpr__hook_names[h], outcome, message);
 	else
-		fprintf(stderr, "wfpr rules: %s: %s: %s\n", hook_names[h], wfpr_rule_outcome_name(outcome), message);
+		fprintf(stderr, "wfpr rules: %s: %s: %s\n", wfpr__hook_names[h], wfpr_rule_outcome_name(outcome), message);
 }
 
 /* Stack: function, nargs arguments. On OK, nres results replace them. A
@@ -74,7 +74,7 @@ static wfpr_rule_outcome guarded_call(wfpr_rules *r, enum hook h, int nargs, int
 	int rc = lua_pcall(L, nargs, nres, base);
 	lua_sethook(L, NULL, 0, 0);
 	lua_remove(L, base);
-	conn_expire_all(L);
+	wfpr__conn_expire_all(L);
 	r->stats.calls++;
 	if (rc == LUA_OK)
 		return WFPR_RULE_OK;
@@ -102,7 +102,7 @@ static wfpr_rule_outcome guarded_call(wfpr_rules *r, enum hook h, int nargs, int
 static void bad_return(wfpr_rules *r, enum hook h, const char *expected)
 {
 	char msg[160];
-	snprintf(msg, sizeof(msg), "%s returned a %s; expected %s", hook_names[h], luaL_typename(r->L, -1), expected);
+	snprintf(msg, sizeof(msg), "%s returned a %s; expected %s", wfpr__hook_names[h], luaL_typename(r->L, -1), expected);
 	r->stats.errors++;
 	log_failure(r, h, WFPR_RULE_ERROR, msg);
 }
@@ -124,12 +124,12 @@ int wfpr_rules_new(wfpr_rules **out, const wfpr_rules_options *opts)
 	r->opts = *opts;
 	for (int h = 0; h < HOOK_COUNT; h++)
 		r->hooks[h] = LUA_NOREF;
-	r->L = lua_newstate(rules_alloc, r);
+	r->L = lua_newstate(wfpr__rules_alloc, r);
 	if (!r->L) {
 		free(r);
 		return WFPR_WSAENOBUFS;
 	}
-	sandbox_open(r->L);
+	wfpr__sandbox_open(r->L);
 	*out = r;
 	return 0;
 }
@@ -163,7 +163,7 @@ const char *wfpr_rules_warnings(const wfpr_rules *r)
 static bool is_hook(const char *name)
 {
 	for (int h = 0; h < HOOK_COUNT; h++)
-		if (strcmp(name, hook_names[h]) == 0)
+		if (strcmp(name, wfpr__hook_names[h]) == 0)
 			return true;
 	return false;
 }
@@ -209,7 +209,7 @@ int wfpr_rules_load_string(wfpr_rules *r, const char *chunkname, const char *sou
 		lua_pop(L, 1);
 		return WFPR_WSAEINVAL;
 	}
-	sandbox_push_env(L);
+	wfpr__sandbox_push_env(L);
 	lua_pushvalue(L, -1);
 	lua_setupvalue(L, -3, 1); /* the chunk's _ENV */
 	lua_insert(L, -2);        /* env, chunk */
@@ -219,11 +219,11 @@ int wfpr_rules_load_string(wfpr_rules *r, const char *chunkname, const char *sou
 	}
 	int env = lua_gettop(L);
 	for (int h = 0; h < HOOK_COUNT; h++) {
-		lua_pushstring(L, hook_names[h]);
+		lua_pushstring(L, wfpr__hook_names[h]);
 		int type = lua_rawget(L, env); /* raw: the env's __index raises for unknown names */
 		if (type != LUA_TNIL && type != LUA_TFUNCTION) {
 			char msg[128];
-			snprintf(msg, sizeof(msg), "%s must be a function, not a %s", hook_names[h], lua_typename(L, type));
+			snprintf(msg, sizeof(msg), "%s must be a function, not a %s", wfpr__hook_names[h], lua_typename(L, type));
 			set_text(&r->error, msg);
 			lua_settop(L, env - 1);
 			return WFPR_WSAEINVAL;
@@ -232,12 +232,12 @@ int wfpr_rules_load_string(wfpr_rules *r, const char *chunkname, const char *sou
 	}
 	for (int h = 0; h < HOOK_COUNT; h++) {
 		luaL_unref(L, LUA_REGISTRYINDEX, r->hooks[h]);
-		lua_pushstring(L, hook_names[h]);
+		lua_pushstring(L, wfpr__hook_names[h]);
 		lua_rawget(L, env);
 		r->hooks[h] = lua_isfunction(L, -1) ? luaL_ref(L, LUA_REGISTRYINDEX) : (lua_pop(L, 1), LUA_NOREF);
 	}
 	collect_warnings(r, env);
-	sandbox_lock_env(L, env);
+	wfpr__sandbox_lock_env(L, env);
 	lua_settop(L, env - 1);
 	memset(r->logged, 0, sizeof(r->logged));
 	return 0;
@@ -273,7 +273,7 @@ int wfpr_rules_load_file(wfpr_rules *r, const char *path)
 int wfpr_rules_has_hook(const wfpr_rules *r, const char *hook)
 {
 	for (int h = 0; r && hook && h < HOOK_COUNT; h++)
-		if (strcmp(hook, hook_names[h]) == 0)
+		if (strcmp(hook, wfpr__hook_names[h]) == 0)
 			return r->hooks[h] != LUA_NOREF;
 	return 0;
 }
@@ -291,7 +291,7 @@ wfpr_verdict wfpr_rules_on_connect(wfpr_rules *r, const wfpr_rule_conn *conn)
 	wfpr_verdict fallback = r && r->opts.fail_closed ? WFPR_VERDICT_BLOCK : WFPR_VERDICT_PASS;
 	if (!r || !conn || !push_hook(r, HOOK_CONNECT))
 		return r && conn ? WFPR_VERDICT_PASS : fallback;
-	conn_push(r->L, conn);
+	wfpr__conn_push(r->L, conn);
 	if (guarded_call(r, HOOK_CONNECT, 1, 1) != WFPR_RULE_OK)
 		return fallback;
 	lua_State *L = r->L;
@@ -320,7 +320,7 @@ static wfpr_data_verdict data_hook(wfpr_rules *r, enum hook h, const wfpr_rule_c
 	if (!push_hook(r, h))
 		return WFPR_DATA_PASS;
 	lua_State *L = r->L;
-	conn_push(L, conn);
+	wfpr__conn_push(L, conn);
 	lua_pushstring(L, direction ? "down" : "up");
 	lua_pushlstring(L, chunk ? chunk : "", len);
 	if (guarded_call(r, h, 3, 1) != WFPR_RULE_OK)
@@ -344,9 +344,9 @@ static wfpr_data_verdict data_hook(wfpr_rules *r, enum hook h, const wfpr_rule_c
 			*out_len = n;
 			v = WFPR_DATA_REPLACE;
 		}
-	} else if (sandbox_is_sentinel(L, -1, "drop")) {
+	} else if (wfpr__sandbox_is_sentinel(L, -1, "drop")) {
 		v = WFPR_DATA_DROP;
-	} else if (sandbox_is_sentinel(L, -1, "close")) {
+	} else if (wfpr__sandbox_is_sentinel(L, -1, "close")) {
 		v = WFPR_DATA_CLOSE;
 	} else {
 		bad_return(r, h, "nil, a string, drop or close");
@@ -372,11 +372,11 @@ void wfpr_rules_on_close(wfpr_rules *r, const wfpr_rule_conn *conn, const wfpr_r
 	if (!r || !conn)
 		return;
 	if (push_hook(r, HOOK_CLOSE)) {
-		conn_push(r->L, conn);
-		conn_push_stats(r->L, stats);
+		wfpr__conn_push(r->L, conn);
+		wfpr__conn_push_stats(r->L, stats);
 		guarded_call(r, HOOK_CLOSE, 2, 0);
 	}
-	conn_forget_tag(r->L, conn->id);
+	wfpr__conn_forget_tag(r->L, conn->id);
 }
 
 int wfpr_rules_set_proxy(wfpr_rules *r, const char *name, const struct sockaddr_storage *addr)
@@ -403,7 +403,7 @@ wfpr_action wfpr_rules_classify(void *rules, wfpr_connect_request *req)
 	if (!r || !req || !push_hook(r, HOOK_CLASSIFY))
 		return r && req ? WFPR_ACTION_PERMIT : fallback;
 	lua_State *L = r->L;
-	conn_push_request(L, req);
+	wfpr__conn_push_request(L, req);
 	if (guarded_call(r, HOOK_CLASSIFY, 1, 1) != WFPR_RULE_OK)
 		return fallback;
 	wfpr_action action = fallback;

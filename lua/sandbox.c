@@ -102,7 +102,7 @@ static void push_sentinel(lua_State *L, const char *name)
 	lua_setmetatable(L, -2);
 }
 
-bool sandbox_is_sentinel(lua_State *L, int index, const char *name)
+bool wfpr__sandbox_is_sentinel(lua_State *L, int index, const char *name)
 {
 	index = lua_absindex(L, index);
 	lua_getfield(L, LUA_REGISTRYINDEX, SANDBOX_BASE);
@@ -113,7 +113,7 @@ bool sandbox_is_sentinel(lua_State *L, int index, const char *name)
 	return same;
 }
 
-void sandbox_open(lua_State *L)
+void wfpr__sandbox_open(lua_State *L)
 {
 	static const luaL_Reg libs[] = {
 		{LUA_GNAME, luaopen_base}, {LUA_STRLIBNAME, luaopen_string}, {LUA_TABLIBNAME, luaopen_table},
@@ -172,7 +172,7 @@ static int env_index(lua_State *L)
 	return 1;
 }
 
-void sandbox_push_env(lua_State *L)
+void wfpr__sandbox_push_env(lua_State *L)
 {
 	lua_newtable(L);
 	lua_newtable(L);
@@ -184,7 +184,7 @@ void sandbox_push_env(lua_State *L)
 	lua_setmetatable(L, -2);
 }
 
-void sandbox_lock_env(lua_State *L, int env)
+void wfpr__sandbox_lock_env(lua_State *L, int env)
 {
 	env = lua_absindex(L, env);
 	/* the metatable is protected from the rule, not from the host */

@@ -3,7 +3,7 @@
 
 /*
  * What the BPF programs (wfpr.bpf.c), their loader (loader.c) and the
- * library's kernel backend (core/src/ebpf/kernel.c) share: the custom
+ * library's eBPF backend (core/src/ebpf/backend.c) share: the custom
  * socket-option level and names, and the layout of the maps. Included by
  * BPF C (after vmlinux.h) and by user space (after <linux/types.h>).
  *

@@ -65,7 +65,7 @@ static void init(void)
 	const char *fail = getenv("WFPR_FAIL");
 	fail_closed = fail && strcmp(fail, "closed") == 0;
 	if (path && path[0])
-		client_set_path(path);
+		wfpr__client_set_path(path);
 }
 
 __attribute__((constructor)) static void shim_init(void)
@@ -116,7 +116,7 @@ static bool find_route(int fd, const struct sockaddr_storage *addr, bool by_targ
 	pthread_mutex_unlock(&lock);
 	if (!any)
 		return false; /* the common case, without a syscall */
-	uint64_t cookie = socket_cookie(fd);
+	uint64_t cookie = wfpr__socket_cookie(fd);
 	bool found = false;
 	pthread_mutex_lock(&lock);
 	for (route *r = routes_of(fd, cookie); r && !found; r = r->next) {
@@ -136,7 +136,7 @@ static void remember(int fd, const struct sockaddr_storage *dest, const struct s
 	route *r = malloc(sizeof(*r));
 	if (!r)
 		return; /* the program still works; it just sees the proxy's address */
-	*r = (route){.fd = fd, .cookie = socket_cookie(fd), .dest = *dest, .target = *target};
+	*r = (route){.fd = fd, .cookie = wfpr__socket_cookie(fd), .dest = *dest, .target = *target};
 	pthread_mutex_lock(&lock);
 	size_t n = 0;
 	for (route *o = routes_of(fd, r->cookie); o; o = o->next)
@@ -157,7 +157,7 @@ static int classify(int fd, int protocol, const struct sockaddr_storage *dest, s
                     bool *redirected, client_connect_fn connect_fn, bool *connected)
 {
 	int saved = errno, connect_result = 0;
-	int rc = client_route(fd, protocol, dest, NULL, 0, target, redirected, connect_fn, &connect_result);
+	int rc = wfpr__client_route(fd, protocol, dest, NULL, 0, target, redirected, connect_fn, &connect_result);
 	*connected = rc == 0 && *redirected && connect_fn && protocol == IPPROTO_TCP;
 	if (*connected)
 		return connect_result;
@@ -176,7 +176,7 @@ static int classify(int fd, int protocol, const struct sockaddr_storage *dest, s
 
 static int redirected_protocol(int fd)
 {
-	int protocol = client_enabled() ? socket_protocol(fd) : -1;
+	int protocol = wfpr__client_enabled() ? wfpr__socket_protocol(fd) : -1;
 	return protocol == IPPROTO_TCP || protocol == IPPROTO_UDP ? protocol : -1;
 }
 
@@ -247,7 +247,7 @@ static void unredirect(int fd, struct sockaddr *from, socklen_t *from_len)
 {
 	struct sockaddr_storage addr;
 	route known;
-	if (!client_enabled() || !from || !from_len || !inet_addr_of(from, *from_len, &addr) ||
+	if (!wfpr__client_enabled() || !from || !from_len || !inet_addr_of(from, *from_len, &addr) ||
 	    !find_route(fd, &addr, true, &known) || addr_equal(&known.dest, &known.target))
 		return;
 	socklen_t room = *from_len, need = addr_len(&known.dest);

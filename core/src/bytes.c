@@ -2,7 +2,7 @@
 #include <string.h>
 #include "bytes.h"
 
-void builder_init(builder *b, size_t max, size_t hint)
+void wfpr__builder_init(builder *b, size_t max, size_t hint)
 {
 	memset(b, 0, sizeof(*b));
 	b->max = max;
@@ -12,13 +12,13 @@ void builder_init(builder *b, size_t max, size_t hint)
 	b->cap = b->data ? hint : 0;
 }
 
-void builder_cleanup(builder *b)
+void wfpr__builder_cleanup(builder *b)
 {
 	free(b->data);
 	memset(b, 0, sizeof(*b));
 }
 
-bool builder_grow(builder *b, size_t n)
+bool wfpr__builder_grow(builder *b, size_t n)
 {
 	if (n > b->max - b->len) {
 		b->failed = true;
@@ -39,7 +39,7 @@ bool builder_grow(builder *b, size_t n)
 	return true;
 }
 
-bool builder_close_u16(builder *b, size_t slot)
+bool wfpr__builder_close_u16(builder *b, size_t slot)
 {
 	if (b->failed)
 		return false;
@@ -48,26 +48,26 @@ bool builder_close_u16(builder *b, size_t slot)
 		b->failed = true;
 		return false;
 	}
-	builder_put_u16_at(b, slot, (uint16_t)n);
+	wfpr__builder_put_u16_at(b, slot, (uint16_t)n);
 	return true;
 }
 
-void builder_put_u16_at(builder *b, size_t at, uint16_t v)
+void wfpr__builder_put_u16_at(builder *b, size_t at, uint16_t v)
 {
 	b->data[at] = (uint8_t)(v >> 8);
 	b->data[at + 1] = (uint8_t)v;
 }
 
-void builder_put_u32_at(builder *b, size_t at, uint32_t v)
+void wfpr__builder_put_u32_at(builder *b, size_t at, uint32_t v)
 {
 	for (size_t i = 4; i-- > 0; v >>= 8)
 		b->data[at + i] = (uint8_t)v;
 }
 
-uint8_t *builder_finish(builder *b, size_t *out_len)
+uint8_t *wfpr__builder_finish(builder *b, size_t *out_len)
 {
 	if (b->failed) {
-		builder_cleanup(b);
+		wfpr__builder_cleanup(b);
 		return NULL;
 	}
 	uint8_t *data = b->data;

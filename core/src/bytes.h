@@ -98,15 +98,15 @@ typedef struct builder {
 } builder;
 
 /* max: the most it may grow to; hint: the capacity to start with. */
-void builder_init(builder *b, size_t max, size_t hint);
-void builder_cleanup(builder *b);
+void wfpr__builder_init(builder *b, size_t max, size_t hint);
+void wfpr__builder_cleanup(builder *b);
 /* Grows the buffer; the slow path of builder_reserve. */
-bool builder_grow(builder *b, size_t n);
+bool wfpr__builder_grow(builder *b, size_t n);
 
 /* n more bytes at the end, or NULL once the builder has failed. */
 static inline uint8_t *builder_reserve(builder *b, size_t n)
 {
-	if (b->failed || (b->len + n > b->cap && !builder_grow(b, n)))
+	if (b->failed || (b->len + n > b->cap && !wfpr__builder_grow(b, n)))
 		return NULL;
 	uint8_t *at = b->data + b->len;
 	b->len += n;
@@ -138,17 +138,17 @@ static inline bool builder_add_bytes(builder *b, const void *p, size_t n)
 	return true;
 }
 
-/* Reserve a u16 length slot; builder_close_u16 back-fills it with the bytes since. */
+/* Reserve a u16 length slot; wfpr__builder_close_u16 back-fills it with the bytes since. */
 static inline bool builder_open_u16(builder *b, size_t *slot)
 {
 	*slot = b->len;
 	return builder_add_be(b, 0, 2);
 }
 
-bool builder_close_u16(builder *b, size_t slot);
-void builder_put_u16_at(builder *b, size_t at, uint16_t v);
-void builder_put_u32_at(builder *b, size_t at, uint32_t v);
+bool wfpr__builder_close_u16(builder *b, size_t slot);
+void wfpr__builder_put_u16_at(builder *b, size_t at, uint16_t v);
+void wfpr__builder_put_u32_at(builder *b, size_t at, uint32_t v);
 /* Hands over the buffer (caller frees); NULL if any add failed. */
-uint8_t *builder_finish(builder *b, size_t *out_len);
+uint8_t *wfpr__builder_finish(builder *b, size_t *out_len);
 
 #endif

@@ -84,7 +84,7 @@ static int set(const call *k, const void *in, uint32_t in_len)
 
 static int flush(const call *k)
 {
-	k->backend->flush(k->fd, k->cookie ? k->cookie : socket_cookie(k->fd));
+	k->backend->flush(k->fd, k->cookie ? k->cookie : wfpr__socket_cookie(k->fd));
 	return 0;
 }
 
@@ -107,12 +107,12 @@ int wfpr_ioctl(wfpr_socket_t s, uint32_t code, const void *in, uint32_t in_len, 
 		return fail(NULL, 0, WFPR_WSAEFAULT);
 	if (bytes_returned)
 		*bytes_returned = 0;
-	if (layer_in_callback())
+	if (wfpr__layer_in_callback())
 		return fail(bytes_returned, 0, WFPR_WSAEINPROGRESS);
 	if (!known_code(code))
 		return fail(bytes_returned, 0, WFPR_WSAEINVAL);
 	if (!k.backend->checks_sockets || code == WFPR_SIO_FLUSH) {
-		k.protocol = socket_protocol(s);
+		k.protocol = wfpr__socket_protocol(s);
 		if (k.protocol < 0)
 			return fail(bytes_returned, 0, errno == ENOTSOCK ? WFPR_WSAENOTSOCK : wfpr_err_from_errno(errno));
 		if (k.protocol != IPPROTO_TCP && k.protocol != IPPROTO_UDP)
@@ -150,9 +150,9 @@ int wfpr_ioctl(wfpr_socket_t s, uint32_t code, const void *in, uint32_t in_len, 
 		*bytes_returned = bytes;
 	if (k.cookie) {
 		/* Done at once on an overlapped socket: completion is still signalled. */
-		apc_queue *q = k.routine ? apc_queue_self() : NULL;
-		overlapped_complete(k.ov, k.routine, q, 0, bytes);
-		apc_queue_unref(q);
+		apc_queue *q = k.routine ? wfpr__apc_queue_self() : NULL;
+		wfpr__overlapped_complete(k.ov, k.routine, q, 0, bytes);
+		wfpr__apc_queue_unref(q);
 	}
 	return 0;
 }

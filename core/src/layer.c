@@ -49,8 +49,8 @@ struct wfpr_layer {
 
 static _Thread_local bool in_callback;
 
-bool layer_in_callback(void) { return in_callback; }
-void layer_set_in_callback(bool on) { in_callback = on; }
+bool wfpr__layer_in_callback(void) { return in_callback; }
+void wfpr__layer_set_in_callback(bool on) { in_callback = on; }
 
 static void count(uint64_t *counter)
 {
@@ -123,7 +123,7 @@ int wfpr_redirect_handle_create(wfpr_redirect_handle **out, wfpr_layer *layer,
 	if (!out || !layer)
 		return WFPR_WSAEFAULT;
 	*out = NULL;
-	if (layer_in_callback())
+	if (wfpr__layer_in_callback())
 		return WFPR_WSAEINPROGRESS; /* the layer is locked while callouts run */
 	wfpr_redirect_handle *h = calloc(1, sizeof(*h));
 	if (!h || !(h->name = dup_name(name))) {
@@ -199,8 +199,8 @@ static int state_from_blob(wfpr_redirect_state *out, const void *records, size_t
 	record_view *view = malloc(sizeof(*view));
 	if (!view)
 		return WFPR_WSAENOBUFS;
-	int rc = record_parse(view, records, len);
-	if (rc == 0 && key && !record_tokens_valid(view, key))
+	int rc = wfpr__record_parse(view, records, len);
+	if (rc == 0 && key && !wfpr__record_tokens_valid(view, key))
 		rc = WFPR_WSAEINVAL;
 	if (rc == 0)
 		*out = state_for(view, id);
@@ -232,7 +232,7 @@ int wfpr_callout_register(uint32_t *out, wfpr_layer *layer, const wfpr_callout_o
 		return WFPR_WSAEINVAL;
 	if (opts->handle && opts->handle->layer != layer)
 		return WFPR_WSAEINVAL;
-	if (layer_in_callback())
+	if (wfpr__layer_in_callback())
 		return WFPR_WSAEINPROGRESS;
 	callout *c = calloc(1, sizeof(*c));
 	if (!c || !(c->name = dup_name(opts->name))) {
@@ -277,7 +277,7 @@ int wfpr_filter_add(uint64_t *out, wfpr_layer *layer, const wfpr_filter_options 
 	    opts->remote_port_min > opts->remote_port_max ||
 	    (opts->protocol != 0 && opts->protocol != IPPROTO_TCP && opts->protocol != IPPROTO_UDP))
 		return WFPR_WSAEINVAL;
-	if (layer_in_callback())
+	if (wfpr__layer_in_callback())
 		return WFPR_WSAEINPROGRESS;
 
 	pthread_rwlock_wrlock(&layer->lock);
@@ -311,7 +311,7 @@ int wfpr_filter_remove(wfpr_layer *layer, uint64_t filter_id)
 {
 	if (!layer)
 		return WFPR_WSAEFAULT;
-	if (layer_in_callback())
+	if (wfpr__layer_in_callback())
 		return WFPR_WSAEINPROGRESS;
 	int rc = WFPR_FWP_E_NOT_FOUND;
 	pthread_rwlock_wrlock(&layer->lock);
@@ -417,7 +417,7 @@ static bool accept_redirect(wfpr_layer *layer, const callout *c, const wfpr_conn
 	return true;
 }
 
-int layer_classify(wfpr_layer *layer, const conn_info *conn, const uint8_t *records,
+int wfpr__layer_classify(wfpr_layer *layer, const conn_info *conn, const uint8_t *records,
                    size_t records_len, redirect_decision *out)
 {
 	record_view *view = NULL;
@@ -428,7 +428,7 @@ int layer_classify(wfpr_layer *layer, const conn_info *conn, const uint8_t *reco
 		view = malloc(sizeof(*view));
 		if (!view)
 			return WFPR_WSAENOBUFS;
-		if (record_parse(view, records, records_len) != 0) {
+		if (wfpr__record_parse(view, records, records_len) != 0) {
 			free(view);
 			return WFPR_WSAEINVAL;
 		}
@@ -452,9 +452,9 @@ int layer_classify(wfpr_layer *layer, const conn_info *conn, const uint8_t *reco
 			.state = state_of(view, c->handle),
 			.handle = c->handle,
 		};
-		layer_set_in_callback(true);
+		wfpr__layer_set_in_callback(true);
 		wfpr_action action = c->classify(c->user, &req);
-		layer_set_in_callback(false);
+		wfpr__layer_set_in_callback(false);
 
 		if (action == WFPR_ACTION_BLOCK) {
 			out->action = WFPR_ACTION_BLOCK;
@@ -474,7 +474,7 @@ int layer_classify(wfpr_layer *layer, const conn_info *conn, const uint8_t *reco
 	return 0;
 }
 
-int layer_issue(wfpr_layer *layer, redirect_decision *d, const conn_info *conn,
+int wfpr__layer_issue(wfpr_layer *layer, redirect_decision *d, const conn_info *conn,
                 const uint8_t *records, size_t records_len,
                 uint8_t **out_record, size_t *out_record_len, uint8_t out_token[WFPR_TOKEN_SIZE])
 {
@@ -494,7 +494,7 @@ int layer_issue(wfpr_layer *layer, redirect_decision *d, const conn_info *conn,
 
 	if (!records != !d->chain)
 		return WFPR_WSAEINVAL; /* not the records that were classified */
-	int rc = record_append(out_record, out_record_len, d->chain, records, records_len, &hop, layer->key);
+	int rc = wfpr__record_append(out_record, out_record_len, d->chain, records, records_len, &hop, layer->key);
 	if (rc != 0)
 		return rc;
 	memcpy(out_token, hop.token, WFPR_TOKEN_SIZE);
@@ -515,7 +515,7 @@ int layer_issue(wfpr_layer *layer, redirect_decision *d, const conn_info *conn,
 	return 0;
 }
 
-void redirect_decision_cleanup(redirect_decision *d)
+void wfpr__redirect_decision_cleanup(redirect_decision *d)
 {
 	free(d->context);
 	d->context = NULL;
@@ -524,14 +524,14 @@ void redirect_decision_cleanup(redirect_decision *d)
 	d->chain = NULL;
 }
 
-int layer_check_records(wfpr_layer *layer, const uint8_t *blob, size_t len,
+int wfpr__layer_check_records(wfpr_layer *layer, const uint8_t *blob, size_t len,
                         uint8_t out_last_token[WFPR_TOKEN_SIZE])
 {
 	record_view *view = malloc(sizeof(*view));
 	if (!view)
 		return WFPR_WSAENOBUFS;
-	int rc = record_parse(view, blob, len);
-	if (rc == 0 && !record_tokens_valid(view, layer->key))
+	int rc = wfpr__record_parse(view, blob, len);
+	if (rc == 0 && !wfpr__record_tokens_valid(view, layer->key))
 		rc = WFPR_WSAEINVAL;
 	if (rc == 0)
 		memcpy(out_last_token, view->hops[view->hop_count - 1].token, WFPR_TOKEN_SIZE);
@@ -539,7 +539,7 @@ int layer_check_records(wfpr_layer *layer, const uint8_t *blob, size_t len,
 	return rc;
 }
 
-void layer_count_bad_record(wfpr_layer *layer)
+void wfpr__layer_count_bad_record(wfpr_layer *layer)
 {
 	count(&layer->stats.bad_records);
 }

@@ -31,27 +31,27 @@ typedef struct redirect_decision {
 } redirect_decision;
 
 /* records: the blob already SET on the connecting socket (checked), or NULL. */
-int layer_classify(wfpr_layer *layer, const conn_info *conn, const uint8_t *records,
+int wfpr__layer_classify(wfpr_layer *layer, const conn_info *conn, const uint8_t *records,
                    size_t records_len, redirect_decision *out);
 
 /* The record for a REDIRECT decision, once the backend knows the final local
  * address: records (the same that were classified) plus one new hop. Also
  * fills the default context. */
-int layer_issue(wfpr_layer *layer, redirect_decision *decision, const conn_info *conn,
+int wfpr__layer_issue(wfpr_layer *layer, redirect_decision *decision, const conn_info *conn,
                 const uint8_t *records, size_t records_len,
                 uint8_t **out_record, size_t *out_record_len, uint8_t out_token[WFPR_TOKEN_SIZE]);
 
-void redirect_decision_cleanup(redirect_decision *decision);
+void wfpr__redirect_decision_cleanup(redirect_decision *decision);
 
 /* Structure and tokens: was this blob issued by this layer? (Liveness is the
  * backend's to check.) 0, or WFPR_WSAEINVAL. */
-int layer_check_records(wfpr_layer *layer, const uint8_t *blob, size_t len,
+int wfpr__layer_check_records(wfpr_layer *layer, const uint8_t *blob, size_t len,
                         uint8_t out_last_token[WFPR_TOKEN_SIZE]);
 
-void layer_count_bad_record(wfpr_layer *layer);
+void wfpr__layer_count_bad_record(wfpr_layer *layer);
 
 /* True while this thread runs a callout or completion routine. */
-bool layer_in_callback(void);
-void layer_set_in_callback(bool on);
+bool wfpr__layer_in_callback(void);
+void wfpr__layer_set_in_callback(bool on);
 
 #endif

@@ -28,7 +28,7 @@ static _Thread_local apc_queue *self_queue;
 
 static void drop_thread_ref(void *q)
 {
-	apc_queue_unref(q);
+	wfpr__apc_queue_unref(q);
 }
 
 static void make_key(void)
@@ -36,7 +36,7 @@ static void make_key(void)
 	pthread_key_create(&thread_key, drop_thread_ref);
 }
 
-apc_queue *apc_queue_self(void)
+apc_queue *wfpr__apc_queue_self(void)
 {
 	if (!self_queue) {
 		apc_queue *q = calloc(1, sizeof(*q));
@@ -57,7 +57,7 @@ apc_queue *apc_queue_self(void)
 	return self_queue;
 }
 
-void apc_queue_unref(apc_queue *q)
+void wfpr__apc_queue_unref(apc_queue *q)
 {
 	if (!q || __atomic_sub_fetch(&q->refs, 1, __ATOMIC_ACQ_REL) != 0)
 		return;
@@ -78,7 +78,7 @@ static void signal_fd(int fd)
 	}
 }
 
-void overlapped_complete(wfpr_overlapped *ov, wfpr_completion_routine routine, apc_queue *q,
+void wfpr__overlapped_complete(wfpr_overlapped *ov, wfpr_completion_routine routine, apc_queue *q,
                          int err, uint32_t bytes)
 {
 	apc *a = NULL;
@@ -185,7 +185,7 @@ static int run_queued(apc_queue *q)
 
 int wfpr_wait_alertable(int timeout_ms)
 {
-	apc_queue *q = apc_queue_self();
+	apc_queue *q = wfpr__apc_queue_self();
 	if (!q) {
 		wfpr_set_last_error(WFPR_WSAENOBUFS);
 		return WFPR_SOCKET_ERROR;
@@ -195,7 +195,7 @@ int wfpr_wait_alertable(int timeout_ms)
 		struct pollfd p = {.fd = q->event_fd, .events = POLLIN};
 		if (poll(&p, 1, timeout_ms) < 0 && errno != EINTR) {
 			wfpr_set_last_error(wfpr_err_from_errno(errno));
-			apc_queue_unref(q);
+			wfpr__apc_queue_unref(q);
 			return WFPR_SOCKET_ERROR;
 		}
 	}
@@ -205,6 +205,6 @@ int wfpr_wait_alertable(int timeout_ms)
 	}
 	if (ran == 0)
 		ran = run_queued(q);
-	apc_queue_unref(q);
+	wfpr__apc_queue_unref(q);
 	return ran;
 }

@@ -9,12 +9,12 @@
 typedef struct apc_queue apc_queue;
 
 /* This thread's queue, with a reference for the caller; NULL if out of memory. */
-apc_queue *apc_queue_self(void);
-void apc_queue_unref(apc_queue *q);
+apc_queue *wfpr__apc_queue_self(void);
+void wfpr__apc_queue_unref(apc_queue *q);
 
 /* Mark ov complete, signal its event and, with a routine, queue it on q
  * (the issuing thread's queue). Consumes nothing; q may be NULL. */
-void overlapped_complete(wfpr_overlapped *ov, wfpr_completion_routine routine, apc_queue *q,
+void wfpr__overlapped_complete(wfpr_overlapped *ov, wfpr_completion_routine routine, apc_queue *q,
                          int err, uint32_t bytes);
 
 #endif

@@ -141,7 +141,7 @@ static bool parse_hop(cursor *body, wfpr_hop *hop, const uint8_t **signed_data, 
 	return seen == required;
 }
 
-int record_parse(record_view *out, const uint8_t *blob, size_t len)
+int wfpr__record_parse(record_view *out, const uint8_t *blob, size_t len)
 {
 	cursor c;
 	const uint8_t *magic;
@@ -249,7 +249,7 @@ static bool hop_token(uint8_t out[WFPR_TOKEN_SIZE], const uint8_t key[RECORD_KEY
 	       EVP_MAC_final(ctx, out, &written, WFPR_TOKEN_SIZE) && written == WFPR_TOKEN_SIZE;
 }
 
-bool record_tokens_valid(const record_view *view, const uint8_t key[RECORD_KEY_SIZE])
+bool wfpr__record_tokens_valid(const record_view *view, const uint8_t key[RECORD_KEY_SIZE])
 {
 	static const uint8_t zero[WFPR_TOKEN_SIZE];
 	const uint8_t *prev = zero;
@@ -280,7 +280,7 @@ static bool add_addr(builder *b, uint16_t type, const struct sockaddr_storage *a
 	} else {
 		return false;
 	}
-	return ok && builder_close_u16(b, slot);
+	return ok && wfpr__builder_close_u16(b, slot);
 }
 
 static bool add_fixed(builder *b, uint16_t type, const void *p, uint16_t n)
@@ -293,7 +293,7 @@ static bool add_u64_attr(builder *b, uint16_t type, uint64_t v)
 	return builder_add_u16(b, type) && builder_add_u16(b, 8) && builder_add_u64(b, v);
 }
 
-int record_append(uint8_t **out, size_t *out_len, const record_view *prev_view, const uint8_t *prev,
+int wfpr__record_append(uint8_t **out, size_t *out_len, const record_view *prev_view, const uint8_t *prev,
                   size_t prev_len, wfpr_hop *hop, const uint8_t key[RECORD_KEY_SIZE])
 {
 	static const uint8_t zero[WFPR_TOKEN_SIZE];
@@ -310,7 +310,7 @@ int record_append(uint8_t **out, size_t *out_len, const record_view *prev_view, 
 			return WFPR_WSAELOOP;
 	}
 
-	builder_init(&b, WFPR_RECORD_MAX_SIZE, (prev ? prev_len : RECORD_HEADER_SIZE) + 160);
+	wfpr__builder_init(&b, WFPR_RECORD_MAX_SIZE, (prev ? prev_len : RECORD_HEADER_SIZE) + 160);
 	builder_add_bytes(&b, WFPR__WIRE_MAGIC, WFPR__WIRE_MAGIC_SIZE);
 	builder_add_u8(&b, WFPR__WIRE_VERSION);
 	builder_add_u8(&b, 0);
@@ -334,13 +334,13 @@ int record_append(uint8_t **out, size_t *out_len, const record_view *prev_view, 
 	     add_addr(&b, HOP_TARGET, &hop->target) &&
 	     add_u64_attr(&b, HOP_TIME, hop->time_ns);
 	ok = ok && hop_token(hop->token, key, prev_token, hop_count, b.data + attrs_start, b.len - attrs_start);
-	ok = ok && add_fixed(&b, HOP_TOKEN, hop->token, WFPR_TOKEN_SIZE) && builder_close_u16(&b, slot);
+	ok = ok && add_fixed(&b, HOP_TOKEN, hop->token, WFPR_TOKEN_SIZE) && wfpr__builder_close_u16(&b, slot);
 	if (!ok) {
-		builder_cleanup(&b);
+		wfpr__builder_cleanup(&b);
 		return WFPR_WSAEINVAL;
 	}
-	builder_put_u32_at(&b, 8, (uint32_t)b.len);
-	*out = builder_finish(&b, out_len);
+	wfpr__builder_put_u32_at(&b, 8, (uint32_t)b.len);
+	*out = wfpr__builder_finish(&b, out_len);
 	return *out ? 0 : WFPR_WSAENOBUFS;
 }
 
@@ -352,7 +352,7 @@ int wfpr_records_decode(wfpr_records **out, const void *blob, size_t len)
 	record_view *view = malloc(sizeof(*view));
 	if (!view)
 		return WFPR_WSAENOBUFS;
-	int rc = record_parse(view, blob, len);
+	int rc = wfpr__record_parse(view, blob, len);
 	if (rc == 0) {
 		wfpr_records *records = calloc(1, sizeof(*records));
 		if (!records) {

@@ -102,7 +102,7 @@ wfpr_socket_t wfpr_socket(int family, int type, int protocol, unsigned int flags
 
 int wfpr_socket_set_overlapped(wfpr_socket_t fd, int on)
 {
-	if (socket_protocol(fd) < 0)
+	if (wfpr__socket_protocol(fd) < 0)
 		return fail_errno();
 	pthread_mutex_lock(&wfpr__socktab_lock);
 	wfpr__sock *s = wfpr__socktab_get(fd);
@@ -141,7 +141,7 @@ int wfpr_connect(wfpr_socket_t fd, const struct sockaddr *addr, socklen_t len)
 {
 	if (!addr)
 		return fail(WFPR_WSAEFAULT, EFAULT);
-	int protocol = socket_protocol(fd);
+	int protocol = wfpr__socket_protocol(fd);
 	if (protocol < 0)
 		return fail_errno();
 	if (!is_inet(addr, len) || (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP))
@@ -250,7 +250,7 @@ static int datagram_target(int fd, const struct sockaddr *to, socklen_t to_len, 
 	*routed = false;
 	if (!to || !is_inet(to, to_len))
 		return 0;
-	int protocol = socket_protocol(fd);
+	int protocol = wfpr__socket_protocol(fd);
 	if (protocol < 0)
 		return fail_errno();
 	if (protocol != IPPROTO_UDP)
@@ -301,7 +301,7 @@ static void append_cmsg(struct msghdr *msg, size_t capacity, int type, const uin
 static void after_receive(int fd, struct msghdr *msg, size_t capacity, struct sockaddr_storage *from)
 {
 	struct sockaddr_storage local;
-	socket_local(fd, &local);
+	wfpr__socket_local(fd, &local);
 
 	pthread_mutex_lock(&wfpr__socktab_lock);
 	wfpr__sock *s = wfpr__socktab_find(fd);
@@ -444,7 +444,7 @@ int wfpr_setsockopt(wfpr_socket_t fd, int level, int name, const void *value, so
 	            (name == WFPR_IP_WFP_REDIRECT_CONTEXT || name == WFPR_IP_WFP_REDIRECT_RECORDS);
 	if (!ours)
 		return setsockopt(fd, level, name, value, len) == 0 ? 0 : fail_errno();
-	int protocol = socket_protocol(fd);
+	int protocol = wfpr__socket_protocol(fd);
 	if (protocol < 0)
 		return fail_errno();
 	if (protocol != IPPROTO_UDP)
@@ -469,7 +469,7 @@ int wfpr_setsockopt(wfpr_socket_t fd, int level, int name, const void *value, so
 
 int wfpr_closesocket(wfpr_socket_t fd)
 {
-	uint64_t cookie = socket_cookie(fd);
+	uint64_t cookie = wfpr__socket_cookie(fd);
 	if (cookie == 0)
 		return fail(WFPR_WSAENOTSOCK, ENOTSOCK);
 	/* the backend forgets the socket's records, and a record still waiting

@@ -32,7 +32,7 @@ wfpr__sock *wfpr__socktab_find(int fd)
 		if (s->fd != fd)
 			continue;
 		/* a descriptor number reused by a later socket is not the same socket */
-		if (s->cookie == socket_cookie(fd))
+		if (s->cookie == wfpr__socket_cookie(fd))
 			return s;
 		*p = s->next;
 		sock_free(s);
@@ -46,7 +46,7 @@ wfpr__sock *wfpr__socktab_get(int fd)
 	wfpr__sock *s = wfpr__socktab_find(fd);
 	if (s)
 		return s;
-	uint64_t cookie = socket_cookie(fd);
+	uint64_t cookie = wfpr__socket_cookie(fd);
 	if (cookie == 0 || !(s = calloc(1, sizeof(*s))))
 		return NULL;
 	s->fd = fd;

@@ -4,7 +4,7 @@
 #include "addr.h"
 #include "sockutil.h"
 
-uint64_t socket_cookie(int fd)
+uint64_t wfpr__socket_cookie(int fd)
 {
 	uint64_t cookie = 0;
 	socklen_t len = sizeof(cookie);
@@ -13,7 +13,7 @@ uint64_t socket_cookie(int fd)
 	return cookie;
 }
 
-int socket_protocol(int fd)
+int wfpr__socket_protocol(int fd)
 {
 	int protocol = 0;
 	socklen_t len = sizeof(protocol);
@@ -25,7 +25,7 @@ int socket_protocol(int fd)
 	return protocol;
 }
 
-uint16_t socket_local(int fd, struct sockaddr_storage *out)
+uint16_t wfpr__socket_local(int fd, struct sockaddr_storage *out)
 {
 	socklen_t len = sizeof(*out);
 	memset(out, 0, sizeof(*out));
@@ -36,10 +36,10 @@ uint16_t socket_local(int fd, struct sockaddr_storage *out)
 
 /* TCP binds to the target's address (the source the kernel would pick for
  * a local destination); UDP, which may still send elsewhere, to the wildcard. */
-int socket_bind_for_redirect(int fd, int protocol, const struct sockaddr_storage *target,
+int wfpr__socket_bind_for_redirect(int fd, int protocol, const struct sockaddr_storage *target,
                              struct sockaddr_storage *local)
 {
-	if (socket_local(fd, local) != 0)
+	if (wfpr__socket_local(fd, local) != 0)
 		return 0;
 	struct sockaddr_storage addr;
 	memset(&addr, 0, sizeof(addr));
@@ -52,6 +52,6 @@ int socket_bind_for_redirect(int fd, int protocol, const struct sockaddr_storage
 		((struct sockaddr_in6 *)&addr)->sin6_port = 0;
 	if (bind(fd, (struct sockaddr *)&addr, addr_len(&addr)) < 0)
 		return -1;
-	socket_local(fd, local);
+	wfpr__socket_local(fd, local);
 	return 0;
 }

@@ -8,14 +8,14 @@
 #include <sys/socket.h>
 
 /* SO_COOKIE, 0 if fd is not an open socket. */
-uint64_t socket_cookie(int fd);
+uint64_t wfpr__socket_cookie(int fd);
 /* IPPROTO_* of a socket, or -1 with errno set (ENOTSOCK for non-sockets). */
-int socket_protocol(int fd);
+int wfpr__socket_protocol(int fd);
 /* The socket's local address into out; returns its port (0: unbound). */
-uint16_t socket_local(int fd, struct sockaddr_storage *out);
+uint16_t wfpr__socket_local(int fd, struct sockaddr_storage *out);
 /* An unbound socket gets its port now, so the record can be keyed by it
  * before the proxy can accept. 0, or -1 with errno set. */
-int socket_bind_for_redirect(int fd, int protocol, const struct sockaddr_storage *target,
+int wfpr__socket_bind_for_redirect(int fd, int protocol, const struct sockaddr_storage *target,
                              struct sockaddr_storage *local);
 
 #endif

@@ -249,10 +249,10 @@ static void row_set_bad_blobs(void)
 
 	/* forged: well formed, every field plausible, tokens under a key the layer never had */
 	record_view view;
-	CHECK_EQ(record_parse(&view, blob, len), 0);
+	CHECK_EQ(wfpr__record_parse(&view, blob, len), 0);
 	uint8_t key[RECORD_KEY_SIZE] = {42}, *forged = NULL;
 	size_t forged_len = 0;
-	CHECK_EQ(record_append(&forged, &forged_len, NULL, NULL, 0, &view.hops[0], key), 0);
+	CHECK_EQ(wfpr__record_append(&forged, &forged_len, NULL, NULL, 0, &view.hops[0], key), 0);
 	CHECK_EQ(forged_len, len);
 	CHECK_FAILS_WITH(wfpr_ioctl(out, SET_RECORDS, forged, (uint32_t)forged_len, NULL, 0, &bytes, NULL, NULL), WFPR_WSAEINVAL);
 	free(forged);

@@ -38,9 +38,9 @@ static wfpr_hop random_hop(int i)
 static int append(uint8_t **out, size_t *out_len, const uint8_t *prev, size_t prev_len, wfpr_hop *hop)
 {
 	static record_view view;
-	if (prev && record_parse(&view, prev, prev_len) != 0)
+	if (prev && wfpr__record_parse(&view, prev, prev_len) != 0)
 		return WFPR_WSAEINVAL;
-	return record_append(out, out_len, prev ? &view : NULL, prev, prev_len, hop, key);
+	return wfpr__record_append(out, out_len, prev ? &view : NULL, prev, prev_len, hop, key);
 }
 
 /* A chain of n hops, built as the layer builds it: one append per redirect. */
@@ -63,7 +63,7 @@ static uint8_t *chain(size_t n, size_t *len, wfpr_hop *hops)
 static bool accepted(const uint8_t *blob, size_t len)
 {
 	record_view view;
-	return record_parse(&view, blob, len) == 0 && record_tokens_valid(&view, key);
+	return wfpr__record_parse(&view, blob, len) == 0 && wfpr__record_tokens_valid(&view, key);
 }
 
 static void round_trip_every_length(void)
@@ -95,7 +95,7 @@ static void seventeenth_append_refused(void)
 
 	/* a hand-made 17-hop blob: the 16th hop twice more, header patched */
 	record_view view;
-	CHECK_EQ(record_parse(&view, blob, len), 0);
+	CHECK_EQ(wfpr__record_parse(&view, blob, len), 0);
 	const uint8_t *last_tlv = view.signed_data[15] - 4;
 	size_t last_len = (size_t)(blob + len - last_tlv);
 	uint8_t *big = malloc(len + last_len);
@@ -105,7 +105,7 @@ static void seventeenth_append_refused(void)
 	big[7] = 17;
 	uint32_t total = htonl((uint32_t)(len + last_len));
 	memcpy(big + 8, &total, 4);
-	CHECK_EQ(record_parse(&view, big, len + last_len), WFPR_WSAEINVAL);
+	CHECK_EQ(wfpr__record_parse(&view, big, len + last_len), WFPR_WSAEINVAL);
 	wfpr_records *r = NULL;
 	CHECK_EQ(wfpr_records_decode(&r, big, len + last_len), WFPR_WSAEINVAL);
 	free(big);
@@ -136,13 +136,13 @@ static void truncation_and_trailing_bytes_refused(void)
 	uint8_t *blob = chain(3, &len, hops);
 	record_view view;
 	for (size_t cut = 0; cut < len; cut++)
-		CHECK_EQ(record_parse(&view, blob, cut), WFPR_WSAEINVAL);
+		CHECK_EQ(wfpr__record_parse(&view, blob, cut), WFPR_WSAEINVAL);
 	uint8_t *longer = calloc(1, len + 1);
 	memcpy(longer, blob, len);
-	CHECK_EQ(record_parse(&view, longer, len + 1), WFPR_WSAEINVAL); /* total length says len */
+	CHECK_EQ(wfpr__record_parse(&view, longer, len + 1), WFPR_WSAEINVAL); /* total length says len */
 	uint32_t total = htonl((uint32_t)(len + 1));
 	memcpy(longer + 8, &total, 4);
-	CHECK_EQ(record_parse(&view, longer, len + 1), WFPR_WSAEINVAL); /* a stray byte is no TLV */
+	CHECK_EQ(wfpr__record_parse(&view, longer, len + 1), WFPR_WSAEINVAL); /* a stray byte is no TLV */
 	free(longer);
 	free(blob);
 }
@@ -155,7 +155,7 @@ static void oversize_refused(void)
 	uint8_t *blob = chain(1, &len, hops);
 	memcpy(huge, blob, len);
 	record_view view;
-	CHECK_EQ(record_parse(&view, huge, sizeof(huge)), WFPR_WSAEINVAL);
+	CHECK_EQ(wfpr__record_parse(&view, huge, sizeof(huge)), WFPR_WSAEINVAL);
 	free(blob);
 }
 
@@ -178,9 +178,9 @@ static void unknown_types(void)
 	uint8_t *blob = chain(2, &len, hops);
 	record_view view;
 	uint8_t *critical = with_extra_tlv(blob, len, 0x0042, &ext_len);
-	CHECK_EQ(record_parse(&view, critical, ext_len), WFPR_WSAEINVAL);
+	CHECK_EQ(wfpr__record_parse(&view, critical, ext_len), WFPR_WSAEINVAL);
 	uint8_t *optional = with_extra_tlv(blob, len, 0x8042, &ext_len);
-	CHECK_EQ(record_parse(&view, optional, ext_len), 0); /* newer writers may add these */
+	CHECK_EQ(wfpr__record_parse(&view, optional, ext_len), 0); /* newer writers may add these */
 	CHECK_EQ(view.hop_count, 2);
 	free(critical);
 	free(optional);
@@ -195,9 +195,9 @@ static void wrong_key_refused(void)
 	record_view view;
 	uint8_t other[RECORD_KEY_SIZE];
 	RAND_bytes(other, sizeof(other));
-	CHECK_EQ(record_parse(&view, blob, len), 0);
-	CHECK(record_tokens_valid(&view, key));
-	CHECK(!record_tokens_valid(&view, other));
+	CHECK_EQ(wfpr__record_parse(&view, blob, len), 0);
+	CHECK(wfpr__record_tokens_valid(&view, key));
+	CHECK(!wfpr__record_tokens_valid(&view, other));
 	free(blob);
 }
 
@@ -237,7 +237,7 @@ static void bpf_writer_decodes(void)
 	CHECK_EQ(len, WFPR__WIRE_HEADER_SIZE + WFPR__WIRE_HOP_SIZE(4));
 
 	record_view view;
-	CHECK_EQ(record_parse(&view, blob, len), 0);
+	CHECK_EQ(wfpr__record_parse(&view, blob, len), 0);
 	CHECK_EQ(view.hop_count, 1);
 	const wfpr_hop *h = &view.hops[0];
 	CHECK(memcmp(h->redirector_id, id[0], 16) == 0 && memcmp(h->token, token[0], 16) == 0);
@@ -269,7 +269,7 @@ static void bpf_writer_decodes(void)
 	}
 	wfpr__write_header(blob, 2, off);
 	CHECK_EQ(off, sizeof(blob));
-	CHECK_EQ(record_parse(&view, blob, off), 0);
+	CHECK_EQ(wfpr__record_parse(&view, blob, off), 0);
 	CHECK_EQ(view.hop_count, 2);
 	for (int i = 0; i < 2; i++) {
 		CHECK(memcmp(view.hops[i].redirector_id, id[i], 16) == 0);
@@ -280,7 +280,7 @@ static void bpf_writer_decodes(void)
 	}
 	/* and the decoder refuses what the writer would never write */
 	blob[4] = WFPR__WIRE_VERSION + 1;
-	CHECK_EQ(record_parse(&view, blob, off), WFPR_WSAEINVAL);
+	CHECK_EQ(wfpr__record_parse(&view, blob, off), WFPR_WSAEINVAL);
 }
 
 int main(void)

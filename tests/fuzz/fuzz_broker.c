@@ -24,7 +24,7 @@ static int connect_client(void)
 	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK, 0);
 	if (fd < 0 || connect(fd, (struct sockaddr *)&where, sizeof(where)) < 0)
 		abort();
-	broker_poll(broker, 0); /* accept it */
+	wfpr__broker_poll(broker, 0); /* accept it */
 	return fd;
 }
 
@@ -49,7 +49,7 @@ static int register_one(int fd, const char *name, uint16_t port)
 	a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	snprintf(rq.name, sizeof(rq.name), "%s", name);
 	send(fd, &rq, sizeof(rq), 0);
-	broker_poll(broker, 0);
+	wfpr__broker_poll(broker, 0);
 	wire_reply rp;
 	return recv(fd, &rp, sizeof(rp), 0) == (ssize_t)sizeof(rp) ? rp.err : -1;
 }
@@ -98,18 +98,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			fd = connect_client();
 			continue;
 		}
-		broker_poll(broker, 0);
+		wfpr__broker_poll(broker, 0);
 		bool check_passed = false;
 		drain(fd, &check_passed, n >= sizeof(rq) && rq.type == WIRE_CHECK);
 		if (check_passed && rq.blob_len)
 			abort(); /* made-up bytes must never pass as a record the broker issued */
 	}
 	close(fd);
-	broker_poll(broker, 0); /* the hang-up: the client's redirector and records go */
+	wfpr__broker_poll(broker, 0); /* the hang-up: the client's redirector and records go */
 	int probe = connect_client();
 	if (register_one(probe, "probe", 40001) != 0)
 		abort(); /* the broker still serves, and "fuzz" was freed with its client */
 	close(probe);
-	broker_poll(broker, 0);
+	wfpr__broker_poll(broker, 0);
 	return 0;
 }

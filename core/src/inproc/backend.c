@@ -17,35 +17,35 @@ static int inproc_route(wfpr__route *r)
 	redirect_decision d;
 
 	r->target = r->remote;
-	socket_local(r->fd, &info.local);
-	pthread_mutex_lock(&inproc_lock);
-	wfpr_layer *layer = inproc_layer;
-	pthread_mutex_unlock(&inproc_lock);
+	wfpr__socket_local(r->fd, &info.local);
+	pthread_mutex_lock(&wfpr__inproc_lock);
+	wfpr_layer *layer = wfpr__inproc_layer;
+	pthread_mutex_unlock(&wfpr__inproc_lock);
 	if (!layer)
 		return 0;
 
-	int rc = layer_classify(layer, &info, r->records, r->records_len, &d);
+	int rc = wfpr__layer_classify(layer, &info, r->records, r->records_len, &d);
 	if (rc != 0)
 		return rc;
 	if (d.action != WFPR_ACTION_REDIRECT) {
-		redirect_decision_cleanup(&d);
+		wfpr__redirect_decision_cleanup(&d);
 		return d.action == WFPR_ACTION_BLOCK ? d.err : 0;
 	}
 	uint8_t *record = NULL, token[WFPR_TOKEN_SIZE];
 	size_t record_len = 0;
-	if (socket_bind_for_redirect(r->fd, r->protocol, &d.target, &info.local) < 0) {
+	if (wfpr__socket_bind_for_redirect(r->fd, r->protocol, &d.target, &info.local) < 0) {
 		r->errnum = errno;
 		rc = wfpr_err_from_errno(errno);
-	} else if ((rc = layer_issue(layer, &d, &info, r->records, r->records_len, &record, &record_len, token)) == 0) {
-		pthread_mutex_lock(&inproc_lock);
-		r->pending = store_reserve(r->protocol, &info.local, &d.target, r->fd, record, record_len, d.context,
+	} else if ((rc = wfpr__layer_issue(layer, &d, &info, r->records, r->records_len, &record, &record_len, token)) == 0) {
+		pthread_mutex_lock(&wfpr__inproc_lock);
+		r->pending = wfpr__store_reserve(r->protocol, &info.local, &d.target, r->fd, record, record_len, d.context,
 		                           d.context_len, token);
-		pthread_mutex_unlock(&inproc_lock);
+		pthread_mutex_unlock(&wfpr__inproc_lock);
 		d.context = NULL; /* the store owns it now */
 		r->target = d.target;
 		rc = r->pending ? 0 : WFPR_WSAENOBUFS;
 	}
-	redirect_decision_cleanup(&d);
+	wfpr__redirect_decision_cleanup(&d);
 	return rc;
 }
 
@@ -53,12 +53,12 @@ static void inproc_connect_done(void *pending, bool connected)
 {
 	if (!pending)
 		return;
-	pthread_mutex_lock(&inproc_lock);
+	pthread_mutex_lock(&wfpr__inproc_lock);
 	if (connected)
-		store_commit(pending);
+		wfpr__store_commit(pending);
 	else
-		store_abandon(pending);
-	pthread_mutex_unlock(&inproc_lock);
+		wfpr__store_abandon(pending);
+	pthread_mutex_unlock(&wfpr__inproc_lock);
 }
 
 static bool would_block(int fd)
@@ -72,19 +72,19 @@ static bool would_block(int fd)
  * blocking one waits. */
 static int inproc_query(const wfpr__query *q, uint8_t *blob, size_t *len)
 {
-	pthread_mutex_lock(&inproc_lock);
+	pthread_mutex_lock(&wfpr__inproc_lock);
 	int rc = WFPR_WSAENETDOWN;
-	if (!inproc_layer)
+	if (!wfpr__inproc_layer)
 		goto out;
-	conn *c = store_find(q->protocol, &q->local, &q->peer);
+	conn *c = wfpr__store_find(q->protocol, &q->local, &q->peer);
 	if (c && !c->committed) {
 		if (q->cookie) {
 			pending_op *op = calloc(1, sizeof(*op));
-			apc_queue *queue = q->routine ? apc_queue_self() : NULL;
+			apc_queue *queue = q->routine ? wfpr__apc_queue_self() : NULL;
 			rc = WFPR_WSAENOBUFS;
 			if (!op || (q->routine && !queue)) {
 				free(op);
-				apc_queue_unref(queue);
+				wfpr__apc_queue_unref(queue);
 				goto out;
 			}
 			*op = (pending_op){.fd = q->fd, .cookie = q->cookie, .context = q->context, .out = q->out,
@@ -92,15 +92,15 @@ static int inproc_query(const wfpr__query *q, uint8_t *blob, size_t *len)
 			                   .queue = queue};
 			q->ov->status = (uint32_t)WFPR_WSA_IO_PENDING;
 			q->ov->bytes = 0;
-			store_add_pending(c, op);
+			wfpr__store_add_pending(c, op);
 			rc = WFPR_WSA_IO_PENDING;
 			goto out;
 		}
 		rc = WFPR_WSAEWOULDBLOCK;
 		if (would_block(q->fd))
 			goto out;
-		store_wait_committed(q->protocol, &q->local, &q->peer);
-		c = store_find(q->protocol, &q->local, &q->peer);
+		wfpr__store_wait_committed(q->protocol, &q->local, &q->peer);
+		c = wfpr__store_find(q->protocol, &q->local, &q->peer);
 	}
 	rc = WFPR_FWP_E_NOT_FOUND;
 	if (!c)
@@ -108,14 +108,14 @@ static int inproc_query(const wfpr__query *q, uint8_t *blob, size_t *len)
 	if (c->query_fd != q->fd) {
 		/* The record now lives as long as this socket does. */
 		c->query_fd = q->fd;
-		c->query_cookie = socket_cookie(q->fd);
+		c->query_cookie = wfpr__socket_cookie(q->fd);
 		c->queried = true;
 	}
 	*len = q->context ? c->context_len : c->record_len;
 	memcpy(blob, q->context ? c->context : c->record, *len);
 	rc = 0;
 out:
-	pthread_mutex_unlock(&inproc_lock);
+	pthread_mutex_unlock(&wfpr__inproc_lock);
 	return rc;
 }
 
@@ -124,16 +124,16 @@ static int inproc_check_set(int fd, const uint8_t *blob, size_t len)
 {
 	uint8_t token[WFPR_TOKEN_SIZE];
 	(void)fd;
-	pthread_mutex_lock(&inproc_lock);
+	pthread_mutex_lock(&wfpr__inproc_lock);
 	int rc = WFPR_WSAENETDOWN;
-	if (inproc_layer) {
-		rc = layer_check_records(inproc_layer, blob, len, token);
-		if (rc == 0 && !store_find_issued(blob, len, token))
+	if (wfpr__inproc_layer) {
+		rc = wfpr__layer_check_records(wfpr__inproc_layer, blob, len, token);
+		if (rc == 0 && !wfpr__store_find_issued(blob, len, token))
 			rc = WFPR_WSAEINVAL; /* well formed, but not a live connection's record */
 		if (rc != 0)
-			layer_count_bad_record(inproc_layer);
+			wfpr__layer_count_bad_record(wfpr__inproc_layer);
 	}
-	pthread_mutex_unlock(&inproc_lock);
+	pthread_mutex_unlock(&wfpr__inproc_lock);
 	return rc;
 }
 
@@ -142,30 +142,30 @@ static void inproc_first_datagram(int fd, const struct sockaddr_storage *local, 
                                   size_t *context_len)
 {
 	(void)fd;
-	pthread_mutex_lock(&inproc_lock);
-	conn *c = store_find(IPPROTO_UDP, local, from);
+	pthread_mutex_lock(&wfpr__inproc_lock);
+	conn *c = wfpr__store_find(IPPROTO_UDP, local, from);
 	if (c && c->committed && !c->delivered) {
 		c->delivered = true;
 		memcpy(records, c->record, *records_len = c->record_len);
 		if (want_context)
 			memcpy(context, c->context, *context_len = c->context_len);
 	}
-	pthread_mutex_unlock(&inproc_lock);
+	pthread_mutex_unlock(&wfpr__inproc_lock);
 }
 
 static void inproc_flush(int fd, uint64_t cookie)
 {
-	pthread_mutex_lock(&inproc_lock);
-	store_abort_pending(fd, cookie);
-	pthread_mutex_unlock(&inproc_lock);
+	pthread_mutex_lock(&wfpr__inproc_lock);
+	wfpr__store_abort_pending(fd, cookie);
+	pthread_mutex_unlock(&wfpr__inproc_lock);
 }
 
 static void inproc_closed(int fd, uint64_t cookie)
 {
-	pthread_mutex_lock(&inproc_lock);
-	store_abort_pending(fd, cookie);
-	store_socket_closed(fd);
-	pthread_mutex_unlock(&inproc_lock);
+	pthread_mutex_lock(&wfpr__inproc_lock);
+	wfpr__store_abort_pending(fd, cookie);
+	wfpr__store_socket_closed(fd);
+	pthread_mutex_unlock(&wfpr__inproc_lock);
 }
 
 const wfpr__backend wfpr__backend_inproc = {
@@ -183,22 +183,22 @@ int wfpr_inproc_attach(wfpr_layer *layer)
 {
 	if (!layer)
 		return WFPR_WSAEFAULT;
-	pthread_mutex_lock(&inproc_lock);
-	int rc = inproc_layer && inproc_layer != layer ? WFPR_WSAEADDRINUSE : 0;
-	if (rc == 0 && !inproc_layer)
+	pthread_mutex_lock(&wfpr__inproc_lock);
+	int rc = wfpr__inproc_layer && wfpr__inproc_layer != layer ? WFPR_WSAEADDRINUSE : 0;
+	if (rc == 0 && !wfpr__inproc_layer)
 		rc = wfpr__backend_attach(&wfpr__backend_inproc);
 	if (rc == 0)
-		inproc_layer = layer;
-	pthread_mutex_unlock(&inproc_lock);
+		wfpr__inproc_layer = layer;
+	pthread_mutex_unlock(&wfpr__inproc_lock);
 	return rc;
 }
 
 void wfpr_inproc_detach(wfpr_layer *layer)
 {
-	pthread_mutex_lock(&inproc_lock);
-	if (layer && inproc_layer == layer) {
-		inproc_layer = NULL;
+	pthread_mutex_lock(&wfpr__inproc_lock);
+	if (layer && wfpr__inproc_layer == layer) {
+		wfpr__inproc_layer = NULL;
 		wfpr__backend_detach(&wfpr__backend_inproc);
 	}
-	pthread_mutex_unlock(&inproc_lock);
+	pthread_mutex_unlock(&wfpr__inproc_lock);
 }

@@ -4,7 +4,7 @@
 /*
  * The in-process backend: it stores the records the layer issues, keyed by
  * the redirected connection's 4-tuple and by the record's last token, and
- * finds them again for QUERY and SET. One lock (inproc_lock) guards the
+ * finds them again for QUERY and SET. One lock (wfpr__inproc_lock) guards the
  * store and the attached layer.
  */
 
@@ -16,8 +16,8 @@
 #include "../overlapped.h"
 #include "../sockutil.h"
 
-extern pthread_mutex_t inproc_lock;
-extern wfpr_layer *inproc_layer; /* guarded by inproc_lock */
+extern pthread_mutex_t wfpr__inproc_lock;
+extern wfpr_layer *wfpr__inproc_layer; /* guarded by wfpr__inproc_lock */
 
 /* ---- records: store.c ---- */
 
@@ -54,26 +54,26 @@ typedef struct conn {
 } conn;
 
 /* Takes ownership of record and context. NULL when out of memory. */
-conn *store_reserve(int protocol, const struct sockaddr_storage *client, const struct sockaddr_storage *target,
+conn *wfpr__store_reserve(int protocol, const struct sockaddr_storage *client, const struct sockaddr_storage *target,
                     int client_fd, uint8_t *record, size_t record_len, uint8_t *context, size_t context_len,
                     const uint8_t token[WFPR_TOKEN_SIZE]);
 /* The connect completed: QUERY may see it; waiting operations complete. */
-void store_commit(conn *c);
+void wfpr__store_commit(conn *c);
 /* The connect failed: waiting operations complete with FWP_E_NOT_FOUND. */
-void store_abandon(conn *c);
+void wfpr__store_abandon(conn *c);
 
 /* The record of the connection a proxy's socket (local, peer) belongs to. */
-conn *store_find(int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer);
+conn *wfpr__store_find(int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer);
 /* The live connection that issued this exact blob, or NULL. */
-conn *store_find_issued(const uint8_t *blob, size_t len, const uint8_t token[WFPR_TOKEN_SIZE]);
+conn *wfpr__store_find_issued(const uint8_t *blob, size_t len, const uint8_t token[WFPR_TOKEN_SIZE]);
 
-void store_add_pending(conn *c, pending_op *op);
+void wfpr__store_add_pending(conn *c, pending_op *op);
 /* Complete every pending operation of socket fd with WSA_OPERATION_ABORTED. */
-void store_abort_pending(int fd, uint64_t cookie);
+void wfpr__store_abort_pending(int fd, uint64_t cookie);
 /* The socket is closing: forget its part in every connection. */
-void store_socket_closed(int fd);
+void wfpr__store_socket_closed(int fd);
 /* Wait (blocking QUERY) until c is committed or gone; false if gone. */
-bool store_wait_committed(int protocol, const struct sockaddr_storage *local,
+bool wfpr__store_wait_committed(int protocol, const struct sockaddr_storage *local,
                           const struct sockaddr_storage *peer);
 
 #endif

@@ -12,8 +12,8 @@
  * proxy that accepts late still finds it. */
 #define UNQUERIED_GRACE_S 60
 
-pthread_mutex_t inproc_lock = PTHREAD_MUTEX_INITIALIZER;
-wfpr_layer *inproc_layer;
+pthread_mutex_t wfpr__inproc_lock = PTHREAD_MUTEX_INITIALIZER;
+wfpr_layer *wfpr__inproc_layer;
 
 static pthread_cond_t committed_cond = PTHREAD_COND_INITIALIZER;
 static conn *by_tuple[STORE_BUCKETS];
@@ -43,7 +43,7 @@ static conn **token_slot(const uint8_t token[WFPR_TOKEN_SIZE])
 
 static bool socket_alive(int fd, uint64_t cookie)
 {
-	return fd >= 0 && socket_cookie(fd) == cookie;
+	return fd >= 0 && wfpr__socket_cookie(fd) == cookie;
 }
 
 static bool conn_alive(const conn *c)
@@ -70,8 +70,8 @@ static void finish_waiters(conn *c)
 		if (c->committed)
 			err = op->context ? op->fill(op->out, op->out_len, c->context, c->context_len, &bytes)
 			                  : op->fill(op->out, op->out_len, c->record, c->record_len, &bytes);
-		overlapped_complete(op->ov, op->routine, op->queue, err, bytes);
-		apc_queue_unref(op->queue);
+		wfpr__overlapped_complete(op->ov, op->routine, op->queue, err, bytes);
+		wfpr__apc_queue_unref(op->queue);
 		free(op);
 	}
 }
@@ -110,7 +110,7 @@ static void sweep(void)
 	sweep_at = n_conns * 2 > 256 ? n_conns * 2 : 256;
 }
 
-conn *store_reserve(int protocol, const struct sockaddr_storage *client, const struct sockaddr_storage *target,
+conn *wfpr__store_reserve(int protocol, const struct sockaddr_storage *client, const struct sockaddr_storage *target,
                     int client_fd, uint8_t *record, size_t record_len, uint8_t *context, size_t context_len,
                     const uint8_t token[WFPR_TOKEN_SIZE])
 {
@@ -124,7 +124,7 @@ conn *store_reserve(int protocol, const struct sockaddr_storage *client, const s
 	c->client = *client;
 	c->target = *target;
 	c->client_fd = client_fd;
-	c->client_cookie = socket_cookie(client_fd);
+	c->client_cookie = wfpr__socket_cookie(client_fd);
 	c->query_fd = -1;
 	c->record = record;
 	c->record_len = record_len;
@@ -145,19 +145,19 @@ conn *store_reserve(int protocol, const struct sockaddr_storage *client, const s
 	return c;
 }
 
-void store_commit(conn *c)
+void wfpr__store_commit(conn *c)
 {
 	c->committed = true;
 	finish_waiters(c);
 	pthread_cond_broadcast(&committed_cond);
 }
 
-void store_abandon(conn *c)
+void wfpr__store_abandon(conn *c)
 {
 	conn_remove(c);
 }
 
-conn *store_find(int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer)
+conn *wfpr__store_find(int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer)
 {
 	uint16_t client_port = addr_port(peer), target_port = addr_port(local);
 	for (conn *c = *tuple_slot(protocol, client_port, target_port); c; c = c->next_tuple) {
@@ -169,7 +169,7 @@ conn *store_find(int protocol, const struct sockaddr_storage *local, const struc
 	return NULL;
 }
 
-conn *store_find_issued(const uint8_t *blob, size_t len, const uint8_t token[WFPR_TOKEN_SIZE])
+conn *wfpr__store_find_issued(const uint8_t *blob, size_t len, const uint8_t token[WFPR_TOKEN_SIZE])
 {
 	for (conn *c = *token_slot(token); c; c = c->next_token) {
 		if (memcmp(c->token, token, WFPR_TOKEN_SIZE) == 0)
@@ -178,14 +178,14 @@ conn *store_find_issued(const uint8_t *blob, size_t len, const uint8_t token[WFP
 	return NULL;
 }
 
-void store_add_pending(conn *c, pending_op *op)
+void wfpr__store_add_pending(conn *c, pending_op *op)
 {
 	op->conn = c;
 	op->next = pending;
 	pending = op;
 }
 
-void store_abort_pending(int fd, uint64_t cookie)
+void wfpr__store_abort_pending(int fd, uint64_t cookie)
 {
 	for (pending_op **p = &pending; *p;) {
 		pending_op *op = *p;
@@ -194,13 +194,13 @@ void store_abort_pending(int fd, uint64_t cookie)
 			continue;
 		}
 		*p = op->next;
-		overlapped_complete(op->ov, op->routine, op->queue, WFPR_WSA_OPERATION_ABORTED, 0);
-		apc_queue_unref(op->queue);
+		wfpr__overlapped_complete(op->ov, op->routine, op->queue, WFPR_WSA_OPERATION_ABORTED, 0);
+		wfpr__apc_queue_unref(op->queue);
 		free(op);
 	}
 }
 
-void store_socket_closed(int fd)
+void wfpr__store_socket_closed(int fd)
 {
 	if (n_conns == 0)
 		return; /* nothing to scan (the preload and eBPF backends keep no records here) */
@@ -218,10 +218,10 @@ void store_socket_closed(int fd)
 	}
 }
 
-bool store_wait_committed(int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer)
+bool wfpr__store_wait_committed(int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer)
 {
 	conn *c;
-	while ((c = store_find(protocol, local, peer)) && !c->committed)
-		pthread_cond_wait(&committed_cond, &inproc_lock);
+	while ((c = wfpr__store_find(protocol, local, peer)) && !c->committed)
+		pthread_cond_wait(&committed_cond, &wfpr__inproc_lock);
 	return c != NULL;
 }

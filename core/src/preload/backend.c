@@ -17,7 +17,7 @@ static int preload_route(wfpr__route *r)
 {
 	bool redirected;
 	int connect_result = 0;
-	int rc = client_route(r->fd, r->protocol, &r->remote, r->records, r->records_len, &r->target, &redirected,
+	int rc = wfpr__client_route(r->fd, r->protocol, &r->remote, r->records, r->records_len, &r->target, &redirected,
 	                      r->may_connect ? connect : NULL, &connect_result);
 	if (rc == 0 && redirected && r->may_connect && r->protocol == IPPROTO_TCP) {
 		r->connected = true;
@@ -37,7 +37,7 @@ static void preload_connect_done(void *pending, bool connected)
 /* Issued before the client's connect, so never pending. */
 static int preload_query(const wfpr__query *q, uint8_t *blob, size_t *len)
 {
-	return client_query(socket_cookie(q->fd), q->protocol, &q->local, &q->peer, q->context ? WIRE_QUERY_CONTEXT : 0,
+	return wfpr__client_query(wfpr__socket_cookie(q->fd), q->protocol, &q->local, &q->peer, q->context ? WIRE_QUERY_CONTEXT : 0,
 	                    blob, WFPR__BLOB_MAX, len);
 }
 
@@ -45,16 +45,16 @@ static void preload_first_datagram(int fd, const struct sockaddr_storage *local,
                                    bool want_context, uint8_t *records, size_t *records_len, uint8_t *context,
                                    size_t *context_len)
 {
-	uint64_t cookie = socket_cookie(fd);
-	if (client_query(cookie, IPPROTO_UDP, local, from, WIRE_QUERY_FIRST_DATAGRAM, records, WFPR__BLOB_MAX,
+	uint64_t cookie = wfpr__socket_cookie(fd);
+	if (wfpr__client_query(cookie, IPPROTO_UDP, local, from, WIRE_QUERY_FIRST_DATAGRAM, records, WFPR__BLOB_MAX,
 	                 records_len) == 0 && want_context)
-		client_query(cookie, IPPROTO_UDP, local, from, WIRE_QUERY_CONTEXT, context, WFPR__BLOB_MAX, context_len);
+		wfpr__client_query(cookie, IPPROTO_UDP, local, from, WIRE_QUERY_CONTEXT, context, WFPR__BLOB_MAX, context_len);
 }
 
 static int preload_check_set(int fd, const uint8_t *blob, size_t len)
 {
 	(void)fd;
-	return client_check(blob, len);
+	return wfpr__client_check(blob, len);
 }
 
 static void preload_flush(int fd, uint64_t cookie)
@@ -67,9 +67,9 @@ static void preload_closed(int fd, uint64_t cookie)
 {
 	struct sockaddr_storage local, peer;
 	socklen_t len = sizeof(peer);
-	if (socket_protocol(fd) == IPPROTO_TCP && getpeername(fd, (struct sockaddr *)&peer, &len) == 0 &&
-	    socket_local(fd, &local) != 0)
-		client_release(cookie, IPPROTO_TCP, &local, &peer);
+	if (wfpr__socket_protocol(fd) == IPPROTO_TCP && getpeername(fd, (struct sockaddr *)&peer, &len) == 0 &&
+	    wfpr__socket_local(fd, &local) != 0)
+		wfpr__client_release(cookie, IPPROTO_TCP, &local, &peer);
 }
 
 const wfpr__backend wfpr__backend_preload = {
@@ -89,10 +89,10 @@ int wfpr_preload_attach(const char *path)
 		return WFPR_WSAEINVAL;
 	if (!path) {
 		wfpr__backend_detach(&wfpr__backend_preload);
-		return client_set_path(NULL);
+		return wfpr__client_set_path(NULL);
 	}
 	int rc = wfpr__backend_attach(&wfpr__backend_preload);
-	return rc != 0 ? rc : client_set_path(path);
+	return rc != 0 ? rc : wfpr__client_set_path(path);
 }
 
 int wfpr_preload_register(uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE], const char *name,
@@ -100,16 +100,16 @@ int wfpr_preload_register(uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE], const char *n
 {
 	if (!out_id || !name || !address)
 		return WFPR_WSAEFAULT;
-	if (!client_enabled())
+	if (!wfpr__client_enabled())
 		return WFPR_WSAENETDOWN;
-	return client_register(name, address, out_id);
+	return wfpr__client_register(name, address, out_id);
 }
 
 int wfpr_preload_redirector_name(char *out, size_t len, const uint8_t id[WFPR_REDIRECTOR_ID_SIZE])
 {
 	if (!out || !id || len == 0)
 		return WFPR_WSAEFAULT;
-	if (!client_enabled())
+	if (!wfpr__client_enabled())
 		return WFPR_WSAENETDOWN;
-	return client_name(id, out, len);
+	return wfpr__client_name(id, out, len);
 }

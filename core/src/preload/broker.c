@@ -180,7 +180,7 @@ static entry *entry_find(wfpr_broker *b, int protocol, const struct sockaddr_sto
 static entry *entry_issued(wfpr_broker *b, const uint8_t *blob, size_t len)
 {
 	uint8_t token[WFPR_TOKEN_SIZE];
-	if (layer_check_records(b->layer, blob, len, token) != 0)
+	if (wfpr__layer_check_records(b->layer, blob, len, token) != 0)
 		return NULL;
 	for (entry *e = *token_slot(b, token); e; e = e->next_token)
 		if (memcmp(e->token, token, WFPR_TOKEN_SIZE) == 0)
@@ -302,7 +302,7 @@ static void forget_decision(client *c)
 {
 	if (!c->deciding)
 		return;
-	redirect_decision_cleanup(&c->decision);
+	wfpr__redirect_decision_cleanup(&c->decision);
 	free(c->records);
 	c->records = NULL;
 	c->records_len = 0;
@@ -320,7 +320,7 @@ static int route(wfpr_broker *b, client *c, const wire_request *rq, const uint8_
 	if (rq->blob_len) {
 		entry *e = entry_issued(b, blob, rq->blob_len);
 		if (!e) {
-			layer_count_bad_record(b->layer);
+			wfpr__layer_count_bad_record(b->layer);
 			return WFPR_WSAEINVAL; /* forged, altered, or its connection is gone */
 		}
 		e->used = now_ns();
@@ -329,19 +329,19 @@ static int route(wfpr_broker *b, client *c, const wire_request *rq, const uint8_
 		rp->action = WFPR_ACTION_PERMIT;
 		return 0;
 	}
-	int rc = layer_classify(b->layer, &info, rq->blob_len ? blob : NULL, rq->blob_len, &c->decision);
+	int rc = wfpr__layer_classify(b->layer, &info, rq->blob_len ? blob : NULL, rq->blob_len, &c->decision);
 	if (rc != 0)
 		return rc;
 	if (c->decision.action == WFPR_ACTION_BLOCK) {
 		rc = c->decision.err;
-		redirect_decision_cleanup(&c->decision);
+		wfpr__redirect_decision_cleanup(&c->decision);
 		return rc;
 	}
 	rp->action = c->decision.action;
 	if (c->decision.action != WFPR_ACTION_REDIRECT)
 		return 0;
 	if (rq->blob_len && !(c->records = malloc(rq->blob_len))) {
-		redirect_decision_cleanup(&c->decision);
+		wfpr__redirect_decision_cleanup(&c->decision);
 		return WFPR_WSAENOBUFS;
 	}
 	if (rq->blob_len)
@@ -367,7 +367,7 @@ static int issue(wfpr_broker *b, client *c, const wire_request *rq)
 	size_t record_len = 0;
 	int rc = WFPR_WSAEINVAL;
 	if (is_inet(&c->info.local) && addr_port(&c->info.local))
-		rc = layer_issue(b->layer, &c->decision, &c->info, c->records, c->records_len, &record, &record_len, token);
+		rc = wfpr__layer_issue(b->layer, &c->decision, &c->info, c->records, c->records_len, &record, &record_len, token);
 	if (rc == 0) {
 		rc = entry_add(b, c->info.protocol, &c->info.local, &c->decision.target, record, record_len,
 		               c->decision.context, c->decision.context_len, token);
@@ -521,7 +521,7 @@ static bool serve(wfpr_broker *b, client *c, size_t n)
 	case WIRE_CHECK:
 		rp.err = rq.blob_len && entry_issued(b, in, rq.blob_len) ? 0 : WFPR_WSAEINVAL;
 		if (rp.err)
-			layer_count_bad_record(b->layer);
+			wfpr__layer_count_bad_record(b->layer);
 		break;
 	case WIRE_REGISTER: rp.err = register_proxy(b, c, &rq, &rp); break;
 	case WIRE_RELEASE: release(b, c, &rq); return true;
@@ -639,7 +639,7 @@ int wfpr_broker_new(wfpr_broker **out, const wfpr_broker_options *opts)
 	return 0;
 }
 
-int broker_poll(wfpr_broker *b, int timeout_ms)
+int wfpr__broker_poll(wfpr_broker *b, int timeout_ms)
 {
 	struct epoll_event events[64];
 	if (b->waiting && (timeout_ms < 0 || timeout_ms > 50))
@@ -674,7 +674,7 @@ int wfpr_broker_run(wfpr_broker *b)
 	if (!b)
 		return WFPR_WSAEFAULT;
 	int rc;
-	while ((rc = broker_poll(b, -1)) == 0)
+	while ((rc = wfpr__broker_poll(b, -1)) == 0)
 		;
 	return rc == 1 ? 0 : rc;
 }

@@ -6,6 +6,6 @@
 
 #include "wfpr/broker.h"
 
-int broker_poll(wfpr_broker *broker, int timeout_ms);
+int wfpr__broker_poll(wfpr_broker *broker, int timeout_ms);
 
 #endif

@@ -43,7 +43,7 @@ static void install_atfork(void)
 	pthread_atfork(NULL, NULL, child_after_fork);
 }
 
-int client_set_path(const char *p)
+int wfpr__client_set_path(const char *p)
 {
 	pthread_once(&atfork_once, install_atfork);
 	if (p && strlen(p) >= sizeof(path))
@@ -61,7 +61,7 @@ int client_set_path(const char *p)
 	return 0;
 }
 
-bool client_enabled(void)
+bool wfpr__client_enabled(void)
 {
 	return __atomic_load_n(&path[0], __ATOMIC_RELAXED) != '\0';
 }
@@ -137,7 +137,7 @@ static int call(wire_request *rq, const void *blob, wire_reply *rp, uint8_t *blo
 	return rc != 0 ? rc : rp ? rp->err : 0;
 }
 
-int client_route(int fd, int protocol, const struct sockaddr_storage *remote, const uint8_t *records,
+int wfpr__client_route(int fd, int protocol, const struct sockaddr_storage *remote, const uint8_t *records,
                  size_t records_len, struct sockaddr_storage *target, bool *redirected, client_connect_fn connect_fn,
                  int *connect_result)
 {
@@ -146,7 +146,7 @@ int client_route(int fd, int protocol, const struct sockaddr_storage *remote, co
 	wire_reply rp;
 	*redirected = false;
 	*target = *remote;
-	socket_local(fd, &rq.b);
+	wfpr__socket_local(fd, &rq.b);
 
 	/* ROUTE and its ISSUE go out on one connection, under the lock: the
 	 * broker keeps the decision between them. */
@@ -164,11 +164,11 @@ int client_route(int fd, int protocol, const struct sockaddr_storage *remote, co
 			*connect_result = connect_fn(fd, (const struct sockaddr *)target, addr_len(target));
 			int saved = errno;
 			if (*connect_result == 0 || saved == EINPROGRESS) {
-				socket_local(fd, &issue.b);
+				wfpr__socket_local(fd, &issue.b);
 				exchange(&issue, NULL, NULL, NULL, 0); /* no reply */
 			}
 			errno = saved;
-		} else if (socket_bind_for_redirect(fd, protocol, target, &issue.b) < 0) {
+		} else if (wfpr__socket_bind_for_redirect(fd, protocol, target, &issue.b) < 0) {
 			rc = wfpr_err_from_errno(errno);
 		} else {
 			/* no reply: it is queued before anything this socket sends to the proxy */
@@ -185,7 +185,7 @@ static bool is_last(uint64_t socket, int protocol, const struct sockaddr_storage
 	return last.valid && last.socket == socket && last.protocol == protocol && addr_equal(&last.local, local) && addr_equal(&last.peer, peer);
 }
 
-int client_query(uint64_t socket, int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer,
+int wfpr__client_query(uint64_t socket, int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer,
                  uint32_t flags, uint8_t *out, size_t cap, size_t *len)
 {
 	wire_request rq = {.type = WIRE_QUERY, .protocol = (uint32_t)protocol, .flags = flags, .a = *local, .b = *peer};
@@ -222,7 +222,7 @@ int client_query(uint64_t socket, int protocol, const struct sockaddr_storage *l
 	return rc;
 }
 
-int client_check(const uint8_t *blob, size_t len)
+int wfpr__client_check(const uint8_t *blob, size_t len)
 {
 	if (len > WIRE_BLOB_MAX)
 		return WFPR_WSAEINVAL;
@@ -236,7 +236,7 @@ int client_check(const uint8_t *blob, size_t len)
 	return call(&rq, blob, &rp, NULL, 0);
 }
 
-void client_release(uint64_t socket, int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer)
+void wfpr__client_release(uint64_t socket, int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer)
 {
 	wire_request rq = {.type = WIRE_RELEASE, .protocol = (uint32_t)protocol, .a = *local, .b = *peer};
 	pthread_mutex_lock(&lock);
@@ -246,7 +246,7 @@ void client_release(uint64_t socket, int protocol, const struct sockaddr_storage
 	pthread_mutex_unlock(&lock);
 }
 
-int client_register(const char *name, const struct sockaddr_storage *address, uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE])
+int wfpr__client_register(const char *name, const struct sockaddr_storage *address, uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE])
 {
 	wire_request rq = {.type = WIRE_REGISTER, .a = *address};
 	wire_reply rp;
@@ -259,7 +259,7 @@ int client_register(const char *name, const struct sockaddr_storage *address, ui
 	return rc;
 }
 
-int client_name(const uint8_t id[WFPR_REDIRECTOR_ID_SIZE], char *out, size_t len)
+int wfpr__client_name(const uint8_t id[WFPR_REDIRECTOR_ID_SIZE], char *out, size_t len)
 {
 	wire_request rq = {.type = WIRE_NAME};
 	wire_reply rp;

@@ -16,8 +16,8 @@
 #include "wire.h"
 
 /* The broker's socket path for this process; NULL turns the client off. */
-int client_set_path(const char *path);
-bool client_enabled(void);
+int wfpr__client_set_path(const char *path);
+bool wfpr__client_enabled(void);
 
 typedef int (*client_connect_fn)(int fd, const struct sockaddr *addr, socklen_t len);
 
@@ -29,18 +29,18 @@ typedef int (*client_connect_fn)(int fd, const struct sockaddr *addr, socklen_t 
  * record issued for the port the kernel chose; the caller must not
  * connect again. Otherwise (UDP, or connect_fn NULL) a redirected socket
  * is bound and the record issued before this returns. */
-int client_route(int fd, int protocol, const struct sockaddr_storage *remote, const uint8_t *records,
+int wfpr__client_route(int fd, int protocol, const struct sockaddr_storage *remote, const uint8_t *records,
                  size_t records_len, struct sockaddr_storage *target, bool *redirected, client_connect_fn connect_fn,
                  int *connect_result);
 /* The record (or context) of the connection a proxy's socket (its
  * SO_COOKIE, local, peer) belongs to, whole, into out (cap >= WIRE_BLOB_MAX). */
-int client_query(uint64_t socket, int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer,
+int wfpr__client_query(uint64_t socket, int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer,
                  uint32_t flags, uint8_t *out, size_t cap, size_t *len);
 /* Is this a live record the broker issued? (SET) */
-int client_check(const uint8_t *blob, size_t len);
+int wfpr__client_check(const uint8_t *blob, size_t len);
 /* The proxy closed its side of (local, peer): its record may go. */
-void client_release(uint64_t socket, int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer);
-int client_register(const char *name, const struct sockaddr_storage *address, uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE]);
-int client_name(const uint8_t id[WFPR_REDIRECTOR_ID_SIZE], char *out, size_t len);
+void wfpr__client_release(uint64_t socket, int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer);
+int wfpr__client_register(const char *name, const struct sockaddr_storage *address, uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE]);
+int wfpr__client_name(const uint8_t id[WFPR_REDIRECTOR_ID_SIZE], char *out, size_t len);
 
 #endif

@@ -1,6 +1,7 @@
 /* wfpr ebpf status|cleanup, and what wfpr run --backend ebpf asks of the
  * loader (core/ebpf/loader.c): one instance for the run, its proxies as
  * redirectors in the order given, and the run's processes in its cgroup. */
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -43,12 +44,15 @@ int cmd_ebpf(int argc, char **argv)
 {
 	if (argc == 1 && strcmp(argv[0], "status") == 0)
 		return ebpf_status(stdout) < 0 ? 1 : 0;
-	if (argc == 1 && strcmp(argv[0], "cleanup") == 0) {
+	bool all = argc == 2 && strcmp(argv[1], "--all") == 0;
+	if ((argc == 1 || all) && strcmp(argv[0], "cleanup") == 0) {
 		if (geteuid() != 0) {
 			fprintf(stderr, "wfpr ebpf cleanup: needs root, to remove cgroups and BPF pins\n");
 			return 1;
 		}
-		return ebpf_cleanup(stdout, false) < 0 ? 1 : 0;
+		/* a running instance is left alone (its programs redirect live
+		 * traffic) unless --all says to end it too */
+		return ebpf_cleanup(stdout, !all) < 0 ? 1 : 0;
 	}
 	fprintf(stderr, "wfpr ebpf: give status or cleanup\n\n%s", cli_usage);
 	return 2;

@@ -166,6 +166,10 @@ def test_cleanup_after_exit_and_ctrl_c(rules, started):
     status = subprocess.run([WFPR, "ebpf", "status"], capture_output=True, text=True).stdout
     assert "instance %d (running)" % proc.pid in status and "redirector 0: id " in status, status
     assert ", 2 processes" in status, status  # the proxy and COMMAND
+    # cleanup leaves a running instance alone
+    cleanup = subprocess.run([WFPR, "ebpf", "cleanup"], capture_output=True, text=True)
+    assert cleanup.returncode == 0 and "nothing to clean up" in cleanup.stdout, cleanup.stdout
+    assert proc.poll() is None and all(leftovers())
     proc.send_signal(signal.SIGINT)  # Ctrl-C: passed to COMMAND; then everything is removed
     assert proc.wait(timeout=30) == 128 + signal.SIGINT
     assert leftovers() == ([], [], [])
@@ -194,6 +198,15 @@ def test_cleanup_after_a_crash(rules, started):
     assert all(leftovers())
     run = subprocess.run([WFPR, "run", *EBPF, "--rules", rule, "--", "true"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
+    assert leftovers() == ([], [], [])
+
+
+def test_cleanup_all_ends_a_running_instance(rules, started):
+    proc = started([WFPR, "run", *EBPF, "--rules", rules("alpha"), "--", "sleep", "60"], ready=True,
+                   stderr=subprocess.DEVNULL)
+    cleanup = subprocess.run([WFPR, "ebpf", "cleanup", "--all"], capture_output=True, text=True)
+    assert cleanup.returncode == 0 and "removed instance %d" % proc.pid in cleanup.stdout, cleanup.stdout
+    assert proc.wait(timeout=30) == 128 + signal.SIGKILL  # COMMAND was in the cgroup
     assert leftovers() == ([], [], [])
 
 

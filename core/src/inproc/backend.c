@@ -1,15 +1,46 @@
 /* The in-process backend: a layer attached to this process classifies its
- * connects and first datagrams, and the store (store.c) keeps the records
- * it issues. A redirect really connects to the proxy's socket. */
+ * connects and first datagrams, and the record store (core/src/store.h)
+ * keeps the records it issues. A redirect really connects to the proxy's
+ * socket. One lock guards the store and the layer pointer. */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include "inproc.h"
+#include "../backend.h"
+#include "../layer.h"
+#include "../overlapped.h"
+#include "../sockutil.h"
+#include "../store.h"
 #include "wfpr/error.h"
 #include "wfpr/socket.h"
+
+/* A record nobody has queried outlives its closed client this long, so a
+ * proxy that accepts late still finds it. */
+#define UNQUERIED_GRACE_NS (60 * 1000000000LL)
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t connect_ended = PTHREAD_COND_INITIALIZER;
+static wfpr_layer *attached; /* guarded by lock */
+static wfpr__store *store;   /* guarded by lock; made at the first attach */
+
+static bool socket_alive(int fd, uint64_t cookie)
+{
+	return fd >= 0 && wfpr__socket_cookie(fd) == cookie;
+}
+
+/* Alive while the redirected socket is open; once a proxy socket QUERYed
+ * it, while that socket is open; an unqueried TCP record a while longer. */
+static bool entry_alive(const wfpr__entry *e, int64_t now)
+{
+	if (socket_alive(e->issuer_fd, e->issuer_cookie))
+		return true;
+	if (e->holder_socket) /* queried: holder is its descriptor + 1, 0 once closed */
+		return e->holder && socket_alive((int)(e->holder - 1), e->holder_socket);
+	return e->protocol == IPPROTO_TCP && e->committed && now - e->created_ns < UNQUERIED_GRACE_NS;
+}
 
 static int inproc_route(wfpr__route *r)
 {
@@ -18,9 +49,9 @@ static int inproc_route(wfpr__route *r)
 
 	r->target = r->remote;
 	wfpr__socket_local(r->fd, &info.local);
-	pthread_mutex_lock(&wfpr__inproc_lock);
-	wfpr_layer *layer = wfpr__inproc_layer;
-	pthread_mutex_unlock(&wfpr__inproc_lock);
+	pthread_mutex_lock(&lock);
+	wfpr_layer *layer = attached;
+	pthread_mutex_unlock(&lock);
 	if (!layer)
 		return 0;
 
@@ -36,14 +67,20 @@ static int inproc_route(wfpr__route *r)
 	if (wfpr__socket_bind_for_redirect(r->fd, r->protocol, &d.target, &info.local) < 0) {
 		r->errnum = errno;
 		rc = wfpr_err_from_errno(errno);
-	} else if ((rc = wfpr__layer_issue(layer, &d, &info, r->records, r->records_len, &record, &record_len, token)) == 0) {
-		pthread_mutex_lock(&wfpr__inproc_lock);
-		r->pending = wfpr__store_reserve(r->protocol, &info.local, &d.target, r->fd, record, record_len, d.context,
-		                           d.context_len, token);
-		pthread_mutex_unlock(&wfpr__inproc_lock);
+	} else if ((rc = wfpr__layer_issue(layer, &d, &info, r->records, r->records_len, &record, &record_len,
+	                                   token)) == 0) {
+		pthread_mutex_lock(&lock);
+		wfpr__entry *e = wfpr__store_add(store, r->protocol, &info.local, &d.target, record, record_len, d.context,
+		                                 d.context_len, token, false);
+		if (e) {
+			e->issuer_fd = r->fd;
+			e->issuer_cookie = wfpr__socket_cookie(r->fd);
+		}
+		pthread_mutex_unlock(&lock);
 		d.context = NULL; /* the store owns it now */
 		r->target = d.target;
-		rc = r->pending ? 0 : WFPR_WSAENOBUFS;
+		r->pending = e;
+		rc = e ? 0 : WFPR_WSAENOBUFS;
 	}
 	wfpr__redirect_decision_cleanup(&d);
 	return rc;
@@ -53,12 +90,38 @@ static void inproc_connect_done(void *pending, bool connected)
 {
 	if (!pending)
 		return;
-	pthread_mutex_lock(&wfpr__inproc_lock);
+	pthread_mutex_lock(&lock);
 	if (connected)
-		wfpr__store_commit(pending);
+		wfpr__store_commit(store, pending);
 	else
-		wfpr__store_abandon(pending);
-	pthread_mutex_unlock(&wfpr__inproc_lock);
+		wfpr__store_remove(store, pending);
+	pthread_cond_broadcast(&connect_ended);
+	pthread_mutex_unlock(&lock);
+}
+
+/* An overlapped QUERY waiting for its record's connect to end. */
+typedef struct pending_query {
+	wfpr__waiter w;
+	bool context;
+	void *out;
+	uint32_t out_len;
+	wfpr__fill_fn fill;
+	wfpr_overlapped *ov;
+	wfpr_completion_routine routine;
+	apc_queue *queue;
+} pending_query;
+
+static void pending_complete(wfpr__waiter *w, const wfpr__entry *e, bool aborted)
+{
+	pending_query *q = (pending_query *)w;
+	uint32_t bytes = 0;
+	int err = aborted ? WFPR_WSA_OPERATION_ABORTED : WFPR_FWP_E_NOT_FOUND;
+	if (e)
+		err = q->context ? q->fill(q->out, q->out_len, e->context, e->context_len, &bytes)
+		                 : q->fill(q->out, q->out_len, e->record, e->record_len, &bytes);
+	wfpr__overlapped_complete(q->ov, q->routine, q->queue, err, bytes);
+	wfpr__apc_queue_unref(q->queue);
+	free(q);
 }
 
 static bool would_block(int fd)
@@ -67,55 +130,54 @@ static bool would_block(int fd)
 	return fl >= 0 && (fl & O_NONBLOCK);
 }
 
+/* Locked: an overlapped QUERY of e pends until e's connect ends. */
+static int pend(const wfpr__query *q, const wfpr__entry *e)
+{
+	pending_query *p = calloc(1, sizeof(*p));
+	apc_queue *queue = q->routine ? wfpr__apc_queue_self() : NULL;
+	if (!p || (q->routine && !queue)) {
+		free(p);
+		wfpr__apc_queue_unref(queue);
+		return WFPR_WSAENOBUFS;
+	}
+	*p = (pending_query){.w = {.fd = q->fd, .cookie = q->cookie, .complete = pending_complete},
+	                     .context = q->context, .out = q->out, .out_len = q->out_len, .fill = q->fill, .ov = q->ov,
+	                     .routine = q->routine, .queue = queue};
+	q->ov->status = (uint32_t)WFPR_WSA_IO_PENDING;
+	q->ov->bytes = 0;
+	wfpr__store_wait(store, &p->w, e);
+	return WFPR_WSA_IO_PENDING;
+}
+
 /* The connect that made a record may not have completed yet: an
- * overlapped QUERY is then pending, a non-blocking one would block, and a
+ * overlapped QUERY then pends, a non-blocking one would block, and a
  * blocking one waits. */
 static int inproc_query(const wfpr__query *q, uint8_t *blob, size_t *len)
 {
-	pthread_mutex_lock(&wfpr__inproc_lock);
+	uint64_t cookie = wfpr__socket_cookie(q->fd);
+	pthread_mutex_lock(&lock);
 	int rc = WFPR_WSAENETDOWN;
-	if (!wfpr__inproc_layer)
+	if (!attached)
 		goto out;
-	conn *c = wfpr__store_find(q->protocol, &q->local, &q->peer);
-	if (c && !c->committed) {
-		if (q->cookie) {
-			pending_op *op = calloc(1, sizeof(*op));
-			apc_queue *queue = q->routine ? wfpr__apc_queue_self() : NULL;
-			rc = WFPR_WSAENOBUFS;
-			if (!op || (q->routine && !queue)) {
-				free(op);
-				wfpr__apc_queue_unref(queue);
-				goto out;
-			}
-			*op = (pending_op){.fd = q->fd, .cookie = q->cookie, .context = q->context, .out = q->out,
-			                   .out_len = q->out_len, .fill = q->fill, .ov = q->ov, .routine = q->routine,
-			                   .queue = queue};
-			q->ov->status = (uint32_t)WFPR_WSA_IO_PENDING;
-			q->ov->bytes = 0;
-			wfpr__store_add_pending(c, op);
-			rc = WFPR_WSA_IO_PENDING;
+	wfpr__entry *e = wfpr__store_find(store, q->protocol, &q->local, &q->peer, cookie);
+	if (e && !e->committed) {
+		rc = q->cookie ? pend(q, e) : WFPR_WSAEWOULDBLOCK;
+		if (q->cookie || would_block(q->fd))
 			goto out;
-		}
-		rc = WFPR_WSAEWOULDBLOCK;
-		if (would_block(q->fd))
-			goto out;
-		wfpr__store_wait_committed(q->protocol, &q->local, &q->peer);
-		c = wfpr__store_find(q->protocol, &q->local, &q->peer);
+		while ((e = wfpr__store_find(store, q->protocol, &q->local, &q->peer, cookie)) && !e->committed)
+			pthread_cond_wait(&connect_ended, &lock);
 	}
 	rc = WFPR_FWP_E_NOT_FOUND;
-	if (!c)
+	if (!e)
 		goto out;
-	if (c->query_fd != q->fd) {
-		/* The record now lives as long as this socket does. */
-		c->query_fd = q->fd;
-		c->query_cookie = wfpr__socket_cookie(q->fd);
-		c->queried = true;
-	}
-	*len = q->context ? c->context_len : c->record_len;
-	memcpy(blob, q->context ? c->context : c->record, *len);
+	/* the record now lives as long as this socket does */
+	e->holder = (uint64_t)q->fd + 1;
+	e->holder_socket = cookie;
+	*len = q->context ? e->context_len : e->record_len;
+	memcpy(blob, q->context ? e->context : e->record, *len);
 	rc = 0;
 out:
-	pthread_mutex_unlock(&wfpr__inproc_lock);
+	pthread_mutex_unlock(&lock);
 	return rc;
 }
 
@@ -124,16 +186,16 @@ static int inproc_check_set(int fd, const uint8_t *blob, size_t len)
 {
 	uint8_t token[WFPR_TOKEN_SIZE];
 	(void)fd;
-	pthread_mutex_lock(&wfpr__inproc_lock);
+	pthread_mutex_lock(&lock);
 	int rc = WFPR_WSAENETDOWN;
-	if (wfpr__inproc_layer) {
-		rc = wfpr__layer_check_records(wfpr__inproc_layer, blob, len, token);
-		if (rc == 0 && !wfpr__store_find_issued(blob, len, token))
+	if (attached) {
+		rc = wfpr__layer_check_records(attached, blob, len, token);
+		if (rc == 0 && !wfpr__store_find_issued(store, blob, len, token))
 			rc = WFPR_WSAEINVAL; /* well formed, but not a live connection's record */
 		if (rc != 0)
-			wfpr__layer_count_bad_record(wfpr__inproc_layer);
+			wfpr__layer_count_bad_record(attached);
 	}
-	pthread_mutex_unlock(&wfpr__inproc_lock);
+	pthread_mutex_unlock(&lock);
 	return rc;
 }
 
@@ -141,31 +203,47 @@ static void inproc_first_datagram(int fd, const struct sockaddr_storage *local, 
                                   bool want_context, uint8_t *records, size_t *records_len, uint8_t *context,
                                   size_t *context_len)
 {
-	(void)fd;
-	pthread_mutex_lock(&wfpr__inproc_lock);
-	conn *c = wfpr__store_find(IPPROTO_UDP, local, from);
-	if (c && c->committed && !c->delivered) {
-		c->delivered = true;
-		memcpy(records, c->record, *records_len = c->record_len);
+	pthread_mutex_lock(&lock);
+	wfpr__entry *e = store ? wfpr__store_find(store, IPPROTO_UDP, local, from, wfpr__socket_cookie(fd)) : NULL;
+	if (e && e->committed && !e->delivered) {
+		e->delivered = true;
+		memcpy(records, e->record, *records_len = e->record_len);
 		if (want_context)
-			memcpy(context, c->context, *context_len = c->context_len);
+			memcpy(context, e->context, *context_len = e->context_len);
 	}
-	pthread_mutex_unlock(&wfpr__inproc_lock);
+	pthread_mutex_unlock(&lock);
 }
 
 static void inproc_flush(int fd, uint64_t cookie)
 {
-	pthread_mutex_lock(&wfpr__inproc_lock);
-	wfpr__store_abort_pending(fd, cookie);
-	pthread_mutex_unlock(&wfpr__inproc_lock);
+	pthread_mutex_lock(&lock);
+	if (store)
+		wfpr__store_abort(store, fd, cookie);
+	pthread_mutex_unlock(&lock);
+}
+
+/* fd closes: it neither keeps a record alive nor waits for one; a record
+ * whose connect has not ended goes with its socket. */
+static bool forget_socket(wfpr__entry *e, uint64_t fd)
+{
+	if (e->holder == fd + 1)
+		e->holder = 0;
+	if (e->issuer_fd != (int)fd)
+		return false;
+	e->issuer_fd = -1;
+	return !e->committed;
 }
 
 static void inproc_closed(int fd, uint64_t cookie)
 {
-	pthread_mutex_lock(&wfpr__inproc_lock);
-	wfpr__store_abort_pending(fd, cookie);
-	wfpr__store_socket_closed(fd);
-	pthread_mutex_unlock(&wfpr__inproc_lock);
+	pthread_mutex_lock(&lock);
+	if (store) {
+		wfpr__store_abort(store, fd, cookie);
+		if (wfpr__store_count(store))
+			wfpr__store_drop_if(store, forget_socket, (uint64_t)fd);
+		pthread_cond_broadcast(&connect_ended);
+	}
+	pthread_mutex_unlock(&lock);
 }
 
 const wfpr__backend wfpr__backend_inproc = {
@@ -183,22 +261,24 @@ int wfpr_inproc_attach(wfpr_layer *layer)
 {
 	if (!layer)
 		return WFPR_WSAEFAULT;
-	pthread_mutex_lock(&wfpr__inproc_lock);
-	int rc = wfpr__inproc_layer && wfpr__inproc_layer != layer ? WFPR_WSAEADDRINUSE : 0;
-	if (rc == 0 && !wfpr__inproc_layer)
+	pthread_mutex_lock(&lock);
+	int rc = attached && attached != layer ? WFPR_WSAEADDRINUSE : 0;
+	if (rc == 0 && !store && !(store = wfpr__store_new(0, entry_alive)))
+		rc = WFPR_WSAENOBUFS;
+	if (rc == 0 && !attached)
 		rc = wfpr__backend_attach(&wfpr__backend_inproc);
 	if (rc == 0)
-		wfpr__inproc_layer = layer;
-	pthread_mutex_unlock(&wfpr__inproc_lock);
+		attached = layer;
+	pthread_mutex_unlock(&lock);
 	return rc;
 }
 
 void wfpr_inproc_detach(wfpr_layer *layer)
 {
-	pthread_mutex_lock(&wfpr__inproc_lock);
-	if (layer && wfpr__inproc_layer == layer) {
-		wfpr__inproc_layer = NULL;
+	pthread_mutex_lock(&lock);
+	if (layer && attached == layer) {
+		attached = NULL;
 		wfpr__backend_detach(&wfpr__backend_inproc);
 	}
-	pthread_mutex_unlock(&wfpr__inproc_lock);
+	pthread_mutex_unlock(&lock);
 }

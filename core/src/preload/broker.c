@@ -1,7 +1,6 @@
 /* The broker: one epoll loop over a SOCK_SEQPACKET listener and its
  * clients. It hosts the layer (core/src/layer.c decides and issues) and
- * keeps the records it issued, keyed by the redirected connection's
- * 4-tuple and by the record's last token. */
+ * keeps the records it issued in the record store (core/src/store.h). */
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdlib.h>
@@ -14,28 +13,16 @@
 #include <unistd.h>
 #include "../addr.h"
 #include "../layer.h"
+#include "../store.h"
 #include "wfpr/broker.h"
 #include "wfpr/error.h"
 #include "broker_poll.h"
 #include "wire.h"
 
-#define BUCKETS 4096
 #define MAX_ENTRIES 200000
 /* A record nobody has queried outlives its connect this long, so a proxy
  * that accepts late still finds it; a UDP record lives while its flow is used. */
 #define GRACE_NS (60 * 1000000000LL)
-
-typedef struct entry {
-	struct entry *next_tuple, *next_token;
-	int protocol;
-	struct sockaddr_storage client, target;
-	uint8_t *record, *context;
-	size_t record_len, context_len;
-	uint8_t token[WFPR_TOKEN_SIZE];
-	int64_t used;
-	uint64_t queried_by; /* the client id of the proxy that found it; it lives as long as that proxy */
-	bool delivered;      /* UDP: went out with the flow's first datagram */
-} entry;
 
 typedef struct proxy {
 	struct proxy *next;
@@ -84,139 +71,51 @@ struct wfpr_broker {
 	client *clients;
 	proxy *proxies;
 	uint64_t next_client, n_proxies;
-	entry *by_tuple[BUCKETS], *by_token[BUCKETS];
-	size_t n_entries, sweep_at;
+	wfpr__store *store;
 	wfpr_broker_stats stats;
 	struct waiting *waiting; /* QUERYs that came before their ISSUE */
 	uint8_t msg[sizeof(wire_request) + WIRE_BLOB_MAX];
 };
 
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
 
 static bool is_inet(const struct sockaddr_storage *a)
 {
 	return a->ss_family == AF_INET || a->ss_family == AF_INET6;
 }
 
-/* ---- the record store ---- */
+/* ---- records ---- */
 
-static entry **tuple_slot(wfpr_broker *b, int protocol, uint16_t client_port, uint16_t target_port)
+/* A TCP record lives while the proxy that QUERYed it stays connected (or
+ * until it releases it); any other, GRACE_NS after its last use. */
+static bool entry_alive(const wfpr__entry *e, int64_t now)
 {
-	uint32_t h = ((uint32_t)client_port * 2654435761u) ^ ((uint32_t)target_port << 7) ^ (uint32_t)protocol;
-	return &b->by_tuple[h % BUCKETS];
+	if (e->protocol == IPPROTO_TCP && e->holder)
+		return true;
+	return now - e->used_ns < GRACE_NS;
 }
 
-static entry **token_slot(wfpr_broker *b, const uint8_t token[WFPR_TOKEN_SIZE])
+static bool held_by(wfpr__entry *e, uint64_t client_id)
 {
-	uint32_t h;
-	memcpy(&h, token, sizeof(h));
-	return &b->by_token[h % BUCKETS];
-}
-
-static bool entry_alive(const entry *e, int64_t now)
-{
-	if (e->protocol == IPPROTO_TCP && e->queried_by)
-		return true; /* until its proxy closes it or goes away */
-	return now - e->used < GRACE_NS;
-}
-
-static void entry_remove(wfpr_broker *b, entry *e)
-{
-	for (entry **p = tuple_slot(b, e->protocol, addr_port(&e->client), addr_port(&e->target)); *p; p = &(*p)->next_tuple)
-		if (*p == e) {
-			*p = e->next_tuple;
-			break;
-		}
-	for (entry **p = token_slot(b, e->token); *p; p = &(*p)->next_token)
-		if (*p == e) {
-			*p = e->next_token;
-			break;
-		}
-	free(e->record);
-	free(e->context);
-	free(e);
-	b->n_entries--;
-}
-
-/* Remove the entries for which drop(e, arg) says so. */
-static void entries_drop(wfpr_broker *b, bool (*drop)(const entry *, uint64_t), uint64_t arg)
-{
-	for (size_t i = 0; i < BUCKETS; i++)
-		for (entry *e = b->by_tuple[i], *next; e; e = next) {
-			next = e->next_tuple;
-			if (drop(e, arg))
-				entry_remove(b, e);
-		}
-}
-
-static bool expired(const entry *e, uint64_t now)
-{
-	return !entry_alive(e, (int64_t)now);
-}
-
-static bool queried_by(const entry *e, uint64_t client_id)
-{
-	return e->queried_by == client_id;
-}
-
-static entry *entry_find(wfpr_broker *b, int protocol, const struct sockaddr_storage *local,
-                         const struct sockaddr_storage *peer)
-{
-	uint16_t client_port = addr_port(peer), target_port = addr_port(local);
-	for (entry *e = *tuple_slot(b, protocol, client_port, target_port); e; e = e->next_tuple)
-		if (e->protocol == protocol && addr_port(&e->client) == client_port &&
-		    addr_port(&e->target) == target_port && addr_ip_matches(&e->client, peer) &&
-		    addr_ip_matches(&e->target, local))
-			return e;
-	return NULL;
+	return e->holder == client_id;
 }
 
 /* The live entry that issued exactly this blob, or NULL. */
-static entry *entry_issued(wfpr_broker *b, const uint8_t *blob, size_t len)
+static wfpr__entry *entry_issued(wfpr_broker *b, const uint8_t *blob, size_t len)
 {
 	uint8_t token[WFPR_TOKEN_SIZE];
 	if (wfpr__layer_check_records(b->layer, blob, len, token) != 0)
 		return NULL;
-	for (entry *e = *token_slot(b, token); e; e = e->next_token)
-		if (memcmp(e->token, token, WFPR_TOKEN_SIZE) == 0)
-			return e->record_len == len && memcmp(e->record, blob, len) == 0 && entry_alive(e, now_ns()) ? e : NULL;
-	return NULL;
+	return wfpr__store_find_issued(b->store, blob, len, token);
 }
 
-static int entry_add(wfpr_broker *b, int protocol, const struct sockaddr_storage *client,
-                     const struct sockaddr_storage *target, uint8_t *record, size_t record_len,
-                     uint8_t *context, size_t context_len, const uint8_t token[WFPR_TOKEN_SIZE])
+/* The record a proxy's socket (a request's a: local, b: peer, and its
+ * cookie) belongs to. */
+static wfpr__entry *entry_of(wfpr_broker *b, const wire_request *rq)
 {
-	if (b->n_entries >= b->sweep_at) {
-		entries_drop(b, expired, (uint64_t)now_ns());
-		b->sweep_at = b->n_entries * 2 > 1024 ? b->n_entries * 2 : 1024;
-	}
-	entry *e = b->n_entries < MAX_ENTRIES ? calloc(1, sizeof(*e)) : NULL;
-	if (!e) {
-		free(record);
-		free(context);
-		return WFPR_WSAENOBUFS;
-	}
-	/* an older entry for the same tuple belongs to a connection that is gone */
-	entry *old = entry_find(b, protocol, target, client);
-	if (old)
-		entry_remove(b, old);
-	*e = (entry){.protocol = protocol, .client = *client, .target = *target, .record = record,
-	             .record_len = record_len, .context = context, .context_len = context_len, .used = now_ns()};
-	memcpy(e->token, token, WFPR_TOKEN_SIZE);
-	entry **slot = tuple_slot(b, protocol, addr_port(client), addr_port(target));
-	e->next_tuple = *slot;
-	*slot = e;
-	slot = token_slot(b, token);
-	e->next_token = *slot;
-	*slot = e;
-	b->n_entries++;
-	return 0;
+	struct sockaddr_storage local = rq->a, peer = rq->b;
+	addr_unmap(&local);
+	addr_unmap(&peer);
+	return wfpr__store_find(b->store, (int)rq->protocol, &local, &peer, rq->socket);
 }
 
 /* ---- redirectors ---- */
@@ -318,12 +217,12 @@ static int route(wfpr_broker *b, client *c, const wire_request *rq, const uint8_
 	if (!is_inet(&info.remote) || !is_inet(&info.local))
 		return WFPR_WSAEINVAL; /* an IPv6 socket may talk IPv4 (mapped): the families can differ */
 	if (rq->blob_len) {
-		entry *e = entry_issued(b, blob, rq->blob_len);
+		wfpr__entry *e = entry_issued(b, blob, rq->blob_len);
 		if (!e) {
 			wfpr__layer_count_bad_record(b->layer);
 			return WFPR_WSAEINVAL; /* forged, altered, or its connection is gone */
 		}
-		e->used = now_ns();
+		e->used_ns = wfpr__store_now();
 	}
 	if (is_proxy_address(b, &info.remote)) {
 		rp->action = WFPR_ACTION_PERMIT;
@@ -355,7 +254,7 @@ static int route(wfpr_broker *b, client *c, const wire_request *rq, const uint8_
 	return 0;
 }
 
-static void answer_waiting(wfpr_broker *b, const entry *issued);
+static void answer_waiting(wfpr_broker *b, const wfpr__entry *issued);
 
 static int issue(wfpr_broker *b, client *c, const wire_request *rq)
 {
@@ -368,14 +267,16 @@ static int issue(wfpr_broker *b, client *c, const wire_request *rq)
 	int rc = WFPR_WSAEINVAL;
 	if (is_inet(&c->info.local) && addr_port(&c->info.local))
 		rc = wfpr__layer_issue(b->layer, &c->decision, &c->info, c->records, c->records_len, &record, &record_len, token);
+	wfpr__entry *e = NULL;
 	if (rc == 0) {
-		rc = entry_add(b, c->info.protocol, &c->info.local, &c->decision.target, record, record_len,
-		               c->decision.context, c->decision.context_len, token);
-		c->decision.context = NULL; /* the entry owns it now */
+		e = wfpr__store_add(b->store, c->info.protocol, &c->info.local, &c->decision.target, record, record_len,
+		                    c->decision.context, c->decision.context_len, token, true);
+		c->decision.context = NULL; /* the store owns it now */
+		rc = e ? 0 : WFPR_WSAENOBUFS;
 	}
 	forget_decision(c);
-	if (rc == 0 && b->waiting)
-		answer_waiting(b, entry_find(b, c->info.protocol, &c->decision.target, &c->info.local));
+	if (e && b->waiting)
+		answer_waiting(b, e);
 	return rc;
 }
 
@@ -394,28 +295,29 @@ static bool deciding_toward(const wfpr_broker *b, const struct sockaddr_storage 
 
 static int query(wfpr_broker *b, client *c, const wire_request *rq, wire_reply *rp, uint8_t *out, bool may_wait)
 {
-	struct sockaddr_storage local = rq->a, peer = rq->b;
+	struct sockaddr_storage local = rq->a;
 	addr_unmap(&local);
-	addr_unmap(&peer);
-	entry *e = entry_find(b, (int)rq->protocol, &local, &peer);
+	wfpr__entry *e = entry_of(b, rq);
 	if (!e && may_wait && rq->protocol == IPPROTO_TCP && deciding_toward(b, &local)) {
 		waiting *w = malloc(sizeof(*w));
 		if (!w)
 			return WFPR_WSAENOBUFS;
-		*w = (waiting){.next = b->waiting, .c = c, .rq = *rq, .deadline = now_ns() + WAIT_NS};
+		*w = (waiting){.next = b->waiting, .c = c, .rq = *rq, .deadline = wfpr__store_now() + WAIT_NS};
 		b->waiting = w;
 		return QUERY_WAITS;
 	}
-	if (!e || !entry_alive(e, now_ns()))
+	if (!e || !wfpr__store_alive(b->store, e))
 		return WFPR_FWP_E_NOT_FOUND;
 	if (rq->flags & WIRE_QUERY_FIRST_DATAGRAM) {
 		if (e->delivered)
 			return WFPR_FWP_E_NOT_FOUND;
 		e->delivered = true;
 	}
-	e->used = now_ns();
-	if (!e->queried_by)
-		e->queried_by = c->id;
+	e->used_ns = wfpr__store_now();
+	if (!e->holder) {
+		e->holder = c->id;
+		e->holder_socket = rq->socket;
+	}
 	memcpy(out, e->record, e->record_len);
 	memcpy(out + e->record_len, e->context, e->context_len);
 	rp->action = (uint32_t)e->record_len;
@@ -441,16 +343,12 @@ static bool answer_query(wfpr_broker *b, client *c, const wire_request *rq, bool
 
 /* Answer the parked QUERYs that can be answered: all of them once due
  * (FWP_E_NOT_FOUND if their ISSUE never came), else those of `issued`. */
-static void answer_waiting(wfpr_broker *b, const entry *issued)
+static void answer_waiting(wfpr_broker *b, const wfpr__entry *issued)
 {
-	int64_t now = now_ns();
+	int64_t now = wfpr__store_now();
 	for (waiting **p = &b->waiting; *p;) {
 		waiting *w = *p;
-		struct sockaddr_storage local = w->rq.a, peer = w->rq.b;
-		addr_unmap(&local);
-		addr_unmap(&peer);
-		bool ready = now >= w->deadline ||
-		             (issued && entry_find(b, (int)w->rq.protocol, &local, &peer) == issued);
+		bool ready = now >= w->deadline || (issued && entry_of(b, &w->rq) == issued);
 		if (!ready) {
 			p = &w->next;
 			continue;
@@ -464,12 +362,9 @@ static void answer_waiting(wfpr_broker *b, const entry *issued)
 
 static void release(wfpr_broker *b, client *c, const wire_request *rq)
 {
-	struct sockaddr_storage local = rq->a, peer = rq->b;
-	addr_unmap(&local);
-	addr_unmap(&peer);
-	entry *e = entry_find(b, (int)rq->protocol, &local, &peer);
-	if (e && e->queried_by == c->id)
-		entry_remove(b, e);
+	wfpr__entry *e = entry_of(b, rq);
+	if (e && e->holder == c->id)
+		wfpr__store_remove(b->store, e);
 }
 
 static int name_of(wfpr_broker *b, const wire_request *rq, wire_reply *rp)
@@ -545,7 +440,7 @@ static void drop_client(wfpr_broker *b, client *c)
 			wfpr_filter_remove(b->layer, p->filter);
 			p->live = false;
 		}
-	entries_drop(b, queried_by, c->id);
+	wfpr__store_drop_if(b->store, held_by, c->id);
 	for (waiting **p = &b->waiting; *p;) {
 		waiting *w = *p;
 		if (w->c == c) {
@@ -612,8 +507,9 @@ int wfpr_broker_new(wfpr_broker **out, const wfpr_broker_options *opts)
 	if (!b)
 		return WFPR_WSAENOBUFS;
 	b->listen_fd = b->epoll_fd = b->stop_fd = -1;
-	b->sweep_at = 1024;
 	int rc = wfpr_layer_new(&b->layer);
+	if (rc == 0 && !(b->store = wfpr__store_new(MAX_ENTRIES, entry_alive)))
+		rc = WFPR_WSAENOBUFS;
 	if (rc == 0 && !(b->path = strdup(opts->path)))
 		rc = WFPR_WSAENOBUFS;
 	if (rc == 0) {
@@ -692,7 +588,7 @@ int wfpr_broker_get_stats(wfpr_broker_stats *out, const wfpr_broker *b)
 	if (!out || !b)
 		return WFPR_WSAEFAULT;
 	*out = b->stats;
-	out->records_live = b->n_entries;
+	out->records_live = wfpr__store_count(b->store);
 	return 0;
 }
 
@@ -707,9 +603,7 @@ void wfpr_broker_free(wfpr_broker *b)
 		return;
 	while (b->clients)
 		drop_client(b, b->clients);
-	for (size_t i = 0; i < BUCKETS; i++)
-		while (b->by_tuple[i])
-			entry_remove(b, b->by_tuple[i]);
+	wfpr__store_free(b->store);
 	for (proxy *p = b->proxies, *next; p; p = next) {
 		next = p->next;
 		free(p);

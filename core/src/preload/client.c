@@ -188,7 +188,8 @@ static bool is_last(uint64_t socket, int protocol, const struct sockaddr_storage
 int wfpr__client_query(uint64_t socket, int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer,
                  uint32_t flags, uint8_t *out, size_t cap, size_t *len)
 {
-	wire_request rq = {.type = WIRE_QUERY, .protocol = (uint32_t)protocol, .flags = flags, .a = *local, .b = *peer};
+	wire_request rq = {.type = WIRE_QUERY, .protocol = (uint32_t)protocol, .flags = flags, .a = *local, .b = *peer,
+	                   .socket = socket};
 	wire_reply rp;
 	int rc = 0;
 	*len = 0;
@@ -238,7 +239,8 @@ int wfpr__client_check(const uint8_t *blob, size_t len)
 
 void wfpr__client_release(uint64_t socket, int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer)
 {
-	wire_request rq = {.type = WIRE_RELEASE, .protocol = (uint32_t)protocol, .a = *local, .b = *peer};
+	wire_request rq = {.type = WIRE_RELEASE, .protocol = (uint32_t)protocol, .a = *local, .b = *peer,
+	                   .socket = socket};
 	pthread_mutex_lock(&lock);
 	if (is_last(socket, protocol, local, peer))
 		last.valid = false;

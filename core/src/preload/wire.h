@@ -40,6 +40,7 @@ typedef struct wire_request {
 	uint32_t protocol;
 	uint32_t flags;
 	struct sockaddr_storage a, b;
+	uint64_t socket; /* QUERY, RELEASE: the proxy socket's SO_COOKIE (a record belongs to one connection) */
 	uint8_t id[WFPR_REDIRECTOR_ID_SIZE];
 	char name[WIRE_NAME_MAX];
 	uint32_t blob_len;

@@ -38,3 +38,6 @@
 %include "socket.i"
 %include "broker.i"
 %include "ebpf.i"
+#if defined(SWIGPYTHON)
+%include "engine.i"
+#endif

@@ -1,4 +1,5 @@
-"""A redirect service (a transparent TCP proxy) in a background thread.
+"""A redirect service (a transparent TCP proxy): the C relay engine
+(``wfpr/engine.h``) on a background thread.
 
     with wfpr.Layer() as layer, wfpr.Proxy(layer, "antivirus", ports=8080) as av:
         ...  # connections to port 8080 made through wfpr.connect pass through av
@@ -9,23 +10,22 @@ proxy joins the chain of unmodified programs run with the shim:
     with wfpr.Proxy(None, "dlp", broker="/run/wfpr/broker.sock", inspect=scan) as dlp:
         ...
 
-Each connection it accepts: QUERY the record and the context, SET the record
-on a new socket, connect to the original destination (the layer does not
-redirect it back), and relay both ways. ``inspect`` may look at (and
-replace) each chunk.
+For each connection it accepts, the engine QUERYs the record and the
+context, SETs the record on its outbound socket, connects to the original
+destination (the layer does not redirect it back) and relays both ways, in
+C and without the GIL. ``inspect(chunk, direction)`` may look at each chunk
+(``direction`` is "up" or "down") and return the bytes to send instead, or
+None to send nothing; without it, no byte enters Python.
 """
 from __future__ import annotations
 
-import selectors
-import socket
 import threading
-from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
 
 from . import _wfpr
 from .layer import PERMIT, Layer, Redirect
 from .records import Address, RedirectRecords
-from .sockets import close, connect, original_destination, query_redirect_records, set_redirect_records
 
 Inspect = Callable[[bytes, str], Optional[bytes]]  # (chunk, "up" | "down") -> chunk to send
 
@@ -39,13 +39,13 @@ class ProxiedConnection:
     error: Optional[str] = None
 
 
-@dataclass
-class _Relay:
-    sides: tuple
-    done: threading.Event = field(default_factory=threading.Event)
-
-
 class Proxy:
+    """A transparent TCP proxy that joins the chain as its own redirector.
+    ``connections`` lists each connection it took (its records, original
+    destination and byte counts once it closed); ``errors`` the exceptions
+    that ``inspect`` raised (the chunk then passed unchanged); ``stats`` the
+    engine's counters once stopped."""
+
     def __init__(self, layer: Optional[Layer], name: str, *, ports=None, remote: Optional[str] = None,
                  weight: int = 0, host: str = "127.0.0.1", inspect: Optional[Inspect] = None,
                  buffer_size: int = 256 * 1024, broker: Optional[str] = None):
@@ -57,38 +57,75 @@ class Proxy:
         self.buffer_size = buffer_size
         self.connections: List[ProxiedConnection] = []
         self.errors: List[str] = []
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._listener = socket.create_server((host, 0), family=family, backlog=128)
-        self.address: Address = self._listener.getsockname()[:2]
-        self._stop = threading.Event()
-        self._threads: List[threading.Thread] = []
+        self.stats: Dict[str, int] = {}
+        self._by_id: Dict[int, ProxiedConnection] = {}
         self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+        handle = None
         if broker is not None:
             # the broker's layer redirects everything to each registered proxy in turn; this
             # process's own sockets (the proxy's outbound ones) go through the broker too
             _wfpr.preload_attach(broker)
+        else:
+            self.redirector = layer.redirector(name)
+            handle = self.redirector._handle
+        hook = self._inspect if inspect is not None else None
+        self._engine = _wfpr.engine_new(name, host, 0, handle, bytes(16) if broker else None, buffer_size,
+                                        self._connected, hook, self._closed)
+        self.address: Address = tuple(_wfpr.engine_address(self._engine))
+        if broker is not None:
+            # the broker gives the engine's address its redirector id
             self.redirector_id: bytes = _wfpr.preload_register(name, self.address[0], self.address[1])
+            _wfpr.engine_set_redirector_id(self._engine, self.redirector_id)
             self.filter_id = None
             return
-        self.redirector = layer.redirector(name)
         self.filter_id = layer.add_callout(self._classify, redirector=self.redirector, name=name, protocol="tcp",
                                            ports=ports, remote=remote, weight=weight)
 
     def _classify(self, request) -> object:
         return PERMIT if request.mine else Redirect(self.address)
 
+    # -- the engine's hooks (on its thread, with the GIL) -------------------------
+    def _connected(self, conn_id: int, records: bytes, original_dst: Address) -> None:
+        conn = ProxiedConnection(RedirectRecords(records), tuple(original_dst))
+        with self._lock:
+            self.connections.append(conn)
+            self._by_id[conn_id] = conn
+
+    def _inspect(self, chunk: bytes, direction: str) -> Optional[bytes]:
+        try:
+            out = self.inspect(chunk, direction)
+        except Exception as e:  # one chunk's failure never stops the proxy: it passes unchanged
+            with self._lock:
+                self.errors.append(f"{type(e).__name__}: {e}")
+            return chunk
+        return None if out is None else bytes(out)
+
+    def _closed(self, conn_id: int, bytes_up: int, bytes_down: int) -> None:
+        with self._lock:
+            conn = self._by_id.pop(conn_id, None)
+        if conn is not None:
+            conn.bytes_up, conn.bytes_down = bytes_up, bytes_down
+
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> "Proxy":
-        t = threading.Thread(target=self._accept_loop, name=f"wfpr-proxy-{self.name}", daemon=True)
-        t.start()
-        self._threads.append(t)
+        if self._thread is None:
+            self._thread = threading.Thread(target=_wfpr.engine_run, args=(self._engine,),
+                                            name=f"wfpr-proxy-{self.name}", daemon=True)
+            self._thread.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        for t in list(self._threads):
-            t.join(timeout)
-        self._listener.close()
+        if self._engine is None:
+            return
+        _wfpr.engine_stop(self._engine)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                return  # still closing: the engine stays allocated
+        self.stats = _wfpr.engine_stats(self._engine)
+        _wfpr.engine_free(self._engine)
+        self._engine = None
         if self.layer is not None:
             self.layer.remove_filter(self.filter_id)
         # (a preload registration lasts as long as this process's broker connection)
@@ -101,73 +138,3 @@ class Proxy:
 
     def __repr__(self) -> str:
         return f"<Proxy {self.name!r} on {self.address[0]}:{self.address[1]}, {len(self.connections)} connection(s)>"
-
-    # -- the service -------------------------------------------------------------
-    def _accept_loop(self) -> None:
-        self._listener.settimeout(0.05)
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                break
-            t = threading.Thread(target=self._serve, args=(client,), daemon=True)
-            t.start()
-            with self._lock:
-                self._threads.append(t)
-
-    def _serve(self, client: socket.socket) -> None:
-        upstream = None
-        conn = None
-        try:
-            records = RedirectRecords(query_redirect_records(client))
-            conn = ProxiedConnection(records, original_destination(client))
-            with self._lock:
-                self.connections.append(conn)
-            upstream = socket.socket(socket.AF_INET6 if ":" in conn.original_dst[0] else socket.AF_INET)
-            set_redirect_records(upstream, records.blob)
-            connect(upstream, conn.original_dst)
-            self._relay(client, upstream, conn)
-        except Exception as e:  # one connection's failure never stops the proxy
-            with self._lock:
-                self.errors.append(f"{type(e).__name__}: {e}")
-            if conn:
-                conn.error = str(e)
-        finally:
-            for s in (client, upstream):
-                if s is not None:
-                    close(s)
-
-    def _relay(self, client: socket.socket, upstream: socket.socket, conn: ProxiedConnection) -> None:
-        sel = selectors.DefaultSelector()
-        peers = {client: (upstream, "up"), upstream: (client, "down")}
-        for s in peers:
-            sel.register(s, selectors.EVENT_READ)
-        open_ends = 2
-        while open_ends and not self._stop.is_set():
-            for key, _ in sel.select(timeout=0.1):
-                src = key.fileobj
-                dst, direction = peers[src]
-                try:
-                    chunk = src.recv(self.buffer_size)
-                except ConnectionResetError:
-                    chunk = b""
-                if not chunk:
-                    sel.unregister(src)
-                    open_ends -= 1
-                    try:
-                        dst.shutdown(socket.SHUT_WR)
-                    except OSError:
-                        pass
-                    continue
-                if self.inspect is not None:
-                    chunk = self.inspect(chunk, direction)
-                    if chunk is None:
-                        continue
-                dst.sendall(chunk)
-                if direction == "up":
-                    conn.bytes_up += len(chunk)
-                else:
-                    conn.bytes_down += len(chunk)
-        sel.close()

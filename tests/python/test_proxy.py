@@ -36,3 +36,28 @@ def test_inspect_can_rewrite(layer, echo):
 
     with wfpr.Proxy(layer, "rewriter", ports=echo.port, inspect=shout):
         assert echo_roundtrip(echo.address, b"hello") == b"HELLO"
+
+
+def test_inspect_can_drop_and_its_errors_never_stop_the_proxy(layer, echo):
+    """None drops a chunk; an exception passes it unchanged and is kept in
+    errors; the relay runs in the C engine, whose counters come with stop()."""
+    def hook(chunk, direction):
+        if direction == "up" and chunk.startswith(b"drop"):
+            return None
+        if direction == "up" and chunk.startswith(b"raise"):
+            raise RuntimeError("a rule bug")
+        return chunk
+
+    proxy = wfpr.Proxy(layer, "picky", ports=echo.port, inspect=hook).start()
+    try:
+        assert echo_roundtrip(echo.address, b"raise, then pass") == b"raise, then pass"
+        assert echo_roundtrip(echo.address, b"drop this") == b""
+        payload = os.urandom(1 << 20)
+        assert echo_roundtrip(echo.address, payload) == payload
+    finally:
+        proxy.stop()
+    assert proxy.errors == ["RuntimeError: a rule bug"]
+    assert proxy.stats["accepted"] == 3 and proxy.stats["inspected"] == 3 and proxy.stats["failed"] == 0
+    assert [c.bytes_up for c in proxy.connections] == [len(b"raise, then pass"), 0, 1 << 20]
+    assert [c.bytes_down for c in proxy.connections] == [len(b"raise, then pass"), 0, 1 << 20]
+    assert "picky" in repr(proxy) and "3 connection(s)" in repr(proxy)

@@ -495,3 +495,28 @@ int manual_redirector_init(manual_redirector *m, wfpr_layer *layer, const char *
 	fo.callout_id = callout_id;
 	return wfpr_filter_add(&filter_id, layer, &fo);
 }
+
+static void *broker_main(void *arg)
+{
+	wfpr_broker_run(arg);
+	return NULL;
+}
+
+int broker_thread_start(wfpr_broker **out, pthread_t *thread, const char *path)
+{
+	wfpr_broker_options o = WFPR_BROKER_OPTIONS_INIT;
+	o.path = path;
+	int rc = wfpr_broker_new(out, &o);
+	if (rc == 0 && pthread_create(thread, NULL, broker_main, *out) != 0) {
+		wfpr_broker_free(*out);
+		rc = WFPR_WSAENOBUFS;
+	}
+	return rc;
+}
+
+void broker_thread_stop(wfpr_broker *broker, pthread_t thread)
+{
+	wfpr_broker_stop(broker);
+	pthread_join(thread, NULL);
+	wfpr_broker_free(broker);
+}

@@ -88,6 +88,11 @@ typedef struct manual_redirector {
 
 int manual_redirector_init(manual_redirector *m, wfpr_layer *layer, const char *name, int protocol,
                            uint16_t port, uint64_t weight);
+/* A broker on path, serving on a thread of its own; 0 or a wfpr_err. */
+int broker_thread_start(wfpr_broker **out, pthread_t *thread, const char *path);
+/* Stop it, join its thread, free it. */
+void broker_thread_stop(wfpr_broker *broker, pthread_t thread);
+
 /* A loopback address with this port. */
 struct sockaddr_storage loopback_port(uint16_t port);
 

@@ -91,12 +91,6 @@ static char broker_path[64];
 static wfpr_broker *broker;
 static pthread_t broker_thread;
 
-static void *broker_main(void *arg)
-{
-	wfpr_broker_run(arg);
-	return NULL;
-}
-
 static void preload_attach(void)
 {
 	CHECK_EQ(wfpr_preload_attach(broker_path), 0);
@@ -112,12 +106,9 @@ static int preload_setup(char *why, size_t why_len)
 {
 	(void)why, (void)why_len;
 	snprintf(broker_path, sizeof(broker_path), "/tmp/wfpr-test-ioctl-%d.sock", (int)getpid());
-	wfpr_broker_options o = WFPR_BROKER_OPTIONS_INIT;
-	o.path = broker_path;
-	int rc = wfpr_broker_new(&broker, &o);
+	int rc = broker_thread_start(&broker, &broker_thread, broker_path);
 	if (rc != 0)
 		return rc;
-	pthread_create(&broker_thread, NULL, broker_main, broker);
 	proxy_fd = tcp_listen(&proxy_addr);
 	preload_attach();
 	return 0;
@@ -132,9 +123,7 @@ static void preload_teardown(void)
 {
 	wfpr_preload_attach(NULL);
 	close(proxy_fd);
-	wfpr_broker_stop(broker);
-	pthread_join(broker_thread, NULL);
-	wfpr_broker_free(broker);
+	broker_thread_stop(broker, broker_thread);
 }
 
 static long long preload_refused_sets(void)

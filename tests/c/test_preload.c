@@ -15,12 +15,6 @@ static char broker_path[64];
 static wfpr_broker *broker;
 static pthread_t broker_thread;
 
-static void *broker_main(void *arg)
-{
-	wfpr_broker_run(arg);
-	return NULL;
-}
-
 static void *engine_main(void *arg)
 {
 	wfpr_engine_run(arg);
@@ -161,9 +155,7 @@ static void test_ioctl_rows_through_broker(void)
 
 static void test_broker_gone(void)
 {
-	wfpr_broker_stop(broker);
-	pthread_join(broker_thread, NULL);
-	wfpr_broker_free(broker);
+	broker_thread_stop(broker, broker_thread);
 	broker = NULL;
 	struct sockaddr_storage addr;
 	int listener = tcp_listen(&addr);
@@ -188,13 +180,10 @@ static void test_broker_gone(void)
 int main(void)
 {
 	snprintf(broker_path, sizeof(broker_path), "/tmp/wfpr-test-broker-%d.sock", (int)getpid());
-	wfpr_broker_options o = WFPR_BROKER_OPTIONS_INIT;
-	o.path = broker_path;
-	if (wfpr_broker_new(&broker, &o) != 0 || wfpr_preload_attach(broker_path) != 0) {
+	if (broker_thread_start(&broker, &broker_thread, broker_path) != 0 || wfpr_preload_attach(broker_path) != 0) {
 		fprintf(stderr, "cannot start the broker\n");
 		return 1;
 	}
-	pthread_create(&broker_thread, NULL, broker_main, broker);
 	proxy_start(&alpha, "alpha");
 	proxy_start(&beta, "beta");
 	RUN(test_chain_of_two);

@@ -154,12 +154,18 @@ static int pend(const wfpr__query *q, const wfpr__entry *e)
  * blocking one waits. */
 static int inproc_query(const wfpr__query *q, uint8_t *blob, size_t *len)
 {
-	uint64_t cookie = wfpr__socket_cookie(q->fd);
 	pthread_mutex_lock(&lock);
 	int rc = WFPR_WSAENETDOWN;
 	if (!attached)
 		goto out;
-	wfpr__entry *e = wfpr__store_find(store, q->protocol, &q->local, &q->peer, cookie);
+	/* the socket's cookie only when it is not the one that found the record
+	 * already (a syscall saved on every later QUERY of a connection) */
+	uint64_t cookie = 0;
+	wfpr__entry *e = wfpr__store_find(store, q->protocol, &q->local, &q->peer, 0);
+	if (e && e->holder != (uint64_t)q->fd + 1) {
+		cookie = wfpr__socket_cookie(q->fd);
+		e = wfpr__store_find(store, q->protocol, &q->local, &q->peer, cookie);
+	}
 	if (e && !e->committed) {
 		rc = q->cookie ? pend(q, e) : WFPR_WSAEWOULDBLOCK;
 		if (q->cookie || would_block(q->fd))
@@ -170,9 +176,11 @@ static int inproc_query(const wfpr__query *q, uint8_t *blob, size_t *len)
 	rc = WFPR_FWP_E_NOT_FOUND;
 	if (!e)
 		goto out;
-	/* the record now lives as long as this socket does */
-	e->holder = (uint64_t)q->fd + 1;
-	e->holder_socket = cookie;
+	if (cookie) {
+		/* the record now lives as long as this socket does */
+		e->holder = (uint64_t)q->fd + 1;
+		e->holder_socket = cookie;
+	}
 	*len = q->context ? e->context_len : e->record_len;
 	memcpy(blob, q->context ? e->context : e->record, *len);
 	rc = 0;

@@ -26,6 +26,7 @@ typedef struct proxy_config {
 	int ready_fd;            /* written once when registered, -1: none */
 	int stats_fd;            /* a JSON line of counts at exit, -1: none */
 	unsigned int idle_ms;
+	unsigned int udp_idle_ms; /* a sender's UDP flow idle this long starts anew; 0: WFPR_UDP_FLOW_IDLE_MS */
 	size_t buffer_size;
 	unsigned int workers;    /* engines (threads) on the one address; 0: 1 */
 	int fail_closed;
@@ -62,6 +63,10 @@ int run_ebpf_enter(pid_t pid);
 /* address: the proxy's IPv4 and IPv6 (AF_UNSPEC: none) addresses */
 int run_ebpf_add_proxy(unsigned int slot, const uint8_t id[16], pid_t pid, const struct sockaddr_storage address[2]);
 int run_ebpf_remove_proxy(unsigned int slot);
+int run_ebpf_set_udp_idle(unsigned int ms);
+/* --udp-idle-timeout MS: every sender in this process and its children
+ * (WFPR_UDP_IDLE_MS) starts a new flow after MS of silence. */
+int cli_set_udp_idle(const char *text, unsigned int *out);
 void run_ebpf_close(void);
 
 #endif

@@ -34,6 +34,11 @@ int run_ebpf_remove_proxy(unsigned int slot)
 	return instance ? ebpf_remove_redirector(instance, slot) : -1;
 }
 
+int run_ebpf_set_udp_idle(unsigned int ms)
+{
+	return ebpf_set_udp_idle(instance, ms);
+}
+
 void run_ebpf_close(void)
 {
 	ebpf_close(instance);
@@ -84,6 +89,12 @@ int run_ebpf_add_proxy(unsigned int slot, const uint8_t id[16], pid_t pid, const
 int run_ebpf_remove_proxy(unsigned int slot)
 {
 	(void)slot;
+	return -1;
+}
+
+int run_ebpf_set_udp_idle(unsigned int ms)
+{
+	(void)ms;
 	return -1;
 }
 

@@ -10,10 +10,11 @@
 
 const char cli_usage[] =
 	"usage: wfpr run --rules R.lua [--proxy NAME=R2.lua ...] [--backend preload|ebpf] [--log FILE]\n"
-	"                [--fail-closed] [--idle-timeout MS] [--workers N] [--buffer BYTES] -- COMMAND [ARGS...]\n"
+	"                [--fail-closed] [--idle-timeout MS] [--udp-idle-timeout MS] [--workers N]\n"
+	"                [--buffer BYTES] -- COMMAND [ARGS...]\n"
 	"       wfpr broker --socket PATH\n"
 	"       wfpr proxy --broker PATH --name NAME [--rules R.lua] [--listen ADDR:PORT] [--log FILE]\n"
-	"                  [--idle-timeout MS] [--buffer BYTES] [--workers N]\n"
+	"                  [--idle-timeout MS] [--udp-idle-timeout MS] [--buffer BYTES] [--workers N]\n"
 	"       wfpr ebpf status|cleanup [--all]\n"
 	"       wfpr inspect BLOB|-\n"
 	"       wfpr rules check FILE...\n"
@@ -32,7 +33,12 @@ const char cli_usage[] =
 	"                standard input (raw bytes or hex); exit 1 if it is not a record\n"
 	"  rules check   load each Lua rules file in the sandbox and report syntax errors,\n"
 	"                failing top-level code (forbidden globals such as os or io) and\n"
-	"                unknown hook names; exit 1 if any file has a problem\n";
+	"                unknown hook names; exit 1 if any file has a problem\n"
+	"\n"
+	"  --idle-timeout MS      reset a TCP connection idle this long (default: never)\n"
+	"  --udp-idle-timeout MS  a UDP flow silent this long ends; the sender's next datagram starts a\n"
+	"                         new flow with a fresh record (default 30000; the proxy keeps its side\n"
+	"                         5000 longer, so no datagram of a live flow is dropped)\n";
 
 void cli_raise_fd_limit(void)
 {
@@ -124,4 +130,13 @@ int main(int argc, char **argv)
 	}
 	fprintf(stderr, "wfpr: unknown command%s%s\n\n%s", argc >= 2 ? " " : "", argc >= 2 ? argv[1] : "", cli_usage);
 	return 2;
+}
+
+int cli_set_udp_idle(const char *text, unsigned int *out)
+{
+	long long ms = cli_parse_count(text);
+	if (ms < 1 || ms > 24LL * 3600 * 1000)
+		return -1;
+	*out = (unsigned int)ms;
+	return setenv("WFPR_UDP_IDLE_MS", text, 1);
 }

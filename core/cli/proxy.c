@@ -127,6 +127,8 @@ static int start_worker(const proxy_config *cfg, unsigned int i, const struct so
 	eo.log_fd = cfg->log_fd;
 	eo.udp = 1;
 	eo.tcp_idle_ms = cfg->idle_ms;
+	/* end a flow only after its sender would have started a new one */
+	eo.udp_idle_ms = (cfg->udp_idle_ms ? cfg->udp_idle_ms : WFPR_UDP_FLOW_IDLE_MS) + WFPR_UDP_FLOW_GRACE_MS;
 	eo.buffer_size = cfg->buffer_size;
 	eo.redirector_id = id;
 	eo.hop_name = hop_name;
@@ -243,6 +245,8 @@ int cmd_proxy(int argc, char **argv)
 			continue;
 		else if (strcmp(opt, "--idle-timeout") == 0 && (n = cli_parse_count(val)) >= 0)
 			cfg.idle_ms = (unsigned int)n;
+		else if (strcmp(opt, "--udp-idle-timeout") == 0 && cli_set_udp_idle(val, &cfg.udp_idle_ms) == 0)
+			continue;
 		else if (strcmp(opt, "--buffer") == 0 && (n = cli_parse_count(val)) > 0)
 			cfg.buffer_size = (size_t)n;
 		else if (strcmp(opt, "--workers") == 0 && (n = cli_parse_count(val)) >= 1 && n <= 16)

@@ -32,7 +32,7 @@ typedef struct options {
 	int ebpf;
 	const char *log_path;
 	int fail_closed;
-	unsigned int idle_ms, workers;
+	unsigned int idle_ms, udp_idle_ms, workers;
 	size_t buffer_size;
 	char **command;
 } options;
@@ -113,6 +113,8 @@ static int parse(options *o, int argc, char **argv)
 			o->log_path = val;
 		} else if (strcmp(opt, "--idle-timeout") == 0 && cli_parse_count(val) >= 0) {
 			o->idle_ms = (unsigned int)cli_parse_count(val);
+		} else if (strcmp(opt, "--udp-idle-timeout") == 0 && cli_set_udp_idle(val, &o->udp_idle_ms) == 0) {
+			continue;
 		} else if (strcmp(opt, "--workers") == 0 && cli_parse_count(val) >= 1 && cli_parse_count(val) <= 16) {
 			o->workers = (unsigned int)cli_parse_count(val);
 		} else if (strcmp(opt, "--buffer") == 0 && cli_parse_count(val) > 0) {
@@ -329,7 +331,8 @@ int cmd_run(int argc, char **argv)
 	char why[512];
 	if (o.ebpf) {
 		started = run_ebpf_open(why, sizeof(why)) == 0 &&
-		          getrandom(o.ids, sizeof(o.ids), 0) == (ssize_t)sizeof(o.ids);
+		          getrandom(o.ids, sizeof(o.ids), 0) == (ssize_t)sizeof(o.ids) &&
+		          (!o.udp_idle_ms || run_ebpf_set_udp_idle(o.udp_idle_ms) == 0);
 		if (!started)
 			fprintf(stderr, "wfpr run: the eBPF backend is not available: %s\n", why);
 	} else {
@@ -344,6 +347,7 @@ int cmd_run(int argc, char **argv)
 		v4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 		o.proxies[i].log_fd = log_fd;
 		o.proxies[i].idle_ms = o.idle_ms;
+		o.proxies[i].udp_idle_ms = o.udp_idle_ms;
 		o.proxies[i].workers = o.workers;
 		o.proxies[i].buffer_size = o.buffer_size;
 		o.proxies[i].fail_closed = o.fail_closed;

@@ -61,6 +61,7 @@ struct wfpr_ebpf_config {
 	__u32 n_filters;
 	__u32 pad;
 	__s64 realtime_offset_ns; /* CLOCK_REALTIME - CLOCK_MONOTONIC at load */
+	__u64 udp_idle_ns;        /* a UDP flow silent this long: its next datagram starts a new flow */
 };
 
 struct wfpr_ebpf_lpm4 {
@@ -84,6 +85,9 @@ struct wfpr_ebpf_entry {
 	__u8 original[16]; /* the newest hop's original destination */
 	__u16 original_port;
 	__u16 pad2;
+	__u32 pad3;
+	__u64 last_ns; /* UDP: the flow's last datagram out (CLOCK_MONOTONIC) */
+	__u64 sock;    /* UDP: the SO_COOKIE of the socket that sends it (a flow belongs to one socket) */
 	__u8 context[WFPR_EBPF_CONTEXT_SIZE];
 	__u8 record[WFPR_EBPF_RECORD_CAP];
 };

@@ -18,6 +18,7 @@
 #include <bpf/libbpf.h>
 #include "abi.h"
 #include "loader.h"
+#include "wfpr/socket.h"
 #include "wfpr.skel.h"
 
 #define MAX_LINKS 16
@@ -175,7 +176,8 @@ int ebpf_open(ebpf_instance **out, char *err, size_t err_len)
 	clock_gettime(CLOCK_MONOTONIC, &mono);
 	clock_gettime(CLOCK_REALTIME, &real);
 	struct wfpr_ebpf_config cfg = {
-		.realtime_offset_ns = (int64_t)(real.tv_sec - mono.tv_sec) * 1000000000LL + (real.tv_nsec - mono.tv_nsec)};
+		.realtime_offset_ns = (int64_t)(real.tv_sec - mono.tv_sec) * 1000000000LL + (real.tv_nsec - mono.tv_nsec),
+		.udp_idle_ns = (uint64_t)WFPR_UDP_FLOW_IDLE_MS * 1000000u};
 	uint32_t zero = 0;
 	bpf_map__update_elem(e->skel->maps.settings, &zero, sizeof(zero), &cfg, sizeof(cfg), BPF_ANY);
 
@@ -559,4 +561,14 @@ int ebpf_cleanup(FILE *out, bool dead_only)
 	if (out && n == 0)
 		fprintf(out, "nothing to clean up\n");
 	return n;
+}
+
+int ebpf_set_udp_idle(ebpf_instance *e, unsigned int ms)
+{
+	uint32_t zero = 0;
+	struct wfpr_ebpf_config cfg;
+	if (!e || ms == 0 || bpf_map__lookup_elem(e->skel->maps.settings, &zero, sizeof(zero), &cfg, sizeof(cfg), 0) != 0)
+		return -1;
+	cfg.udp_idle_ns = (uint64_t)ms * 1000000u;
+	return bpf_map__update_elem(e->skel->maps.settings, &zero, sizeof(zero), &cfg, sizeof(cfg), BPF_ANY);
 }

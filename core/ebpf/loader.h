@@ -41,6 +41,9 @@ int ebpf_remove_redirector(ebpf_instance *e, unsigned int slot);
  * redirector. Filters are asked highest weight first; a redirector that may
  * only permit a connection (it is already in its chain) passes it on to the
  * next. At most 32. */
+/* A sender's UDP flow silent this long: its next datagram starts a new flow
+ * with a fresh record (default WFPR_UDP_FLOW_IDLE_MS). 0 or -1. */
+int ebpf_set_udp_idle(ebpf_instance *e, unsigned int ms);
 int ebpf_add_filter(ebpf_instance *e, unsigned int slot, const struct sockaddr_storage *prefix, unsigned int prefix_len,
                     uint16_t port_lo, uint16_t port_hi, int protocol, uint32_t weight);
 

@@ -343,7 +343,7 @@ static __always_inline void put_sockaddr(__u8 *p, int v4, const __u8 *ip, __u16 
  * Issue the record of a redirect to slot r under key into map: the chain
  * SET on the socket (st, may be NULL) plus one hop. v4: the socket's family.
  */
-static __always_inline int issue(void *map, const struct wfpr_ebpf_key *key, const struct wfpr_ebpf_sock *st,
+static __always_inline int issue(void *map, const struct wfpr_ebpf_key *key, __u64 sock, const struct wfpr_ebpf_sock *st,
                                  __u32 slot, const struct wfpr_ebpf_redirector *r, int v4, const __u8 *original,
                                  __u16 original_port)
 {
@@ -375,6 +375,8 @@ static __always_inline int issue(void *map, const struct wfpr_ebpf_key *key, con
 	e->hops = hops + 1;
 	e->slots[hops & (WFPR_EBPF_HOPS - 1)] = slot;
 	e->delivered = 0;
+	e->last_ns = bpf_ktime_get_ns();
+	e->sock = sock;
 	__builtin_memcpy(e->original, original, 16);
 	e->original_port = original_port;
 
@@ -502,7 +504,7 @@ int wfpr_sockops(struct bpf_sock_ops *skops)
 		__builtin_memcpy(key.proxy, target_ip(r, st->target6), 16);
 		key.proxy_port = target_port(r, st->target6);
 		key.protocol = IPPROTO_TCP;
-		issue(&records, &key, st, slot, r, sk->family == AF_INET, st->original, st->original_port);
+		issue(&records, &key, 0, st, slot, r, sk->family == AF_INET, st->original, st->original_port);
 		break;
 	}
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
@@ -717,9 +719,17 @@ static __always_inline int on_sendmsg(struct bpf_sock_addr *ctx, int v4)
 	struct wfpr_ebpf_key key = {.client_port = local_port, .proxy_port = target_port(r, six), .protocol = IPPROTO_UDP};
 	__builtin_memcpy(key.client, unbound ? to : local, 16);
 	__builtin_memcpy(key.proxy, to, 16);
+	/* a flow belongs to one socket, to one destination, and ends when idle:
+	 * otherwise this datagram starts a new one, with a fresh record */
 	struct wfpr_ebpf_entry *e = bpf_map_lookup_elem(&flows, &key);
-	if (!e || e->original_port != d.port || !same_ip(e->original, d.ip))
-		issue(&flows, &key, st, slot, r, v4, d.ip, d.port);
+	__u64 now = bpf_ktime_get_ns(), sock = bpf_get_socket_cookie(ctx);
+	__u32 zero = 0;
+	struct wfpr_ebpf_config *cfg = bpf_map_lookup_elem(&settings, &zero);
+	if (!e || e->original_port != d.port || !same_ip(e->original, d.ip) || e->sock != sock ||
+	    (cfg && now - e->last_ns >= cfg->udp_idle_ns))
+		issue(&flows, &key, sock, st, slot, r, v4, d.ip, d.port);
+	else
+		e->last_ns = now;
 	rewrite(ctx, v4, to, key.proxy_port);
 	if (unbound) {
 		/* pin the source, so the proxy sees the address the flow is keyed by */

@@ -34,7 +34,8 @@ typedef struct watch {
 	struct flow *flow;
 } watch;
 
-#define DEFAULT_UDP_IDLE_MS 30000
+/* a sender starts a new flow after WFPR_UDP_FLOW_IDLE_MS: end ours later */
+#define DEFAULT_UDP_IDLE_MS (WFPR_UDP_FLOW_IDLE_MS + WFPR_UDP_FLOW_GRACE_MS)
 #define MAX_DATAGRAM 65536
 
 /* A UDP flow: one client address, one outbound socket. */
@@ -95,6 +96,8 @@ struct wfpr_engine {
 	uint8_t *datagram; /* MAX_DATAGRAM bytes: this engine's own, as engines run on their own threads */
 	flow *flows, *dead_flows;
 	uint64_t next_id;
+	uint64_t unflowed;               /* datagrams dropped since the last "drop" line */
+	struct timespec unflowed_logged;
 	wfpr_engine_stats stats;
 	uint8_t *scratch; /* one chunk, for inspected reads */
 };
@@ -694,6 +697,23 @@ static void forward_up(flow *f, const uint8_t *data, size_t len)
 		f->forwarded = true;
 }
 
+/* A datagram that starts no flow and belongs to none: dropped, and said in
+ * the log, at most once a second (with how many since the last line). */
+static void unflowed(wfpr_engine *e, const struct sockaddr_storage *from, bool had_records)
+{
+	e->unflowed++;
+	if (e->unflowed_logged.tv_sec && elapsed_ms(&e->unflowed_logged) < 1000)
+		return;
+	char why[160];
+	snprintf(why, sizeof(why), "%s; %llu datagram(s) dropped since the last such line",
+	         had_records ? "no resources for a new flow" : "not the first datagram of a flow this proxy knows",
+	         (unsigned long long)e->unflowed);
+	wfpr_rule_conn info = {.version = WFPR_RULE_CONN_VERSION, .protocol = IPPROTO_UDP, .client = *from};
+	log_line(e, &info, "udp", NULL, 0, 0, 0, "drop", NULL, why);
+	e->unflowed = 0;
+	clock_gettime(CLOCK_MONOTONIC, &e->unflowed_logged);
+}
+
 static void udp_receive(wfpr_engine *e)
 {
 	uint8_t *data = e->datagram;
@@ -710,18 +730,23 @@ static void udp_receive(wfpr_engine *e)
 		while (f && memcmp(&f->client, &from, from.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
 		                                                                 : sizeof(struct sockaddr_in)) != 0)
 			f = f->next;
-		if (!f) {
-			const struct cmsghdr *records = NULL, *context = NULL;
-			for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-				if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == WFPR_IP_WFP_REDIRECT_RECORDS)
-					records = c;
-				if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == WFPR_IP_WFP_REDIRECT_CONTEXT)
-					context = c;
-			}
-			if (!records || !context || !(f = new_flow(e, &from, records, context))) {
-				e->stats.failed++; /* not the first datagram of a redirected flow */
-				continue;
-			}
+		const struct cmsghdr *records = NULL, *context = NULL;
+		for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+			if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == WFPR_IP_WFP_REDIRECT_RECORDS)
+				records = c;
+			if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == WFPR_IP_WFP_REDIRECT_CONTEXT)
+				context = c;
+		}
+		if (f && records) {
+			/* the first datagram of a new flow from the same address: the
+			 * sender's idle flow ended, or another socket has its port now */
+			close_flow(e, f, NULL);
+			f = NULL;
+		}
+		if (!f && (!records || !context || !(f = new_flow(e, &from, records, context)))) {
+			e->stats.failed++;
+			unflowed(e, &from, records && context);
+			continue;
 		}
 		clock_gettime(CLOCK_MONOTONIC, &f->last);
 		const uint8_t *out = data;

@@ -48,6 +48,7 @@ typedef struct route {
 	int fd;
 	uint64_t cookie; /* a reused fd is another socket */
 	struct sockaddr_storage dest, target;
+	int64_t last_ns; /* UDP: its last datagram out */
 } route;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -136,7 +137,8 @@ static void remember(int fd, const struct sockaddr_storage *dest, const struct s
 	route *r = malloc(sizeof(*r));
 	if (!r)
 		return; /* the program still works; it just sees the proxy's address */
-	*r = (route){.fd = fd, .cookie = wfpr__socket_cookie(fd), .dest = *dest, .target = *target};
+	*r = (route){.fd = fd, .cookie = wfpr__socket_cookie(fd), .dest = *dest, .target = *target,
+	             .last_ns = wfpr__now_ns()};
 	pthread_mutex_lock(&lock);
 	size_t n = 0;
 	for (route *o = routes_of(fd, r->cookie); o; o = o->next)
@@ -202,14 +204,40 @@ SHIM_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 	return real_connect(fd, (struct sockaddr *)&target, addr_len(&target));
 }
 
-/* Where a datagram to dest goes: the flow's route, classified once. */
-static int datagram_target(int fd, const struct sockaddr_storage *dest, struct sockaddr_storage *target)
+/* A UDP flow of fd to dest that has been used within the idle time: its
+ * target, and the flow counts as used now. An idle one is forgotten, so
+ * that its next datagram starts a new flow with a fresh record. */
+static bool live_flow(int fd, const struct sockaddr_storage *dest, struct sockaddr_storage *target)
 {
 	route known;
-	if (find_route(fd, dest, false, &known)) {
-		*target = known.target;
-		return 0;
+	if (!find_route(fd, dest, false, &known))
+		return false;
+	int64_t now = wfpr__now_ns();
+	bool live = false;
+	pthread_mutex_lock(&lock);
+	for (route **p = bucket(fd); *p; p = &(*p)->next) {
+		route *r = *p;
+		if (r->fd != fd || r->cookie != known.cookie || !addr_equal(&r->dest, dest))
+			continue;
+		live = now - r->last_ns < wfpr__udp_flow_idle_ns();
+		if (live) {
+			r->last_ns = now;
+			*target = r->target;
+		} else {
+			*p = r->next;
+			free(r);
+		}
+		break;
 	}
+	pthread_mutex_unlock(&lock);
+	return live;
+}
+
+/* Where a datagram to dest goes: the flow's route, classified once per flow. */
+static int datagram_target(int fd, const struct sockaddr_storage *dest, struct sockaddr_storage *target)
+{
+	if (live_flow(fd, dest, target))
+		return 0;
 	bool redirected, connected;
 	if (classify(fd, IPPROTO_UDP, dest, target, &redirected, NULL, &connected) < 0)
 		return -1;

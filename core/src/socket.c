@@ -199,20 +199,30 @@ wfpr_socket_t wfpr_accept(wfpr_socket_t fd, struct sockaddr *addr, socklen_t *le
 	return child;
 }
 
-/* Where a datagram to `to` goes, routing the flow the first time. */
+/* Where a datagram to `to` goes: the flow's target, routed the first time
+ * and again after the flow was idle too long (a new flow, a fresh record). */
 static int route_datagram(int fd, const struct sockaddr *to, struct sockaddr_storage *target)
 {
 	struct sockaddr_storage dest;
 	to_storage(&dest, to);
+	int64_t now = wfpr__now_ns();
 
 	pthread_mutex_lock(&wfpr__socktab_lock);
 	wfpr__sock *s = wfpr__socktab_find(fd);
-	for (wfpr__flow *f = s ? s->flows : NULL; f; f = f->next) {
-		if (addr_equal(&f->dest, &dest)) {
+	for (wfpr__flow **p = s ? &s->flows : NULL; p && *p; p = &(*p)->next) {
+		wfpr__flow *f = *p;
+		if (!addr_equal(&f->dest, &dest))
+			continue;
+		if (now - f->last_ns < wfpr__udp_flow_idle_ns()) {
+			f->last_ns = now;
 			*target = f->target;
 			pthread_mutex_unlock(&wfpr__socktab_lock);
 			return 0;
 		}
+		*p = f->next; /* idle too long: routed again below */
+		free(f);
+		s->n_flows--;
+		break;
 	}
 	pthread_mutex_unlock(&wfpr__socktab_lock);
 
@@ -229,6 +239,7 @@ static int route_datagram(int fd, const struct sockaddr *to, struct sockaddr_sto
 	if (f) {
 		f->dest = dest;
 		f->target = r.target;
+		f->last_ns = now;
 		f->next = s->flows;
 		s->flows = f;
 		if (++s->n_flows > MAX_FLOWS_PER_SOCKET) {

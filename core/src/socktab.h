@@ -21,6 +21,7 @@ typedef struct wfpr__flow {
 	struct wfpr__flow *next;
 	struct sockaddr_storage dest;   /* what the application addressed */
 	struct sockaddr_storage target; /* where its datagrams really go */
+	int64_t last_ns;                /* its last datagram out: idle too long, the next starts a new flow */
 } wfpr__flow;
 
 typedef struct wfpr__sock {

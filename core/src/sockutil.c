@@ -1,8 +1,11 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <string.h>
+#include <stdlib.h>
+#include <time.h>
 #include "addr.h"
 #include "sockutil.h"
+#include "wfpr/socket.h"
 
 uint64_t wfpr__socket_cookie(int fd)
 {
@@ -54,4 +57,27 @@ int wfpr__socket_bind_for_redirect(int fd, int protocol, const struct sockaddr_s
 		return -1;
 	wfpr__socket_local(fd, local);
 	return 0;
+}
+
+int64_t wfpr__now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+int64_t wfpr__udp_flow_idle_ns(void)
+{
+	static int64_t idle; /* read once: a process has one setting */
+	int64_t v = __atomic_load_n(&idle, __ATOMIC_RELAXED);
+	if (v == 0) {
+		const char *env = getenv("WFPR_UDP_IDLE_MS");
+		char *end;
+		long long ms = env && *env ? strtoll(env, &end, 10) : 0;
+		if (!env || !*env || *end || ms <= 0)
+			ms = WFPR_UDP_FLOW_IDLE_MS;
+		v = ms * 1000000LL;
+		__atomic_store_n(&idle, v, __ATOMIC_RELAXED);
+	}
+	return v;
 }

@@ -18,4 +18,10 @@ uint16_t wfpr__socket_local(int fd, struct sockaddr_storage *out);
 int wfpr__socket_bind_for_redirect(int fd, int protocol, const struct sockaddr_storage *target,
                              struct sockaddr_storage *local);
 
+/* How long a sender's UDP flow may stay silent before its next datagram
+ * starts a new flow (WFPR_UDP_IDLE_MS, else WFPR_UDP_FLOW_IDLE_MS), in ns. */
+int64_t wfpr__udp_flow_idle_ns(void);
+/* CLOCK_MONOTONIC in ns. */
+int64_t wfpr__now_ns(void);
+
 #endif

@@ -3,8 +3,8 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include "addr.h"
+#include "sockutil.h"
 #include "store.h"
 
 #define BUCKETS 4096
@@ -16,13 +16,6 @@ struct wfpr__store {
 	wfpr__entry_alive_fn alive;
 	wfpr__waiter *waiters;
 };
-
-int64_t wfpr__store_now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
 
 wfpr__store *wfpr__store_new(size_t max_entries, wfpr__entry_alive_fn alive)
 {
@@ -104,13 +97,13 @@ void wfpr__store_drop_if(wfpr__store *s, bool (*drop)(wfpr__entry *e, uint64_t a
 
 bool wfpr__store_alive(const wfpr__store *s, const wfpr__entry *e)
 {
-	return s->alive(e, wfpr__store_now());
+	return s->alive(e, wfpr__now_ns());
 }
 
 /* Remove the committed entries that are no longer alive. */
 static void sweep(wfpr__store *s)
 {
-	int64_t now = wfpr__store_now();
+	int64_t now = wfpr__now_ns();
 	for (size_t i = 0; i < BUCKETS; i++)
 		for (wfpr__entry *e = s->by_tuple[i], *next; e; e = next) {
 			next = e->next_tuple;
@@ -147,7 +140,7 @@ wfpr__entry *wfpr__store_add(wfpr__store *s, int protocol, const struct sockaddr
 	wfpr__entry *old = find_tuple(s, protocol, client, target);
 	if (old)
 		wfpr__store_remove(s, old);
-	int64_t now = wfpr__store_now();
+	int64_t now = wfpr__now_ns();
 	*e = (wfpr__entry){.protocol = protocol, .client = *client, .target = *target, .record = record,
 	                   .record_len = record_len, .context = context, .context_len = context_len,
 	                   .created_ns = now, .used_ns = now, .committed = committed, .issuer_fd = -1};

@@ -61,7 +61,6 @@ typedef struct wfpr__store wfpr__store;
 /* max_entries: 0 for no cap. NULL when out of memory. */
 wfpr__store *wfpr__store_new(size_t max_entries, wfpr__entry_alive_fn alive);
 void wfpr__store_free(wfpr__store *s);
-int64_t wfpr__store_now(void);
 
 /* A new record (the store takes record and context, even on failure),
  * uncommitted unless `committed`. An entry of the same connection tuple

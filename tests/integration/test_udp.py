@@ -58,3 +58,74 @@ def test_udp_through_two(udp_echo, rules, wfpr_run):
     assert sorted(e["proxy"] for e in closes) == ["alpha", "beta"]
     assert all(e["bytes_up"] == sum(100 + i * 300 for i in range(5)) for e in closes)
     assert run.summary()["beta"]["flows"] == 1
+
+
+IDLE_CLIENT = r"""
+import socket, sys, time
+host, port, pauses = sys.argv[1], int(sys.argv[2]), [float(p) for p in sys.argv[3:]]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+for i, pause in enumerate([0.0] + pauses):
+    time.sleep(pause)
+    s.sendto(b"after %.1f s" % pause, (host, port))
+    reply, peer = s.recvfrom(65536)
+    print(reply.decode(), "%s:%d" % peer)
+"""
+
+BACKENDS = [pytest.param((), id="preload"), pytest.param(("--backend", "ebpf"), id="ebpf")]
+
+
+def needs(backend, run):
+    if backend and "eBPF backend is not available" in run.stderr:
+        pytest.skip(run.stderr.strip())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_udp_flow_outlives_its_idle_time(backend, udp_echo, rules, wfpr_run):
+    """A flow silent past --udp-idle-timeout (0.3 s) is started anew by the
+    sender's next datagram, with a fresh record; one silent past the proxy's
+    own expiry (0.3 + 5 s) too. Every datagram gets its reply (they used to
+    be dropped after the engine's 30 s expiry)."""
+    host, port = udp_echo
+    run = wfpr_run([("alpha", rules("alpha")), ("beta", rules("beta"))],
+                   [PY, "-c", IDLE_CLIENT, host, str(port), "1.0", "6.0"], extra=[*backend, "--udp-idle-timeout", "300"])
+    needs(backend, run)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["echo:after %s s %s:%d" % (p, host, port) for p in ("0.0", "1.0", "6.0")]
+    for name, hops in (("alpha", ["alpha"]), ("beta", ["alpha", "beta"])):
+        connects = [e for e in run.events("connect", "udp") if e["proxy"] == name]
+        assert [e["hops"] for e in connects] == [hops] * 3, connects  # three flows, each with a record
+        assert len({e["id"] for e in connects}) == 3
+    assert run.summary()["beta"]["failed"] == 0
+    assert not run.events("drop", "udp")
+
+
+SAME_PORT_CLIENT = r"""
+import socket, sys
+host, port, local = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", local))
+s.settimeout(5)
+s.sendto(sys.argv[4].encode(), (host, port))
+print(s.recvfrom(65536)[0].decode())
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_processes_on_one_udp_port_get_two_flows(backend, udp_echo, rules, wfpr_run):
+    """The second process to bind a client port, within the flow lifetime,
+    gets a flow and a record of its own (it used to share, or lose, the
+    first one's)."""
+    host, port = udp_echo
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        local = probe.getsockname()[1]
+    script = '"$0" -c "$1" "$2" "$3" "$4" first && "$0" -c "$1" "$2" "$3" "$4" second'
+    run = wfpr_run([("alpha", rules("alpha"))], ["sh", "-c", script, PY, SAME_PORT_CLIENT, host, str(port), str(local)],
+                   extra=backend)
+    needs(backend, run)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["echo:first", "echo:second"]
+    connects = run.events("connect", "udp")
+    assert len(connects) == 2 and all(e["client"].endswith(":%d" % local) for e in connects), connects
+    assert run.summary()["alpha"]["failed"] == 0

@@ -24,6 +24,15 @@ WFPR_BEGIN_DECL
 #define WFPR_IP_WFP_REDIRECT_CONTEXT 70
 #define WFPR_IP_CONNECTION_REDIRECT_RECORD WFPR_IP_WFP_REDIRECT_RECORDS
 
+/* A UDP flow lives while datagrams flow. After WFPR_UDP_FLOW_IDLE_MS of
+ * silence the sending side starts a new flow, with a fresh record, on its
+ * next datagram (WFPR_UDP_IDLE_MS in the environment changes it for a
+ * process; wfpr run --udp-idle-timeout sets it for COMMAND); a proxy ends
+ * its side of an idle flow WFPR_UDP_FLOW_GRACE_MS later than that, so it
+ * never drops a datagram of a flow the sender still uses. */
+#define WFPR_UDP_FLOW_IDLE_MS 30000
+#define WFPR_UDP_FLOW_GRACE_MS 5000
+
 /* wfpr_socket flags */
 #define WFPR_FLAG_OVERLAPPED 0x01u
 

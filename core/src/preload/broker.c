@@ -13,6 +13,7 @@
 #include <unistd.h>
 #include "../addr.h"
 #include "../layer.h"
+#include "../sockutil.h"
 #include "../store.h"
 #include "wfpr/broker.h"
 #include "wfpr/error.h"
@@ -222,7 +223,7 @@ static int route(wfpr_broker *b, client *c, const wire_request *rq, const uint8_
 			wfpr__layer_count_bad_record(b->layer);
 			return WFPR_WSAEINVAL; /* forged, altered, or its connection is gone */
 		}
-		e->used_ns = wfpr__store_now();
+		e->used_ns = wfpr__now_ns();
 	}
 	if (is_proxy_address(b, &info.remote)) {
 		rp->action = WFPR_ACTION_PERMIT;
@@ -302,7 +303,7 @@ static int query(wfpr_broker *b, client *c, const wire_request *rq, wire_reply *
 		waiting *w = malloc(sizeof(*w));
 		if (!w)
 			return WFPR_WSAENOBUFS;
-		*w = (waiting){.next = b->waiting, .c = c, .rq = *rq, .deadline = wfpr__store_now() + WAIT_NS};
+		*w = (waiting){.next = b->waiting, .c = c, .rq = *rq, .deadline = wfpr__now_ns() + WAIT_NS};
 		b->waiting = w;
 		return QUERY_WAITS;
 	}
@@ -313,7 +314,7 @@ static int query(wfpr_broker *b, client *c, const wire_request *rq, wire_reply *
 			return WFPR_FWP_E_NOT_FOUND;
 		e->delivered = true;
 	}
-	e->used_ns = wfpr__store_now();
+	e->used_ns = wfpr__now_ns();
 	if (!e->holder) {
 		e->holder = c->id;
 		e->holder_socket = rq->socket;
@@ -345,7 +346,7 @@ static bool answer_query(wfpr_broker *b, client *c, const wire_request *rq, bool
  * (FWP_E_NOT_FOUND if their ISSUE never came), else those of `issued`. */
 static void answer_waiting(wfpr_broker *b, const wfpr__entry *issued)
 {
-	int64_t now = wfpr__store_now();
+	int64_t now = wfpr__now_ns();
 	for (waiting **p = &b->waiting; *p;) {
 		waiting *w = *p;
 		bool ready = now >= w->deadline || (issued && entry_of(b, &w->rq) == issued);

@@ -12,6 +12,7 @@
 %ignore wfpr_broker_layer;
 %ignore wfpr_broker_free;
 %ignore wfpr_preload_register;
+%ignore wfpr_preload_register_dual;
 %ignore wfpr_preload_redirector_name;
 %apply int WFPR_STATUS { int wfpr_preload_attach };
 %include "wfpr/broker.h"

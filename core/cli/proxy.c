@@ -167,11 +167,11 @@ int proxy_serve(const proxy_config *cfg)
 		else if (i == 0)
 			wfpr_engine_address(&address, workers[0].engine);
 	}
-	/* the eBPF backend: the same port on [::1] too, so that IPv6 sockets
-	 * (IPV6_V6ONLY ones, and UDP) reach the proxy as IPv6; if the port is
-	 * taken there, they use the IPv4 address, mapped */
+	/* the same port on [::1] too, so that IPv6 sockets (IPV6_V6ONLY ones,
+	 * and UDP) reach the proxy as IPv6; if the port is taken there, they
+	 * use the IPv4 address, mapped */
 	struct sockaddr_storage address6 = {.ss_family = AF_UNSPEC};
-	if (rc == 0 && cfg->ebpf && address.ss_family == AF_INET) {
+	if (rc == 0 && address.ss_family == AF_INET) {
 		struct sockaddr_in6 *six = (struct sockaddr_in6 *)&address6;
 		*six = (struct sockaddr_in6){.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT,
 		                             .sin6_port = ((struct sockaddr_in *)&address)->sin_port};
@@ -183,7 +183,8 @@ int proxy_serve(const proxy_config *cfg)
 			address6.ss_family = AF_UNSPEC;
 	}
 	if (rc == 0 && !cfg->ebpf)
-		rc = wfpr_preload_register(id, cfg->name, &address);
+		rc = wfpr_preload_register_dual(id, cfg->name, &address,
+		                                address6.ss_family == AF_INET6 ? &address6 : NULL);
 	if (rc != 0) {
 		if (rc > 0)
 			fprintf(stderr, "wfpr proxy %s: cannot start: %s (%s)\n", cfg->name, wfpr_strerror(rc), wfpr_err_name(rc));

@@ -53,6 +53,12 @@ WFPR_EXTERN int wfpr_preload_attach(const char *path);
  * to the broker; one process may register several. */
 WFPR_EXTERN int wfpr_preload_register(uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE], const char *name,
                                       const struct sockaddr_storage *address);
+/* The same, for a proxy that also listens on IPv6 (address6, AF_INET6):
+ * IPv6 connections and datagrams go there, so that IPV6_V6ONLY sockets
+ * reach it, and replies to a dual-stack socket come from where it sent. */
+WFPR_EXTERN int wfpr_preload_register_dual(uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE], const char *name,
+                                           const struct sockaddr_storage *address,
+                                           const struct sockaddr_storage *address6);
 /* A redirector's name from its id, as the broker knows it. */
 WFPR_EXTERN int wfpr_preload_redirector_name(char *out, size_t len, const uint8_t id[WFPR_REDIRECTOR_ID_SIZE]);
 

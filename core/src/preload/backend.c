@@ -98,11 +98,19 @@ int wfpr_preload_attach(const char *path)
 int wfpr_preload_register(uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE], const char *name,
                           const struct sockaddr_storage *address)
 {
+	return wfpr_preload_register_dual(out_id, name, address, NULL);
+}
+
+int wfpr_preload_register_dual(uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE], const char *name,
+                               const struct sockaddr_storage *address, const struct sockaddr_storage *address6)
+{
 	if (!out_id || !name || !address)
 		return WFPR_WSAEFAULT;
+	if (address6 && address6->ss_family != AF_INET6)
+		return WFPR_WSAEINVAL;
 	if (!wfpr__client_enabled())
 		return WFPR_WSAENETDOWN;
-	return wfpr__client_register(name, address, out_id);
+	return wfpr__client_register(name, address, address6, out_id);
 }
 
 int wfpr_preload_redirector_name(char *out, size_t len, const uint8_t id[WFPR_REDIRECTOR_ID_SIZE])

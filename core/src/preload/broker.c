@@ -29,6 +29,7 @@ typedef struct proxy {
 	struct proxy *next;
 	char name[WIRE_NAME_MAX];
 	struct sockaddr_storage address;
+	struct sockaddr_storage address6; /* the same proxy on IPv6 (AF_UNSPEC: none) */
 	pid_t pid;
 	wfpr_redirect_handle *handle;
 	uint32_t callout;
@@ -127,7 +128,10 @@ static wfpr__entry *entry_of(wfpr_broker *b, const wire_request *rq)
 static wfpr_action classify(void *user, wfpr_connect_request *req)
 {
 	proxy *p = user;
-	req->redirect_to = p->address;
+	/* IPv6 traffic to the proxy's IPv6 address, where it has one: an
+	 * IPV6_V6ONLY socket cannot reach an IPv4 one, and a datagram from a
+	 * dual-stack socket must come back from the address it went to */
+	req->redirect_to = req->remote.ss_family == AF_INET6 && p->address6.ss_family == AF_INET6 ? p->address6 : p->address;
 	req->target_pid = p->pid;
 	return WFPR_ACTION_REDIRECT;
 }
@@ -135,7 +139,7 @@ static wfpr_action classify(void *user, wfpr_connect_request *req)
 static bool is_proxy_address(const wfpr_broker *b, const struct sockaddr_storage *a)
 {
 	for (const proxy *p = b->proxies; p; p = p->next)
-		if (p->live && addr_equal(&p->address, a))
+		if (p->live && (addr_equal(&p->address, a) || addr_equal(&p->address6, a)))
 			return true;
 	return false;
 }
@@ -145,13 +149,18 @@ static bool is_proxy_address(const wfpr_broker *b, const struct sockaddr_storage
  * redirector, and the layer does not grow with restarts. */
 static int register_proxy(wfpr_broker *b, client *c, const wire_request *rq, wire_reply *rp)
 {
-	struct sockaddr_storage address = rq->a;
+	struct sockaddr_storage address = rq->a, address6 = rq->b;
 	addr_unmap(&address);
-	if (!is_inet(&address) || addr_port(&address) == 0 || !memchr(rq->name, '\0', sizeof(rq->name)) || !rq->name[0])
+	if (!is_inet(&address) || addr_port(&address) == 0 || !memchr(rq->name, '\0', sizeof(rq->name)) || !rq->name[0] ||
+	    (address6.ss_family != AF_UNSPEC && (address6.ss_family != AF_INET6 || addr_port(&address6) == 0)))
 		return WFPR_WSAEINVAL;
+	if (address6.ss_family != AF_INET6)
+		memset(&address6, 0, sizeof(address6));
+	if (is_proxy_address(b, &address) || (address6.ss_family && is_proxy_address(b, &address6)))
+		return WFPR_WSAEADDRINUSE;
 	proxy *p = NULL;
 	for (proxy *o = b->proxies; o; o = o->next) {
-		if (o->live && (strcmp(o->name, rq->name) == 0 || addr_equal(&o->address, &address)))
+		if (o->live && strcmp(o->name, rq->name) == 0)
 			return WFPR_WSAEADDRINUSE;
 		if (!o->live && strcmp(o->name, rq->name) == 0)
 			p = o;
@@ -161,6 +170,7 @@ static int register_proxy(wfpr_broker *b, client *c, const wire_request *rq, wir
 		return WFPR_WSAENOBUFS;
 	strcpy(p->name, rq->name);
 	p->address = address;
+	p->address6 = address6;
 	p->pid = c->pid;
 	int rc = 0;
 	if (fresh) {

@@ -248,9 +248,12 @@ void wfpr__client_release(uint64_t socket, int protocol, const struct sockaddr_s
 	pthread_mutex_unlock(&lock);
 }
 
-int wfpr__client_register(const char *name, const struct sockaddr_storage *address, uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE])
+int wfpr__client_register(const char *name, const struct sockaddr_storage *address,
+                          const struct sockaddr_storage *address6, uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE])
 {
 	wire_request rq = {.type = WIRE_REGISTER, .a = *address};
+	if (address6)
+		rq.b = *address6;
 	wire_reply rp;
 	if (!name || strlen(name) >= sizeof(rq.name))
 		return WFPR_WSAEINVAL;

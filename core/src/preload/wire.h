@@ -26,7 +26,7 @@ enum wire_type {
 	WIRE_ISSUE,     /* b: the local address now bound (after a REDIRECT); no reply */
 	WIRE_QUERY,     /* a: the proxy socket's local, b: its peer -> records then context; action: records' length */
 	WIRE_CHECK,     /* blob: records to SET -> ok, or WSAEINVAL */
-	WIRE_REGISTER,  /* name, a: the proxy's address -> id */
+	WIRE_REGISTER,  /* name, a: the proxy's address, b: the same on IPv6 (or AF_UNSPEC) -> id */
 	WIRE_RELEASE,   /* a, b as for QUERY: the proxy closed it; no reply */
 	WIRE_NAME,      /* id -> name */
 };

@@ -79,6 +79,7 @@ typedef struct conn {
 	struct sockaddr_storage context[2];
 	wfpr_rule_conn info;
 	wfpr_verdict verdict;
+	bool announced; /* its connect line is out and the rules saw it: a close line and on_close follow */
 	half up, down; /* up: client to upstream */
 	struct timespec started, last;
 } conn;
@@ -95,7 +96,6 @@ struct wfpr_engine {
 	watch w_udp;
 	uint8_t *datagram; /* MAX_DATAGRAM bytes: this engine's own, as engines run on their own threads */
 	flow *flows, *dead_flows;
-	uint64_t next_id;
 	uint64_t unflowed;               /* datagrams dropped since the last "drop" line */
 	struct timespec unflowed_logged;
 	wfpr_engine_stats stats;
@@ -256,6 +256,15 @@ static int watch_fd(wfpr_engine *e, int op, int fd, uint32_t events, watch *w)
 	return epoll_ctl(e->epoll_fd, op, fd, &ev);
 }
 
+/* Connection and flow ids: unique in the process, across its engines
+ * (workers, and the IPv4 and IPv6 listeners of one proxy), so that log
+ * lines pair up and conn.tag never mixes two connections. */
+static uint64_t next_id(void)
+{
+	static uint64_t last;
+	return __atomic_add_fetch(&last, 1, __ATOMIC_RELAXED);
+}
+
 static void close_conn(conn *c, bool reset, const char *error)
 {
 	wfpr_engine *e = c->engine;
@@ -265,13 +274,14 @@ static void close_conn(conn *c, bool reset, const char *error)
 		if (c->upstream >= 0)
 			setsockopt(c->upstream, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
 	}
-	if (c->phase == PHASE_RELAY || error) {
-		if (c->verdict != WFPR_VERDICT_BLOCK)
-			log_event(e, c, error ? "error" : "close", verdict_name(c->verdict), error);
-		if (c->phase == PHASE_RELAY) {
-			wfpr_rule_close_stats st = {c->up.total, c->down.total, (uint64_t)elapsed_ms(&c->started)};
-			hook_close(e, &c->info, &st);
-		}
+	/* every connect line gets its close or error line, and every
+	 * connection the rules saw gets on_close (which frees conn.tag), blocked
+	 * ones and ones whose upstream failed too */
+	if (c->announced || error)
+		log_event(e, c, error ? "error" : "close", verdict_name(c->verdict), error);
+	if (c->announced) {
+		wfpr_rule_close_stats st = {c->up.total, c->down.total, (uint64_t)elapsed_ms(&c->started)};
+		hook_close(e, &c->info, &st);
 	}
 	if (error)
 		e->stats.failed++;
@@ -323,6 +333,7 @@ static void records_ready(conn *c)
 	c->info.records_len = c->record_len;
 	redirect_state(e, &c->info);
 	c->verdict = hook_connect(e, &c->info);
+	c->announced = true;
 	if (c->verdict == WFPR_VERDICT_BLOCK) {
 		e->stats.blocked++;
 		log_event(e, c, "connect", "block", NULL);
@@ -576,7 +587,7 @@ static void accept_all(wfpr_engine *e)
 		c->up.ready = c->down.ready = true;
 		c->record_cap = FIRST_RECORD_TRY;
 		c->info.version = WFPR_RULE_CONN_VERSION;
-		c->info.id = ++e->next_id;
+		c->info.id = next_id();
 		c->info.protocol = IPPROTO_TCP;
 		c->w_client = (watch){KIND_CLIENT, c, NULL};
 		c->w_upstream = (watch){KIND_UPSTREAM, c, NULL};
@@ -601,6 +612,8 @@ static void close_flow(wfpr_engine *e, flow *f, const char *error)
 	         f->blocked ? "block" : verdict_name(f->verdict), error);
 	wfpr_rule_close_stats st = {f->up, f->down, (uint64_t)elapsed_ms(&f->started)};
 	hook_close(e, &f->info, &st);
+	e->stats.bytes_up += f->up;
+	e->stats.bytes_down += f->down;
 	if (f->upstream >= 0)
 		wfpr_closesocket(f->upstream);
 	RETIRE(e->flows, e->dead_flows, f);
@@ -646,7 +659,7 @@ static flow *new_flow(wfpr_engine *e, const struct sockaddr_storage *client, con
 	f->client = *client;
 	f->w = (watch){KIND_FLOW, NULL, f};
 	f->info.version = WFPR_RULE_CONN_VERSION;
-	f->info.id = ++e->next_id;
+	f->info.id = next_id();
 	f->info.protocol = IPPROTO_UDP;
 	f->info.client = *client;
 	f->info.original_dst = f->context[0];

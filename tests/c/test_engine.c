@@ -113,6 +113,42 @@ static size_t count_lines(int fd, const char *needle, int hops)
 	return count;
 }
 
+/* Every connect line has exactly one close or error line with its id, and
+ * no id opens two connections: ids are unique in the process. */
+static bool connects_pair_up(int fd)
+{
+	static char buf[1 << 16];
+	lseek(fd, 0, SEEK_SET);
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	buf[n > 0 ? n : 0] = '\0';
+	unsigned long long opened[256];
+	int opens[256] = {0}, ends[256] = {0};
+	size_t n_ids = 0;
+	for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+		const char *ev = strstr(line, "\"event\":\""), *id = strstr(line, "\"id\":");
+		if (!ev || !id)
+			return false;
+		unsigned long long v = strtoull(id + 5, NULL, 10);
+		size_t i = 0;
+		while (i < n_ids && opened[i] != v)
+			i++;
+		if (i == n_ids) {
+			if (n_ids == 256)
+				return false;
+			opened[n_ids++] = v;
+		}
+		ev += 9;
+		if (strncmp(ev, "connect\"", 8) == 0)
+			opens[i]++;
+		else if (strncmp(ev, "close\"", 6) == 0 || strncmp(ev, "error\"", 6) == 0)
+			ends[i]++;
+	}
+	for (size_t i = 0; i < n_ids; i++)
+		if (opens[i] != 1 || ends[i] != 1)
+			return false;
+	return n_ids > 0;
+}
+
 /* An anonymous file that several engines append their JSON lines to. */
 static int shared_log(void)
 {
@@ -401,9 +437,11 @@ static void udp_flows_through_two_engines(void)
 	CHECK_EQ(sa.flows_expired, 1);
 	CHECK_EQ(sb.flows_expired, 1);
 	CHECK_EQ(sa.failed + sb.failed, 0);
-	CHECK_EQ(count_lines(log_fd, "\"proxy\":\"dns-a\",\"event\":\"connect\",\"id\":1,\"proto\":\"udp\"", 1), 1);
-	CHECK_EQ(count_lines(log_fd, "\"proxy\":\"dns-b\",\"event\":\"connect\",\"id\":1,\"proto\":\"udp\"", 2), 1);
-	CHECK_EQ(count_lines(log_fd, "\"event\":\"close\",\"id\":1,\"proto\":\"udp\"", -1), 2);
+	CHECK_EQ(count_lines(log_fd, "\"proxy\":\"dns-a\",\"event\":\"connect\"", 1), 1);
+	CHECK_EQ(count_lines(log_fd, "\"proxy\":\"dns-b\",\"event\":\"connect\"", 2), 1);
+	CHECK_EQ(count_lines(log_fd, "\"event\":\"close\"", -1), 2);
+	CHECK_EQ(count_lines(log_fd, "\"proto\":\"udp\"", -1), 4);
+	CHECK(connects_pair_up(log_fd)); /* the two engines' flows have ids of their own */
 	close(log_fd);
 	wfpr_inproc_detach(layer);
 	wfpr_layer_free(layer);

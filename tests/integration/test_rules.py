@@ -1,7 +1,7 @@
 """A rule that errors or loops forever: the default verdict applies and the proxy keeps serving."""
 import pytest
 
-from itsupport import sha256_file
+from itsupport import PY, sha256_file
 
 BROKEN = {
     "errors": "function on_connect(conn) error('boom') end\n",
@@ -32,3 +32,38 @@ def test_fail_closed_blocks(http_server, rules, wfpr_run):
                    extra=["--fail-closed"])
     assert run.returncode != 0
     assert run.summary()["broken"]["block"] == 1
+
+
+MANY_CLIENT = r"""
+import socket, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+refused = 0
+for _ in range(n):
+    s = socket.create_connection((host, port))
+    try:
+        s.sendall(b"GET /small.bin HTTP/1.0\r\n\r\n")
+        refused += s.recv(1) == b""
+    except ConnectionError:
+        refused += 1
+    s.close()
+print(refused)
+"""
+
+
+def test_blocked_connections_free_their_tags(http_server, rules, wfpr_run):
+    """on_close runs for blocked connections too, so conn.tag is freed: 400
+    blocked connections with a 100 KB tag each stay far below the rule's
+    16 MiB cap (they used to reach it after about 160, and the rule then
+    failed open, letting traffic through a block-list). Every connect line
+    has its close line."""
+    rule = rules("bigtag", 'function on_connect(conn) conn.tag.big = string.rep("x", 100000) return block end\n'
+                           'function on_close(conn, stats) end\n')
+    host, port = http_server["v4"][len("http://"):].split(":")
+    run = wfpr_run([("bigtag", rule)], [PY, "-c", MANY_CLIENT, host, port, "400"])
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "400"  # every one blocked
+    row = run.summary()["bigtag"]
+    assert row["block"] == 400 and row["rule_errors"] == 0, run.stderr
+    connects, closes = run.events("connect"), run.events("close")
+    assert len(connects) == 400 and sorted(e["id"] for e in connects) == sorted(e["id"] for e in closes)
+    assert len({e["id"] for e in connects}) == 400

@@ -65,7 +65,7 @@ typedef struct wfpr_engine_options {
 typedef struct wfpr_engine_stats {
 	uint64_t accepted, passed, inspected, blocked, failed, timed_out;
 	uint64_t flows, datagrams_up, datagrams_down, flows_expired;
-	uint64_t bytes_up, bytes_down;
+	uint64_t bytes_up, bytes_down; /* relayed, TCP and UDP, of the connections and flows that ended */
 	uint64_t active;
 } wfpr_engine_stats;
 

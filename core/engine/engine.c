@@ -79,6 +79,7 @@ typedef struct conn {
 	struct sockaddr_storage context[2];
 	wfpr_rule_conn info;
 	wfpr_verdict verdict;
+	int reserve;    /* a descriptor kept for the upstream socket, -1 once used */
 	bool announced; /* its connect line is out and the rules saw it: a close line and on_close follow */
 	half up, down; /* up: client to upstream */
 	struct timespec started, last;
@@ -96,6 +97,13 @@ struct wfpr_engine {
 	watch w_udp;
 	uint8_t *datagram; /* MAX_DATAGRAM bytes: this engine's own, as engines run on their own threads */
 	flow *flows, *dead_flows;
+	struct {
+		char *buf;       /* lines waiting for a slow reader */
+		size_t len;
+		uint64_t dropped;
+	} log;
+	bool shedding;                   /* at a resource limit: the listener rests */
+	struct timespec shed_since;
 	uint64_t unflowed;               /* datagrams dropped since the last "drop" line */
 	struct timespec unflowed_logged;
 	wfpr_engine_stats stats;
@@ -139,6 +147,57 @@ static void json_string(FILE *f, const char *s)
 			fputc(ch, f);
 	}
 	fputc('"', f);
+}
+
+/* Lines a slow log reader (a FIFO, a pipe) has not taken yet wait here, up
+ * to LOG_BACKLOG bytes; past that they are dropped and counted: the log
+ * never stalls relaying. Each line is one write, so lines from several
+ * engines never interleave. */
+#define LOG_BACKLOG (1u << 20)
+
+static void log_dropped(wfpr_engine *e, const char *why)
+{
+	if (e->log.dropped++ == 0)
+		fprintf(stderr, "wfpr proxy %s: the log cannot take more (%s): dropping lines, and counting them\n", e->name,
+		        why);
+}
+
+/* Write whole lines from the backlog, oldest first, until the fd would block. */
+static void log_flush(wfpr_engine *e)
+{
+	size_t done = 0;
+	while (done < e->log.len) {
+		const char *line = e->log.buf + done, *end = memchr(line, '\n', e->log.len - done);
+		size_t n = (size_t)(end - line) + 1;
+		ssize_t w = write(e->opts.log_fd, line, n);
+		if (w < 0 && errno == EAGAIN)
+			break;
+		if (w != (ssize_t)n)
+			log_dropped(e, w < 0 ? strerror(errno) : "a short write; the disk may be full");
+		done += n;
+	}
+	memmove(e->log.buf, e->log.buf + done, e->log.len - done);
+	e->log.len -= done;
+}
+
+static void log_write(wfpr_engine *e, const char *line, size_t len)
+{
+	log_flush(e);
+	if (e->log.len == 0) {
+		ssize_t w = write(e->opts.log_fd, line, len);
+		if (w == (ssize_t)len)
+			return;
+		if (w >= 0 || errno != EAGAIN) {
+			log_dropped(e, w < 0 ? strerror(errno) : "a short write; the disk may be full");
+			return;
+		}
+	}
+	if (e->log.len + len > LOG_BACKLOG || (!e->log.buf && !(e->log.buf = malloc(LOG_BACKLOG)))) {
+		log_dropped(e, "its reader is not reading");
+		return;
+	}
+	memcpy(e->log.buf + e->log.len, line, len);
+	e->log.len += len;
 }
 
 static void log_line(wfpr_engine *e, const wfpr_rule_conn *info, const char *proto, const uint8_t *record,
@@ -187,10 +246,7 @@ static void log_line(wfpr_engine *e, const wfpr_rule_conn *info, const char *pro
 		fputs("null", f);
 	fputs("}\n", f);
 	fclose(f);
-	/* one write per line: lines from several engines never interleave */
-	if (write(e->opts.log_fd, text, len) < 0) {
-		/* a log that cannot be written must not stop the relay */
-	}
+	log_write(e, text, len);
 	free(text);
 }
 
@@ -288,6 +344,8 @@ static void close_conn(conn *c, bool reset, const char *error)
 	e->stats.bytes_up += c->up.total;
 	e->stats.bytes_down += c->down.total;
 	e->stats.active--;
+	if (c->reserve >= 0)
+		close(c->reserve);
 	/* closesocket aborts a pending QUERY before its buffer goes away */
 	wfpr_closesocket(c->client);
 	if (c->upstream >= 0)
@@ -406,6 +464,8 @@ static void start_connect(conn *c)
 	wfpr_engine *e = c->engine;
 	struct sockaddr_storage *dst = &c->context[0];
 	uint32_t bytes;
+	close(c->reserve); /* its descriptor is the upstream socket's now */
+	c->reserve = -1;
 	c->upstream = wfpr_socket(dst->ss_family, SOCK_STREAM | SOCK_NONBLOCK, 0, 0);
 	if (c->upstream < 0 ||
 	    wfpr_ioctl(c->upstream, WFPR_SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, c->record, c->record_len, NULL, 0,
@@ -560,12 +620,58 @@ static void source_event(half *h, uint32_t events)
 		h->hup = true;
 }
 
+#define SHED_MS 100
+
+/* accept failed for want of descriptors or memory: a listener left armed
+ * would wake the loop at once, again and again (100% CPU, nobody served).
+ * It rests SHED_MS, or until a connection closes; the clients wait in the
+ * backlog meanwhile. Said in the log once per episode. */
+static void shed_load(wfpr_engine *e, int err)
+{
+	clock_gettime(CLOCK_MONOTONIC, &e->shed_since);
+	if (e->shedding)
+		return;
+	e->shedding = true;
+	watch_fd(e, EPOLL_CTL_MOD, e->listen_fd, 0, &e->w_listener);
+	char why[160];
+	snprintf(why, sizeof(why), "cannot accept: %s; new connections wait in the backlog until some close",
+	         strerror(err));
+	wfpr_rule_conn info = {.version = WFPR_RULE_CONN_VERSION, .protocol = IPPROTO_TCP};
+	log_line(e, &info, "tcp", NULL, 0, 0, 0, "shed", NULL, why);
+}
+
+static void resume_accepting(wfpr_engine *e, bool a_connection_closed)
+{
+	if (!e->shedding || (!a_connection_closed && elapsed_ms(&e->shed_since) < SHED_MS))
+		return;
+	e->shedding = false;
+	watch_fd(e, EPOLL_CTL_MOD, e->listen_fd, EPOLLIN, &e->w_listener);
+}
+
+static bool out_of_resources(int err)
+{
+	return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
+
 static void accept_all(wfpr_engine *e)
 {
 	for (;;) {
-		int fd = accept4(e->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-		if (fd < 0)
+		/* a descriptor held for the connection's upstream socket: a connection
+		 * is accepted only when it can be relayed, never to be reset later */
+		int reserve = fcntl(e->listen_fd, F_DUPFD_CLOEXEC, 0);
+		if (reserve < 0) {
+			if (out_of_resources(errno))
+				shed_load(e, errno);
 			return;
+		}
+		int fd = accept4(e->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			int err = errno;
+			close(reserve);
+			if (out_of_resources(err))
+				shed_load(e, err);
+			return;
+		}
 		conn *c = calloc(1, sizeof(*c));
 		size_t cap = e->opts.buffer_size;
 		if (!c || !(c->up.buf = malloc(cap)) || !(c->down.buf = malloc(cap)) ||
@@ -577,12 +683,14 @@ static void accept_all(wfpr_engine *e)
 			}
 			free(c);
 			close(fd);
+			close(reserve);
 			e->stats.failed++;
 			continue;
 		}
 		c->engine = e;
 		c->client = fd;
 		c->upstream = -1;
+		c->reserve = reserve;
 		c->up.cap = c->down.cap = cap;
 		c->up.ready = c->down.ready = true;
 		c->record_cap = FIRST_RECORD_TRY;
@@ -846,6 +954,12 @@ int wfpr_engine_new(wfpr_engine **out, const wfpr_engine_options *opts)
 		e->opts.buffer_size = DEFAULT_BUFFER;
 	e->name = strdup(opts->name ? opts->name : "proxy");
 	e->scratch = malloc(e->opts.buffer_size);
+	if (opts->log_fd >= 0) {
+		/* a reader that stops (a FIFO) must not stall the relay: the lines wait in the backlog */
+		int fl = fcntl(opts->log_fd, F_GETFL);
+		if (fl >= 0 && !(fl & O_NONBLOCK))
+			fcntl(opts->log_fd, F_SETFL, fl | O_NONBLOCK);
+	}
 	e->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
 	e->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	struct sockaddr_storage addr;
@@ -915,7 +1029,7 @@ int wfpr_engine_run(wfpr_engine *e)
 	for (;;) {
 		/* with UDP flows open, wake now and then to end the idle ones */
 		bool tcp_idle = e->opts.tcp_idle_ms && e->conns;
-		int n = epoll_wait(e->epoll_fd, events, 128, e->flows ? 100 : tcp_idle ? 250 : -1);
+		int n = epoll_wait(e->epoll_fd, events, 128, e->shedding ? SHED_MS : e->flows ? 100 : tcp_idle ? 250 : -1);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -959,6 +1073,7 @@ int wfpr_engine_run(wfpr_engine *e)
 		expire_flows(e);
 		if (e->opts.tcp_idle_ms)
 			expire_conns(e);
+		resume_accepting(e, e->dead != NULL);
 		bury_dead(e);
 		bury_dead_flows(e);
 	}
@@ -998,6 +1113,13 @@ void wfpr_engine_free(wfpr_engine *e)
 		close(e->stop_fd);
 	if (e->epoll_fd >= 0)
 		close(e->epoll_fd);
+	if (e->log.len)
+		log_flush(e); /* what a slow reader can still take */
+	for (size_t i = 0; i < e->log.len; i++)
+		e->log.dropped += e->log.buf[i] == '\n';
+	if (e->log.dropped)
+		fprintf(stderr, "wfpr proxy %s: %llu log line(s) dropped\n", e->name, (unsigned long long)e->log.dropped);
+	free(e->log.buf);
 	free(e->scratch);
 	free(e->datagram);
 	free(e->name);

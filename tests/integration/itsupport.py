@@ -85,6 +85,7 @@ class Run:
                 self.log = [json.loads(line) for line in f]
 
     def events(self, event, proto="tcp"):
+        """The log's lines of one event and protocol ("connect", "close", ...)."""
         return [e for e in self.log if e["event"] == event and e["proto"] == proto]
 
     def summary(self):
@@ -103,9 +104,9 @@ class Run:
 @pytest.fixture
 def wfpr_run(tmp_path):
     """wfpr_run([(name, rules_path), ...], command, ...) -> Run"""
-    def run(proxies, command, timeout=120, extra=(), env=None):
+    def run(proxies, command, timeout=120, extra=(), env=None, prefix=()):
         log = str(tmp_path / "log.jsonl")
-        args = [WFPR, "run", "--rules", proxies[0][1]]
+        args = [*prefix, WFPR, "run", "--rules", proxies[0][1]]
         if proxies[0][0] != os.path.splitext(os.path.basename(proxies[0][1]))[0]:
             raise ValueError("the first proxy is named after its rules file")
         for name, path in proxies[1:]:

@@ -2,6 +2,7 @@
 and the other connections go on."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -255,3 +256,89 @@ def test_idle_timeout_resets(rules, wfpr_run):
     end, seconds = run.stdout.split()
     assert end in ("reset", "eof") and 0.4 <= float(seconds) < 10
     assert [e["error"] for e in run.events("error")] == ["idle timeout"]
+
+
+AT_THE_FD_LIMIT = r"""
+import os, socket, subprocess, sys, time
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+proxy = int(subprocess.run(["pgrep", "-P", str(os.getppid()), "-x", "wfpr"], capture_output=True, text=True).stdout.split()[0])
+
+def cpu_seconds(pid):
+    fields = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+socks = [socket.create_connection((host, port)) for _ in range(n)]  # more than the proxy can hold
+before = cpu_seconds(proxy)
+time.sleep(2)
+print("idle cpu %.2f" % (cpu_seconds(proxy) - before))
+for s in socks:
+    s.sendall(b"GET /small.bin HTTP/1.0\r\n\r\n")
+got = []
+for s in socks:
+    total = 0
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        total += len(b)
+    got.append(total)
+    s.close()
+print("complete %d" % sum(t > 256 << 10 for t in got))
+"""
+
+
+def test_at_the_fd_limit_the_proxy_sheds_load_instead_of_spinning(http_server, rules, wfpr_run):
+    """With a proxy at its descriptor limit (prlimit: 64, room for about 20
+    connections), the rest of 40 wait in the backlog: the proxy does not spin
+    at 100% CPU on a listener it cannot accept from (it used to), never
+    accepts one it cannot relay (it used to reset them), says so in the log,
+    and serves them all as earlier ones close."""
+    if not shutil.which("prlimit"):
+        pytest.skip("prlimit (util-linux) is not installed")
+    host, port = http_server["v4"][len("http://"):].split(":")
+    run = wfpr_run([("alpha", rules("alpha"))], [PY, "-c", AT_THE_FD_LIMIT, host, port, "40"],
+                   prefix=["prlimit", "--nofile=64:64"])
+    assert run.returncode == 0, run.stderr
+    idle, complete = run.stdout.split("\n")[:2]
+    assert float(idle.split()[-1]) < 0.5, run.stdout  # a spinning proxy burns about 2 s of CPU here
+    assert complete == "complete 40", run.stdout + run.stderr
+    assert run.summary()["alpha"]["failed"] == 0  # none accepted that could not be relayed
+    shed = [e for e in run.log if e["event"] == "shed"]
+    assert shed and "Too many open files" in shed[0]["error"], run.log[-3:]
+
+
+SEQUENTIAL = r"""
+import socket, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+done = 0
+for _ in range(n):
+    s = socket.create_connection((host, port))
+    s.sendall(b"GET /small.bin HTTP/1.0\r\n\r\n")
+    total = 0
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        total += len(b)
+    s.close()
+    done += total > 256 << 10
+print(done)
+"""
+
+
+def test_a_log_reader_that_stops_never_stalls_the_relay(http_server, rules, tmp_path):
+    """--log to a FIFO whose reader never reads: the relay goes on (it used
+    to block after 128 requests); the lines a reader cannot take are dropped,
+    counted, and said on stderr."""
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # open, never read
+    try:
+        host, port = http_server["v4"][len("http://"):].split(":")
+        run = subprocess.run([WFPR, "run", "--rules", rules("alpha"), "--log", str(fifo), "--", PY, "-c", SEQUENTIAL,
+                              host, port, "400"], capture_output=True, text=True, timeout=120)
+    finally:
+        os.close(reader)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "400"
+    assert "log line(s) dropped" in run.stderr, run.stderr

@@ -172,7 +172,9 @@ static pid_t start_child(const char *socket_path, const proxy_config *cfg, int s
 	pid_t pid = fork();
 	if (pid == 0) {
 		close(ready[0]);
-		prctl(PR_SET_PDEATHSIG, SIGTERM); /* wfpr run gone: stop serving */
+		/* wfpr run gone (killed): nobody reads the counts, and a proxy stuck
+		 * in a rule would outlive a SIGTERM, so it ends at once */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		if (getppid() != parent)
 			_exit(1);
 		if (!cfg)

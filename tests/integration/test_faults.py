@@ -342,3 +342,36 @@ def test_a_log_reader_that_stops_never_stalls_the_relay(http_server, rules, tmp_
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "400"
     assert "log line(s) dropped" in run.stderr, run.stderr
+
+
+STALL_RULE = 'function on_connect(conn) string.find(string.rep("a", 100000), ".-.-.-.-.-.-.-b") return pass end\n'
+
+
+def test_killed_run_takes_its_stuck_proxies_and_broker_along(http_server, rules, started):
+    """SIGKILL of wfpr run: its proxies and broker end too, even a proxy stuck
+    inside a rule (one used to keep 95% CPU for minutes)."""
+    proc = started([WFPR, "run", "--rules", rules("stuck", STALL_RULE), "--", "curl", "-s", "--max-time", "30",
+                    "-o", "/dev/null", http_server["v4"] + "/small.bin"], ready=True, stderr=subprocess.DEVNULL)
+    children = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                               text=True).stdout.split()]
+    assert len(children) == 3, children  # the broker, the proxy and curl
+    time.sleep(1)  # curl's connection is in the rule now, which never returns
+    proc.kill()
+    proc.wait()
+    def alive():
+        """The wfpr children still running (not gone, not zombies)."""
+        running = []
+        for pid in children:
+            try:
+                with open("/proc/%d/stat" % pid) as f:
+                    name, rest = f.read().rsplit(")", 1)
+            except FileNotFoundError:
+                continue
+            if name.endswith("(wfpr") and rest.split()[0] != "Z":
+                running.append(pid)
+        return running
+
+    deadline = time.time() + 5
+    while alive() and time.time() < deadline:
+        time.sleep(0.05)
+    assert alive() == [], "still running after wfpr run was killed"

@@ -6,6 +6,7 @@
  * RELAY (both directions pumped edge-triggered, half-close passed on). */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <malloc.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stdbool.h>
@@ -559,8 +560,9 @@ static bool fill(conn *c, int src, half *h, int direction, bool *closed_by_rule,
 }
 
 /* Write h to dst, adding what it wrote to *moved; pass the half-close on
- * once it is empty. False on a reset. */
-static bool drain(int dst, half *h, size_t *moved)
+ * once it is empty. A buffer a long replacement grew goes back to its
+ * normal size once empty. False on a reset. */
+static bool drain(int dst, half *h, size_t normal_cap, size_t *moved)
 {
 	size_t off = 0;
 	while (off < h->len) {
@@ -576,6 +578,14 @@ static bool drain(int dst, half *h, size_t *moved)
 	*moved += off;
 	memmove(h->buf, h->buf + off, h->len - off);
 	h->len -= off;
+	if (h->len == 0 && h->cap > normal_cap) {
+		uint8_t *shrunk = realloc(h->buf, normal_cap);
+		if (shrunk) {
+			h->buf = shrunk;
+			h->cap = normal_cap;
+		}
+		malloc_trim(0); /* rare: hand the freed megabytes back to the system now */
+	}
 	if (h->eof && h->len == 0 && !h->shut) {
 		shutdown(dst, SHUT_WR);
 		h->shut = true;
@@ -590,9 +600,9 @@ static void pump(conn *c)
 	for (;;) {
 		size_t moved = 0;
 		bool ok = fill(c, c->client, &c->up, 0, &closed_by_rule, &moved) && !closed_by_rule &&
-		          drain(c->upstream, &c->up, &moved) &&
+		          drain(c->upstream, &c->up, c->engine->opts.buffer_size, &moved) &&
 		          fill(c, c->upstream, &c->down, 1, &closed_by_rule, &moved) && !closed_by_rule &&
-		          drain(c->client, &c->down, &moved);
+		          drain(c->client, &c->down, c->engine->opts.buffer_size, &moved);
 		if (closed_by_rule) {
 			close_conn(c, true, NULL);
 			return;

@@ -375,3 +375,58 @@ def test_killed_run_takes_its_stuck_proxies_and_broker_along(http_server, rules,
     while alive() and time.time() < deadline:
         time.sleep(0.05)
     assert alive() == [], "still running after wfpr run was killed"
+
+
+GROW_RULE = ('function on_connect(conn) return inspect end\n'
+             'function on_data(conn, dir, chunk)\n'
+             '  if dir == "up" and not conn.tag.grown then conn.tag.grown = true return string.rep("x", 6 << 20) end\n'
+             'end\n')
+
+HOLD_CLIENT = r"""
+import os, socket, subprocess, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+proxy = int(subprocess.run(["pgrep", "-P", str(os.getppid()), "-x", "wfpr"], capture_output=True, text=True).stdout.split()[-1])
+socks = []
+for _ in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"grow")
+    socks.append(s)
+time.sleep(float(sys.argv[3]))  # the server has read every replacement by now; the connections stay open
+rss = [line for line in open("/proc/%d/status" % proxy) if line.startswith("VmRSS:")][0].split()[1]
+print(int(rss) // 1024)
+for s in socks:
+    s.close()
+"""
+
+
+def test_buffers_shrink_after_a_long_replacement(rules, wfpr_run):
+    """A 6 MiB replacement grows a connection's buffer; once sent, the buffer
+    goes back to its normal size: 40 open connections that each had one
+    stay small (they used to hold about 6 MiB each, 631 MB for 100)."""
+    received = []
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def sink(conn):
+        total = 0
+        while True:
+            b = conn.recv(1 << 20)
+            if not b:
+                break
+            total += len(b)
+        received.append(total)
+        conn.close()
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=sink, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    run = wfpr_run([("grow", rules("grow", GROW_RULE))], [PY, "-c", HOLD_CLIENT, str(server.getsockname()[1]), "40", "4"])
+    server.close()
+    assert run.returncode == 0, run.stderr
+    assert sorted(received) == [6 << 20] * 40, received
+    assert int(run.stdout) < 120, "the proxy holds %s MiB" % run.stdout  # 190 with the buffers shrunk but no trim, 255 before

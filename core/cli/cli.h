@@ -44,6 +44,14 @@ int proxy_serve(const proxy_config *cfg);
 /* Serve as the broker until SIGTERM or SIGINT; exit status. */
 int broker_serve(const char *path, int ready_fd);
 
+/* Traffic wfpr run cannot redirect, said once on stderr and as an "escape"
+ * line in the log (escapes.c). */
+void cli_say_escape(int log_fd, const char *what);
+/* Under the preload backend: is COMMAND statically linked? Then say so. */
+void cli_check_static_command(int log_fd, const char *command);
+/* The eBPF backend: connected UDP sockets that went direct so far. */
+unsigned long long run_ebpf_udp_connected(void);
+
 /* The systemd readiness protocol (notify.c): take NOTIFY_SOCKET out of the
  * environment, so that children do not inherit it; later send it a state
  * such as "READY=1" (nothing when it was not set). */

@@ -39,6 +39,11 @@ int run_ebpf_set_udp_idle(unsigned int ms)
 	return ebpf_set_udp_idle(instance, ms);
 }
 
+unsigned long long run_ebpf_udp_connected(void)
+{
+	return ebpf_udp_connected(instance);
+}
+
 void run_ebpf_close(void)
 {
 	ebpf_close(instance);
@@ -96,6 +101,11 @@ int run_ebpf_set_udp_idle(unsigned int ms)
 {
 	(void)ms;
 	return -1;
+}
+
+unsigned long long run_ebpf_udp_connected(void)
+{
+	return 0;
 }
 
 void run_ebpf_close(void)

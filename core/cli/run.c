@@ -370,6 +370,8 @@ int cmd_run(int argc, char **argv)
 		sigaction(SIGINT, &sa, NULL);
 		sigaction(SIGTERM, &sa, NULL);
 		bool running = false;
+		if (!o.ebpf)
+			cli_check_static_command(log_fd, o.command[0]);
 		command_pid = start_command(o.command, socket_path, o.fail_closed, o.ebpf, &running);
 		if (running)
 			cli_notify("READY=1\nSTATUS=COMMAND is running through the proxies");
@@ -390,6 +392,14 @@ int cmd_run(int argc, char **argv)
 	for (size_t i = o.n_proxies; i-- > 0;)
 		stop_child(proxies[i]);
 	stop_child(broker);
+	unsigned long long udp_connected = o.ebpf && started ? run_ebpf_udp_connected() : 0;
+	if (udp_connected) {
+		char what[256];
+		snprintf(what, sizeof(what),
+		         "%llu connected UDP socket(s) (connect, then send: resolvers such as dig) went direct: the eBPF "
+		         "backend does not redirect connected UDP (docs/ebpf.md)", udp_connected);
+		cli_say_escape(log_fd, what);
+	}
 	if (o.ebpf)
 		run_ebpf_close();
 	close(stats[1]);

@@ -118,6 +118,7 @@ enum wfpr_ebpf_counter {
 	WFPR_EBPF_QUERIES,
 	WFPR_EBPF_SETS,
 	WFPR_EBPF_BAD_SETS,
+	WFPR_EBPF_UDP_CONNECTED, /* connected UDP sockets a filter matched: they go direct */
 	WFPR_EBPF_COUNTERS
 };
 

@@ -463,14 +463,15 @@ static void show(FILE *out, pid_t owner, const char *pins, const char *cgroup)
 	if (counters >= 0)
 		fprintf(out,
 		        "  redirects %llu, permits %llu, hop-limit blocks %llu, records issued %llu, queries %llu,"
-		        " sets %llu, refused sets %llu\n",
+		        " sets %llu, refused sets %llu, connected UDP gone direct %llu\n",
 		        (unsigned long long)counter_sum(counters, WFPR_EBPF_REDIRECTS),
 		        (unsigned long long)counter_sum(counters, WFPR_EBPF_PERMITS),
 		        (unsigned long long)counter_sum(counters, WFPR_EBPF_LOOP_BLOCKS),
 		        (unsigned long long)counter_sum(counters, WFPR_EBPF_ISSUED),
 		        (unsigned long long)counter_sum(counters, WFPR_EBPF_QUERIES),
 		        (unsigned long long)counter_sum(counters, WFPR_EBPF_SETS),
-		        (unsigned long long)counter_sum(counters, WFPR_EBPF_BAD_SETS));
+		        (unsigned long long)counter_sum(counters, WFPR_EBPF_BAD_SETS),
+		        (unsigned long long)counter_sum(counters, WFPR_EBPF_UDP_CONNECTED));
 	if (records >= 0)
 		fprintf(out, "  live TCP records %u, UDP flows %u\n", count_keys(records, sizeof(struct wfpr_ebpf_key)),
 		        count_keys(flows, sizeof(struct wfpr_ebpf_key)));
@@ -571,4 +572,9 @@ int ebpf_set_udp_idle(ebpf_instance *e, unsigned int ms)
 		return -1;
 	cfg.udp_idle_ns = (uint64_t)ms * 1000000u;
 	return bpf_map__update_elem(e->skel->maps.settings, &zero, sizeof(zero), &cfg, sizeof(cfg), BPF_ANY);
+}
+
+uint64_t ebpf_udp_connected(const ebpf_instance *e)
+{
+	return e ? counter_sum(bpf_map__fd(e->skel->maps.counters), WFPR_EBPF_UDP_CONNECTED) : 0;
 }

@@ -41,6 +41,8 @@ int ebpf_remove_redirector(ebpf_instance *e, unsigned int slot);
  * redirector. Filters are asked highest weight first; a redirector that may
  * only permit a connection (it is already in its chain) passes it on to the
  * next. At most 32. */
+/* Connected UDP sockets that a filter matched, which went direct. */
+uint64_t ebpf_udp_connected(const ebpf_instance *e);
 /* A sender's UDP flow silent this long: its next datagram starts a new flow
  * with a fresh record (default WFPR_UDP_FLOW_IDLE_MS). 0 or -1. */
 int ebpf_set_udp_idle(ebpf_instance *e, unsigned int ms);

@@ -425,11 +425,16 @@ static __always_inline void dest_of(struct bpf_sock_addr *ctx, int v4, struct de
 
 static __always_inline int on_connect(struct bpf_sock_addr *ctx, int v4)
 {
-	if (ctx->protocol != IPPROTO_TCP)
-		return 1; /* connected UDP is not redirected (docs/ebpf.md) */
 	struct dest d = {};
 	dest_of(ctx, v4, &d);
 	struct wfpr_ebpf_sock *st = bpf_sk_storage_get(&socks, ctx->sk, 0, 0);
+	if (ctx->protocol != IPPROTO_TCP) {
+		/* connected UDP is not redirected (docs/ebpf.md): counted, so that
+		 * wfpr run can say which traffic escaped */
+		if (ctx->protocol == IPPROTO_UDP && decide(st, &d, IPPROTO_UDP, 0, 0) >= 0)
+			count(WFPR_EBPF_UDP_CONNECTED);
+		return 1;
+	}
 	int slot = decide(st, &d, IPPROTO_TCP, 0, 0);
 	if (slot == PERMIT) {
 		count(WFPR_EBPF_PERMITS);

@@ -100,10 +100,11 @@ def test_static_binary_is_redirected(http_server, rules, wfpr_run, tmp_path):
     command = ["sh", "-c", '"$0" 127.0.0.1 "$1" /small.bin > "$2"', STATIC_FETCH, port, str(out)]
     proxies = [("alpha", rules("alpha")), ("beta", rules("beta"))]
 
-    # the preload backend cannot see it: no proxy has a connection
-    run = wfpr_run(proxies, command)
-    assert run.returncode == 0, run.stderr
-    assert sha256_file(out) == want and run.events("connect") == []
+    # the preload backend cannot see it: no proxy has a connection, and wfpr run says so
+    run = wfpr_run(proxies, [STATIC_FETCH, "127.0.0.1", port, "/not-here"])  # a text answer: a 404 page
+    assert run.events("connect") == []
+    assert "static-fetch is statically linked" in run.stderr and "--backend ebpf" in run.stderr, run.stderr
+    assert [e["event"] for e in run.log if e["proxy"] == "wfpr run"] == ["escape"]
 
     # the kernel can
     run = wfpr_run(proxies, command, extra=EBPF)

@@ -203,3 +203,15 @@ def test_dual_stack_udp_to_ipv6_loopback(rules, wfpr_run):
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines() == ["echo dual %d [::1]:%d" % (i, port) for i in range(3)]
     assert [e["hops"] for e in run.events("connect", "udp")] == [["alpha"]]
+
+
+def test_connected_udp_on_ebpf_is_said(dnsmasq, rules, wfpr_run):
+    """The eBPF backend does not redirect connected UDP (dig): wfpr run says
+    how many sockets went direct, on stderr and in the log."""
+    run = wfpr_run([("alpha", rules("alpha"))],
+                   ["dig", "@::1", "-p", str(dnsmasq), "example.test", "+short", "+tries=1", "+time=3"],
+                   extra=("--backend", "ebpf"))
+    needs(("ebpf",), run)
+    assert run.returncode == 0 and run.stdout.strip() == "192.0.2.1", run.stdout + run.stderr
+    assert "1 connected UDP socket(s)" in run.stderr and "went direct" in run.stderr, run.stderr
+    assert [e["event"] for e in run.log if e["proxy"] == "wfpr run"] == ["escape"]

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/stat.h>
 #include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -163,6 +164,18 @@ static void log_dropped(wfpr_engine *e, const char *why)
 		        why);
 }
 
+/* A short write (a full disk) left part of a line: take it back, so that
+ * the log stays whole JSON lines; only if nothing was appended after it. */
+static void undo_partial(int fd, ssize_t written)
+{
+	struct stat st;
+	off_t end = lseek(fd, 0, SEEK_CUR);
+	if (written > 0 && end >= written && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == end &&
+	    ftruncate(fd, end - written) != 0) {
+		/* the line stays cut; the count and stderr said so */
+	}
+}
+
 /* Write whole lines from the backlog, oldest first, until the fd would block. */
 static void log_flush(wfpr_engine *e)
 {
@@ -173,8 +186,10 @@ static void log_flush(wfpr_engine *e)
 		ssize_t w = write(e->opts.log_fd, line, n);
 		if (w < 0 && errno == EAGAIN)
 			break;
-		if (w != (ssize_t)n)
+		if (w != (ssize_t)n) {
+			undo_partial(e->opts.log_fd, w);
 			log_dropped(e, w < 0 ? strerror(errno) : "a short write; the disk may be full");
+		}
 		done += n;
 	}
 	memmove(e->log.buf, e->log.buf + done, e->log.len - done);
@@ -189,6 +204,7 @@ static void log_write(wfpr_engine *e, const char *line, size_t len)
 		if (w == (ssize_t)len)
 			return;
 		if (w >= 0 || errno != EAGAIN) {
+			undo_partial(e->opts.log_fd, w);
 			log_dropped(e, w < 0 ? strerror(errno) : "a short write; the disk may be full");
 			return;
 		}

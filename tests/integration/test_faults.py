@@ -430,3 +430,22 @@ def test_buffers_shrink_after_a_long_replacement(rules, wfpr_run):
     assert run.returncode == 0, run.stderr
     assert sorted(received) == [6 << 20] * 40, received
     assert int(run.stdout) < 120, "the proxy holds %s MiB" % run.stdout  # 190 with the buffers shrunk but no trim, 255 before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a tmpfs of its own needs root (unshare -m)")
+def test_a_full_disk_leaves_whole_lines_and_a_warning(http_server, rules, tmp_path):
+    """--log on a filesystem that fills up (a 16 KiB tmpfs): the relay goes on,
+    the log keeps only whole JSON lines (it used to end in a cut one), and
+    stderr says how many were dropped."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    host, port = http_server["v4"][len("http://"):].split(":")
+    script = ('mount -t tmpfs -o size=16k tmpfs "$0" && "$1" run --rules "$2" --log "$0/log" -- "$3" -c "$4" "$5" "$6" 200;'
+              ' rc=$?; cp "$0/log" "$0.copy"; exit $rc')
+    run = subprocess.run(["unshare", "-m", "sh", "-c", script, str(disk), WFPR, rules("alpha"), PY, SEQUENTIAL, host,
+                          port], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "200"
+    lines = (tmp_path / "disk.copy").read_text().splitlines()
+    assert 10 < len(lines) < 400 and all(json.loads(line)["proxy"] == "alpha" for line in lines)
+    assert "the disk may be full" in run.stderr and "log line(s) dropped" in run.stderr, run.stderr

@@ -12,7 +12,7 @@ CMAKE_FLAGS := -DWFPR_WERROR=$(WERROR)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: all deps build demo test test-plain test-sanitize test-threads test-python test-integration fuzz bench clean
+.PHONY: all deps build demo test soak test-plain test-sanitize test-threads test-python test-integration fuzz bench clean
 
 all: build
 
@@ -86,6 +86,14 @@ fuzz: deps
 		grep SKIP build-fuzz/fuzz-ebpf.log || tail -n 12 build-fuzz/fuzz-ebpf.log; \
 		echo "fuzz: $(FUZZ_SECONDS) s of fuzz-ebpf-set (SET in the kernel) with no finding"; \
 	else echo "fuzz: fuzz-ebpf-set is not built (no eBPF backend in this build)"; fi
+
+# Long mixed load through two proxies on each backend (not in make test,
+# which runs half a minute of it): SOAK_MINUTES each, figures in build/.
+SOAK_MINUTES ?= 30
+soak: build
+	python3 tests/soak/soak.py --minutes $(SOAK_MINUTES) --backend preload --report build/soak-preload.json
+	python3 tests/soak/soak.py --minutes $(SOAK_MINUTES) --backend ebpf --report build/soak-ebpf.json \
+		|| [ $$? -eq 77 ]
 
 bench: build $(PY)
 	bash .ci/bootstrap.sh iperf3 haproxy nginx-light wrk socat nftables iproute2

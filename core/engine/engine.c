@@ -179,6 +179,8 @@ static void undo_partial(int fd, ssize_t written)
 /* Write whole lines from the backlog, oldest first, until the fd would block. */
 static void log_flush(wfpr_engine *e)
 {
+	if (e->log.len == 0)
+		return;
 	size_t done = 0;
 	while (done < e->log.len) {
 		const char *line = e->log.buf + done, *end = memchr(line, '\n', e->log.len - done);

@@ -3,13 +3,13 @@
 #include "backend.h"
 #include "wfpr/error.h"
 
-static int none_route(wfpr__route *r)
+int wfpr__route_direct(wfpr__route *r)
 {
-	r->target = r->remote; /* nothing classifies: direct */
+	r->target = r->remote;
 	return 0;
 }
 
-static void none_connect_done(void *pending, bool connected)
+void wfpr__connect_done_nothing(void *pending, bool connected)
 {
 	(void)pending, (void)connected;
 }
@@ -34,20 +34,20 @@ static void none_first_datagram(int fd, const struct sockaddr_storage *local, co
 		(void)context_len;
 }
 
-static void none_socket(int fd, uint64_t cookie)
+void wfpr__socket_nothing(int fd, uint64_t cookie)
 {
 	(void)fd, (void)cookie;
 }
 
 const wfpr__backend wfpr__backend_none = {
 	.name = "none",
-	.route = none_route,
-	.connect_done = none_connect_done,
+	.route = wfpr__route_direct, /* nothing classifies */
+	.connect_done = wfpr__connect_done_nothing,
 	.query = none_query,
 	.check_set = none_check_set,
 	.first_datagram = none_first_datagram,
-	.flush = none_socket,
-	.closed = none_socket,
+	.flush = wfpr__socket_nothing,
+	.closed = wfpr__socket_nothing,
 };
 
 static const wfpr__backend *current = &wfpr__backend_none;

@@ -86,6 +86,12 @@ typedef struct wfpr__backend {
 	void (*closed)(int fd, uint64_t cookie);
 } wfpr__backend;
 
+/* Operations for a backend that has nothing to do there: route direct,
+ * nothing to finish after a connect, nothing kept per socket. */
+int wfpr__route_direct(wfpr__route *r);
+void wfpr__connect_done_nothing(void *pending, bool connected);
+void wfpr__socket_nothing(int fd, uint64_t cookie);
+
 /* The attached backend (never NULL: wfpr__backend_none when none is). */
 const wfpr__backend *wfpr__backend_current(void);
 /* Attach b; WFPR_WSAEADDRINUSE while another backend is attached. */

@@ -39,17 +39,6 @@ static int kernel_query(int fd, bool context, uint8_t *out, size_t *len)
 	return 0;
 }
 
-static int ebpf_route(wfpr__route *r)
-{
-	r->target = r->remote; /* the kernel decides at connect or sendmsg */
-	return 0;
-}
-
-static void ebpf_connect_done(void *pending, bool connected)
-{
-	(void)pending, (void)connected;
-}
-
 /* Issued when the client's connect was established, so never pending. */
 static int ebpf_query(const wfpr__query *q, uint8_t *blob, size_t *len)
 {
@@ -76,21 +65,16 @@ static void ebpf_first_datagram(int fd, const struct sockaddr_storage *local, co
 		kernel_query(fd, true, context, context_len);
 }
 
-static void ebpf_socket(int fd, uint64_t cookie)
-{
-	(void)fd, (void)cookie;
-}
-
 const wfpr__backend wfpr__backend_ebpf = {
 	.name = "ebpf",
 	.checks_sockets = true,
-	.route = ebpf_route,
-	.connect_done = ebpf_connect_done,
+	.route = wfpr__route_direct, /* the kernel decides at connect and sendmsg */
+	.connect_done = wfpr__connect_done_nothing,
 	.query = ebpf_query,
 	.check_set = ebpf_check_set,
 	.first_datagram = ebpf_first_datagram,
-	.flush = ebpf_socket,
-	.closed = ebpf_socket,
+	.flush = wfpr__socket_nothing, /* nothing ever pends */
+	.closed = wfpr__socket_nothing,
 };
 
 int wfpr_ebpf_attach(int on)

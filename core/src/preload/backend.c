@@ -29,11 +29,6 @@ static int preload_route(wfpr__route *r)
 	return rc;
 }
 
-static void preload_connect_done(void *pending, bool connected)
-{
-	(void)pending, (void)connected; /* the broker was told at ISSUE */
-}
-
 /* Issued before the client's connect, so never pending. */
 static int preload_query(const wfpr__query *q, uint8_t *blob, size_t *len)
 {
@@ -57,11 +52,6 @@ static int preload_check_set(int fd, const uint8_t *blob, size_t len)
 	return wfpr__client_check(blob, len);
 }
 
-static void preload_flush(int fd, uint64_t cookie)
-{
-	(void)fd, (void)cookie; /* nothing is ever pending */
-}
-
 /* A proxy's closed socket lets its record go. */
 static void preload_closed(int fd, uint64_t cookie)
 {
@@ -75,11 +65,11 @@ static void preload_closed(int fd, uint64_t cookie)
 const wfpr__backend wfpr__backend_preload = {
 	.name = "preload",
 	.route = preload_route,
-	.connect_done = preload_connect_done,
+	.connect_done = wfpr__connect_done_nothing, /* the broker was told at ISSUE */
 	.query = preload_query,
 	.check_set = preload_check_set,
 	.first_datagram = preload_first_datagram,
-	.flush = preload_flush,
+	.flush = wfpr__socket_nothing, /* nothing ever pends */
 	.closed = preload_closed,
 };
 

@@ -104,6 +104,24 @@ static const char *proto_name(int protocol)
 	return protocol == IPPROTO_TCP ? "tcp" : protocol == IPPROTO_UDP ? "udp" : "other";
 }
 
+/* {pid, uid, name, exe}, or nil when the hop does not say */
+static void push_process(lua_State *L, const wfpr_process *p)
+{
+	if (p->pid == 0) {
+		lua_pushnil(L);
+		return;
+	}
+	lua_createtable(L, 0, 4);
+	lua_pushinteger(L, p->pid);
+	lua_setfield(L, -2, "pid");
+	lua_pushinteger(L, p->uid);
+	lua_setfield(L, -2, "uid");
+	lua_pushstring(L, p->name);
+	lua_setfield(L, -2, "name");
+	lua_pushstring(L, p->exe);
+	lua_setfield(L, -2, "exe");
+}
+
 static void push_hops(lua_State *L, const void *records, size_t len)
 {
 	wfpr_records *r = NULL;
@@ -130,6 +148,8 @@ static void push_hops(lua_State *L, const void *records, size_t len)
 		lua_setfield(L, -2, "target");
 		lua_pushnumber(L, (lua_Number)h->time_ns / 1e9);
 		lua_setfield(L, -2, "time");
+		push_process(L, &h->process);
+		lua_setfield(L, -2, "process");
 		lua_rawseti(L, -2, (lua_Integer)i + 1);
 	}
 	wfpr_records_free(r);
@@ -193,13 +213,7 @@ static void push_conn_field(lua_State *L, const wfpr_rule_conn *c, const char *k
 	} else if (strcmp(key, "state") == 0) {
 		lua_pushstring(L, wfpr_redirect_state_name(c->state));
 	} else if (strcmp(key, "process") == 0) {
-		lua_createtable(L, 0, 2);
-		lua_pushinteger(L, c->pid);
-		lua_setfield(L, -2, "pid");
-		if (c->process_name) {
-			lua_pushstring(L, c->process_name);
-			lua_setfield(L, -2, "name");
-		}
+		push_process(L, &c->process);
 	} else if (strcmp(key, "id") == 0) {
 		lua_pushinteger(L, (lua_Integer)c->id);
 	} else if (strcmp(key, "tag") == 0) {

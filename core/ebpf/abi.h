@@ -21,7 +21,7 @@
 #define WFPR_EBPF_REDIRECTORS 16
 #define WFPR_EBPF_FILTERS 32
 #define WFPR_EBPF_HOPS 16
-#define WFPR_EBPF_RECORD_CAP 2560 /* 12 + 16 hops of 150 bytes (IPv6) fit */
+#define WFPR_EBPF_RECORD_CAP 3072 /* 12 + 16 hops of 179 bytes (IPv6, with PROCESS) fit */
 #define WFPR_EBPF_CONTEXT_SIZE 256 /* two struct sockaddr_storage */
 #define WFPR_EBPF_TOKEN 16
 
@@ -47,14 +47,46 @@ struct wfpr_ebpf_redirector {
 	__u8 ip6[16];
 };
 
-/* Filters, highest weight first; filter i applies to a remote address whose
- * longest-prefix entry in lpm4/lpm6 has bit i set. */
+/* What a filter may name of each kind (docs/daemon.md, the match options). */
+#define WFPR_EBPF_MATCH_PORTS 8
+#define WFPR_EBPF_MATCH_UIDS 8
+#define WFPR_EBPF_MATCH_COMMS 4
+#define WFPR_EBPF_MATCH_EXES 4
+#define WFPR_EBPF_MATCH_CGROUPS 4
+#define WFPR_EBPF_COMM 16
+
+/* Filters, highest weight first. Filter i applies to a remote address whose
+ * longest-prefix entry in lpm4/lpm6 has bit i set and whose entry in the
+ * exclusion tries (xlpm4/xlpm6) has not. Within a kind any entry matches;
+ * a kind with no entries matches everything; all kinds must match. */
 struct wfpr_ebpf_filter {
 	__u32 redirector; /* slot in the redirectors map */
 	__u32 protocol;   /* 0: TCP and UDP */
-	__u16 port_lo;    /* remote port range, inclusive */
-	__u16 port_hi;
 	__u32 weight;
+	__u8 n_ports, n_uids, n_comms, n_exes, n_cgroups;
+	__u8 pad[3];
+	struct {
+		__u16 lo, hi; /* remote port range, inclusive */
+	} ports[WFPR_EBPF_MATCH_PORTS];
+	__u32 uids[WFPR_EBPF_MATCH_UIDS];
+	__u8 comms[WFPR_EBPF_MATCH_COMMS][WFPR_EBPF_COMM]; /* the task's comm, NUL-padded */
+	struct {
+		__u64 ino;
+		__u32 dev; /* the kernel's encoding: major << 20 | minor */
+		__u32 pad;
+	} exes[WFPR_EBPF_MATCH_EXES];
+	struct {
+		__u64 id;    /* the cgroup's id (its inode number) */
+		__u32 level; /* its depth below the cgroup2 root */
+		__u32 pad;
+	} cgroups[WFPR_EBPF_MATCH_CGROUPS];
+};
+
+/* The process that made a connection, as its hop's PROCESS attribute says. */
+struct wfpr_ebpf_process {
+	__u32 pid;
+	__u32 uid;
+	__u8 comm[WFPR_EBPF_COMM];
 };
 
 struct wfpr_ebpf_config {
@@ -88,6 +120,7 @@ struct wfpr_ebpf_entry {
 	__u32 pad3;
 	__u64 last_ns; /* UDP: the flow's last datagram out (CLOCK_MONOTONIC) */
 	__u64 sock;    /* UDP: the SO_COOKIE of the socket that sends it (a flow belongs to one socket) */
+	struct wfpr_ebpf_process process; /* that made the newest hop's connection */
 	__u8 context[WFPR_EBPF_CONTEXT_SIZE];
 	__u8 record[WFPR_EBPF_RECORD_CAP];
 };
@@ -96,7 +129,8 @@ struct wfpr_ebpf_entry {
 struct wfpr_ebpf_sock {
 	__u32 chain_len;
 	__u8 hops;
-	__u8 pending;    /* TCP: connect redirected; the record is issued once established */
+	__u8 pending;    /* connect redirected; TCP: the record is issued once established,
+	                  * UDP: when the proxy receives the first datagram */
 	__u8 slot;       /* the redirector it went to */
 	__u8 redirected; /* getpeername shows original */
 	__u8 target6;    /* sent to the redirector's IPv6 address */
@@ -105,6 +139,7 @@ struct wfpr_ebpf_sock {
 	__u8 original[16];
 	__u16 original_port;
 	__u16 from_port; /* UDP at a proxy: the last datagram's source */
+	struct wfpr_ebpf_process process; /* who connected it (TCP, connected UDP) */
 	__u8 from[16];
 	__u8 chain[WFPR_EBPF_RECORD_CAP];
 };

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/statfs.h>
 #include <time.h>
 #include <unistd.h>
@@ -18,6 +19,8 @@
 #include <bpf/libbpf.h>
 #include "abi.h"
 #include "loader.h"
+#include "wfpr/error.h"
+#include "wfpr/match.h"
 #include "wfpr/socket.h"
 #include "wfpr.skel.h"
 
@@ -26,12 +29,9 @@
 
 typedef struct filter_spec {
 	unsigned int slot;
-	int family; /* 0: both */
-	uint8_t prefix[16];
-	unsigned int prefix_len;
-	uint16_t port_lo, port_hi;
-	int protocol;
 	uint32_t weight;
+	wfpr_match match;
+	struct wfpr_ebpf_filter kernel; /* match, as the BPF programs read it */
 } filter_spec;
 
 struct ebpf_instance {
@@ -247,17 +247,14 @@ int ebpf_remove_redirector(ebpf_instance *e, unsigned int slot)
 	return bpf_map__update_elem(e->skel->maps.redirectors, &key, sizeof(key), &r, sizeof(r), BPF_ANY);
 }
 
-/* Does filter f's prefix contain prefix p/len of family? */
-static bool covers(const filter_spec *f, int family, const uint8_t *p, unsigned int len)
+/* Does prefix outer contain prefix inner? */
+static bool covers(const wfpr_prefix *outer, const wfpr_prefix *inner)
 {
-	if (f->family && f->family != family)
+	if (outer->family != inner->family || outer->len > inner->len)
 		return false;
-	if (f->prefix_len > len)
-		return false;
-	unsigned int bits = f->prefix_len, whole = bits / 8, rest = bits % 8;
-	if (memcmp(f->prefix, p, whole) != 0)
-		return false;
-	return rest == 0 || ((f->prefix[whole] ^ p[whole]) & (0xff << (8 - rest))) == 0;
+	unsigned int whole = outer->len / 8, rest = outer->len % 8;
+	return memcmp(outer->addr, inner->addr, whole) == 0 &&
+	       (rest == 0 || ((outer->addr[whole] ^ inner->addr[whole]) & (0xff << (8 - rest))) == 0);
 }
 
 static void clear_map(struct bpf_map *map, size_t key_size)
@@ -268,7 +265,57 @@ static void clear_map(struct bpf_map *map, size_t key_size)
 			break;
 }
 
-/* Rewrite the filter array and the two tries from e->filters. */
+static const wfpr_prefix everything[2] = {{.family = AF_INET}, {.family = AF_INET6}};
+
+/* A filter's prefixes of one list: its dst (none: every address), or its
+ * exclude-dst. */
+static const wfpr_prefix *prefixes(const filter_spec *f, bool exclude, size_t *n)
+{
+	if (exclude) {
+		*n = f->match.n_exclude;
+		return f->match.exclude;
+	}
+	*n = f->match.n_dst ? f->match.n_dst : 2;
+	return f->match.n_dst ? f->match.dst : everything;
+}
+
+/* Fill one pair of tries: each prefix gets the bits of every filter with a
+ * prefix that contains it, so the longest match carries all that apply. */
+static int fill_tries(ebpf_instance *e, bool exclude, struct bpf_map *trie4, struct bpf_map *trie6)
+{
+	clear_map(trie4, sizeof(struct wfpr_ebpf_lpm4));
+	clear_map(trie6, sizeof(struct wfpr_ebpf_lpm6));
+	for (size_t i = 0; i < e->n_filters; i++) {
+		size_t n;
+		const wfpr_prefix *list = prefixes(&e->filters[i], exclude, &n);
+		for (size_t k = 0; k < n; k++) {
+			const wfpr_prefix *p = &list[k];
+			uint32_t mask = 0;
+			for (size_t j = 0; j < e->n_filters; j++) {
+				size_t m;
+				const wfpr_prefix *theirs = prefixes(&e->filters[j], exclude, &m);
+				for (size_t l = 0; l < m; l++)
+					if (covers(&theirs[l], p))
+						mask |= 1u << j;
+			}
+			int rc;
+			if (p->family == AF_INET) {
+				struct wfpr_ebpf_lpm4 key = {.prefixlen = p->len};
+				memcpy(key.ip, p->addr, 4);
+				rc = bpf_map__update_elem(trie4, &key, sizeof(key), &mask, sizeof(mask), BPF_ANY);
+			} else {
+				struct wfpr_ebpf_lpm6 key = {.prefixlen = p->len};
+				memcpy(key.ip, p->addr, 16);
+				rc = bpf_map__update_elem(trie6, &key, sizeof(key), &mask, sizeof(mask), BPF_ANY);
+			}
+			if (rc != 0)
+				return -1;
+		}
+	}
+	return 0;
+}
+
+/* Rewrite the filter array and the tries from e->filters. */
 static int commit_filters(ebpf_instance *e)
 {
 	uint32_t zero = 0;
@@ -278,61 +325,92 @@ static int commit_filters(ebpf_instance *e)
 	cfg.n_filters = 0; /* nothing matches while the maps change */
 	bpf_map__update_elem(e->skel->maps.settings, &zero, sizeof(zero), &cfg, sizeof(cfg), BPF_ANY);
 
-	for (uint32_t i = 0; i < e->n_filters; i++) {
-		const filter_spec *f = &e->filters[i];
-		struct wfpr_ebpf_filter v = {.redirector = f->slot, .protocol = (uint32_t)f->protocol,
-		                             .port_lo = f->port_lo, .port_hi = f->port_hi, .weight = f->weight};
-		if (bpf_map__update_elem(e->skel->maps.filters, &i, sizeof(i), &v, sizeof(v), BPF_ANY) != 0)
+	for (uint32_t i = 0; i < e->n_filters; i++)
+		if (bpf_map__update_elem(e->skel->maps.filters, &i, sizeof(i), &e->filters[i].kernel,
+		                         sizeof(e->filters[i].kernel), BPF_ANY) != 0)
 			return -1;
-	}
-	clear_map(e->skel->maps.lpm4, sizeof(struct wfpr_ebpf_lpm4));
-	clear_map(e->skel->maps.lpm6, sizeof(struct wfpr_ebpf_lpm6));
-	/* Each filter's prefix gets the bits of every filter whose prefix
-	 * contains it, so the longest match carries all that apply. */
-	for (size_t i = 0; i < e->n_filters; i++) {
-		for (int family = AF_INET; family <= AF_INET6; family += AF_INET6 - AF_INET) {
-			const filter_spec *f = &e->filters[i];
-			if (f->family && f->family != family)
-				continue;
-			unsigned int len = f->prefix_len;
-			uint32_t mask = 0;
-			for (size_t j = 0; j < e->n_filters; j++)
-				if (covers(&e->filters[j], family, f->prefix, len))
-					mask |= 1u << j;
-			if (family == AF_INET) {
-				struct wfpr_ebpf_lpm4 k = {.prefixlen = len};
-				memcpy(k.ip, f->prefix, 4);
-				bpf_map__update_elem(e->skel->maps.lpm4, &k, sizeof(k), &mask, sizeof(mask), BPF_ANY);
-			} else {
-				struct wfpr_ebpf_lpm6 k = {.prefixlen = len};
-				memcpy(k.ip, f->prefix, 16);
-				bpf_map__update_elem(e->skel->maps.lpm6, &k, sizeof(k), &mask, sizeof(mask), BPF_ANY);
-			}
-		}
-	}
+	if (fill_tries(e, false, e->skel->maps.lpm4, e->skel->maps.lpm6) != 0 ||
+	    fill_tries(e, true, e->skel->maps.xlpm4, e->skel->maps.xlpm6) != 0)
+		return -1;
 	cfg.n_filters = (uint32_t)e->n_filters;
 	return bpf_map__update_elem(e->skel->maps.settings, &zero, sizeof(zero), &cfg, sizeof(cfg), BPF_ANY);
 }
 
-int ebpf_add_filter(ebpf_instance *e, unsigned int slot, const struct sockaddr_storage *prefix, unsigned int prefix_len,
-                    uint16_t port_lo, uint16_t port_hi, int protocol, uint32_t weight)
+/* The cgroup2 directory dir (absolute, or relative to the mount) as the
+ * kernel names it: its id (inode number) and depth. */
+static int cgroup_ident(const char *dir, uint64_t *id, uint32_t *level, char *err, size_t err_len)
 {
-	if (!e || slot >= WFPR_EBPF_REDIRECTORS || e->n_filters == WFPR_EBPF_FILTERS || port_lo > port_hi ||
-	    (protocol != 0 && protocol != IPPROTO_TCP && protocol != IPPROTO_UDP))
-		return -1;
-	filter_spec f = {.slot = slot, .port_lo = port_lo, .port_hi = port_hi, .protocol = protocol, .weight = weight};
-	if (prefix) {
-		if (prefix->ss_family != AF_INET && prefix->ss_family != AF_INET6)
-			return -1;
-		f.family = prefix->ss_family;
-		if (prefix_len > (f.family == AF_INET ? 32u : 128u))
-			return -1;
-		uint8_t ip[16];
-		to16(ip, prefix, NULL);
-		memcpy(f.prefix, f.family == AF_INET ? ip + 12 : ip, f.family == AF_INET ? 4 : 16);
-		f.prefix_len = prefix_len;
+	char root[200], path[600];
+	struct stat st;
+	if (cgroup2_root(root, sizeof(root)) != 0)
+		return snprintf(err, err_len, "no cgroup v2 hierarchy is mounted"), -1;
+	size_t rl = strlen(root);
+	const char *rel = strncmp(dir, root, rl) == 0 && (dir[rl] == '/' || !dir[rl]) ? dir + rl : dir;
+	while (*rel == '/')
+		rel++;
+	snprintf(path, sizeof(path), "%s/%s", root, rel);
+	if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
+		return snprintf(err, err_len, "cgroup: %s is not a cgroup directory", path), -1;
+	*id = st.st_ino;
+	*level = 0;
+	for (const char *p = rel; *p; p++)
+		if (*p != '/' && (p == rel || p[-1] == '/'))
+			(*level)++;
+	return 0;
+}
+
+/* m as the BPF programs read it: names looked up (exe: its inode). */
+static int kernel_filter(struct wfpr_ebpf_filter *k, unsigned int slot, uint32_t weight, const wfpr_match *m,
+                         char *err, size_t err_len)
+{
+	_Static_assert(WFPR_MATCH_PORTS == WFPR_EBPF_MATCH_PORTS && WFPR_MATCH_UIDS == WFPR_EBPF_MATCH_UIDS &&
+	                       WFPR_MATCH_COMMS == WFPR_EBPF_MATCH_COMMS && WFPR_MATCH_EXES == WFPR_EBPF_MATCH_EXES &&
+	                       WFPR_MATCH_CGROUPS == WFPR_EBPF_MATCH_CGROUPS && WFPR_EBPF_FILTERS <= 32,
+	               "the kernel's filters hold a whole wfpr_match");
+	memset(k, 0, sizeof(*k));
+	k->redirector = slot;
+	k->weight = weight;
+	k->protocol = m->protocol > 0 ? (uint32_t)m->protocol : 0;
+	k->n_ports = (uint8_t)m->n_ports;
+	for (size_t i = 0; i < m->n_ports; i++) {
+		k->ports[i].lo = m->ports[i].lo;
+		k->ports[i].hi = m->ports[i].hi;
 	}
-	/* keep them highest weight first; equal weights in the order added */
+	k->n_uids = (uint8_t)m->n_uids;
+	memcpy(k->uids, m->uids, sizeof(k->uids));
+	k->n_comms = (uint8_t)m->n_comms;
+	for (size_t i = 0; i < m->n_comms; i++)
+		memcpy(k->comms[i], m->comms[i], WFPR_EBPF_COMM);
+	k->n_exes = (uint8_t)m->n_exes;
+	for (size_t i = 0; i < m->n_exes; i++) {
+		struct stat st;
+		if (stat(m->exes[i], &st) != 0 || !S_ISREG(st.st_mode))
+			return snprintf(err, err_len, "exe: %s is not a file (%s)", m->exes[i], strerror(errno)), -1;
+		k->exes[i].ino = st.st_ino;
+		k->exes[i].dev = (major(st.st_dev) << 20) | minor(st.st_dev);
+	}
+	k->n_cgroups = (uint8_t)m->n_cgroups;
+	for (size_t i = 0; i < m->n_cgroups; i++) {
+		uint64_t id;
+		uint32_t level;
+		if (cgroup_ident(m->cgroups[i], &id, &level, err, err_len) != 0)
+			return -1;
+		k->cgroups[i].id = id;
+		k->cgroups[i].level = level;
+	}
+	return 0;
+}
+
+/* One more filter, in weight order (highest first; equal weights in the
+ * order added). */
+static int add_filter(ebpf_instance *e, unsigned int slot, const wfpr_match *m, uint32_t weight, char *err,
+                      size_t err_len)
+{
+	if (e->n_filters == WFPR_EBPF_FILTERS)
+		return snprintf(err, err_len, "at most %d filters", WFPR_EBPF_FILTERS), -1;
+	filter_spec f = {.slot = slot, .weight = weight, .match = *m};
+	if (kernel_filter(&f.kernel, slot, weight, m, err, err_len) != 0)
+		return -1;
 	size_t at = e->n_filters;
 	while (at > 0 && e->filters[at - 1].weight < weight) {
 		e->filters[at] = e->filters[at - 1];
@@ -340,7 +418,54 @@ int ebpf_add_filter(ebpf_instance *e, unsigned int slot, const struct sockaddr_s
 	}
 	e->filters[at] = f;
 	e->n_filters++;
-	return commit_filters(e);
+	if (commit_filters(e) != 0)
+		return snprintf(err, err_len, "cannot write the filter maps: %s", strerror(errno)), -1;
+	return 0;
+}
+
+int ebpf_set_match(ebpf_instance *e, unsigned int slot, const wfpr_match *m, uint32_t weight, char *err, size_t err_len)
+{
+	char ignored[8];
+	if (!err)
+		err = ignored, err_len = sizeof(ignored);
+	if (!e || slot >= WFPR_EBPF_REDIRECTORS)
+		return snprintf(err, err_len, "no such redirector slot"), -1;
+	size_t kept = 0;
+	for (size_t i = 0; i < e->n_filters; i++)
+		if (e->filters[i].slot != slot)
+			e->filters[kept++] = e->filters[i];
+	e->n_filters = kept;
+	if (m && add_filter(e, slot, m, weight, err, err_len) == 0)
+		return 0;
+	commit_filters(e);
+	return m ? -1 : 0;
+}
+
+int ebpf_add_filter(ebpf_instance *e, unsigned int slot, const struct sockaddr_storage *prefix, unsigned int prefix_len,
+                    uint16_t port_lo, uint16_t port_hi, int protocol, uint32_t weight)
+{
+	if (!e || slot >= WFPR_EBPF_REDIRECTORS || port_lo > port_hi ||
+	    (protocol != 0 && protocol != IPPROTO_TCP && protocol != IPPROTO_UDP))
+		return -1;
+	wfpr_match m = {.protocol = protocol};
+	if (port_lo > 0 || port_hi < 65535) {
+		m.n_ports = 1;
+		m.ports[0].lo = port_lo;
+		m.ports[0].hi = port_hi;
+	}
+	if (prefix) {
+		if ((prefix->ss_family != AF_INET && prefix->ss_family != AF_INET6) ||
+		    prefix_len > (prefix->ss_family == AF_INET ? 32u : 128u))
+			return -1;
+		uint8_t ip[16];
+		to16(ip, prefix, NULL);
+		m.dst[0].family = prefix->ss_family;
+		memcpy(m.dst[0].addr, m.dst[0].family == AF_INET ? ip + 12 : ip, m.dst[0].family == AF_INET ? 4 : 16);
+		m.dst[0].len = prefix_len;
+		m.n_dst = 1;
+	}
+	char err[128];
+	return add_filter(e, slot, &m, weight, err, sizeof(err));
 }
 
 static int write_pid(const char *dir, pid_t pid)

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include "wfpr/match.h"
 
 typedef struct ebpf_instance ebpf_instance;
 
@@ -48,6 +49,11 @@ uint64_t ebpf_udp_connected(const ebpf_instance *e);
 int ebpf_set_udp_idle(ebpf_instance *e, unsigned int ms);
 int ebpf_add_filter(ebpf_instance *e, unsigned int slot, const struct sockaddr_storage *prefix, unsigned int prefix_len,
                     uint16_t port_lo, uint16_t port_hi, int protocol, uint32_t weight);
+
+/* Slot's one filter, with every condition of m (wfpr/match.h), in place of
+ * the filters it had (m NULL: none). exe and cgroup names are looked up
+ * now. 0, or -1 with the reason in err. */
+int ebpf_set_match(ebpf_instance *e, unsigned int slot, const wfpr_match *m, uint32_t weight, char *err, size_t err_len);
 
 /* Put a process in the instance's cgroup (before it makes its sockets). */
 int ebpf_enter(const ebpf_instance *e, pid_t pid);

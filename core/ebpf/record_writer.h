@@ -69,7 +69,9 @@ struct wfpr__hop_args {
 	const __u8 *local;
 	__u16 local_port;
 	__u64 time;
-	const __u8 *token; /* WFPR__WIRE_TOKEN_SIZE bytes */
+	__u32 process_pid, process_uid;
+	const __u8 *process_comm; /* WFPR__WIRE_COMM_SIZE bytes */
+	const __u8 *token;        /* WFPR__WIRE_TOKEN_SIZE bytes */
 };
 
 /* One HOP TLV at p, its attributes in the order record.c writes them;
@@ -95,7 +97,14 @@ static __always_inline __u32 wfpr__write_hop(__u8 *p, const int ip_len, const st
 	q = wfpr__put_addr(q, ip_len, a->target, a->target_port);
 	q = wfpr__tlv(q, WFPR__WIRE_TIME, 8);
 	wfpr__be64(q, a->time);
-	q = wfpr__tlv(q + 8, WFPR__WIRE_TOKEN, WFPR__WIRE_TOKEN_SIZE);
+	q = wfpr__tlv(q + 8, WFPR__WIRE_PROCESS, WFPR__WIRE_PROCESS_SIZE(0));
+	q[0] = WFPR__WIRE_PROCESS_VERSION;
+	wfpr__be32(q + 1, a->process_pid);
+	wfpr__be32(q + 5, a->process_uid);
+	WFPR__UNROLL
+	for (int i = 0; i < WFPR__WIRE_COMM_SIZE; i++)
+		q[9 + i] = a->process_comm[i];
+	q = wfpr__tlv(q + WFPR__WIRE_PROCESS_SIZE(0), WFPR__WIRE_TOKEN, WFPR__WIRE_TOKEN_SIZE);
 	WFPR__UNROLL
 	for (int i = 0; i < WFPR__WIRE_TOKEN_SIZE; i++)
 		q[i] = a->token[i];

@@ -22,6 +22,7 @@
  */
 #include "vmlinux.h"
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
 #include <bpf/bpf_helpers.h>
 #include "abi.h"
 #include "record_writer.h"
@@ -79,6 +80,23 @@ struct {
 	__type(key, struct wfpr_ebpf_lpm6);
 	__type(value, __u32);
 } lpm6 SEC(".maps");
+
+/* The same for the prefixes filters exclude (--exclude-dst). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 256);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct wfpr_ebpf_lpm4);
+	__type(value, __u32);
+} xlpm4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 256);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct wfpr_ebpf_lpm6);
+	__type(value, __u32);
+} xlpm6 SEC(".maps");
 
 /* TCP records: issued when the redirected connect is established, removed
  * when the proxy's accepted socket closes. */
@@ -273,11 +291,98 @@ static __always_inline int permit_only(const struct chain *c, __u32 slot)
 	return 0; /* NOT_REDIRECTED (no hops) or REDIRECTED_BY_OTHER */
 }
 
+/* The filters' bits for address ip in a pair of tries (0: no entry). */
+static __always_inline __u32 prefix_bits(void *trie4, void *trie6, const __u8 *ip)
+{
+	__u32 *mask;
+	if (is_mapped(ip)) {
+		struct wfpr_ebpf_lpm4 k = {.prefixlen = 32};
+		__builtin_memcpy(k.ip, ip + 12, 4);
+		mask = bpf_map_lookup_elem(trie4, &k);
+	} else {
+		struct wfpr_ebpf_lpm6 k = {.prefixlen = 128};
+		__builtin_memcpy(k.ip, ip, 16);
+		mask = bpf_map_lookup_elem(trie6, &k);
+	}
+	return mask ? *mask : 0;
+}
+
+/* The calling process, as the filters and the PROCESS attribute see it. */
+struct caller {
+	__u32 pid, uid;
+	__u64 comm[2];
+	__u64 exe_ino;
+	__u32 exe_dev;
+	int exe_known;
+};
+
+static __always_inline void caller_of(struct caller *w)
+{
+	w->pid = bpf_get_current_pid_tgid() >> 32;
+	w->uid = (__u32)bpf_get_current_uid_gid();
+	bpf_get_current_comm(w->comm, sizeof(w->comm));
+}
+
+static __always_inline void caller_exe(struct caller *w)
+{
+	if (w->exe_known)
+		return;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct inode *inode = BPF_CORE_READ(task, mm, exe_file, f_inode);
+	w->exe_ino = inode ? BPF_CORE_READ(inode, i_ino) : 0;
+	w->exe_dev = inode ? BPF_CORE_READ(inode, i_sb, s_dev) : 0;
+	w->exe_known = 1;
+}
+
+/* Does filter f take a connection to d of protocol from caller w? */
+static __always_inline int filter_takes(const struct wfpr_ebpf_filter *f, const struct dest *d, __u32 protocol,
+                                        struct caller *w)
+{
+	if (f->protocol && f->protocol != protocol)
+		return 0;
+	int ok = f->n_ports == 0;
+	for (__u32 i = 0; i < WFPR_EBPF_MATCH_PORTS; i++)
+		if (i < f->n_ports && d->port >= f->ports[i].lo && d->port <= f->ports[i].hi)
+			ok = 1;
+	if (!ok)
+		return 0;
+	ok = f->n_uids == 0;
+	for (__u32 i = 0; i < WFPR_EBPF_MATCH_UIDS; i++)
+		if (i < f->n_uids && f->uids[i] == w->uid)
+			ok = 1;
+	if (!ok)
+		return 0;
+	ok = f->n_comms == 0;
+	for (__u32 i = 0; i < WFPR_EBPF_MATCH_COMMS; i++) {
+		__u64 a, b;
+		__builtin_memcpy(&a, f->comms[i], 8);
+		__builtin_memcpy(&b, f->comms[i] + 8, 8);
+		if (i < f->n_comms && a == w->comm[0] && b == w->comm[1])
+			ok = 1;
+	}
+	if (!ok)
+		return 0;
+	if (f->n_exes) {
+		caller_exe(w);
+		ok = 0;
+		for (__u32 i = 0; i < WFPR_EBPF_MATCH_EXES; i++)
+			if (i < f->n_exes && f->exes[i].ino == w->exe_ino && f->exes[i].dev == w->exe_dev)
+				ok = 1;
+		if (!ok)
+			return 0;
+	}
+	ok = f->n_cgroups == 0;
+	for (__u32 i = 0; i < WFPR_EBPF_MATCH_CGROUPS; i++)
+		if (i < f->n_cgroups && bpf_get_current_ancestor_cgroup_id(f->cgroups[i].level) == f->cgroups[i].id)
+			ok = 1;
+	return ok;
+}
+
 /* The slot to redirect d to, PERMIT or HOP_LIMIT, for a socket whose
- * storage is st (NULL: none). local_port: the socket's own port when known
- * (a proxy's own socket is never redirected). */
+ * storage is st (NULL: none), made by caller w. local_port: the socket's
+ * own port when known (a proxy's own socket is never redirected). */
 static __always_inline int decide(const struct wfpr_ebpf_sock *st, const struct dest *d, __u32 protocol,
-                                  const __u8 *local, __u16 local_port)
+                                  const __u8 *local, __u16 local_port, struct caller *w)
 {
 	__u32 zero = 0;
 	struct chain c = {};
@@ -291,19 +396,9 @@ static __always_inline int decide(const struct wfpr_ebpf_sock *st, const struct 
 	if (is_proxy(d->ip, d->port) || (local_port && is_proxy(local, local_port)))
 		return PERMIT;
 
-	__u32 *mask;
-	if (is_mapped(d->ip)) {
-		struct wfpr_ebpf_lpm4 k = {.prefixlen = 32};
-		__builtin_memcpy(k.ip, d->ip + 12, 4);
-		mask = bpf_map_lookup_elem(&lpm4, &k);
-	} else {
-		struct wfpr_ebpf_lpm6 k = {.prefixlen = 128};
-		__builtin_memcpy(k.ip, d->ip, 16);
-		mask = bpf_map_lookup_elem(&lpm6, &k);
-	}
-	if (!mask)
+	__u32 bits = prefix_bits(&lpm4, &lpm6, d->ip) & ~prefix_bits(&xlpm4, &xlpm6, d->ip);
+	if (!bits)
 		return PERMIT;
-	__u32 bits = *mask;
 	for (__u32 i = 0; i < WFPR_EBPF_FILTERS; i++) {
 		if (i >= cfg->n_filters)
 			break;
@@ -311,7 +406,7 @@ static __always_inline int decide(const struct wfpr_ebpf_sock *st, const struct 
 			continue;
 		__u32 k = i;
 		struct wfpr_ebpf_filter *f = bpf_map_lookup_elem(&filters, &k);
-		if (!f || (f->protocol && f->protocol != protocol) || d->port < f->port_lo || d->port > f->port_hi)
+		if (!f || !filter_takes(f, d, protocol, w))
 			continue;
 		if (!redirector(f->redirector) || permit_only(&c, f->redirector))
 			continue; /* the callout may only permit: the next filter is asked */
@@ -345,7 +440,7 @@ static __always_inline void put_sockaddr(__u8 *p, int v4, const __u8 *ip, __u16 
  */
 static __always_inline int issue(void *map, const struct wfpr_ebpf_key *key, __u64 sock, const struct wfpr_ebpf_sock *st,
                                  __u32 slot, const struct wfpr_ebpf_redirector *r, int v4, const __u8 *original,
-                                 __u16 original_port)
+                                 __u16 original_port, const struct wfpr_ebpf_process *who)
 {
 	__u32 zero = 0;
 	struct wfpr_ebpf_entry *e = bpf_map_lookup_elem(&scratch, &zero);
@@ -364,11 +459,13 @@ static __always_inline int issue(void *map, const struct wfpr_ebpf_key *key, __u
 	}
 	__u32 t[4] = {bpf_get_prandom_u32(), bpf_get_prandom_u32(), bpf_get_prandom_u32(), bpf_get_prandom_u32()};
 	__builtin_memcpy(e->token, t, sizeof(t));
+	e->process = *who;
 
 	struct wfpr__hop_args a = {.id = r->id, .handle = r->handle, .pid = r->pid, .target = key->proxy,
 	                           .target_port = key->proxy_port, .protocol = key->protocol, .original = original,
 	                           .original_port = original_port, .local = key->client, .local_port = key->client_port,
-	                           .time = bpf_ktime_get_ns() + cfg->realtime_offset_ns, .token = e->token};
+	                           .time = bpf_ktime_get_ns() + cfg->realtime_offset_ns, .process_pid = e->process.pid,
+	                           .process_uid = e->process.uid, .process_comm = e->process.comm, .token = e->token};
 	__u32 len = off + (v4 ? wfpr__write_hop(e->record + off, 4, &a) : wfpr__write_hop(e->record + off, 16, &a));
 	wfpr__write_header(e->record, hops + 1, len);
 	e->len = len;
@@ -427,15 +524,13 @@ static __always_inline int on_connect(struct bpf_sock_addr *ctx, int v4)
 {
 	struct dest d = {};
 	dest_of(ctx, v4, &d);
-	struct wfpr_ebpf_sock *st = bpf_sk_storage_get(&socks, ctx->sk, 0, 0);
-	if (ctx->protocol != IPPROTO_TCP) {
-		/* connected UDP is not redirected (docs/ebpf.md): counted, so that
-		 * wfpr run can say which traffic escaped */
-		if (ctx->protocol == IPPROTO_UDP && decide(st, &d, IPPROTO_UDP, 0, 0) >= 0)
-			count(WFPR_EBPF_UDP_CONNECTED);
+	__u32 protocol = ctx->protocol;
+	if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
 		return 1;
-	}
-	int slot = decide(st, &d, IPPROTO_TCP, 0, 0);
+	struct wfpr_ebpf_sock *st = bpf_sk_storage_get(&socks, ctx->sk, 0, 0);
+	struct caller w = {};
+	caller_of(&w);
+	int slot = decide(st, &d, protocol, 0, 0, &w);
 	if (slot == PERMIT) {
 		count(WFPR_EBPF_PERMITS);
 		return 1;
@@ -448,11 +543,20 @@ static __always_inline int on_connect(struct bpf_sock_addr *ctx, int v4)
 	struct wfpr_ebpf_redirector *r = redirector((__u32)slot);
 	if (!r)
 		return 1;
+	if (protocol == IPPROTO_UDP && !v4 && !r->port6) {
+		/* as for a datagram (on_sendmsg): IPv6 UDP needs an IPv6 proxy
+		 * address; counted, so that wfpr run can say what went direct */
+		count(WFPR_EBPF_UDP_CONNECTED);
+		return 1;
+	}
 	if (!st)
 		st = bpf_sk_storage_get(&socks, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st)
 		return 1; /* no memory: the connection goes direct */
 	int six = !v4 && r->port6;
+	st->process.pid = w.pid;
+	st->process.uid = w.uid;
+	__builtin_memcpy(st->process.comm, w.comm, WFPR_EBPF_COMM);
 	st->pending = 1;
 	st->redirected = 1;
 	st->slot = slot;
@@ -509,7 +613,7 @@ int wfpr_sockops(struct bpf_sock_ops *skops)
 		__builtin_memcpy(key.proxy, target_ip(r, st->target6), 16);
 		key.proxy_port = target_port(r, st->target6);
 		key.protocol = IPPROTO_TCP;
-		issue(&records, &key, 0, st, slot, r, sk->family == AF_INET, st->original, st->original_port);
+		issue(&records, &key, 0, st, slot, r, sk->family == AF_INET, st->original, st->original_port, &st->process);
 		break;
 	}
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
@@ -700,7 +804,9 @@ static __always_inline int on_sendmsg(struct bpf_sock_addr *ctx, int v4)
 	if (last && last->port == d.port && same_ip(last->ip, d.ip))
 		return 1; /* a reply */
 	struct wfpr_ebpf_sock *st = bpf_sk_storage_get(&socks, sk, 0, 0);
-	int slot = decide(st, &d, IPPROTO_UDP, local, local_port);
+	struct caller w = {};
+	caller_of(&w);
+	int slot = decide(st, &d, IPPROTO_UDP, local, local_port, &w);
 	if (slot == PERMIT)
 		return 1;
 	if (slot == HOP_LIMIT) {
@@ -731,10 +837,13 @@ static __always_inline int on_sendmsg(struct bpf_sock_addr *ctx, int v4)
 	__u32 zero = 0;
 	struct wfpr_ebpf_config *cfg = bpf_map_lookup_elem(&settings, &zero);
 	if (!e || e->original_port != d.port || !same_ip(e->original, d.ip) || e->sock != sock ||
-	    (cfg && now - e->last_ns >= cfg->udp_idle_ns))
-		issue(&flows, &key, sock, st, slot, r, v4, d.ip, d.port);
-	else
+	    (cfg && now - e->last_ns >= cfg->udp_idle_ns)) {
+		struct wfpr_ebpf_process who = {.pid = w.pid, .uid = w.uid};
+		__builtin_memcpy(who.comm, w.comm, WFPR_EBPF_COMM);
+		issue(&flows, &key, sock, st, slot, r, v4, d.ip, d.port, &who);
+	} else {
 		e->last_ns = now;
+	}
 	rewrite(ctx, v4, to, key.proxy_port);
 	if (unbound) {
 		/* pin the source, so the proxy sees the address the flow is keyed by */
@@ -753,6 +862,48 @@ static __always_inline int on_sendmsg(struct bpf_sock_addr *ctx, int v4)
 
 BOTH_FAMILIES(sendmsg, on_sendmsg)
 
+/* A datagram at a proxy from a connected UDP socket that on_connect sent
+ * there: its flow's record is issued now, when the client's port is known
+ * (it had none at connect). The client's socket is found by the 4-tuple. */
+static __always_inline void connected_flow(struct bpf_sock_addr *ctx, int v4, const __u8 *local, __u16 local_port,
+                                           const struct dest *from)
+{
+	struct wfpr_ebpf_key key = {.client_port = from->port, .proxy_port = local_port, .protocol = IPPROTO_UDP};
+	__builtin_memcpy(key.client, from->ip, 16);
+	__builtin_memcpy(key.proxy, local, 16);
+	if (bpf_map_lookup_elem(&flows, &key))
+		return;
+	struct bpf_sock_tuple t = {};
+	__u32 size;
+	if (v4) {
+		t.ipv4.saddr = word(local, 3);
+		t.ipv4.daddr = word(from->ip, 3);
+		t.ipv4.sport = bpf_htons(local_port);
+		t.ipv4.dport = bpf_htons(from->port);
+		size = sizeof(t.ipv4);
+	} else {
+		__builtin_memcpy(t.ipv6.saddr, local, 16);
+		__builtin_memcpy(t.ipv6.daddr, from->ip, 16);
+		t.ipv6.sport = bpf_htons(local_port);
+		t.ipv6.dport = bpf_htons(from->port);
+		size = sizeof(t.ipv6);
+	}
+	struct bpf_sock *client = bpf_sk_lookup_udp(ctx, &t, size, BPF_F_CURRENT_NETNS, 0);
+	if (!client)
+		return;
+	struct wfpr_ebpf_sock *st = bpf_sk_storage_get(&socks, client, 0, 0);
+	if (st && st->pending) {
+		__u32 slot = st->slot;
+		struct wfpr_ebpf_redirector *r = redirector(slot);
+		if (r && target_port(r, st->target6) == local_port) {
+			st->pending = 0;
+			issue(&flows, &key, 0, st, slot, r, client->family == AF_INET, st->original, st->original_port,
+			      &st->process);
+		}
+	}
+	bpf_sk_release(client);
+}
+
 static __always_inline int on_recvmsg(struct bpf_sock_addr *ctx, int v4)
 {
 	struct bpf_sock *sk = ctx->sk;
@@ -769,6 +920,7 @@ static __always_inline int on_recvmsg(struct bpf_sock_addr *ctx, int v4)
 			__builtin_memcpy(st->from, from.ip, 16);
 			st->from_port = from.port;
 		}
+		connected_flow(ctx, v4, local, local_port, &from);
 		return 1;
 	}
 	if (!is_proxy(from.ip, from.port)) {

@@ -252,7 +252,17 @@ static void log_line(wfpr_engine *e, const wfpr_rule_conn *info, const char *pro
 		}
 		wfpr_records_free(r);
 	}
-	fputs("],\"verdict\":", f);
+	fputs("],\"process\":", f);
+	if (info->process.pid) {
+		fprintf(f, "{\"pid\":%u,\"uid\":%u,\"name\":", info->process.pid, info->process.uid);
+		json_string(f, info->process.name);
+		fputs(",\"exe\":", f);
+		json_string(f, info->process.exe);
+		fputc('}', f);
+	} else {
+		fputs("null", f);
+	}
+	fputs(",\"verdict\":", f);
 	if (verdict)
 		json_string(f, verdict);
 	else
@@ -321,6 +331,20 @@ static void redirect_state(wfpr_engine *e, wfpr_rule_conn *info)
 		wfpr_query_redirect_state(&info->state, info->records, info->records_len, e->opts.handle);
 	else if (e->opts.redirector_id)
 		wfpr_redirect_state_for_id(&info->state, info->records, info->records_len, e->opts.redirector_id);
+}
+
+/* Who made the connection: its newest hop's process, the path read from
+ * /proc where the hop carries none (the eBPF backend's). */
+static void process_of(wfpr_rule_conn *info)
+{
+	wfpr_records *r = NULL;
+	memset(&info->process, 0, sizeof(info->process));
+	if (!info->records_len || wfpr_records_decode(&r, info->records, info->records_len) != 0)
+		return;
+	info->process = r->hops[r->hop_count - 1].process;
+	wfpr_records_free(r);
+	if (info->process.pid && !info->process.exe[0])
+		wfpr_process_fill(&info->process);
 }
 
 /* ---- connections ---- */
@@ -409,6 +433,7 @@ static void records_ready(conn *c)
 	c->info.records = c->record;
 	c->info.records_len = c->record_len;
 	redirect_state(e, &c->info);
+	process_of(&c->info);
 	c->verdict = hook_connect(e, &c->info);
 	c->announced = true;
 	if (c->verdict == WFPR_VERDICT_BLOCK) {
@@ -802,6 +827,7 @@ static flow *new_flow(wfpr_engine *e, const struct sockaddr_storage *client, con
 	f->info.records = f->record;
 	f->info.records_len = f->record_len;
 	redirect_state(e, &f->info);
+	process_of(&f->info);
 	clock_gettime(CLOCK_MONOTONIC, &f->started);
 	f->upstream = wfpr_socket(f->context[0].ss_family, SOCK_DGRAM | SOCK_NONBLOCK, 0, 0);
 	if (f->upstream < 0 || watch_fd(e, EPOLL_CTL_ADD, f->upstream, EPOLLIN, &f->w) < 0) {

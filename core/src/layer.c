@@ -491,6 +491,11 @@ int wfpr__layer_issue(wfpr_layer *layer, redirect_decision *d, const conn_info *
 	hop.target = d->target;
 	clock_gettime(CLOCK_REALTIME, &now);
 	hop.time_ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+	if (conn->pid > 0) {
+		hop.process.pid = (uint32_t)conn->pid;
+		hop.process.uid = (uint32_t)conn->uid;
+		wfpr_process_fill(&hop.process);
+	}
 
 	if (!records != !d->chain)
 		return WFPR_WSAEINVAL; /* not the records that were classified */

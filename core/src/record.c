@@ -103,9 +103,30 @@ static bool parse_attr(cursor *value, uint16_t type, wfpr_hop *hop)
 	return false;
 }
 
+/* PROCESS: another version is skipped, as an unknown non-critical type is. */
+static bool parse_process(cursor *value, wfpr_process *out)
+{
+	uint8_t version;
+	const uint8_t *comm, *exe;
+	if (value->len < WFPR__WIRE_PROCESS_SIZE(0) || !cursor_get_u8(value, &version))
+		return false;
+	if (version != WFPR__WIRE_PROCESS_VERSION)
+		return true;
+	size_t exe_len = value->len - (WFPR__WIRE_PROCESS_SIZE(0) - 1);
+	if (exe_len > WFPR__WIRE_EXE_MAX || !cursor_get_u32(value, &out->pid) || !cursor_get_u32(value, &out->uid) ||
+	    !cursor_get_bytes(value, &comm, WFPR__WIRE_COMM_SIZE) || !cursor_get_bytes(value, &exe, exe_len))
+		return false;
+	memcpy(out->name, comm, WFPR__WIRE_COMM_SIZE);
+	out->name[strnlen(out->name, WFPR__WIRE_COMM_SIZE)] = '\0';
+	memcpy(out->exe, exe, exe_len);
+	out->exe[exe_len] = '\0';
+	return strlen(out->exe) == exe_len; /* a path with a NUL inside is not one */
+}
+
 static bool parse_hop(cursor *body, wfpr_hop *hop, const uint8_t **signed_data, size_t *signed_len)
 {
 	uint32_t seen = 0;
+	bool process_seen = false;
 	const uint8_t *start = body->data;
 
 	memset(hop, 0, sizeof(*hop));
@@ -117,6 +138,12 @@ static bool parse_hop(cursor *body, wfpr_hop *hop, const uint8_t **signed_data, 
 		if (!cursor_get_u16(body, &type) || !cursor_get_u16(body, &len) ||
 		    !cursor_get_sub(body, &value, len))
 			return false;
+		if (type == WFPR__WIRE_PROCESS) {
+			if (process_seen || !parse_process(&value, &hop->process))
+				return false;
+			process_seen = true;
+			continue;
+		}
 		if (type == 0 || type > HOP_ATTR_MAX) {
 			if (!(type & TYPE_NONCRITICAL))
 				return false;
@@ -293,6 +320,21 @@ static bool add_u64_attr(builder *b, uint16_t type, uint64_t v)
 	return builder_add_u16(b, type) && builder_add_u16(b, 8) && builder_add_u64(b, v);
 }
 
+/* PROCESS, when the hop knows its process (pid not 0). */
+static bool add_process(builder *b, const wfpr_process *p)
+{
+	if (p->pid == 0)
+		return true;
+	uint8_t comm[WFPR__WIRE_COMM_SIZE] = {0};
+	size_t exe_len = strnlen(p->exe, sizeof(p->exe));
+	memcpy(comm, p->name, strnlen(p->name, WFPR__WIRE_COMM_SIZE));
+	if (exe_len > WFPR__WIRE_EXE_MAX)
+		exe_len = 0; /* a path too long to carry is not given */
+	return builder_add_u16(b, WFPR__WIRE_PROCESS) && builder_add_u16(b, (uint16_t)WFPR__WIRE_PROCESS_SIZE(exe_len)) &&
+	       builder_add_u8(b, WFPR__WIRE_PROCESS_VERSION) && builder_add_u32(b, p->pid) && builder_add_u32(b, p->uid) &&
+	       builder_add_bytes(b, comm, sizeof(comm)) && builder_add_bytes(b, p->exe, exe_len);
+}
+
 int wfpr__record_append(uint8_t **out, size_t *out_len, const record_view *prev_view, const uint8_t *prev,
                   size_t prev_len, wfpr_hop *hop, const uint8_t key[RECORD_KEY_SIZE])
 {
@@ -310,7 +352,7 @@ int wfpr__record_append(uint8_t **out, size_t *out_len, const record_view *prev_
 			return WFPR_WSAELOOP;
 	}
 
-	wfpr__builder_init(&b, WFPR_RECORD_MAX_SIZE, (prev ? prev_len : RECORD_HEADER_SIZE) + 160);
+	wfpr__builder_init(&b, WFPR_RECORD_MAX_SIZE, (prev ? prev_len : RECORD_HEADER_SIZE) + 480);
 	builder_add_bytes(&b, WFPR__WIRE_MAGIC, WFPR__WIRE_MAGIC_SIZE);
 	builder_add_u8(&b, WFPR__WIRE_VERSION);
 	builder_add_u8(&b, 0);
@@ -332,7 +374,8 @@ int wfpr__record_append(uint8_t **out, size_t *out_len, const record_view *prev_
 	     add_addr(&b, HOP_ORIGINAL_REMOTE, &hop->original_remote) &&
 	     add_addr(&b, HOP_ORIGINAL_LOCAL, &hop->original_local) &&
 	     add_addr(&b, HOP_TARGET, &hop->target) &&
-	     add_u64_attr(&b, HOP_TIME, hop->time_ns);
+	     add_u64_attr(&b, HOP_TIME, hop->time_ns) &&
+	     add_process(&b, &hop->process);
 	ok = ok && hop_token(hop->token, key, prev_token, hop_count, b.data + attrs_start, b.len - attrs_start);
 	ok = ok && add_fixed(&b, HOP_TOKEN, hop->token, WFPR_TOKEN_SIZE) && wfpr__builder_close_u16(&b, slot);
 	if (!ok) {

@@ -36,14 +36,26 @@ enum wfpr__wire_hop_attr {
 	WFPR__WIRE_HOP_ATTR_MAX = WFPR__WIRE_TOKEN
 };
 
+/* Optional, before TOKEN (so the token covers it), non-critical so that a
+ * reader that predates it skips it: the process that made the connection.
+ * Value: version (u8, 1; another version is skipped), pid (u32), uid (u32),
+ * the command name (16 bytes, NUL-padded), then the executable's path
+ * (0..255 bytes, no NUL; empty when the layer cannot name it). */
+#define WFPR__WIRE_PROCESS (WFPR__WIRE_NONCRITICAL | 10u)
+#define WFPR__WIRE_PROCESS_VERSION 1
+#define WFPR__WIRE_COMM_SIZE 16
+#define WFPR__WIRE_EXE_MAX 255
+#define WFPR__WIRE_PROCESS_SIZE(exe_len) (1 + 4 + 4 + WFPR__WIRE_COMM_SIZE + (exe_len))
+
 #define WFPR__WIRE_ID_SIZE 16
 #define WFPR__WIRE_TOKEN_SIZE 16
 /* An address: family (4 or 6), port (u16), then 4 or 16 address bytes. */
 #define WFPR__WIRE_ADDR_SIZE(ip_len) (3 + (ip_len))
-/* A whole HOP TLV whose three addresses have ip_len bytes each. */
-#define WFPR__WIRE_HOP_VALUE_SIZE(ip_len)                                                   \
-	(9 * WFPR__WIRE_TLV_HEADER_SIZE + WFPR__WIRE_ID_SIZE + 8 + 4 + 1 + 8 + WFPR__WIRE_TOKEN_SIZE + \
-	 3 * WFPR__WIRE_ADDR_SIZE(ip_len))
+/* A whole HOP TLV whose three addresses have ip_len bytes each, with a
+ * PROCESS attribute without a path (as the BPF programs write it). */
+#define WFPR__WIRE_HOP_VALUE_SIZE(ip_len)                                                    \
+	(10 * WFPR__WIRE_TLV_HEADER_SIZE + WFPR__WIRE_ID_SIZE + 8 + 4 + 1 + 8 + WFPR__WIRE_TOKEN_SIZE + \
+	 3 * WFPR__WIRE_ADDR_SIZE(ip_len) + WFPR__WIRE_PROCESS_SIZE(0))
 #define WFPR__WIRE_HOP_SIZE(ip_len) (WFPR__WIRE_TLV_HEADER_SIZE + WFPR__WIRE_HOP_VALUE_SIZE(ip_len))
 
 #endif

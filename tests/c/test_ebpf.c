@@ -13,8 +13,12 @@
 #include <time.h>
 #include <unistd.h>
 #include "loader.h"
+#include "../../core/src/record_wire.h"
 #include "support.h"
 #include "test.h"
+
+#define HOP4 WFPR__WIRE_HOP_SIZE(4) /* one hop as the kernel writes it */
+#define HOP6 WFPR__WIRE_HOP_SIZE(16)
 
 static ebpf_instance *instance;
 
@@ -92,7 +96,7 @@ static void test_ioctl_rows(void)
 	uint32_t need = 0, len = 0;
 	uint8_t small[2], records[WFPR_RECORD_MAX_SIZE];
 	CHECK_FAILS_WITH(QUERY(accepted, RECORDS, NULL, 0, &need), WFPR_ERROR_INSUFFICIENT_BUFFER);
-	CHECK_EQ(need, 12 + 114); /* one IPv4 hop */
+	CHECK_EQ(need, 12 + HOP4); /* one IPv4 hop */
 	CHECK_FAILS_WITH(QUERY(accepted, RECORDS, small, sizeof(small), &len), WFPR_WSAEINVAL);
 	CHECK_FAILS_WITH(QUERY(accepted, RECORDS, records, need - 1, &len), WFPR_ERROR_INSUFFICIENT_BUFFER);
 	CHECK_EQ(len, need);
@@ -222,7 +226,7 @@ static void test_ipv6(void)
 	uint8_t records[WFPR_RECORD_MAX_SIZE];
 	uint32_t len = 0;
 	CHECK_EQ(QUERY(accepted, RECORDS, records, sizeof(records), &len), 0);
-	CHECK_EQ(len, 12 + 150);
+	CHECK_EQ(len, 12 + HOP6);
 	wfpr_records *r = NULL;
 	CHECK_EQ(wfpr_records_decode(&r, records, len), 0);
 	if (r) {
@@ -253,13 +257,13 @@ static void test_sixteen_hops(void)
 		wfpr_redirect_state state = WFPR_CONNECTION_NOT_REDIRECTED;
 		wfpr_redirect_state_for_id(&state, records, len, slots[i].id);
 		CHECK_EQ(state, WFPR_CONNECTION_REDIRECTED_BY_SELF);
-		CHECK_EQ(len, 12 + 114 * (i + 1));
+		CHECK_EQ(len, 12 + HOP4 * (i + 1));
 		outs[i] = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
 		CHECK_EQ(SET(outs[i], records, len, &len), 0);
 		CHECK_EQ(connect(outs[i], (struct sockaddr *)&server.addr, addr_size(&server.addr)), 0);
 	}
 	wfpr_records *r = NULL;
-	CHECK_EQ(wfpr_records_decode(&r, records, 12 + 114 * 16), 0);
+	CHECK_EQ(wfpr_records_decode(&r, records, 12 + HOP4 * 16), 0);
 	for (int i = 0; r && i < 16; i++)
 		CHECK(memcmp(r->hops[i].redirector_id, slots[i].id, 16) == 0);
 	wfpr_records_free(r);
@@ -358,7 +362,7 @@ static void test_filters(void)
 	uint8_t records[WFPR_RECORD_MAX_SIZE];
 	uint32_t len = 0;
 	CHECK_EQ(QUERY(a1, RECORDS, records, sizeof(records), &len), 0);
-	CHECK_EQ(len, 12 + 114);
+	CHECK_EQ(len, 12 + HOP4);
 	int o1 = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
 	CHECK_EQ(SET(o1, records, len, &len), 0);
 	CHECK_EQ(connect(o1, (struct sockaddr *)&two, sizeof(two)), 0);
@@ -386,7 +390,7 @@ static void test_filters(void)
 	CHECK(!readable(p->listen_fd, 0));
 	int a2 = accept(slots[0].listen_fd, NULL, NULL);
 	CHECK_EQ(QUERY(a2, RECORDS, records, sizeof(records), &len), 0);
-	CHECK_EQ(len, 12 + 114);
+	CHECK_EQ(len, 12 + HOP4);
 	int fds[] = {client, a1, o1, a0, o0, other, c2, a2, listen2, p->listen_fd};
 	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
 		close(fds[i]);

@@ -231,6 +231,7 @@ static void bpf_writer_decodes(void)
 	struct wfpr__hop_args a = {.id = id[0], .handle = 0x1122334455667788ull, .pid = 4242, .protocol = IPPROTO_TCP,
 	                           .target = proxy, .target_port = 15001, .original = original, .original_port = 80,
 	                           .local = client, .local_port = 40000, .time = 1700000000123456789ull,
+	                           .process_pid = 777, .process_uid = 1000, .process_comm = (const __u8 *)"curl\0\0\0\0\0\0\0\0\0\0\0",
 	                           .token = token[0]};
 	__u32 len = WFPR__WIRE_HEADER_SIZE + wfpr__write_hop(blob + WFPR__WIRE_HEADER_SIZE, 4, &a);
 	wfpr__write_header(blob, 1, len);
@@ -245,6 +246,9 @@ static void bpf_writer_decodes(void)
 	CHECK_EQ(h->proxy_pid, 4242);
 	CHECK_EQ(h->protocol, IPPROTO_TCP);
 	CHECK_EQ(h->time_ns, 1700000000123456789ull);
+	CHECK_EQ(h->process.pid, 777);
+	CHECK_EQ(h->process.uid, 1000);
+	CHECK(strcmp(h->process.name, "curl") == 0 && h->process.exe[0] == '\0');
 	const struct sockaddr_in *remote = (const struct sockaddr_in *)&h->original_remote;
 	const struct sockaddr_in *local = (const struct sockaddr_in *)&h->original_local;
 	const struct sockaddr_in *target = (const struct sockaddr_in *)&h->target;

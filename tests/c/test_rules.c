@@ -43,8 +43,10 @@ static wfpr_rule_conn conn_to(uint16_t port, uint64_t id)
 	c.protocol = IPPROTO_TCP;
 	c.original_dst = loopback_port(port);
 	c.client = loopback_port(40000);
-	c.pid = 1234;
-	c.process_name = "curl";
+	c.process.pid = 1234;
+	c.process.uid = 1000;
+	snprintf(c.process.name, sizeof(c.process.name), "curl");
+	snprintf(c.process.exe, sizeof(c.process.exe), "/usr/bin/curl");
 	return c;
 }
 

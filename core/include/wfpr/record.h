@@ -19,6 +19,15 @@ WFPR_BEGIN_DECL
 #define WFPR_REDIRECTOR_ID_SIZE 16
 #define WFPR_TOKEN_SIZE 16
 
+/* The process that made a redirected connection (the hop's PROCESS
+ * attribute, docs/record-format.md). */
+typedef struct wfpr_process {
+	uint32_t pid;  /* 0: unknown (the hop does not say) */
+	uint32_t uid;
+	char name[17]; /* the command name (comm), NUL-terminated */
+	char exe[256]; /* the executable's path; "" when the layer could not name it */
+} wfpr_process;
+
 typedef struct wfpr_hop {
 	uint8_t redirector_id[WFPR_REDIRECTOR_ID_SIZE];
 	uint64_t handle_id;
@@ -29,6 +38,7 @@ typedef struct wfpr_hop {
 	struct sockaddr_storage target;          /* the proxy it was sent to */
 	uint64_t time_ns;                        /* CLOCK_REALTIME of the redirect */
 	uint8_t token[WFPR_TOKEN_SIZE];          /* issuing token (keyed MAC) */
+	wfpr_process process;                    /* who connected */
 } wfpr_hop;
 
 typedef struct wfpr_records {
@@ -41,6 +51,11 @@ typedef struct wfpr_records {
  * WFPR_WSAEFAULT for NULL pointers. Free with wfpr_records_free(). */
 WFPR_EXTERN int wfpr_records_decode(wfpr_records **out, const void *blob, size_t len);
 WFPR_EXTERN void wfpr_records_free(wfpr_records *records);
+
+/* Fill p's empty name and exe for process p->pid from /proc (a hop from the
+ * eBPF backend carries no path). 0, WFPR_WSAEINVAL for pid 0,
+ * WFPR_FWP_E_NOT_FOUND when the process is gone, WFPR_WSAEFAULT for NULL. */
+WFPR_EXTERN int wfpr_process_fill(wfpr_process *p);
 
 /* "127.0.0.1:80" or "[::1]:80" into buf; returns buf. */
 WFPR_EXTERN const char *wfpr_sockaddr_format(char *buf, size_t len, const struct sockaddr_storage *addr);

@@ -13,6 +13,7 @@
 #include <sys/types.h>
 #include "common.h"
 #include "layer.h"
+#include "record.h"
 
 WFPR_BEGIN_DECL
 
@@ -69,11 +70,10 @@ typedef struct wfpr_rule_conn {
 	const void *records;                  /* the redirect record, decoded into conn.hops */
 	size_t records_len;
 	wfpr_redirect_state state;            /* for this proxy's redirector */
-	pid_t pid;                            /* the client process, 0 if unknown */
-	const char *process_name;             /* NULL if unknown */
+	wfpr_process process;                 /* who connected (the newest hop's); pid 0 if unknown */
 } wfpr_rule_conn;
 
-#define WFPR_RULE_CONN_VERSION 1
+#define WFPR_RULE_CONN_VERSION 2
 
 typedef struct wfpr_rule_close_stats {
 	uint64_t bytes_up, bytes_down;

@@ -11,5 +11,6 @@
 #include "socket.h"
 #include "broker.h"
 #include "ebpf.h"
+#include "match.h"
 
 #endif

@@ -16,6 +16,7 @@ int cmd_broker(int argc, char **argv);
 int cmd_proxy(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_ebpf(int argc, char **argv);
+int cmd_daemon(int argc, char **argv);
 
 typedef struct proxy_config {
 	const char *name;
@@ -30,8 +31,12 @@ typedef struct proxy_config {
 	size_t buffer_size;
 	unsigned int workers;    /* engines (threads) on the one address; 0: 1 */
 	int fail_closed;
-	/* the eBPF backend: no broker; the redirector ids the loader gave out */
+	/* the eBPF backend: no broker; under wfpr run, the redirector ids the
+	 * loader gave out; else (control set) a wfpr daemon gives one */
 	int ebpf;
+	const char *control; /* the daemon's control socket */
+	uint32_t weight;     /* filters are asked highest weight first */
+	const char *match;   /* the conditions (wfpr/match.h text); "" or NULL: every connection */
 	const uint8_t (*ids)[16]; /* every proxy's id, this one's at index slot */
 	const char (*names)[64];  /* and their names, for the log's hops */
 	size_t n_ids, slot;
@@ -60,6 +65,11 @@ int cli_notify(const char *state);
 
 /* A relay holds two descriptors per connection: take the hard limit. */
 void cli_raise_fd_limit(void);
+/* A match option (--proto, --dport, --dst, --exclude-dst, --uid, --comm,
+ * --exe, --cgroup) added to m: 1; -1 with the reason in err; 0 when opt is
+ * not one. */
+struct wfpr_match;
+int cli_match_option(const char *opt, const char *val, struct wfpr_match *m, char *err, size_t err_len);
 /* "127.0.0.1:8080", "[::1]:8080" */
 int cli_parse_address(const char *text, struct sockaddr_storage *out);
 /* Parse a whole non-negative number; -1 if text is not one. */

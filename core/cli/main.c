@@ -75,6 +75,15 @@ int cli_parse_address(const char *text, struct sockaddr_storage *out)
 	return inet_pton(AF_INET, host, &v4->sin_addr) == 1 ? 0 : -1;
 }
 
+int cli_match_option(const char *opt, const char *val, wfpr_match *m, char *err, size_t err_len)
+{
+	static const char *const kinds[] = {"proto", "dport", "dst", "exclude-dst", "uid", "comm", "exe", "cgroup"};
+	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
+		if (strncmp(opt, "--", 2) == 0 && strcmp(opt + 2, kinds[i]) == 0)
+			return wfpr_match_add(m, kinds[i], val, err, err_len) == 0 ? 1 : -1;
+	return 0;
+}
+
 long long cli_parse_count(const char *text)
 {
 	char *end;
@@ -102,7 +111,7 @@ int main(int argc, char **argv)
 		int (*run)(int, char **);
 	} commands[] = {
 		{"run", cmd_run}, {"broker", cmd_broker}, {"proxy", cmd_proxy}, {"inspect", cmd_inspect},
-		{"ebpf", cmd_ebpf},
+		{"ebpf", cmd_ebpf}, {"daemon", cmd_daemon},
 	};
 	if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
 		fputs(cli_usage, stdout);

@@ -49,14 +49,18 @@ typedef struct name_cache {
 	size_t n;
 } name_cache;
 
-/* The log names hops by redirector name: asked of the broker once per id. */
+static const char *control_path; /* a wfpr daemon's, when registered with one */
+
+/* The log names hops by redirector name: asked of the broker (or the
+ * daemon) once per id. */
 static const char *hop_name(void *user, const uint8_t id[16], char *buf, size_t len)
 {
 	name_cache *cache = user;
 	for (size_t i = 0; i < cache->n; i++)
 		if (memcmp(cache->id[i], id, WFPR_REDIRECTOR_ID_SIZE) == 0)
 			return strlen(cache->name[i]) < len ? strcpy(buf, cache->name[i]) : NULL;
-	if (wfpr_preload_redirector_name(buf, len, id) != 0)
+	if ((control_path ? wfpr_daemon_redirector_name(control_path, id, buf, len)
+	                  : wfpr_preload_redirector_name(buf, len, id)) != 0)
 		return NULL;
 	if (cache->n < NAME_CACHE && strlen(buf) < sizeof(cache->name[0])) {
 		memcpy(cache->id[cache->n], id, WFPR_REDIRECTOR_ID_SIZE);
@@ -153,13 +157,24 @@ int proxy_serve(const proxy_config *cfg)
 	cli_raise_fd_limit();
 	unsigned int count = cfg->workers ? cfg->workers : 1;
 	struct sockaddr_storage address = cfg->listen;
-	int rc = cfg->ebpf ? wfpr_ebpf_attach(1) : wfpr_preload_attach(cfg->broker_path);
+	char why[512];
+	int rc = 0;
+	if (cfg->ebpf && cfg->control) {
+		/* the daemon's layer: this process's sockets in its cgroup first */
+		control_path = cfg->control;
+		if ((rc = wfpr_daemon_join(cfg->control, NULL, 0, why, sizeof(why))) != 0) {
+			fprintf(stderr, "wfpr proxy %s: %s\n", cfg->name, why);
+			return 1;
+		}
+	}
+	if (rc == 0)
+		rc = cfg->ebpf ? wfpr_ebpf_attach(1) : wfpr_preload_attach(cfg->broker_path);
 	for (size_t i = 0; cfg->ebpf && i < cfg->n_ids && i < NAME_CACHE; i++) {
 		memcpy(names.id[i], cfg->ids[i], WFPR_REDIRECTOR_ID_SIZE);
 		snprintf(names.name[i], sizeof(names.name[i]), "%s", cfg->names[i]);
 		names.n = i + 1;
 	}
-	if (cfg->ebpf)
+	if (cfg->ebpf && cfg->ids)
 		memcpy(id, cfg->ids[cfg->slot], WFPR_REDIRECTOR_ID_SIZE);
 	for (unsigned int i = 0; rc == 0 && i < count && i < MAX_WORKERS; i++) {
 		if (start_worker(cfg, i, &address, id, &names, false) != 0)
@@ -182,9 +197,20 @@ int proxy_serve(const proxy_config *cfg)
 		if (n_workers == first)
 			address6.ss_family = AF_UNSPEC;
 	}
-	if (rc == 0 && !cfg->ebpf)
+	static wfpr_daemon_link *link;
+	if (rc == 0 && cfg->ebpf && cfg->control) {
+		rc = wfpr_daemon_register(&link, cfg->control, cfg->name, cfg->weight, cfg->match, &address,
+		                          address6.ss_family == AF_INET6 ? &address6 : NULL, why, sizeof(why));
+		if (rc != 0) {
+			fprintf(stderr, "wfpr proxy %s: the daemon refused: %s\n", cfg->name, why);
+			rc = -1;
+		} else {
+			memcpy(id, wfpr_daemon_link_id(link), WFPR_REDIRECTOR_ID_SIZE);
+		}
+	} else if (rc == 0 && !cfg->ebpf) {
 		rc = wfpr_preload_register_dual(id, cfg->name, &address,
 		                                address6.ss_family == AF_INET6 ? &address6 : NULL);
+	}
 	if (rc != 0) {
 		if (rc > 0)
 			fprintf(stderr, "wfpr proxy %s: cannot start: %s (%s)\n", cfg->name, wfpr_strerror(rc), wfpr_err_name(rc));
@@ -198,9 +224,10 @@ int proxy_serve(const proxy_config *cfg)
 	char where[64], where6[64] = "";
 	if (address6.ss_family == AF_INET6)
 		wfpr_sockaddr_format(where6, sizeof(where6), &address6);
-	fprintf(stderr, "wfpr proxy %s: listening on %s%s%s (%u worker%s)\n", cfg->name,
+	fprintf(stderr, "wfpr proxy %s: listening on %s%s%s (%u worker%s)%s%s%s\n", cfg->name,
 	        wfpr_sockaddr_format(where, sizeof(where), &address), *where6 ? " and " : "", where6, count,
-	        count > 1 ? "s" : "");
+	        count > 1 ? "s" : "", link ? "; registered with the daemon, takes " : "",
+	        link ? (cfg->match && *cfg->match ? cfg->match : "every connection") : "", link ? "" : "");
 	if (cfg->ready_fd >= 0) {
 		struct sockaddr_storage both[2] = {address, address6};
 		if (write(cfg->ready_fd, both, sizeof(both)) < 0) {
@@ -215,27 +242,49 @@ int proxy_serve(const proxy_config *cfg)
 		pthread_join(workers[i].thread, NULL);
 	if (cfg->stats_fd >= 0)
 		write_stats(cfg);
+	wfpr_daemon_unregister(link);
+	link = NULL;
 	stop_workers();
 	return rc == 0 ? 0 : 1;
 }
 
 int cmd_proxy(int argc, char **argv)
 {
-	proxy_config cfg = {.log_fd = -1, .ready_fd = -1, .stats_fd = -1};
+	proxy_config cfg = {.log_fd = -1, .ready_fd = -1, .stats_fd = -1, .weight = 100};
 	struct sockaddr_in *v4 = (struct sockaddr_in *)&cfg.listen;
 	v4->sin_family = AF_INET;
 	v4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	const char *log_path = NULL;
 	const char *opt = NULL;
+	static wfpr_match match;
+	static char match_text[WFPR_MATCH_TEXT_MAX + 1];
+	char why[256];
 	for (int i = 0; i < argc; i++) {
 		opt = argv[i];
 		const char *val = i + 1 < argc ? argv[i + 1] : NULL;
 		long long n = 0;
+		if (strcmp(opt, "--help") == 0 || strcmp(opt, "-h") == 0) {
+			fputs(cli_usage, stdout);
+			return 0;
+		}
 		if (!val)
 			goto usage;
 		i++;
+		int is_match = cli_match_option(opt, val, &match, why, sizeof(why));
+		if (is_match < 0) {
+			fprintf(stderr, "wfpr proxy: %s\n", why);
+			return 2;
+		}
+		if (is_match)
+			continue;
 		if (strcmp(opt, "--broker") == 0)
 			cfg.broker_path = val;
+		else if (strcmp(opt, "--backend") == 0 && (strcmp(val, "ebpf") == 0 || strcmp(val, "preload") == 0))
+			cfg.ebpf = strcmp(val, "ebpf") == 0;
+		else if (strcmp(opt, "--control") == 0)
+			cfg.control = val;
+		else if (strcmp(opt, "--weight") == 0 && (n = cli_parse_count(val)) >= 0 && n <= 0xffffffffLL)
+			cfg.weight = (uint32_t)n;
 		else if (strcmp(opt, "--name") == 0)
 			cfg.name = val;
 		else if (strcmp(opt, "--rules") == 0)
@@ -255,8 +304,20 @@ int cmd_proxy(int argc, char **argv)
 		else
 			goto usage;
 	}
-	if (!cfg.broker_path || !cfg.name) {
-		fprintf(stderr, "wfpr proxy: --broker PATH and --name NAME are required\n\n%s", cli_usage);
+	wfpr_match_format(match_text, sizeof(match_text), &match);
+	cfg.match = match_text;
+	if (cfg.ebpf) {
+		if (!cfg.control)
+			cfg.control = WFPR_DAEMON_CONTROL;
+		if (cfg.broker_path) {
+			fprintf(stderr, "wfpr proxy: --broker is for --backend preload; the eBPF backend's proxies register with "
+			                "a wfpr daemon (--control PATH)\n");
+			return 2;
+		}
+	}
+	if ((!cfg.broker_path && !cfg.ebpf) || !cfg.name) {
+		fprintf(stderr, "wfpr proxy: give --name NAME, and --broker PATH (preload) or --backend ebpf (a wfpr daemon)"
+		                "\n\n%s", cli_usage);
 		return 2;
 	}
 	if (cfg.rules_path && access(cfg.rules_path, R_OK) != 0) {

@@ -39,6 +39,7 @@ struct ebpf_instance {
 	struct bpf_link *links[MAX_LINKS];
 	size_t n_links;
 	char cgroup[320];
+	bool owns_cgroup; /* made it (wfpr run), so it empties and removes it */
 	char pins[320];
 	int cgroup_fd;
 	filter_spec filters[WFPR_EBPF_FILTERS];
@@ -53,7 +54,7 @@ static int quiet(enum libbpf_print_level level, const char *fmt, va_list ap)
 }
 
 /* Where cgroup v2 is mounted (the unified hierarchy). */
-static int cgroup2_root(char *out, size_t len)
+int ebpf_cgroup2_root(char *out, size_t len)
 {
 	FILE *f = fopen("/proc/self/mounts", "r");
 	char dev[256], dir[256], type[64];
@@ -129,13 +130,18 @@ static void remove_pins(const char *dir)
 
 int ebpf_open(ebpf_instance **out, char *err, size_t err_len)
 {
+	return ebpf_open_on(out, NULL, err, err_len);
+}
+
+int ebpf_open_on(ebpf_instance **out, const char *cgroup, char *err, size_t err_len)
+{
 	char root[200];
 	*out = NULL;
 	if (geteuid() != 0) {
 		snprintf(err, err_len, "the eBPF backend needs root (CAP_SYS_ADMIN, or CAP_BPF with CAP_NET_ADMIN and CAP_PERFMON) to load and attach its programs");
 		return -1;
 	}
-	if (cgroup2_root(root, sizeof(root)) != 0) {
+	if (ebpf_cgroup2_root(root, sizeof(root)) != 0) {
 		snprintf(err, err_len, "no cgroup v2 hierarchy is mounted (see /proc/self/mounts)");
 		return -1;
 	}
@@ -152,15 +158,26 @@ int ebpf_open(ebpf_instance **out, char *err, size_t err_len)
 		return -1;
 	}
 	e->cgroup_fd = -1;
-	snprintf(e->cgroup, sizeof(e->cgroup), "%s/" CGROUP_PREFIX "%d", root, (int)getpid());
+	e->owns_cgroup = !cgroup;
+	if (cgroup) {
+		size_t rl = strlen(root);
+		const char *rel = strncmp(cgroup, root, rl) == 0 && (cgroup[rl] == '/' || !cgroup[rl]) ? cgroup + rl : cgroup;
+		while (*rel == '/')
+			rel++;
+		snprintf(e->cgroup, sizeof(e->cgroup), "%s%s%s", root, *rel ? "/" : "", rel);
+	} else {
+		snprintf(e->cgroup, sizeof(e->cgroup), "%s/" CGROUP_PREFIX "%d", root, (int)getpid());
+	}
 	snprintf(e->pins, sizeof(e->pins), EBPF_PIN_ROOT "/%d", (int)getpid());
 	if ((mkdir(EBPF_PIN_ROOT, 0700) != 0 && errno != EEXIST) || mkdir(e->pins, 0700) != 0) {
 		snprintf(err, err_len, "cannot make %s: %s", e->pins, strerror(errno));
 		free(e);
 		return -1;
 	}
-	if (mkdir(e->cgroup, 0755) != 0 || (e->cgroup_fd = open(e->cgroup, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
-		snprintf(err, err_len, "cannot make the cgroup %s: %s", e->cgroup, strerror(errno));
+	if ((e->owns_cgroup && mkdir(e->cgroup, 0755) != 0) ||
+	    (e->cgroup_fd = open(e->cgroup, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+		snprintf(err, err_len, "cannot %s the cgroup %s: %s", e->owns_cgroup ? "make" : "open", e->cgroup,
+		         strerror(errno));
 		rmdir(e->pins);
 		free(e);
 		return -1;
@@ -342,7 +359,7 @@ static int cgroup_ident(const char *dir, uint64_t *id, uint32_t *level, char *er
 {
 	char root[200], path[600];
 	struct stat st;
-	if (cgroup2_root(root, sizeof(root)) != 0)
+	if (ebpf_cgroup2_root(root, sizeof(root)) != 0)
 		return snprintf(err, err_len, "no cgroup v2 hierarchy is mounted"), -1;
 	size_t rl = strlen(root);
 	const char *rel = strncmp(dir, root, rl) == 0 && (dir[rl] == '/' || !dir[rl]) ? dir + rl : dir;
@@ -481,6 +498,11 @@ static int write_pid(const char *dir, pid_t pid)
 	return rc;
 }
 
+const char *ebpf_cgroup(const ebpf_instance *e)
+{
+	return e ? e->cgroup : NULL;
+}
+
 int ebpf_enter(const ebpf_instance *e, pid_t pid)
 {
 	return e ? write_pid(e->cgroup, pid) : -1;
@@ -489,7 +511,7 @@ int ebpf_enter(const ebpf_instance *e, pid_t pid)
 int ebpf_leave(const ebpf_instance *e, pid_t pid)
 {
 	char root[200];
-	if (!e || cgroup2_root(root, sizeof(root)) != 0)
+	if (!e || ebpf_cgroup2_root(root, sizeof(root)) != 0)
 		return -1;
 	return write_pid(root, pid);
 }
@@ -498,7 +520,8 @@ void ebpf_close(ebpf_instance *e)
 {
 	if (!e)
 		return;
-	empty_cgroup(e->cgroup);
+	if (e->owns_cgroup)
+		empty_cgroup(e->cgroup);
 	for (size_t i = 0; i < e->n_links; i++) {
 		bpf_link__unpin(e->links[i]);
 		bpf_link__destroy(e->links[i]);
@@ -507,7 +530,8 @@ void ebpf_close(ebpf_instance *e)
 	remove_pins(e->pins);
 	if (e->cgroup_fd >= 0)
 		close(e->cgroup_fd);
-	rmdir(e->cgroup);
+	if (e->owns_cgroup)
+		rmdir(e->cgroup);
 	free(e);
 }
 
@@ -645,7 +669,7 @@ static size_t instances(pid_t *out, const char *root)
 static int each_instance(FILE *out, bool remove, bool dead_only)
 {
 	char root[200], pins[320], cgroup[320];
-	bool have_root = cgroup2_root(root, sizeof(root)) == 0;
+	bool have_root = ebpf_cgroup2_root(root, sizeof(root)) == 0;
 	pid_t owners[MAX_INSTANCES];
 	size_t n = instances(owners, have_root ? root : NULL), done = 0;
 	for (size_t i = 0; i < n; i++) {

@@ -25,6 +25,15 @@ typedef struct ebpf_instance ebpf_instance;
  * no cgroup2). Instances left by a dead owner are removed first. */
 int ebpf_open(ebpf_instance **out, char *err, size_t err_len);
 
+/* The same on an existing cgroup v2 directory (absolute, or relative to
+ * the cgroup2 mount; "" or "/" is the whole host), which ebpf_close leaves
+ * as it is (wfpr daemon). */
+int ebpf_open_on(ebpf_instance **out, const char *cgroup, char *err, size_t err_len);
+/* Where the cgroup v2 hierarchy is mounted; 0 or -1. */
+int ebpf_cgroup2_root(char *out, size_t len);
+/* The cgroup directory the instance is attached to. */
+const char *ebpf_cgroup(const ebpf_instance *e);
+
 /* Redirector slot (0..15): connections go to address (TCP and UDP on an
  * IPv4 loopback address); those of IPv6 sockets to address6 when it is an
  * AF_INET6 address (NULL or another family: to address, IPv4-mapped). id

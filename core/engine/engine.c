@@ -333,15 +333,16 @@ static void redirect_state(wfpr_engine *e, wfpr_rule_conn *info)
 		wfpr_redirect_state_for_id(&info->state, info->records, info->records_len, e->opts.redirector_id);
 }
 
-/* Who made the connection: its newest hop's process, the path read from
- * /proc where the hop carries none (the eBPF backend's). */
+/* Who made the connection: its first hop's process (later hops were made
+ * by the proxies before this one), the path read from /proc where the hop
+ * carries none (the eBPF backend's). */
 static void process_of(wfpr_rule_conn *info)
 {
 	wfpr_records *r = NULL;
 	memset(&info->process, 0, sizeof(info->process));
 	if (!info->records_len || wfpr_records_decode(&r, info->records, info->records_len) != 0)
 		return;
-	info->process = r->hops[r->hop_count - 1].process;
+	info->process = r->hops[0].process;
 	wfpr_records_free(r);
 	if (info->process.pid && !info->process.exe[0])
 		wfpr_process_fill(&info->process);

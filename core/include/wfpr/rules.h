@@ -70,7 +70,7 @@ typedef struct wfpr_rule_conn {
 	const void *records;                  /* the redirect record, decoded into conn.hops */
 	size_t records_len;
 	wfpr_redirect_state state;            /* for this proxy's redirector */
-	wfpr_process process;                 /* who connected (the newest hop's); pid 0 if unknown */
+	wfpr_process process;                 /* the client process (the first hop's); pid 0 if unknown */
 } wfpr_rule_conn;
 
 #define WFPR_RULE_CONN_VERSION 2

@@ -12,5 +12,6 @@
 #include "broker.h"
 #include "ebpf.h"
 #include "match.h"
+#include "daemon.h"
 
 #endif

@@ -1,0 +1,432 @@
+/* wfpr daemon: the host-wide (or cgroup-wide) eBPF layer. It loads the BPF
+ * programs on a cgroup and serves its control socket: proxies started on
+ * their own register a redirector with their filters (docs/daemon.md), and
+ * lose it when their link closes. Runs until SIGTERM or SIGINT, then
+ * removes all it loaded. Every decision is said on stderr (the journal). */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include "cli.h"
+#include "wfpr/wfpr.h"
+#ifdef WFPR_HAVE_EBPF
+#include "../src/ebpf/control.h"
+#include "loader.h"
+
+#define MAX_CLIENTS 64
+#define SLOTS 16 /* WFPR_EBPF_REDIRECTORS */
+#define LOCK_DIR "/run/wfpr"
+
+typedef struct slot {
+	bool used, live;
+	char name[WFPR_DAEMON_NAME_MAX + 2];
+	uint8_t id[16];
+	pid_t pid;
+	uid_t uid;
+	uint32_t weight;
+	char listen[64], listen6[64];
+	char match[WFPR_MATCH_TEXT_MAX + 1];
+	int fd; /* the proxy's link */
+	unsigned long generation; /* when last registered: the oldest dead slot is reused first */
+} slot;
+
+static volatile sig_atomic_t stopping;
+static ebpf_instance *layer;
+static slot slots[SLOTS];
+static unsigned long generation;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	stopping = 1;
+}
+
+static void reply(int fd, const char *text)
+{
+	send(fd, text, strlen(text), MSG_NOSIGNAL);
+}
+
+static void refuse(int fd, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void refuse(int fd, const char *code, const char *fmt, ...)
+{
+	char reason[1024], msg[1200];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(reason, sizeof(reason), fmt, ap);
+	va_end(ap);
+	for (char *p = reason; *p; p++)
+		if (*p == '\n')
+			*p = ' ';
+	snprintf(msg, sizeof(msg), "error\ncode: %s\nreason: %s\n", code, reason);
+	reply(fd, msg);
+	fprintf(stderr, "wfpr daemon: refused: %s\n", reason);
+}
+
+static const char *hex(char out[33], const uint8_t id[16])
+{
+	return wfpr_redirector_id_format(out, 33, id);
+}
+
+/* The redirector of slot i off: new connections skip it. */
+static void switch_off(size_t i, const char *why)
+{
+	slot *s = &slots[i];
+	ebpf_set_match(layer, (unsigned int)i, NULL, 0, NULL, 0);
+	ebpf_remove_redirector(layer, (unsigned int)i);
+	s->live = false;
+	if (s->fd >= 0)
+		close(s->fd);
+	s->fd = -1;
+	fprintf(stderr, "wfpr daemon: proxy %s (pid %d) %s: redirector %zu off, new connections skip it\n", s->name,
+	        (int)s->pid, why, i);
+}
+
+static int parse_listen(const char *text, int family, struct sockaddr_storage *out)
+{
+	return cli_parse_address(text, out) == 0 && out->ss_family == family ? 0 : -1;
+}
+
+static bool loopback(const struct sockaddr_storage *a)
+{
+	if (a->ss_family == AF_INET)
+		return (ntohl(((const struct sockaddr_in *)a)->sin_addr.s_addr) >> 24) == 127 &&
+		       ((const struct sockaddr_in *)a)->sin_port != 0;
+	return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)a)->sin6_addr) &&
+	       ((const struct sockaddr_in6 *)a)->sin6_port != 0;
+}
+
+static void do_register(int fd, const char *msg, bool *keep)
+{
+	struct ucred cred;
+	socklen_t cl = sizeof(cred);
+	char name[WFPR_DAEMON_NAME_MAX + 2], weight_text[16] = "100", listen[64], listen6[64] = "",
+	     match[WFPR_MATCH_TEXT_MAX + 1] = "", err[256], id_text[33];
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) != 0)
+		return refuse(fd, "bad-request", "cannot tell who is asking (SO_PEERCRED: %s)", strerror(errno));
+	if (!wfpr__control_get(msg, "name", name, sizeof(name)) || !wfpr__control_get(msg, "listen", listen, sizeof(listen)))
+		return refuse(fd, "bad-request", "a register message needs name and listen");
+	if (!wfpr__control_name_valid(name))
+		return refuse(fd, "bad-request", "a name has 1 to 63 characters: letters, digits, '-', '_' and '.'");
+	wfpr__control_get(msg, "weight", weight_text, sizeof(weight_text));
+	wfpr__control_get(msg, "listen6", listen6, sizeof(listen6));
+	if (wfpr__control_is(msg, "register") && !wfpr__control_get(msg, "match", match, sizeof(match)))
+		match[0] = '\0';
+	long long weight = cli_parse_count(weight_text);
+	struct sockaddr_storage a, a6;
+	wfpr_match m;
+	if (weight < 0 || weight > 0xffffffffLL)
+		return refuse(fd, "bad-request", "weight %s is not a number from 0 to 4294967295", weight_text);
+	if (parse_listen(listen, AF_INET, &a) != 0 || !loopback(&a) ||
+	    (*listen6 && (parse_listen(listen6, AF_INET6, &a6) != 0 || !loopback(&a6))))
+		return refuse(fd, "bad-request", "proxy %s: listen %s%s%s is not a loopback address with a port", name, listen,
+		              *listen6 ? " / " : "", listen6);
+	if (wfpr_match_parse(&m, match, err, sizeof(err)) != 0)
+		return refuse(fd, "bad-match", "proxy %s: %s", name, err);
+
+	/* the same name: its slot and id back, unless that proxy still lives */
+	size_t at = SLOTS;
+	for (size_t i = 0; i < SLOTS; i++)
+		if (slots[i].used && strcmp(slots[i].name, name) == 0)
+			at = i;
+	if (at < SLOTS && slots[at].live)
+		return refuse(fd, "name-taken", "a proxy named %s is registered already (pid %d); stop it or choose another --name",
+		              name, (int)slots[at].pid);
+	bool again = at < SLOTS;
+	for (size_t i = 0; at == SLOTS && i < SLOTS; i++)
+		if (!slots[i].used)
+			at = i;
+	for (size_t i = 0; at == SLOTS && i < SLOTS; i++) /* full: the longest-dead name's slot */
+		if (!slots[i].live && (at == SLOTS || slots[i].generation < slots[at].generation))
+			at = i;
+	if (at == SLOTS)
+		return refuse(fd, "full", "all %d redirectors are taken by live proxies", SLOTS);
+	slot *s = &slots[at];
+	if (!again && getrandom(s->id, sizeof(s->id), 0) != (ssize_t)sizeof(s->id))
+		return refuse(fd, "internal", "no random id: %s", strerror(errno));
+	if (ebpf_add_redirector(layer, (unsigned int)at, s->id, at + 1, cred.pid, &a, *listen6 ? &a6 : NULL) != 0 ||
+	    ebpf_set_match(layer, (unsigned int)at, &m, (uint32_t)weight, err, sizeof(err)) != 0) {
+		ebpf_remove_redirector(layer, (unsigned int)at);
+		return refuse(fd, "bad-match", "proxy %s: %s", name, err);
+	}
+	s->used = s->live = true;
+	snprintf(s->name, sizeof(s->name), "%s", name);
+	s->pid = cred.pid;
+	s->uid = cred.uid;
+	s->weight = (uint32_t)weight;
+	snprintf(s->listen, sizeof(s->listen), "%s", listen);
+	snprintf(s->listen6, sizeof(s->listen6), "%s", listen6);
+	wfpr_match_format(s->match, sizeof(s->match), &m);
+	s->fd = fd;
+	s->generation = ++generation;
+	*keep = true;
+	hex(id_text, s->id);
+	char out[256];
+	snprintf(out, sizeof(out), "ok\nid: %s\nslot: %zu\n", id_text, at);
+	reply(fd, out);
+	fprintf(stderr, "wfpr daemon: proxy %s (pid %d, uid %u) %s redirector %zu (id %s, weight %u) at %s%s%s; takes %s\n",
+	        name, (int)cred.pid, (unsigned int)cred.uid, again ? "takes back" : "registered as", at, id_text, s->weight,
+	        listen, *listen6 ? " and " : "", listen6, *s->match ? s->match : "every connection");
+}
+
+static void do_status(int fd)
+{
+	char out[WFPR__CONTROL_MAX], id_text[33];
+	size_t len = (size_t)snprintf(out, sizeof(out), "ok\ncgroup: %s\n", ebpf_cgroup(layer));
+	for (size_t i = 0; i < SLOTS && len < sizeof(out); i++) {
+		const slot *s = &slots[i];
+		if (!s->used)
+			continue;
+		hex(id_text, s->id);
+		len += (size_t)snprintf(out + len, sizeof(out) - len,
+		                        "proxy: %s slot %zu %s pid %d weight %u at %s%s%s id %s takes %s\n", s->name, i,
+		                        s->live ? "live" : "gone", (int)s->pid, s->weight, s->listen, *s->listen6 ? " and " : "",
+		                        s->listen6, id_text, *s->match ? s->match : "every connection");
+	}
+	reply(fd, out);
+}
+
+/* One request from a client; *keep: its connection is now a proxy's link. */
+static void handle(int fd, const char *msg, bool *keep)
+{
+	char root[256], id_text[64], out[256];
+	if (wfpr__control_is(msg, "cgroup")) {
+		if (ebpf_cgroup2_root(root, sizeof(root)) != 0)
+			root[0] = '\0';
+		snprintf(out, sizeof(out), "ok\ncgroup: %s\nmount: %s\n", ebpf_cgroup(layer), root);
+		reply(fd, out);
+	} else if (wfpr__control_is(msg, "register")) {
+		do_register(fd, msg, keep);
+	} else if (wfpr__control_is(msg, "name") && wfpr__control_get(msg, "id", id_text, sizeof(id_text))) {
+		for (size_t i = 0; i < SLOTS; i++) {
+			char h[33];
+			if (slots[i].used && strcmp(hex(h, slots[i].id), id_text) == 0) {
+				snprintf(out, sizeof(out), "ok\nname: %s\n", slots[i].name);
+				return reply(fd, out);
+			}
+		}
+		refuse(fd, "not-found", "no redirector has id %.40s", id_text);
+	} else if (wfpr__control_is(msg, "status")) {
+		do_status(fd);
+	} else {
+		refuse(fd, "bad-request", "unknown request (cgroup, register, name, status)");
+	}
+}
+
+/* The control socket: root's alone (0600) in a directory made for it. */
+static int listen_control(const char *path)
+{
+	struct sockaddr_un a = {.sun_family = AF_UNIX};
+	if (strlen(path) >= sizeof(a.sun_path)) {
+		fprintf(stderr, "wfpr daemon: the control path %s is too long\n", path);
+		return -1;
+	}
+	strcpy(a.sun_path, path);
+	int probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (probe >= 0 && connect(probe, (struct sockaddr *)&a, sizeof(a)) == 0) {
+		fprintf(stderr, "wfpr daemon: another daemon answers on %s; give another --control PATH\n", path);
+		close(probe);
+		return -1;
+	}
+	if (probe >= 0)
+		close(probe);
+	unlink(path); /* a dead daemon's */
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	mode_t old = umask(0077);
+	int rc = fd < 0 ? -1 : bind(fd, (struct sockaddr *)&a, sizeof(a));
+	umask(old);
+	if (rc != 0 || listen(fd, 64) != 0) {
+		fprintf(stderr, "wfpr daemon: cannot listen on %s: %s\n", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* One daemon per cgroup: a lock named after the cgroup's id, held for the
+ * daemon's life (the kernel drops it when the daemon dies). */
+static int take_lock(const char *cgroup)
+{
+	struct stat st;
+	char path[128], text[32] = "";
+	if (stat(cgroup, &st) != 0) {
+		fprintf(stderr, "wfpr daemon: no cgroup %s: %s\n", cgroup, strerror(errno));
+		return -1;
+	}
+	mkdir(LOCK_DIR, 0755);
+	snprintf(path, sizeof(path), LOCK_DIR "/daemon-%llu.lock", (unsigned long long)st.st_ino);
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		fprintf(stderr, "wfpr daemon: cannot open %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+		ssize_t n = read(fd, text, sizeof(text) - 1);
+		text[n > 0 ? n : 0] = '\0';
+		text[strcspn(text, "\n")] = '\0';
+		fprintf(stderr, "wfpr daemon: a wfpr daemon (pid %s) already serves the cgroup %s; stop it first\n",
+		        *text ? text : "?", cgroup);
+		close(fd);
+		return -1;
+	}
+	if (ftruncate(fd, 0) == 0)
+		dprintf(fd, "%d\n", (int)getpid());
+	return fd;
+}
+
+static const char daemon_usage[] =
+	"usage: wfpr daemon [--cgroup PATH] [--control PATH] [--udp-idle-timeout MS]\n"
+	"  Load the eBPF redirect layer on a cgroup v2 directory (default: the whole host, the cgroup2\n"
+	"  mount) and let proxies register with it over the control socket (default "
+	WFPR_DAEMON_CONTROL ").\n"
+	"  Runs until SIGTERM or SIGINT, then removes everything it loaded. Needs root.\n";
+
+int cmd_daemon(int argc, char **argv)
+{
+	const char *cgroup = "", *control = WFPR_DAEMON_CONTROL;
+	unsigned int udp_idle_ms = 0;
+	for (int i = 0; i < argc; i++) {
+		const char *val = i + 1 < argc ? argv[i + 1] : NULL;
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+			fputs(daemon_usage, stdout);
+			return 0;
+		}
+		if (!val) {
+			fprintf(stderr, "wfpr daemon: unknown option or missing value '%s'\n\n%s", argv[i], daemon_usage);
+			return 2;
+		}
+		if (strcmp(argv[i], "--cgroup") == 0)
+			cgroup = val;
+		else if (strcmp(argv[i], "--control") == 0)
+			control = val;
+		else if (strcmp(argv[i], "--udp-idle-timeout") != 0 || cli_set_udp_idle(val, &udp_idle_ms) != 0) {
+			fprintf(stderr, "wfpr daemon: unknown or invalid option '%s'\n\n%s", argv[i], daemon_usage);
+			return 2;
+		}
+		i++;
+	}
+	cli_notify_take();
+	char err[512], dir[512];
+	if (geteuid() != 0) {
+		fprintf(stderr, "wfpr daemon: needs root, to load BPF programs and attach them to a cgroup\n");
+		return 1;
+	}
+	if (ebpf_cgroup2_root(dir, sizeof(dir)) != 0) {
+		fprintf(stderr, "wfpr daemon: no cgroup v2 hierarchy is mounted\n");
+		return 1;
+	}
+	if (*cgroup) {
+		size_t rl = strlen(dir);
+		const char *rel = strncmp(cgroup, dir, rl) == 0 ? cgroup + rl : cgroup;
+		while (*rel == '/')
+			rel++;
+		snprintf(dir + rl, sizeof(dir) - rl, "%s%s", *rel ? "/" : "", rel);
+	}
+	int lock = take_lock(dir);
+	if (lock < 0)
+		return 1;
+	if (ebpf_open_on(&layer, dir, err, sizeof(err)) != 0) {
+		fprintf(stderr, "wfpr daemon: cannot load the eBPF layer on %s: %s\n", dir, err);
+		return 1;
+	}
+	if (udp_idle_ms)
+		ebpf_set_udp_idle(layer, udp_idle_ms);
+	int server = listen_control(control);
+	if (server < 0) {
+		ebpf_close(layer);
+		return 1;
+	}
+	struct sigaction sa = {.sa_handler = on_signal};
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	for (size_t i = 0; i < SLOTS; i++)
+		slots[i].fd = -1;
+	fprintf(stderr, "wfpr daemon: the eBPF layer is on %s; proxies register on %s\n", dir, control);
+	cli_notify("READY=1\nSTATUS=serving the eBPF layer");
+
+	int clients[MAX_CLIENTS];
+	size_t n_clients = 0;
+	while (!stopping) {
+		struct pollfd p[1 + MAX_CLIENTS + SLOTS];
+		size_t n = 0;
+		p[n++] = (struct pollfd){.fd = server, .events = POLLIN};
+		for (size_t i = 0; i < n_clients; i++)
+			p[n++] = (struct pollfd){.fd = clients[i], .events = POLLIN};
+		for (size_t i = 0; i < SLOTS; i++)
+			if (slots[i].live)
+				p[n++] = (struct pollfd){.fd = slots[i].fd, .events = POLLIN};
+		if (poll(p, n, -1) < 0)
+			continue; /* EINTR: a signal; the loop checks stopping */
+		/* a proxy's link: any packet or its end means it is gone */
+		for (size_t i = 0; i < SLOTS; i++) {
+			for (size_t k = 1 + n_clients; slots[i].live && k < n; k++)
+				if (p[k].fd == slots[i].fd && p[k].revents)
+					switch_off(i, "is gone");
+		}
+		for (size_t k = 1; k < 1 + n_clients; k++) {
+			if (!p[k].revents)
+				continue;
+			char msg[WFPR__CONTROL_MAX + 1];
+			ssize_t got = recv(p[k].fd, msg, sizeof(msg) - 1, MSG_DONTWAIT);
+			bool keep = false;
+			if (got > 0) {
+				msg[got] = '\0';
+				handle(p[k].fd, msg, &keep);
+			}
+			if (!keep)
+				close(p[k].fd);
+			p[k].fd = -1; /* answered: one request per connection, or now a link */
+		}
+		size_t kept = 0;
+		for (size_t k = 1; k < 1 + n_clients; k++)
+			if (p[k].fd >= 0)
+				clients[kept++] = p[k].fd;
+		n_clients = kept;
+		if (p[0].revents & POLLIN) {
+			int fd;
+			while ((fd = accept4(server, NULL, NULL, SOCK_CLOEXEC)) >= 0) {
+				if (n_clients == MAX_CLIENTS) {
+					refuse(fd, "busy", "too many requests at once; try again");
+					close(fd);
+					continue;
+				}
+				clients[n_clients++] = fd;
+			}
+		}
+	}
+	fprintf(stderr, "wfpr daemon: stopping: removing the eBPF layer from %s\n", dir);
+	for (size_t i = 0; i < n_clients; i++)
+		close(clients[i]);
+	for (size_t i = 0; i < SLOTS; i++)
+		if (slots[i].fd >= 0)
+			close(slots[i].fd);
+	close(server);
+	unlink(control);
+	ebpf_close(layer);
+	close(lock);
+	return 0;
+}
+
+#else
+
+int cmd_daemon(int argc, char **argv)
+{
+	(void)argc, (void)argv;
+	fprintf(stderr, "wfpr daemon: this wfpr was built without the eBPF backend (it needs clang, bpftool, "
+	                "libbpf-dev and the kernel's BTF at build time)\n");
+	return 1;
+}
+#endif

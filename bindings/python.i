@@ -217,7 +217,13 @@ PyObject *wfpr_binding_records_decode(PyObject *blob)
 	PyObject *hops = PyList_New(0);
 	for (size_t i = 0; hops && i < records->hop_count; i++) {
 		const wfpr_hop *h = &records->hops[i];
-		PyObject *d = Py_BuildValue("{s:y#,s:K,s:I,s:i,s:N,s:N,s:N,s:K,s:y#}",
+		const wfpr_process *p = &h->process;
+		/* names and paths are bytes: undecodable ones as surrogates, as os.fsdecode does */
+		PyObject *process = p->pid ? Py_BuildValue("{s:I,s:I,s:N,s:N}", "pid", p->pid, "uid", p->uid, "name",
+		                                           PyUnicode_DecodeFSDefault(p->name), "exe",
+		                                           PyUnicode_DecodeFSDefault(p->exe))
+		                           : (Py_INCREF(Py_None), Py_None);
+		PyObject *d = !process ? NULL : Py_BuildValue("{s:y#,s:K,s:I,s:i,s:N,s:N,s:N,s:K,s:y#,s:N}",
 		                            "redirector_id", h->redirector_id, (Py_ssize_t)WFPR_REDIRECTOR_ID_SIZE,
 		                            "handle", (unsigned long long)h->handle_id,
 		                            "proxy_pid", (unsigned int)h->proxy_pid,
@@ -226,7 +232,7 @@ PyObject *wfpr_binding_records_decode(PyObject *blob)
 		                            "original_local", wfpr_py_addr(&h->original_local),
 		                            "target", wfpr_py_addr(&h->target),
 		                            "time_ns", (unsigned long long)h->time_ns,
-		                            "token", h->token, (Py_ssize_t)WFPR_TOKEN_SIZE);
+		                            "token", h->token, (Py_ssize_t)WFPR_TOKEN_SIZE, "process", process);
 		if (!d || PyList_Append(hops, d) < 0)
 			Py_CLEAR(hops);
 		Py_XDECREF(d);

@@ -316,11 +316,16 @@ struct caller {
 	int exe_known;
 };
 
+/* comm: the process's (its main thread's, as /proc/PID/comm), not the
+ * thread's that connects (dig's is "isc-net-0000") */
 static __always_inline void caller_of(struct caller *w)
 {
 	w->pid = bpf_get_current_pid_tgid() >> 32;
 	w->uid = (__u32)bpf_get_current_uid_gid();
-	bpf_get_current_comm(w->comm, sizeof(w->comm));
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
+	if (!leader || BPF_CORE_READ_INTO(&w->comm, leader, comm) != 0)
+		bpf_get_current_comm(w->comm, sizeof(w->comm));
 }
 
 static __always_inline void caller_exe(struct caller *w)

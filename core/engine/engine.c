@@ -136,17 +136,37 @@ static int64_t elapsed_ms(const struct timespec *since)
 
 /* ---- the JSON-lines log ---- */
 
+/* The length of the valid UTF-8 sequence at s (0: none; overlong forms
+ * and surrogates count as invalid). */
+static size_t utf8_sequence(const unsigned char *s)
+{
+	size_t n = s[0] >= 0xf0 && s[0] <= 0xf4 ? 4 : s[0] >= 0xe0 ? 3 : s[0] >= 0xc2 && s[0] < 0xe0 ? 2 : 0;
+	for (size_t i = 1; i < n; i++)
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+	if ((n == 3 && ((s[0] == 0xe0 && s[1] < 0xa0) || (s[0] == 0xed && s[1] >= 0xa0))) ||
+	    (n == 4 && ((s[0] == 0xf0 && s[1] < 0x90) || (s[0] == 0xf4 && s[1] >= 0x90))))
+		return 0;
+	return n;
+}
+
+/* A JSON string: names and paths from other processes may hold any bytes,
+ * so a byte that is not valid UTF-8 becomes U+FFFD and the line stays JSON. */
 static void json_string(FILE *f, const char *s)
 {
 	fputc('"', f);
-	for (; *s; s++) {
-		unsigned char ch = (unsigned char)*s;
-		if (ch == '"' || ch == '\\')
-			fprintf(f, "\\%c", ch);
-		else if (ch < 0x20)
-			fprintf(f, "\\u%04x", ch);
+	for (const unsigned char *p = (const unsigned char *)s; *p;) {
+		size_t n;
+		if (*p == '"' || *p == '\\')
+			fprintf(f, "\\%c", *p++);
+		else if (*p < 0x20)
+			fprintf(f, "\\u%04x", *p++);
+		else if (*p < 0x80)
+			fputc(*p++, f);
+		else if ((n = utf8_sequence(p)) > 0)
+			p += fwrite(p, 1, n, f);
 		else
-			fputc(ch, f);
+			fputs("\\ufffd", f), p++;
 	}
 	fputc('"', f);
 }

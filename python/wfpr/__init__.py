@@ -14,7 +14,7 @@ from .errors import *  # noqa: F401,F403 - one exception class per code
 from .errors import InsufficientBufferError, WSAError, from_code
 from .layer import BLOCK, PERMIT, ConnectRequest, Layer, Redirect, Redirector
 from .proxy import ProxiedConnection, Proxy
-from .records import Hop, RedirectRecords, RedirectState
+from .records import Hop, Process, RedirectRecords, RedirectState
 from .sockets import (
     SIO_FLUSH, SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT, SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS,
     SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, Datagram, Overlapped, close, connect, decode_context, flush, ioctl,

@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional
 
 from . import _wfpr
 from .layer import PERMIT, Layer, Redirect
-from .records import Address, RedirectRecords
+from .records import Address, Process, RedirectRecords
 
 Inspect = Callable[[bytes, str], Optional[bytes]]  # (chunk, "up" | "down") -> chunk to send
 
@@ -37,6 +37,11 @@ class ProxiedConnection:
     bytes_up: int = 0
     bytes_down: int = 0
     error: Optional[str] = None
+
+    @property
+    def process(self) -> Optional[Process]:
+        """The client process (pid, uid, name, exe), as the first hop gives it."""
+        return self.records.hops[0].process if self.records.hops else None
 
 
 class Proxy:

@@ -33,6 +33,17 @@ def _fmt(addr: Optional[Address]) -> str:
 
 
 @dataclass(frozen=True)
+class Process:
+    """The process that made a redirected connection (a hop's PROCESS
+    attribute). ``exe`` is "" where the layer could not name the path."""
+
+    pid: int
+    uid: int
+    name: str
+    exe: str
+
+
+@dataclass(frozen=True)
 class Hop:
     """One redirect in a connection's history."""
 
@@ -45,13 +56,15 @@ class Hop:
     target: Address
     time_ns: int
     token: bytes
+    process: Optional[Process] = None
 
     @classmethod
     def _from_dict(cls, d: dict) -> "Hop":
         return cls(redirector_id=d["redirector_id"], handle=d["handle"], proxy_pid=d["proxy_pid"],
                    protocol={6: "tcp", 17: "udp"}.get(d["protocol"], str(d["protocol"])),
                    original_remote=d["original_remote"], original_local=d["original_local"],
-                   target=d["target"], time_ns=d["time_ns"], token=d["token"])
+                   target=d["target"], time_ns=d["time_ns"], token=d["token"],
+                   process=Process(**d["process"]) if d.get("process") else None)
 
     @property
     def redirector(self) -> str:

@@ -165,6 +165,23 @@ static void host_objects_expire(void)
 	wfpr_rules_free(r);
 }
 
+/* conn.process: the client's pid, uid, name and exe; nil when unknown. */
+static void rule_sees_the_process(void)
+{
+	wfpr_rules *r = host("function on_connect(c)\n"
+	                     "  local p = c.process\n"
+	                     "  if not p then return 'block' end\n"
+	                     "  log(p.pid .. ' ' .. p.uid .. ' ' .. p.name .. ' ' .. p.exe)\n"
+	                     "  return p.name == 'curl' and 'inspect' or 'pass'\n"
+	                     "end\n", 0);
+	wfpr_rule_conn c = conn_to(80, 8);
+	CHECK_EQ(wfpr_rules_on_connect(r, &c), WFPR_VERDICT_INSPECT);
+	CHECK(strstr(last_log, "1234 1000 curl /usr/bin/curl") != NULL);
+	memset(&c.process, 0, sizeof(c.process));
+	CHECK_EQ(wfpr_rules_on_connect(r, &c), WFPR_VERDICT_BLOCK);
+	wfpr_rules_free(r);
+}
+
 static void many_calls_do_not_grow_memory(void)
 {
 	wfpr_rules *r = host("function on_connect(c) c.tag.n = (c.tag.n or 0) + 1 return 'inspect' end\n"
@@ -332,6 +349,7 @@ int main(void)
 	RUN(memory_bombs_are_capped);
 	RUN(an_error_logs_once_and_gets_the_default);
 	RUN(host_objects_expire);
+	RUN(rule_sees_the_process);
 	RUN(many_calls_do_not_grow_memory);
 	TEST_MAIN_END();
 }

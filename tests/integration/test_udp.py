@@ -136,13 +136,14 @@ def test_two_processes_on_one_udp_port_get_two_flows(backend, udp_echo, rules, w
 
 @pytest.fixture
 def dnsmasq(tmp_path, started):
-    """dnsmasq on [::1], answering example.test with 192.0.2.1."""
+    """dnsmasq on [::1] and 127.0.0.1, answering example.test with 192.0.2.1."""
     if not shutil.which("dnsmasq") or not shutil.which("dig"):
         pytest.skip("dnsmasq and dig (dnsmasq-base, bind9-dnsutils) are not installed")
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
         probe.bind(("::1", 0))
         port = probe.getsockname()[1]
-    started(["dnsmasq", "--keep-in-foreground", "--port=%d" % port, "--listen-address=::1", "--bind-interfaces",
+    started(["dnsmasq", "--keep-in-foreground", "--port=%d" % port, "--listen-address=::1", "--listen-address=127.0.0.1",
+             "--bind-interfaces",
              "--no-resolv", "--no-hosts", "--address=/example.test/192.0.2.1", "--pid-file=%s" % (tmp_path / "pid"),
              "--log-facility=%s" % (tmp_path / "dnsmasq.log")])
     for _ in range(100):
@@ -154,16 +155,12 @@ def dnsmasq(tmp_path, started):
     pytest.fail("dnsmasq did not answer: " + direct.stdout + direct.stderr)
 
 
-@pytest.mark.parametrize("backend", [
-    BACKENDS[0],
-    pytest.param(("--backend", "ebpf"), id="ebpf", marks=pytest.mark.xfail(
-        strict=True, reason="dig connects its UDP socket, and connected UDP is not redirected on the eBPF backend "
-                            "(docs/ebpf.md, limits): its query goes direct")),
-])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_dig_over_ipv6(backend, dnsmasq, rules, wfpr_run):
-    """dig @::1 (an IPV6_V6ONLY socket) through two proxies: it used to fail
-    with "network unreachable" on the preload backend, whose proxies listened
-    on IPv4 only."""
+    """dig @::1 (an IPV6_V6ONLY socket, connected: connect, then send)
+    through two proxies: it used to fail with "network unreachable" on the
+    preload backend, whose proxies listened on IPv4 only, and went direct on
+    the eBPF backend, which did not redirect connected UDP."""
     run = wfpr_run([("alpha", rules("alpha")), ("beta", rules("beta"))],
                    ["dig", "@::1", "-p", str(dnsmasq), "example.test", "+short", "+tries=1", "+time=3"], extra=backend)
     needs(backend, run)
@@ -205,13 +202,17 @@ def test_dual_stack_udp_to_ipv6_loopback(rules, wfpr_run):
     assert [e["hops"] for e in run.events("connect", "udp")] == [["alpha"]]
 
 
-def test_connected_udp_on_ebpf_is_said(dnsmasq, rules, wfpr_run):
-    """The eBPF backend does not redirect connected UDP (dig): wfpr run says
-    how many sockets went direct, on stderr and in the log."""
-    run = wfpr_run([("alpha", rules("alpha"))],
-                   ["dig", "@::1", "-p", str(dnsmasq), "example.test", "+short", "+tries=1", "+time=3"],
-                   extra=("--backend", "ebpf"))
-    needs(("ebpf",), run)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_connected_udp_ipv4(backend, dnsmasq, rules, wfpr_run):
+    """dig @127.0.0.1 connects its UDP socket: its query and answer go through
+    both proxies, and the log names dig as the process."""
+    run = wfpr_run([("alpha", rules("alpha")), ("beta", rules("beta"))],
+                   ["dig", "@127.0.0.1", "-p", str(dnsmasq), "example.test", "+short", "+tries=1", "+time=3"],
+                   extra=backend)
+    needs(backend, run)
     assert run.returncode == 0 and run.stdout.strip() == "192.0.2.1", run.stdout + run.stderr
-    assert "1 connected UDP socket(s)" in run.stderr and "went direct" in run.stderr, run.stderr
-    assert [e["event"] for e in run.log if e["proxy"] == "wfpr run"] == ["escape"]
+    connects = run.events("connect", "udp")
+    assert [(e["proxy"], e["hops"]) for e in connects] == [("alpha", ["alpha"]), ("beta", ["alpha", "beta"])]
+    assert all(e["original_dst"] == "127.0.0.1:%d" % dnsmasq for e in connects)
+    assert all(e["process"]["name"] == "dig" for e in connects), connects
+    assert "went direct" not in run.stderr, run.stderr

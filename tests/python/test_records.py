@@ -109,3 +109,21 @@ def test_html_table_for_a_chain(chain_layer):
 def test_decode_refuses_garbage():
     with pytest.raises(wfpr.InvalidArgumentError):
         wfpr.RedirectRecords.parse(b"not a record")
+
+
+def test_each_hop_names_its_process(chain_layer):
+    """The PROCESS attribute: the in-process backend's connections are this
+    process's, with its pid, uid, command name and executable."""
+    import os
+    import sys
+    layer, reds = chain_layer
+    seen, keep = build_chain(layer, reds[:2])
+    try:
+        with open("/proc/self/comm") as f:
+            comm = f.read().strip()
+        for hop in seen[-1]:
+            assert hop.process == wfpr.Process(pid=os.getpid(), uid=os.getuid(), name=comm,
+                                               exe=os.path.realpath(sys.executable))
+    finally:
+        for s in keep:
+            s.close()

@@ -4,6 +4,7 @@
 /* The wfpr command's subcommands, one file each, and what they share. */
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -17,6 +18,9 @@ int cmd_proxy(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_ebpf(int argc, char **argv);
 int cmd_daemon(int argc, char **argv);
+/* What the daemon on control serves: its cgroup, and each proxy with its
+ * filter. Silent when none answers, unless asked (said). */
+void daemon_status(FILE *out, const char *control, int said);
 
 typedef struct proxy_config {
 	const char *name;

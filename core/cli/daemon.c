@@ -173,11 +173,11 @@ static void do_register(int fd, const char *msg, bool *keep)
 	*keep = true;
 	hex(id_text, s->id);
 	char out[256];
-	snprintf(out, sizeof(out), "ok\nid: %s\nslot: %zu\n", id_text, at);
-	reply(fd, out);
 	fprintf(stderr, "wfpr daemon: proxy %s (pid %d, uid %u) %s redirector %zu (id %s, weight %u) at %s%s%s; takes %s\n",
 	        name, (int)cred.pid, (unsigned int)cred.uid, again ? "takes back" : "registered as", at, id_text, s->weight,
 	        listen, *listen6 ? " and " : "", listen6, *s->match ? s->match : "every connection");
+	snprintf(out, sizeof(out), "ok\nid: %s\nslot: %zu\n", id_text, at);
+	reply(fd, out);
 }
 
 static void do_status(int fd)
@@ -420,7 +420,32 @@ int cmd_daemon(int argc, char **argv)
 	return 0;
 }
 
+void daemon_status(FILE *out, const char *control, int said)
+{
+	char reply_text[WFPR__CONTROL_MAX];
+	int fd = wfpr__control_connect(control);
+	if (fd < 0 || wfpr__control_call(fd, "status\n", reply_text, sizeof(reply_text)) != 0 ||
+	    !wfpr__control_is(reply_text, "ok")) {
+		if (said)
+			fprintf(out, "no wfpr daemon answers on %s\n", control);
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	close(fd);
+	char cgroup[512] = "?";
+	wfpr__control_get(reply_text, "cgroup", cgroup, sizeof(cgroup));
+	fprintf(out, "daemon on %s: the layer covers the cgroup %s\n", control, cgroup);
+	for (const char *line = strstr(reply_text, "\nproxy: "); line; line = strstr(line + 1, "\nproxy: "))
+		fprintf(out, "  proxy %.*s\n", (int)strcspn(line + 8, "\n"), line + 8);
+}
+
 #else
+
+void daemon_status(FILE *out, const char *control, int said)
+{
+	(void)out, (void)control, (void)said;
+}
 
 int cmd_daemon(int argc, char **argv)
 {

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "cli.h"
+#include "wfpr/daemon.h"
 #ifdef WFPR_HAVE_EBPF
 #include "loader.h"
 
@@ -52,8 +53,16 @@ void run_ebpf_close(void)
 
 int cmd_ebpf(int argc, char **argv)
 {
-	if (argc == 1 && strcmp(argv[0], "status") == 0)
-		return ebpf_status(stdout) < 0 ? 1 : 0;
+	if (argc >= 1 && strcmp(argv[0], "status") == 0) {
+		const char *control = argc == 3 && strcmp(argv[1], "--control") == 0 ? argv[2] : WFPR_DAEMON_CONTROL;
+		if (argc != 1 && argc != 3) {
+			fprintf(stderr, "wfpr ebpf status: give --control PATH or nothing\n");
+			return 2;
+		}
+		int n = ebpf_status(stdout);
+		daemon_status(stdout, control, argc == 3);
+		return n < 0 ? 1 : 0;
+	}
 	bool all = argc == 2 && strcmp(argv[1], "--all") == 0;
 	if ((argc == 1 || all) && strcmp(argv[0], "cleanup") == 0) {
 		if (geteuid() != 0) {

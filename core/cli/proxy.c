@@ -208,8 +208,8 @@ int proxy_serve(const proxy_config *cfg)
 			memcpy(id, wfpr_daemon_link_id(link), WFPR_REDIRECTOR_ID_SIZE);
 		}
 	} else if (rc == 0 && !cfg->ebpf) {
-		rc = wfpr_preload_register_dual(id, cfg->name, &address,
-		                                address6.ss_family == AF_INET6 ? &address6 : NULL);
+		rc = wfpr_preload_register_filtered(id, cfg->name, &address, address6.ss_family == AF_INET6 ? &address6 : NULL,
+		                                    cfg->weight ? cfg->weight : WFPR_DEFAULT_WEIGHT, cfg->match);
 	}
 	if (rc != 0) {
 		if (rc > 0)
@@ -228,6 +228,7 @@ int proxy_serve(const proxy_config *cfg)
 	        wfpr_sockaddr_format(where, sizeof(where), &address), *where6 ? " and " : "", where6, count,
 	        count > 1 ? "s" : "", link ? "; registered with the daemon, takes " : "",
 	        link ? (cfg->match && *cfg->match ? cfg->match : "every connection") : "", link ? "" : "");
+	cli_notify("READY=1\nSTATUS=listening and registered");
 	if (cfg->ready_fd >= 0) {
 		struct sockaddr_storage both[2] = {address, address6};
 		if (write(cfg->ready_fd, both, sizeof(both)) < 0) {
@@ -259,6 +260,7 @@ int cmd_proxy(int argc, char **argv)
 	static wfpr_match match;
 	static char match_text[WFPR_MATCH_TEXT_MAX + 1];
 	char why[256];
+	cli_notify_take();
 	for (int i = 0; i < argc; i++) {
 		opt = argv[i];
 		const char *val = i + 1 < argc ? argv[i + 1] : NULL;

@@ -89,6 +89,17 @@ struct wfpr_ebpf_process {
 	__u8 comm[WFPR_EBPF_COMM];
 };
 
+/* The client process of a chain (the first hop's), as the filters test it:
+ * a proxy's outbound connection is tested as its client's, not its own. */
+#define WFPR_EBPF_CGROUP_LEVELS 12
+struct wfpr_ebpf_origin {
+	struct wfpr_ebpf_process p;
+	__u64 exe_ino;
+	__u32 exe_dev;
+	__u32 pad;
+	__u64 cgroups[WFPR_EBPF_CGROUP_LEVELS]; /* the ids of its cgroup's ancestors, by level (0: the root) */
+};
+
 struct wfpr_ebpf_config {
 	__u32 n_filters;
 	__u32 pad;
@@ -121,6 +132,7 @@ struct wfpr_ebpf_entry {
 	__u64 last_ns; /* UDP: the flow's last datagram out (CLOCK_MONOTONIC) */
 	__u64 sock;    /* UDP: the SO_COOKIE of the socket that sends it (a flow belongs to one socket) */
 	struct wfpr_ebpf_process process; /* that made the newest hop's connection */
+	struct wfpr_ebpf_origin origin;   /* the chain's client */
 	__u8 context[WFPR_EBPF_CONTEXT_SIZE];
 	__u8 record[WFPR_EBPF_RECORD_CAP];
 };
@@ -140,6 +152,7 @@ struct wfpr_ebpf_sock {
 	__u16 original_port;
 	__u16 from_port; /* UDP at a proxy: the last datagram's source */
 	struct wfpr_ebpf_process process; /* who connected it (TCP, connected UDP) */
+	struct wfpr_ebpf_origin origin;   /* the client: from the chain SET on it, else who connected it */
 	__u8 from[16];
 	__u8 chain[WFPR_EBPF_RECORD_CAP];
 };

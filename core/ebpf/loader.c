@@ -598,9 +598,13 @@ static void show(FILE *out, pid_t owner, const char *pins, const char *cgroup)
 	int pid;
 	while (f && fscanf(f, "%d", &pid) == 1)
 		n_procs++;
-	fprintf(out, "instance %d (%s)\n  cgroup %s: %s, %u process%s\n  pins %s: %u\n", (int)owner,
-	        owner_alive(owner) ? "running" : "owner gone: `wfpr ebpf cleanup` removes it", cgroup,
-	        f ? "present" : "missing", n_procs, n_procs == 1 ? "" : "es", pins, n_pins);
+	fprintf(out, "instance %d (%s)\n", (int)owner,
+	        owner_alive(owner) ? "running" : "owner gone: `wfpr ebpf cleanup` removes it");
+	if (f)
+		fprintf(out, "  cgroup %s: %u process%s\n", cgroup, n_procs, n_procs == 1 ? "" : "es");
+	else
+		fprintf(out, "  on a cgroup it did not make (a wfpr daemon's: see below)\n");
+	fprintf(out, "  pins %s: %u\n", pins, n_pins);
 	if (f)
 		fclose(f);
 	snprintf(path, sizeof(path), "%s/map_counters", pins);

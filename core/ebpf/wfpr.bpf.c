@@ -307,87 +307,128 @@ static __always_inline __u32 prefix_bits(void *trie4, void *trie6, const __u8 *i
 	return mask ? *mask : 0;
 }
 
-/* The calling process, as the filters and the PROCESS attribute see it. */
-struct caller {
-	__u32 pid, uid;
-	__u64 comm[2];
-	__u64 exe_ino;
-	__u32 exe_dev;
-	int exe_known;
+/* The process a connection is tested as: the chain's client when the
+ * socket carries records (set from them), else the calling process, looked
+ * up when first needed. */
+struct who {
+	struct wfpr_ebpf_origin o;
+	int ready;
 };
 
-/* comm: the process's (its main thread's, as /proc/PID/comm), not the
- * thread's that connects (dig's is "isc-net-0000") */
-static __always_inline void caller_of(struct caller *w)
+/* comm: the process's (its main thread's, as /proc/PID/comm), not that of
+ * the thread that connects (dig's is "isc-net-0000") */
+static __always_inline void current_process(struct wfpr_ebpf_process *p)
 {
-	w->pid = bpf_get_current_pid_tgid() >> 32;
-	w->uid = (__u32)bpf_get_current_uid_gid();
+	p->pid = bpf_get_current_pid_tgid() >> 32;
+	p->uid = (__u32)bpf_get_current_uid_gid();
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
-	if (!leader || BPF_CORE_READ_INTO(&w->comm, leader, comm) != 0)
-		bpf_get_current_comm(w->comm, sizeof(w->comm));
+	if (!leader || BPF_CORE_READ_INTO(&p->comm, leader, comm) != 0)
+		bpf_get_current_comm(p->comm, sizeof(p->comm));
 }
 
-static __always_inline void caller_exe(struct caller *w)
+static __always_inline struct wfpr_ebpf_origin *who_get(struct who *w)
 {
-	if (w->exe_known)
-		return;
+	if (w->ready)
+		return &w->o;
+	current_process(&w->o.p);
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct inode *inode = BPF_CORE_READ(task, mm, exe_file, f_inode);
-	w->exe_ino = inode ? BPF_CORE_READ(inode, i_ino) : 0;
-	w->exe_dev = inode ? BPF_CORE_READ(inode, i_sb, s_dev) : 0;
-	w->exe_known = 1;
+	w->o.exe_ino = inode ? BPF_CORE_READ(inode, i_ino) : 0;
+	w->o.exe_dev = inode ? BPF_CORE_READ(inode, i_sb, s_dev) : 0;
+	for (int i = 0; i < WFPR_EBPF_CGROUP_LEVELS; i++)
+		w->o.cgroups[i] = bpf_get_current_ancestor_cgroup_id(i);
+	w->ready = 1;
+	return &w->o;
 }
 
-/* Does filter f take a connection to d of protocol from caller w? */
-static __always_inline int filter_takes(const struct wfpr_ebpf_filter *f, const struct dest *d, __u32 protocol,
-                                        struct caller *w)
+/* A socket's client: the chain's, when records were SET on it. */
+static __always_inline void who_init(struct who *w, const struct wfpr_ebpf_sock *st)
 {
+	w->ready = st && st->hops;
+	if (w->ready)
+		w->o = st->origin;
+}
+
+/* Does filter f take a connection to port of protocol from client who?
+ * A global function, so that the verifier checks it once rather than in
+ * each of the 32 iterations of decide()'s loop. */
+__noinline int wfpr_filter_takes(const struct wfpr_ebpf_filter *f, __u32 port, __u32 protocol, struct who *who)
+{
+	if (!f || !who)
+		return 0;
 	if (f->protocol && f->protocol != protocol)
 		return 0;
-	int ok = f->n_ports == 0;
-	for (__u32 i = 0; i < WFPR_EBPF_MATCH_PORTS; i++)
-		if (i < f->n_ports && d->port >= f->ports[i].lo && d->port <= f->ports[i].hi)
-			ok = 1;
-	if (!ok)
-		return 0;
-	ok = f->n_uids == 0;
-	for (__u32 i = 0; i < WFPR_EBPF_MATCH_UIDS; i++)
-		if (i < f->n_uids && f->uids[i] == w->uid)
-			ok = 1;
-	if (!ok)
-		return 0;
-	ok = f->n_comms == 0;
-	for (__u32 i = 0; i < WFPR_EBPF_MATCH_COMMS; i++) {
-		__u64 a, b;
-		__builtin_memcpy(&a, f->comms[i], 8);
-		__builtin_memcpy(&b, f->comms[i] + 8, 8);
-		if (i < f->n_comms && a == w->comm[0] && b == w->comm[1])
-			ok = 1;
-	}
-	if (!ok)
-		return 0;
-	if (f->n_exes) {
-		caller_exe(w);
-		ok = 0;
-		for (__u32 i = 0; i < WFPR_EBPF_MATCH_EXES; i++)
-			if (i < f->n_exes && f->exes[i].ino == w->exe_ino && f->exes[i].dev == w->exe_dev)
+	if (f->n_ports) {
+		int ok = 0;
+		for (__u32 i = 0; i < WFPR_EBPF_MATCH_PORTS && i < f->n_ports; i++)
+			if (port >= f->ports[i].lo && port <= f->ports[i].hi) {
 				ok = 1;
+				break;
+			}
 		if (!ok)
 			return 0;
 	}
-	ok = f->n_cgroups == 0;
-	for (__u32 i = 0; i < WFPR_EBPF_MATCH_CGROUPS; i++)
-		if (i < f->n_cgroups && bpf_get_current_ancestor_cgroup_id(f->cgroups[i].level) == f->cgroups[i].id)
-			ok = 1;
-	return ok;
+	if (!f->n_uids && !f->n_comms && !f->n_exes && !f->n_cgroups)
+		return 1;
+	struct wfpr_ebpf_origin *w = who_get(who);
+	if (f->n_uids) {
+		int ok = 0;
+		for (__u32 i = 0; i < WFPR_EBPF_MATCH_UIDS && i < f->n_uids; i++)
+			if (f->uids[i] == w->p.uid) {
+				ok = 1;
+				break;
+			}
+		if (!ok)
+			return 0;
+	}
+	if (f->n_comms) {
+		__u64 c0, c1;
+		int ok = 0;
+		__builtin_memcpy(&c0, w->p.comm, 8);
+		__builtin_memcpy(&c1, w->p.comm + 8, 8);
+		for (__u32 i = 0; i < WFPR_EBPF_MATCH_COMMS && i < f->n_comms; i++) {
+			__u64 a, b;
+			__builtin_memcpy(&a, f->comms[i], 8);
+			__builtin_memcpy(&b, f->comms[i] + 8, 8);
+			if (a == c0 && b == c1) {
+				ok = 1;
+				break;
+			}
+		}
+		if (!ok)
+			return 0;
+	}
+	if (f->n_exes) {
+		int ok = 0;
+		for (__u32 i = 0; i < WFPR_EBPF_MATCH_EXES && i < f->n_exes; i++)
+			if (f->exes[i].ino == w->exe_ino && f->exes[i].dev == w->exe_dev) {
+				ok = 1;
+				break;
+			}
+		if (!ok)
+			return 0;
+	}
+	if (f->n_cgroups) {
+		int ok = 0;
+		for (__u32 i = 0; i < WFPR_EBPF_MATCH_CGROUPS && i < f->n_cgroups; i++) {
+			__u32 level = f->cgroups[i].level;
+			if (level < WFPR_EBPF_CGROUP_LEVELS && w->cgroups[level] == f->cgroups[i].id) {
+				ok = 1;
+				break;
+			}
+		}
+		if (!ok)
+			return 0;
+	}
+	return 1;
 }
 
 /* The slot to redirect d to, PERMIT or HOP_LIMIT, for a socket whose
- * storage is st (NULL: none), made by caller w. local_port: the socket's
- * own port when known (a proxy's own socket is never redirected). */
+ * storage is st (NULL: none), of client w. local_port: the socket's own
+ * port when known (a proxy's own socket is never redirected). */
 static __always_inline int decide(const struct wfpr_ebpf_sock *st, const struct dest *d, __u32 protocol,
-                                  const __u8 *local, __u16 local_port, struct caller *w)
+                                  const __u8 *local, __u16 local_port, struct who *w)
 {
 	__u32 zero = 0;
 	struct chain c = {};
@@ -411,7 +452,7 @@ static __always_inline int decide(const struct wfpr_ebpf_sock *st, const struct 
 			continue;
 		__u32 k = i;
 		struct wfpr_ebpf_filter *f = bpf_map_lookup_elem(&filters, &k);
-		if (!f || !filter_takes(f, d, protocol, w))
+		if (!f || !wfpr_filter_takes(f, d->port, protocol, w))
 			continue;
 		if (!redirector(f->redirector) || permit_only(&c, f->redirector))
 			continue; /* the callout may only permit: the next filter is asked */
@@ -445,7 +486,8 @@ static __always_inline void put_sockaddr(__u8 *p, int v4, const __u8 *ip, __u16 
  */
 static __always_inline int issue(void *map, const struct wfpr_ebpf_key *key, __u64 sock, const struct wfpr_ebpf_sock *st,
                                  __u32 slot, const struct wfpr_ebpf_redirector *r, int v4, const __u8 *original,
-                                 __u16 original_port, const struct wfpr_ebpf_process *who)
+                                 __u16 original_port, const struct wfpr_ebpf_process *who,
+                                 const struct wfpr_ebpf_origin *origin)
 {
 	__u32 zero = 0;
 	struct wfpr_ebpf_entry *e = bpf_map_lookup_elem(&scratch, &zero);
@@ -465,6 +507,7 @@ static __always_inline int issue(void *map, const struct wfpr_ebpf_key *key, __u
 	__u32 t[4] = {bpf_get_prandom_u32(), bpf_get_prandom_u32(), bpf_get_prandom_u32(), bpf_get_prandom_u32()};
 	__builtin_memcpy(e->token, t, sizeof(t));
 	e->process = *who;
+	e->origin = *origin;
 
 	struct wfpr__hop_args a = {.id = r->id, .handle = r->handle, .pid = r->pid, .target = key->proxy,
 	                           .target_port = key->proxy_port, .protocol = key->protocol, .original = original,
@@ -533,8 +576,8 @@ static __always_inline int on_connect(struct bpf_sock_addr *ctx, int v4)
 	if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
 		return 1;
 	struct wfpr_ebpf_sock *st = bpf_sk_storage_get(&socks, ctx->sk, 0, 0);
-	struct caller w = {};
-	caller_of(&w);
+	struct who w = {};
+	who_init(&w, st);
 	int slot = decide(st, &d, protocol, 0, 0, &w);
 	if (slot == PERMIT) {
 		count(WFPR_EBPF_PERMITS);
@@ -559,9 +602,8 @@ static __always_inline int on_connect(struct bpf_sock_addr *ctx, int v4)
 	if (!st)
 		return 1; /* no memory: the connection goes direct */
 	int six = !v4 && r->port6;
-	st->process.pid = w.pid;
-	st->process.uid = w.uid;
-	__builtin_memcpy(st->process.comm, w.comm, WFPR_EBPF_COMM);
+	current_process(&st->process);
+	st->origin = *who_get(&w);
 	st->pending = 1;
 	st->redirected = 1;
 	st->slot = slot;
@@ -618,7 +660,8 @@ int wfpr_sockops(struct bpf_sock_ops *skops)
 		__builtin_memcpy(key.proxy, target_ip(r, st->target6), 16);
 		key.proxy_port = target_port(r, st->target6);
 		key.protocol = IPPROTO_TCP;
-		issue(&records, &key, 0, st, slot, r, sk->family == AF_INET, st->original, st->original_port, &st->process);
+		issue(&records, &key, 0, st, slot, r, sk->family == AF_INET, st->original, st->original_port, &st->process,
+		      &st->origin);
 		break;
 	}
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
@@ -780,6 +823,7 @@ int wfpr_setsockopt(struct bpf_sockopt *ctx)
 			if (st && bpf_probe_read_kernel(st->chain, AT_MOST(optlen, CAP), e->record) == 0) {
 				st->chain_len = optlen;
 				st->hops = e->hops;
+				st->origin = e->origin;
 				__builtin_memcpy(st->slots, e->slots, WFPR_EBPF_HOPS);
 				err = 0;
 			}
@@ -809,8 +853,8 @@ static __always_inline int on_sendmsg(struct bpf_sock_addr *ctx, int v4)
 	if (last && last->port == d.port && same_ip(last->ip, d.ip))
 		return 1; /* a reply */
 	struct wfpr_ebpf_sock *st = bpf_sk_storage_get(&socks, sk, 0, 0);
-	struct caller w = {};
-	caller_of(&w);
+	struct who w = {};
+	who_init(&w, st);
 	int slot = decide(st, &d, IPPROTO_UDP, local, local_port, &w);
 	if (slot == PERMIT)
 		return 1;
@@ -843,9 +887,9 @@ static __always_inline int on_sendmsg(struct bpf_sock_addr *ctx, int v4)
 	struct wfpr_ebpf_config *cfg = bpf_map_lookup_elem(&settings, &zero);
 	if (!e || e->original_port != d.port || !same_ip(e->original, d.ip) || e->sock != sock ||
 	    (cfg && now - e->last_ns >= cfg->udp_idle_ns)) {
-		struct wfpr_ebpf_process who = {.pid = w.pid, .uid = w.uid};
-		__builtin_memcpy(who.comm, w.comm, WFPR_EBPF_COMM);
-		issue(&flows, &key, sock, st, slot, r, v4, d.ip, d.port, &who);
+		struct wfpr_ebpf_process sender = {};
+		current_process(&sender);
+		issue(&flows, &key, sock, st, slot, r, v4, d.ip, d.port, &sender, who_get(&w));
 	} else {
 		e->last_ns = now;
 	}
@@ -903,7 +947,7 @@ static __always_inline void connected_flow(struct bpf_sock_addr *ctx, int v4, co
 		if (r && target_port(r, st->target6) == local_port) {
 			st->pending = 0;
 			issue(&flows, &key, 0, st, slot, r, client->family == AF_INET, st->original, st->original_port,
-			      &st->process);
+			      &st->process, &st->origin);
 		}
 	}
 	bpf_sk_release(client);

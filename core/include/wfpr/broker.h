@@ -59,6 +59,16 @@ WFPR_EXTERN int wfpr_preload_register(uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE], c
 WFPR_EXTERN int wfpr_preload_register_dual(uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE], const char *name,
                                            const struct sockaddr_storage *address,
                                            const struct sockaddr_storage *address6);
+/* The same with a filter: the broker redirects to this proxy only the
+ * connections match takes (wfpr/match.h text; NULL or "": all), asking
+ * redirectors highest weight first (equal weights in registration order;
+ * the two calls above use WFPR_DEFAULT_WEIGHT). WFPR_WSAEINVAL for a match
+ * that does not parse (wfpr_match_parse says why). */
+#define WFPR_DEFAULT_WEIGHT 100
+WFPR_EXTERN int wfpr_preload_register_filtered(uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE], const char *name,
+                                               const struct sockaddr_storage *address,
+                                               const struct sockaddr_storage *address6, uint32_t weight,
+                                               const char *match);
 /* A redirector's name from its id, as the broker knows it. */
 WFPR_EXTERN int wfpr_preload_redirector_name(char *out, size_t len, const uint8_t id[WFPR_REDIRECTOR_ID_SIZE]);
 

@@ -10,6 +10,7 @@
 #include "client.h"
 #include "wfpr/broker.h"
 #include "wfpr/error.h"
+#include "wfpr/match.h"
 
 _Static_assert(WIRE_BLOB_MAX <= WFPR__BLOB_MAX, "a broker's blob fits a QUERY's buffer");
 
@@ -94,13 +95,21 @@ int wfpr_preload_register(uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE], const char *n
 int wfpr_preload_register_dual(uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE], const char *name,
                                const struct sockaddr_storage *address, const struct sockaddr_storage *address6)
 {
+	return wfpr_preload_register_filtered(out_id, name, address, address6, WFPR_DEFAULT_WEIGHT, NULL);
+}
+
+int wfpr_preload_register_filtered(uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE], const char *name,
+                                   const struct sockaddr_storage *address, const struct sockaddr_storage *address6,
+                                   uint32_t weight, const char *match)
+{
+	wfpr_match m;
 	if (!out_id || !name || !address)
 		return WFPR_WSAEFAULT;
-	if (address6 && address6->ss_family != AF_INET6)
+	if ((address6 && address6->ss_family != AF_INET6) || (match && wfpr_match_parse(&m, match, NULL, 0) != 0))
 		return WFPR_WSAEINVAL;
 	if (!wfpr__client_enabled())
 		return WFPR_WSAENETDOWN;
-	return wfpr__client_register(name, address, address6, out_id);
+	return wfpr__client_register(name, address, address6, weight, match, out_id);
 }
 
 int wfpr_preload_redirector_name(char *out, size_t len, const uint8_t id[WFPR_REDIRECTOR_ID_SIZE])

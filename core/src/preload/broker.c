@@ -17,6 +17,7 @@
 #include "../store.h"
 #include "wfpr/broker.h"
 #include "wfpr/error.h"
+#include "wfpr/match.h"
 #include "broker_poll.h"
 #include "wire.h"
 
@@ -36,6 +37,9 @@ typedef struct proxy {
 	uint64_t filter;
 	uint64_t owner; /* the client that registered it; it lives as long as that connection */
 	bool live;
+	wfpr_match match; /* the connections it takes */
+	bool match_process; /* match names the process: look it up per connection */
+	wfpr_broker *broker;
 } proxy;
 
 typedef struct client {
@@ -72,7 +76,8 @@ struct wfpr_broker {
 	int listen_fd, epoll_fd, stop_fd;
 	client *clients;
 	proxy *proxies;
-	uint64_t next_client, n_proxies;
+	uint64_t next_client;
+	wfpr_process origin; /* during a ROUTE: the client process the filters test (pid 0: none) */
 	wfpr__store *store;
 	wfpr_broker_stats stats;
 	struct waiting *waiting; /* QUERYs that came before their ISSUE */
@@ -128,6 +133,11 @@ static wfpr__entry *entry_of(wfpr_broker *b, const wire_request *rq)
 static wfpr_action classify(void *user, wfpr_connect_request *req)
 {
 	proxy *p = user;
+	wfpr_process *who = &p->broker->origin;
+	if (p->match_process && who->pid && (!who->name[0] || !who->exe[0]))
+		wfpr_process_fill(who);
+	if (!wfpr_match_test(&p->match, req->protocol, &req->remote, who))
+		return WFPR_ACTION_PERMIT; /* not its traffic: the next filter is asked */
 	/* IPv6 traffic to the proxy's IPv6 address, where it has one: an
 	 * IPV6_V6ONLY socket cannot reach an IPv4 one, and a datagram from a
 	 * dual-stack socket must come back from the address it went to */
@@ -147,9 +157,14 @@ static bool is_proxy_address(const wfpr_broker *b, const struct sockaddr_storage
 /* A proxy that registers under the name of one that is gone takes its
  * redirector back (same id, same callout): a restarted proxy is the same
  * redirector, and the layer does not grow with restarts. */
-static int register_proxy(wfpr_broker *b, client *c, const wire_request *rq, wire_reply *rp)
+static int register_proxy(wfpr_broker *b, client *c, const wire_request *rq, const uint8_t *blob, wire_reply *rp)
 {
 	struct sockaddr_storage address = rq->a, address6 = rq->b;
+	wfpr_match match;
+	if (rq->blob_len && (!memchr(blob, '\0', rq->blob_len) || wfpr_match_parse(&match, (const char *)blob, NULL, 0) != 0))
+		return WFPR_WSAEINVAL;
+	if (!rq->blob_len)
+		memset(&match, 0, sizeof(match));
 	addr_unmap(&address);
 	if (!is_inet(&address) || addr_port(&address) == 0 || !memchr(rq->name, '\0', sizeof(rq->name)) || !rq->name[0] ||
 	    (address6.ss_family != AF_UNSPEC && (address6.ss_family != AF_INET6 || addr_port(&address6) == 0)))
@@ -172,6 +187,9 @@ static int register_proxy(wfpr_broker *b, client *c, const wire_request *rq, wir
 	p->address = address;
 	p->address6 = address6;
 	p->pid = c->pid;
+	p->match = match;
+	p->broker = b;
+	p->match_process = match.n_uids || match.n_comms || match.n_exes || match.n_cgroups;
 	int rc = 0;
 	if (fresh) {
 		wfpr_callout_options co = WFPR_CALLOUT_OPTIONS_INIT;
@@ -187,7 +205,7 @@ static int register_proxy(wfpr_broker *b, client *c, const wire_request *rq, wir
 		wfpr_filter_options fo = WFPR_FILTER_OPTIONS_INIT;
 		fo.name = rq->name;
 		fo.callout_id = p->callout;
-		fo.weight = UINT32_MAX - ++b->n_proxies; /* the first registered is asked first */
+		fo.weight = rq->weight; /* highest first; the layer keeps equal ones in registration order */
 		rc = wfpr_filter_add(&p->filter, b->layer, &fo);
 	}
 	if (rc != 0) {
@@ -239,7 +257,15 @@ static int route(wfpr_broker *b, client *c, const wire_request *rq, const uint8_
 		rp->action = WFPR_ACTION_PERMIT;
 		return 0;
 	}
+	/* the filters test the client process: a proxy passing a connection on
+	 * SETs its records, whose first hop names the client (checked above) */
+	b->origin = (wfpr_process){.pid = (uint32_t)c->pid, .uid = (uint32_t)c->uid};
+	wfpr_records *chain = NULL;
+	if (rq->blob_len && wfpr_records_decode(&chain, blob, rq->blob_len) == 0 && chain->hops[0].process.pid)
+		b->origin = chain->hops[0].process;
+	wfpr_records_free(chain);
 	int rc = wfpr__layer_classify(b->layer, &info, rq->blob_len ? blob : NULL, rq->blob_len, &c->decision);
+	memset(&b->origin, 0, sizeof(b->origin));
 	if (rc != 0)
 		return rc;
 	if (c->decision.action == WFPR_ACTION_BLOCK) {
@@ -429,7 +455,7 @@ static bool serve(wfpr_broker *b, client *c, size_t n)
 		if (rp.err)
 			wfpr__layer_count_bad_record(b->layer);
 		break;
-	case WIRE_REGISTER: rp.err = register_proxy(b, c, &rq, &rp); break;
+	case WIRE_REGISTER: rp.err = register_proxy(b, c, &rq, in, &rp); break;
 	case WIRE_RELEASE: release(b, c, &rq); return true;
 	case WIRE_NAME: rp.err = name_of(b, &rq, &rp); break;
 	}

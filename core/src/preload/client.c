@@ -249,16 +249,18 @@ void wfpr__client_release(uint64_t socket, int protocol, const struct sockaddr_s
 }
 
 int wfpr__client_register(const char *name, const struct sockaddr_storage *address,
-                          const struct sockaddr_storage *address6, uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE])
+                          const struct sockaddr_storage *address6, uint32_t weight, const char *match,
+                          uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE])
 {
-	wire_request rq = {.type = WIRE_REGISTER, .a = *address};
+	size_t match_len = match ? strlen(match) + 1 : 0;
+	wire_request rq = {.type = WIRE_REGISTER, .a = *address, .weight = weight, .blob_len = (uint32_t)match_len};
 	if (address6)
 		rq.b = *address6;
 	wire_reply rp;
-	if (!name || strlen(name) >= sizeof(rq.name))
+	if (!name || strlen(name) >= sizeof(rq.name) || match_len > WIRE_BLOB_MAX)
 		return WFPR_WSAEINVAL;
 	strcpy(rq.name, name);
-	int rc = call(&rq, NULL, &rp, NULL, 0);
+	int rc = call(&rq, match, &rp, NULL, 0);
 	if (rc == 0)
 		memcpy(out_id, rp.id, WFPR_REDIRECTOR_ID_SIZE);
 	return rc;

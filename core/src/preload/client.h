@@ -41,8 +41,10 @@ int wfpr__client_check(const uint8_t *blob, size_t len);
 /* The proxy closed its side of (local, peer): its record may go. */
 void wfpr__client_release(uint64_t socket, int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer);
 /* address6: the same proxy on IPv6, or NULL */
+/* match: NULL or the filter's conditions as text */
 int wfpr__client_register(const char *name, const struct sockaddr_storage *address,
-                          const struct sockaddr_storage *address6, uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE]);
+                          const struct sockaddr_storage *address6, uint32_t weight, const char *match,
+                          uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE]);
 int wfpr__client_name(const uint8_t id[WFPR_REDIRECTOR_ID_SIZE], char *out, size_t len);
 
 #endif

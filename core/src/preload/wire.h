@@ -26,7 +26,8 @@ enum wire_type {
 	WIRE_ISSUE,     /* b: the local address now bound (after a REDIRECT); no reply */
 	WIRE_QUERY,     /* a: the proxy socket's local, b: its peer -> records then context; action: records' length */
 	WIRE_CHECK,     /* blob: records to SET -> ok, or WSAEINVAL */
-	WIRE_REGISTER,  /* name, a: the proxy's address, b: the same on IPv6 (or AF_UNSPEC) -> id */
+	WIRE_REGISTER,  /* name, a: the proxy's address, b: the same on IPv6 (or AF_UNSPEC), weight,
+	                 * blob: its match (wfpr/match.h text, NUL-terminated) -> id */
 	WIRE_RELEASE,   /* a, b as for QUERY: the proxy closed it; no reply */
 	WIRE_NAME,      /* id -> name */
 };
@@ -43,6 +44,7 @@ typedef struct wire_request {
 	uint64_t socket; /* QUERY, RELEASE: the proxy socket's SO_COOKIE (a record belongs to one connection) */
 	uint8_t id[WFPR_REDIRECTOR_ID_SIZE];
 	char name[WIRE_NAME_MAX];
+	uint32_t weight; /* REGISTER: its filter's (highest first; equal ones in registration order) */
 	uint32_t blob_len;
 } wire_request;
 

@@ -9,6 +9,8 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
+struct wfpr_match;
+
 extern const char cli_usage[];
 
 int cmd_inspect(int argc, char **argv);
@@ -72,7 +74,6 @@ void cli_raise_fd_limit(void);
 /* A match option (--proto, --dport, --dst, --exclude-dst, --uid, --comm,
  * --exe, --cgroup) added to m: 1; -1 with the reason in err; 0 when opt is
  * not one. */
-struct wfpr_match;
 int cli_match_option(const char *opt, const char *val, struct wfpr_match *m, char *err, size_t err_len);
 /* "127.0.0.1:8080", "[::1]:8080" */
 int cli_parse_address(const char *text, struct sockaddr_storage *out);
@@ -82,8 +83,10 @@ long long cli_parse_count(const char *text);
 /* The eBPF backend for wfpr run (core/cli/ebpf.c): 0 or -1. */
 int run_ebpf_open(char *err, size_t err_len);
 int run_ebpf_enter(pid_t pid);
-/* address: the proxy's IPv4 and IPv6 (AF_UNSPEC: none) addresses */
-int run_ebpf_add_proxy(unsigned int slot, const uint8_t id[16], pid_t pid, const struct sockaddr_storage address[2]);
+/* address: the proxy's IPv4 and IPv6 (AF_UNSPEC: none) addresses; match:
+ * the connections it takes, asked highest weight first */
+int run_ebpf_add_proxy(unsigned int slot, const uint8_t id[16], pid_t pid, const struct sockaddr_storage address[2],
+                       const struct wfpr_match *match, uint32_t weight, char *err, size_t err_len);
 int run_ebpf_remove_proxy(unsigned int slot);
 int run_ebpf_set_udp_idle(unsigned int ms);
 /* --udp-idle-timeout MS: every sender in this process and its children

@@ -22,12 +22,12 @@ int run_ebpf_enter(pid_t pid)
 	return instance ? ebpf_enter(instance, pid) : -1;
 }
 
-int run_ebpf_add_proxy(unsigned int slot, const uint8_t id[16], pid_t pid, const struct sockaddr_storage address[2])
+int run_ebpf_add_proxy(unsigned int slot, const uint8_t id[16], pid_t pid, const struct sockaddr_storage address[2],
+                       const wfpr_match *match, uint32_t weight, char *err, size_t err_len)
 {
-	/* every TCP and UDP connection, to any address and port; the first proxy first */
 	if (!instance || ebpf_add_redirector(instance, slot, id, slot + 1, pid, &address[0], &address[1]) != 0)
-		return -1;
-	return ebpf_add_filter(instance, slot, NULL, 0, 0, 65535, 0, 1000 - slot);
+		return snprintf(err, err_len, "cannot add its redirector"), -1;
+	return ebpf_set_match(instance, slot, match, weight, err, err_len);
 }
 
 int run_ebpf_remove_proxy(unsigned int slot)
@@ -94,9 +94,11 @@ int run_ebpf_enter(pid_t pid)
 	return -1;
 }
 
-int run_ebpf_add_proxy(unsigned int slot, const uint8_t id[16], pid_t pid, const struct sockaddr_storage address[2])
+int run_ebpf_add_proxy(unsigned int slot, const uint8_t id[16], pid_t pid, const struct sockaddr_storage address[2],
+                       const wfpr_match *match, uint32_t weight, char *err, size_t err_len)
 {
-	(void)slot, (void)id, (void)pid, (void)address;
+	(void)slot, (void)id, (void)pid, (void)address, (void)match, (void)weight;
+	snprintf(err, err_len, "%s", not_built);
 	return -1;
 }
 

@@ -20,12 +20,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include "cli.h"
+#include "wfpr/broker.h"
+#include "wfpr/match.h"
 
 #define MAX_PROXIES 16
 #define READY_TIMEOUT_MS 10000
 
 typedef struct options {
 	proxy_config proxies[MAX_PROXIES];
+	wfpr_match matches[MAX_PROXIES];
+	char match_texts[MAX_PROXIES][WFPR_MATCH_TEXT_MAX + 1];
 	char names[MAX_PROXIES][64];
 	uint8_t ids[MAX_PROXIES][16];
 	size_t n_proxies;
@@ -64,6 +68,8 @@ static int add_proxy(options *o, const char *name, size_t name_len, const char *
 		}
 	o->proxies[o->n_proxies].rules_path = rules;
 	o->proxies[o->n_proxies].name = o->names[o->n_proxies];
+	/* without --weight, the proxies are asked in the order given */
+	o->proxies[o->n_proxies].weight = (uint32_t)(WFPR_DEFAULT_WEIGHT + MAX_PROXIES - o->n_proxies);
 	o->n_proxies++;
 	return 0;
 }
@@ -87,6 +93,20 @@ static int parse(options *o, int argc, char **argv)
 			return -1;
 		}
 		i++;
+		/* match options and --weight belong to the proxy named just before them */
+		char why[256];
+		int is_match = o->n_proxies ? cli_match_option(opt, val, &o->matches[o->n_proxies - 1], why, sizeof(why)) : 0;
+		if (is_match < 0) {
+			fprintf(stderr, "wfpr run: proxy %s: %s\n", o->names[o->n_proxies - 1], why);
+			return -1;
+		}
+		if (is_match)
+			continue;
+		if (strcmp(opt, "--weight") == 0 && o->n_proxies && cli_parse_count(val) >= 0 &&
+		    cli_parse_count(val) <= 0xffffffffLL) {
+			o->proxies[o->n_proxies - 1].weight = (uint32_t)cli_parse_count(val);
+			continue;
+		}
 		if (strcmp(opt, "--rules") == 0) {
 			/* the proxy is named after the file: rules/host_log.lua is host_log */
 			const char *base = strrchr(val, '/') ? strrchr(val, '/') + 1 : val;
@@ -358,10 +378,15 @@ int cmd_run(int argc, char **argv)
 		o.proxies[i].names = (const char(*)[64])o.names;
 		o.proxies[i].n_ids = o.n_proxies;
 		o.proxies[i].slot = i;
+		wfpr_match_format(o.match_texts[i], sizeof(o.match_texts[i]), &o.matches[i]);
+		o.proxies[i].match = o.match_texts[i];
 		struct sockaddr_storage address[2];
 		proxies[i] = start_child(socket_path, &o.proxies[i], stats[1], address);
-		if (proxies[i] <= 0 || (o.ebpf && run_ebpf_add_proxy((unsigned int)i, o.ids[i], proxies[i], address) != 0)) {
-			fprintf(stderr, "wfpr run: proxy %s did not start\n", o.names[i]);
+		if (proxies[i] <= 0 || (o.ebpf && run_ebpf_add_proxy((unsigned int)i, o.ids[i], proxies[i], address,
+		                                                      &o.matches[i], o.proxies[i].weight, why,
+		                                                      sizeof(why)) != 0)) {
+			fprintf(stderr, "wfpr run: proxy %s did not start%s%s\n", o.names[i], proxies[i] > 0 ? ": " : "",
+			        proxies[i] > 0 ? why : "");
 			started = false;
 		}
 	}

@@ -17,18 +17,26 @@
 %apply int WFPR_STATUS { int wfpr_preload_attach };
 %include "wfpr/broker.h"
 
+%ignore wfpr_preload_register_filtered;
 %rename(preload_register) wfpr_binding_preload_register;
 %inline %{
 /* Register host:port (a listening proxy of this process) as the redirector
- * `name`; returns its 16-byte redirector id. */
-void wfpr_binding_preload_register(const char *name, const char *host, unsigned int port,
-                                   const uint8_t **DATA, size_t *LENGTH)
+ * `name`, taking the connections match says (wfpr/match.h text, "" for
+ * all), asked by weight; returns its 16-byte redirector id. */
+void wfpr_binding_preload_register(const char *name, const char *host, unsigned int port, unsigned int weight,
+                                   const char *match, const uint8_t **DATA, size_t *LENGTH)
 {
 	static _Thread_local uint8_t id[WFPR_REDIRECTOR_ID_SIZE];
 	struct sockaddr_storage addr;
 	if (!wfpr_binding_address(host, port, &addr))
 		return;
-	int rc = wfpr_preload_register(id, name, &addr);
+	char why[256] = "";
+	wfpr_match m;
+	if (match && wfpr_match_parse(&m, match, why, sizeof(why)) != 0) {
+		wfpr_binding_raise_detail(WFPR_WSAEINVAL, why);
+		return;
+	}
+	int rc = wfpr_preload_register_filtered(id, name, &addr, NULL, weight, match);
 	if (rc != 0) {
 		wfpr_binding_raise(rc, 0);
 		return;

@@ -20,6 +20,7 @@ typedef struct wfpr_binding_error {
 	bool pending;
 	int code;
 	uint32_t bytes; /* the required size, for ERROR_INSUFFICIENT_BUFFER */
+	char detail[512]; /* why, in words, where the library said ("" otherwise) */
 } wfpr_binding_error;
 
 static _Thread_local wfpr_binding_error binding_error;
@@ -29,6 +30,13 @@ static void wfpr_binding_raise(int code, uint32_t bytes)
 	binding_error.pending = true;
 	binding_error.code = code;
 	binding_error.bytes = bytes;
+	binding_error.detail[0] = '\0';
+}
+
+static void wfpr_binding_raise_detail(int code, const char *detail)
+{
+	wfpr_binding_raise(code, 0);
+	snprintf(binding_error.detail, sizeof(binding_error.detail), "%s", detail ? detail : "");
 }
 
 static void wfpr_binding_raise_last(void)

@@ -15,7 +15,7 @@ static int wfpr_lua_error_tostring(lua_State *L)
 	return 1;
 }
 
-static void wfpr_lua_push_error(lua_State *L, int code, uint32_t bytes)
+static void wfpr_lua_push_error(lua_State *L, int code, uint32_t bytes, const char *detail)
 {
 	const char *name = wfpr_err_name(code);
 	lua_createtable(L, 0, 4);
@@ -23,7 +23,8 @@ static void wfpr_lua_push_error(lua_State *L, int code, uint32_t bytes)
 	lua_setfield(L, -2, "code");
 	lua_pushstring(L, name ? name : "UNKNOWN");
 	lua_setfield(L, -2, "name");
-	lua_pushfstring(L, "%s (%d): %s", name ? name : "UNKNOWN", code, wfpr_strerror(code));
+	lua_pushfstring(L, "%s (%d): %s%s%s", name ? name : "UNKNOWN", code, wfpr_strerror(code),
+	                detail && *detail ? ": " : "", detail ? detail : "");
 	lua_setfield(L, -2, "message");
 	lua_pushinteger(L, bytes);
 	lua_setfield(L, -2, "required_size");
@@ -103,7 +104,7 @@ static wfpr_action wfpr_binding_classify(void *user, wfpr_connect_request *req)
 	$action
 	if (binding_error.pending) {
 		binding_error.pending = false;
-		wfpr_lua_push_error(L, binding_error.code, binding_error.bytes);
+		wfpr_lua_push_error(L, binding_error.code, binding_error.bytes, binding_error.detail);
 		SWIG_fail;
 	}
 }
@@ -160,13 +161,13 @@ static wfpr_action wfpr_binding_classify(void *user, wfpr_connect_request *req)
 
 %typemap(out) int WFPR_STATUS {
 	if ($1 != 0) {
-		wfpr_lua_push_error(L, $1, 0);
+		wfpr_lua_push_error(L, $1, 0, NULL);
 		SWIG_fail;
 	}
 }
 %typemap(out) int WFPR_SOCKET_RESULT {
 	if ($1 != 0) {
-		wfpr_lua_push_error(L, wfpr_get_last_error(), 0);
+		wfpr_lua_push_error(L, wfpr_get_last_error(), 0, NULL);
 		SWIG_fail;
 	}
 }
@@ -182,7 +183,7 @@ static int wfpr_lua_records_decode(lua_State *L)
 	wfpr_records *r = NULL;
 	int rc = wfpr_records_decode(&r, blob, len);
 	if (rc != 0) {
-		wfpr_lua_push_error(L, rc, 0);
+		wfpr_lua_push_error(L, rc, 0, NULL);
 		return lua_error(L);
 	}
 	lua_createtable(L, (int)r->hop_count, 0);
@@ -215,7 +216,7 @@ static int wfpr_lua_tcp_socket(lua_State *L)
 {
 	int fd = wfpr_socket(lua_toboolean(L, 1) ? AF_INET6 : AF_INET, SOCK_STREAM, 0, 0);
 	if (fd < 0) {
-		wfpr_lua_push_error(L, wfpr_get_last_error(), 0);
+		wfpr_lua_push_error(L, wfpr_get_last_error(), 0, NULL);
 		return lua_error(L);
 	}
 	lua_pushinteger(L, fd);

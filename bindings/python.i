@@ -11,17 +11,22 @@
 typedef void *WFPR_CALLOUT;
 typedef int WFPR_STATUS_T;
 
-static void wfpr_py_raise(int code, uint32_t bytes)
+static void wfpr_py_raise_detail(int code, uint32_t bytes, const char *detail)
 {
 	PyObject *errors = PyImport_ImportModule("wfpr.errors");
 	if (!errors)
 		return;
-	PyObject *exc = PyObject_CallMethod(errors, "from_code", "iI", code, (unsigned int)bytes);
+	PyObject *exc = PyObject_CallMethod(errors, "from_code", "iIs", code, (unsigned int)bytes, detail);
 	Py_DECREF(errors);
 	if (!exc)
 		return;
 	PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
 	Py_DECREF(exc);
+}
+
+static void wfpr_py_raise(int code, uint32_t bytes)
+{
+	wfpr_py_raise_detail(code, bytes, "");
 }
 
 static PyObject *wfpr_py_addr(const struct sockaddr_storage *a)
@@ -114,7 +119,7 @@ static wfpr_action wfpr_binding_classify(void *user, wfpr_connect_request *req)
 	$action
 	if (binding_error.pending) {
 		binding_error.pending = false;
-		wfpr_py_raise(binding_error.code, binding_error.bytes);
+		wfpr_py_raise_detail(binding_error.code, binding_error.bytes, binding_error.detail);
 		SWIG_fail;
 	}
 }

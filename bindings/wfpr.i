@@ -38,6 +38,7 @@
 %include "socket.i"
 %include "broker.i"
 %include "ebpf.i"
+%include "daemon.i"
 #if defined(SWIGPYTHON)
 %include "engine.i"
 #endif

@@ -22,11 +22,12 @@ class WSAError(OSError):
         # OSError.__new__ would read our arguments as (errno, strerror).
         return super().__new__(cls)
 
-    def __init__(self, winerror: int, bytes_returned: int = 0):
+    def __init__(self, winerror: int, bytes_returned: int = 0, detail: str = ""):
         self.winerror = winerror
         self.name = _wfpr.err_name(winerror) or f"0x{winerror & 0xFFFFFFFF:08X}"
         self.bytes_returned = bytes_returned
-        self.message = f"{self.name} ({self._number()}): {_wfpr.strerror(winerror)}"
+        self.detail = detail
+        self.message = f"{self.name} ({self._number()}): {_wfpr.strerror(winerror)}" + (f": {detail}" if detail else "")
         super().__init__(self.message)
         self.args = (self.message,)  # OSError keeps the args it was made with, none here
 
@@ -37,7 +38,7 @@ class WSAError(OSError):
         return f"0x{self.winerror & 0xFFFFFFFF:08X}" if self.winerror < 0 else str(self.winerror)
 
     def __reduce__(self):
-        return (from_code, (self.winerror, self.bytes_returned))
+        return (from_code, (self.winerror, self.bytes_returned, self.detail))
 
 
 class InsufficientBufferError(WSAError):
@@ -98,9 +99,10 @@ def _build() -> None:
 _build()
 
 
-def from_code(code: int, bytes_returned: int = 0) -> WSAError:
-    """The exception for a wfpr error code (used by the C binding)."""
-    return BY_CODE.get(code, WSAError)(code, bytes_returned)
+def from_code(code: int, bytes_returned: int = 0, detail: str = "") -> WSAError:
+    """The exception for a wfpr error code (used by the C binding); detail
+    says why, where the library said."""
+    return BY_CODE.get(code, WSAError)(code, bytes_returned, detail)
 
 
 def error_class(code: int) -> Optional[Type[WSAError]]:

@@ -19,6 +19,8 @@ None to send nothing; without it, no byte enters Python.
 """
 from __future__ import annotations
 
+import dataclasses
+import os
 import threading
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
@@ -37,11 +39,22 @@ class ProxiedConnection:
     bytes_up: int = 0
     bytes_down: int = 0
     error: Optional[str] = None
+    process: Optional[Process] = None  # the client (the first hop's process)
 
-    @property
-    def process(self) -> Optional[Process]:
-        """The client process (pid, uid, name, exe), as the first hop gives it."""
-        return self.records.hops[0].process if self.records.hops else None
+    def __post_init__(self) -> None:
+        if self.process is None and self.records.hops:
+            self.process = _client_process(self.records.hops[0].process)
+
+
+def _client_process(p: Optional[Process]) -> Optional[Process]:
+    """p, with its executable read from /proc where the hop has none (the
+    eBPF backend's hops carry no path), while the client still runs."""
+    if p is None or p.exe:
+        return p
+    try:
+        return dataclasses.replace(p, exe=os.readlink(f"/proc/{p.pid}/exe"))
+    except OSError:
+        return p
 
 
 class Proxy:
@@ -53,9 +66,16 @@ class Proxy:
 
     def __init__(self, layer: Optional[Layer], name: str, *, ports=None, remote: Optional[str] = None,
                  weight: int = 0, host: str = "127.0.0.1", inspect: Optional[Inspect] = None,
-                 buffer_size: int = 256 * 1024, broker: Optional[str] = None):
-        if (layer is None) == (broker is None):
-            raise ValueError("give a Layer (the inproc backend) or broker= (the preload backend), not both")
+                 buffer_size: int = 256 * 1024, broker: Optional[str] = None, daemon=None, match: str = ""):
+        """``daemon=True`` (or the control socket's path) registers with a
+        running ``wfpr daemon`` (the eBPF backend, host-wide): this process
+        joins the daemon's cgroup, and ``match`` (``"proto=tcp dport=443"``,
+        the text of ``wfpr proxy``'s match options) and ``weight`` choose the
+        traffic. ``broker=`` registers with a preload broker, with the same
+        ``match``; a ``Layer`` is the in-process backend."""
+        if sum(x is not None for x in (layer, broker, daemon)) != 1:
+            raise ValueError("give one of: a Layer (the inproc backend), broker= (preload) or daemon= (eBPF)")
+        self._link = None
         self.layer = layer
         self.name = name
         self.inspect = inspect
@@ -67,7 +87,11 @@ class Proxy:
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         handle = None
-        if broker is not None:
+        control = None if daemon is True else daemon
+        if daemon is not None:
+            _wfpr.daemon_join(control)  # its sockets must be in the daemon's cgroup
+            _wfpr.ebpf_attach(1)
+        elif broker is not None:
             # the broker's layer redirects everything to each registered proxy in turn; this
             # process's own sockets (the proxy's outbound ones) go through the broker too
             _wfpr.preload_attach(broker)
@@ -75,12 +99,18 @@ class Proxy:
             self.redirector = layer.redirector(name)
             handle = self.redirector._handle
         hook = self._inspect if inspect is not None else None
-        self._engine = _wfpr.engine_new(name, host, 0, handle, bytes(16) if broker else None, buffer_size,
+        self._engine = _wfpr.engine_new(name, host, 0, handle, None if layer else bytes(16), buffer_size,
                                         self._connected, hook, self._closed)
         self.address: Address = tuple(_wfpr.engine_address(self._engine))
-        if broker is not None:
+        if daemon is not None:
+            self._link = _wfpr.daemon_register(control, name, weight if weight else 100, match,
+                                               self.address[0], self.address[1], None, 0)
+            self.redirector_id: bytes = _wfpr.daemon_link_id(self._link)
+        elif broker is not None:
             # the broker gives the engine's address its redirector id
-            self.redirector_id: bytes = _wfpr.preload_register(name, self.address[0], self.address[1])
+            self.redirector_id = _wfpr.preload_register(name, self.address[0], self.address[1], weight or 100,
+                                                        match)
+        if layer is None:
             _wfpr.engine_set_redirector_id(self._engine, self.redirector_id)
             self.filter_id = None
             return
@@ -133,6 +163,9 @@ class Proxy:
         self._engine = None
         if self.layer is not None:
             self.layer.remove_filter(self.filter_id)
+        if self._link is not None:
+            _wfpr.daemon_unregister(self._link)  # new connections skip it from now on
+            self._link = None
         # (a preload registration lasts as long as this process's broker connection)
 
     def __enter__(self) -> "Proxy":

@@ -327,3 +327,34 @@ def test_preload_broker_filters(http_server, tmp_path, started):
     seen = sorted((e["process"]["name"][:4], e["proxy"], tuple(e["hops"])) for e in connects)
     assert seen == sorted([("curl", "web", ("web",)), ("curl", "all", ("web", "all")),
                            ("pyth", "all", ("all",))]), seen
+
+
+PY_PROXY = r"""
+import sys, time, wfpr
+control, port = sys.argv[1], int(sys.argv[2])
+with wfpr.Proxy(None, "pyproxy", daemon=control, match="proto=tcp dport=%d" % port, weight=500) as p:
+    print("ready", flush=True)
+    while not p.connections or p.connections[-1].bytes_down == 0:
+        time.sleep(0.05)
+    c = p.connections[-1]
+    print(c.process.name, c.process.exe, [h.redirector_id == p.redirector_id for h in c.records.hops], flush=True)
+"""
+
+
+def test_python_program_registers_with_the_daemon(layer, http_server, tmp_path):
+    """The library call from another program: a Python wfpr.Proxy registers
+    with the daemon (daemon=PATH, a match and a weight) and sees curl."""
+    port = int(http_server["v4"].rsplit(":", 1)[1])
+    layer.proxy("after", rules=LOG_RULE)
+    proc = subprocess.Popen([PY, "-c", PY_PROXY, layer.control, str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    layer.started.procs.append(proc)
+    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+    assert fetch(layer, http_server["v4"] + "/small.bin", tmp_path / "a").returncode == 0
+    assert proc.stdout.readline().split() == ["curl", "/usr/bin/curl", "[True]"]
+    time.sleep(0.2)
+    after = [e for e in layer.events() if e["proxy"] == "after"]
+    assert [e["hops"][1] for e in after] == ["after"] and len(after[0]["hops"]) == 2, after
+    bad = subprocess.run([PY, "-c", "import wfpr; wfpr.Proxy(None, 'x', daemon=%r, match='dport=nope')" % layer.control],
+                         capture_output=True, text=True)
+    assert "WSAEINVAL" in bad.stderr and "dport: 'nope'" in bad.stderr, bad.stderr

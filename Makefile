@@ -77,6 +77,12 @@ fuzz: deps
 		|| { tail -n 60 build-fuzz/fuzz-broker.log; echo "fuzz: a finding in the broker, see build-fuzz/"; exit 1; }
 	tail -n 12 build-fuzz/fuzz-broker.log
 	@echo "fuzz: $(FUZZ_SECONDS) s of fuzz-broker with no finding"
+	rm -rf build-fuzz/corpus-control && cp -r tests/fuzz/corpus-control build-fuzz/corpus-control
+	./build-fuzz/fuzz-control -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -print_final_stats=1 \
+		-artifact_prefix=build-fuzz/control- build-fuzz/corpus-control > build-fuzz/fuzz-control.log 2>&1 \
+		|| { tail -n 60 build-fuzz/fuzz-control.log; echo "fuzz: a finding in the control or match parser, see build-fuzz/"; exit 1; }
+	tail -n 12 build-fuzz/fuzz-control.log
+	@echo "fuzz: $(FUZZ_SECONDS) s of fuzz-control (the daemon's messages, match text) with no finding"
 	@if [ -x build-fuzz/fuzz-ebpf-set ]; then \
 		rm -rf build-fuzz/corpus-ebpf && mkdir -p build-fuzz/corpus-ebpf && \
 		WFPR_FUZZ_SEED_DIR=build-fuzz/corpus-ebpf ./build-fuzz/fuzz-ebpf-set -max_total_time=$(FUZZ_SECONDS) \

@@ -286,25 +286,14 @@ static int take_lock(const char *cgroup)
 	return fd;
 }
 
-static const char daemon_usage[] =
-	"usage: wfpr daemon [--cgroup PATH] [--control PATH] [--udp-idle-timeout MS]\n"
-	"  Load the eBPF redirect layer on a cgroup v2 directory (default: the whole host, the cgroup2\n"
-	"  mount) and let proxies register with it over the control socket (default "
-	WFPR_DAEMON_CONTROL ").\n"
-	"  Runs until SIGTERM or SIGINT, then removes everything it loaded. Needs root.\n";
-
 int cmd_daemon(int argc, char **argv)
 {
 	const char *cgroup = "", *control = WFPR_DAEMON_CONTROL;
 	unsigned int udp_idle_ms = 0;
-	for (int i = 0; i < argc; i++) {
+	for (int i = 0; i < argc; i += 2) { /* OPTION VALUE pairs */
 		const char *val = i + 1 < argc ? argv[i + 1] : NULL;
-		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-			fputs(daemon_usage, stdout);
-			return 0;
-		}
 		if (!val) {
-			fprintf(stderr, "wfpr daemon: unknown option or missing value '%s'\n\n%s", argv[i], daemon_usage);
+			fprintf(stderr, "wfpr daemon: unknown option or missing value '%s'\n\n%s", argv[i], cli_usage);
 			return 2;
 		}
 		if (strcmp(argv[i], "--cgroup") == 0)
@@ -312,10 +301,9 @@ int cmd_daemon(int argc, char **argv)
 		else if (strcmp(argv[i], "--control") == 0)
 			control = val;
 		else if (strcmp(argv[i], "--udp-idle-timeout") != 0 || cli_set_udp_idle(val, &udp_idle_ms) != 0) {
-			fprintf(stderr, "wfpr daemon: unknown or invalid option '%s'\n\n%s", argv[i], daemon_usage);
+			fprintf(stderr, "wfpr daemon: unknown or invalid option '%s'\n\n%s", argv[i], cli_usage);
 			return 2;
 		}
-		i++;
 	}
 	cli_notify_take();
 	char err[512], dir[512];

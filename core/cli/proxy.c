@@ -265,10 +265,6 @@ int cmd_proxy(int argc, char **argv)
 		opt = argv[i];
 		const char *val = i + 1 < argc ? argv[i + 1] : NULL;
 		long long n = 0;
-		if (strcmp(opt, "--help") == 0 || strcmp(opt, "-h") == 0) {
-			fputs(cli_usage, stdout);
-			return 0;
-		}
 		if (!val)
 			goto usage;
 		i++;

@@ -358,3 +358,24 @@ def test_python_program_registers_with_the_daemon(layer, http_server, tmp_path):
     bad = subprocess.run([PY, "-c", "import wfpr; wfpr.Proxy(None, 'x', daemon=%r, match='dport=nope')" % layer.control],
                          capture_output=True, text=True)
     assert "WSAEINVAL" in bad.stderr and "dport: 'nope'" in bad.stderr, bad.stderr
+
+
+def test_c_example_registers_with_the_daemon(layer, http_server, tmp_path):
+    """examples/daemon_proxy.c, a proxy of its own written against the
+    library, registers with a match and passes curl's connection on."""
+    example = os.path.join(os.path.dirname(WFPR), "wfpr-daemon-proxy")
+    if not os.path.exists(example):
+        pytest.skip("the examples are not built")
+    port = int(http_server["v4"].rsplit(":", 1)[1])
+    proc = subprocess.Popen([example, "cexample", "proto=tcp dport=%d" % port, layer.control], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    layer.started.procs.append(proc)
+    assert "registered at 127.0.0.1:" in proc.stdout.readline()
+    layer.proxy("after", rules=LOG_RULE)  # the same weight, registered later: asked second
+    out = tmp_path / "got.bin"
+    assert fetch(layer, http_server["v4"] + "/small.bin", out).returncode == 0
+    assert sha256_file(out) == sha256_file(http_server["root"] / "small.bin")
+    line = proc.stdout.readline()
+    assert line.startswith("curl (pid ") and "/usr/bin/curl) -> 127.0.0.1:%d, hop 1, REDIRECTED_BY_SELF" % port in line
+    time.sleep(0.2)
+    assert [e["hops"] for e in layer.events() if e["proxy"] == "after"] == [["cexample", "after"]]

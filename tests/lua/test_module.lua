@@ -69,5 +69,13 @@ test("the eBPF backend's switch, outside its cgroup", function()
   wfpr.closesocket(fd)
 end)
 
+test("registering with a daemon that is not there says so", function()
+  local ok, err = pcall(wfpr.daemon_join, "/nonexistent/control.sock")
+  assert(not ok and err.name == "WSAENETDOWN", tostring(err))
+  assert(tostring(err):find("no wfpr daemon answers on /nonexistent/control.sock", 1, true), tostring(err))
+  raises("WSAEINVAL", wfpr.daemon_register, "/nonexistent", "x", 100, "dport=0", "127.0.0.1", 1234, nil, 0)
+  raises("WSAEINVAL", wfpr.daemon_register, "/nonexistent", "bad name!", 100, "", "127.0.0.1", 1234, nil, 0)
+end)
+
 print(string.format("%d passed, %d failed", passed, failed))
 os.exit(failed == 0 and 0 or 1)

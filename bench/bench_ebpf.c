@@ -24,6 +24,7 @@
 
 #define HOPS 9
 #define CALLS 20000
+#define CONNECTS 2000
 
 static struct sockaddr_in loopback(uint16_t port)
 {
@@ -45,6 +46,40 @@ static int listener(struct sockaddr_in *addr)
 	return fd;
 }
 
+/* Connections that no filter matches, against the same connections from
+ * outside the layer's cgroup: connect, accept and close, rounds
+ * interleaved (this process moves between the cgroups; a socket belongs to
+ * the cgroup it was made in). */
+static void connect_rate(ebpf_instance *e)
+{
+	struct sockaddr_in target = loopback(0);
+	int fd = listener(&target);
+	double direct[RUNS], unmatched[RUNS], ratio[RUNS];
+	for (int r = 0; r < RUNS; r++) {
+		for (int inside = 0; inside < 2; inside++) {
+			if (inside ? ebpf_enter(e, getpid()) : ebpf_leave(e, getpid())) {
+				perror("bench-ebpf: move between cgroups");
+				exit(1);
+			}
+			double t0 = now_ns();
+			for (int i = 0; i < CONNECTS; i++) {
+				int c = socket(AF_INET, SOCK_STREAM, 0);
+				if (connect(c, (struct sockaddr *)&target, sizeof(target)) != 0) {
+					perror("bench-ebpf: connect");
+					exit(1);
+				}
+				close(accept(fd, NULL, NULL));
+				close(c);
+			}
+			(inside ? unmatched : direct)[r] = (now_ns() - t0) / CONNECTS;
+		}
+		ratio[r] = unmatched[r] / direct[r];
+	}
+	close(fd);
+	printf("connect_direct_ns %.0f\nconnect_unmatched_ns %.0f\nconnect_ratio %.3f\n", median(direct, RUNS),
+	       median(unmatched, RUNS), median(ratio, RUNS));
+}
+
 static int run(ebpf_instance *e, const char *netns, uint16_t nat_from, uint16_t nat_to)
 {
 	wfpr_ebpf_attach(1);
@@ -59,6 +94,18 @@ static int run(ebpf_instance *e, const char *netns, uint16_t nat_from, uint16_t 
 		/* only connections to the sink are redirected */
 		ebpf_add_filter(e, i, NULL, 0, ntohs(sink.sin_port), ntohs(sink.sin_port), IPPROTO_TCP, 100 - i);
 	}
+	/* and one that names a process nobody runs: every connection is tested
+	 * against the process conditions too */
+	wfpr_match nobody = {0};
+	uint8_t id[16] = {0xbe, HOPS};
+	struct sockaddr_in extra = loopback(0);
+	int extra_fd = listener(&extra);
+	(void)extra_fd;
+	if (wfpr_match_add(&nobody, "comm", "nobody-runs-me", NULL, 0) != 0 ||
+	    ebpf_add_redirector(e, HOPS, id, HOPS + 1, getpid(), (struct sockaddr_storage *)&extra, NULL) != 0 ||
+	    ebpf_set_match(e, HOPS, &nobody, 1, NULL, 0) != 0)
+		return 1;
+	connect_rate(e);
 	int client = socket(AF_INET, SOCK_STREAM, 0), accepted = -1;
 	if (connect(client, (struct sockaddr *)&sink, sizeof(sink)) != 0)
 		return 1;

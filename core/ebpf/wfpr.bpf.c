@@ -312,8 +312,13 @@ static __always_inline __u32 prefix_bits(void *trie4, void *trie6, const __u8 *i
  * up when first needed. */
 struct who {
 	struct wfpr_ebpf_origin o;
-	int ready;
+	int have; /* which parts of o are filled: WHO_* */
 };
+
+#define WHO_PROCESS 1 /* pid, uid, comm */
+#define WHO_EXE 2
+#define WHO_CGROUPS 4
+#define WHO_ALL 7
 
 /* comm: the process's (its main thread's, as /proc/PID/comm), not that of
  * the thread that connects (dig's is "isc-net-0000") */
@@ -327,26 +332,31 @@ static __always_inline void current_process(struct wfpr_ebpf_process *p)
 		bpf_get_current_comm(p->comm, sizeof(p->comm));
 }
 
-static __always_inline struct wfpr_ebpf_origin *who_get(struct who *w)
+/* w's parts in want, looked up now where missing (a connection no
+ * filter matches pays only for what the filters compare). */
+static __always_inline struct wfpr_ebpf_origin *who_get(struct who *w, int want)
 {
-	if (w->ready)
-		return &w->o;
-	current_process(&w->o.p);
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct inode *inode = BPF_CORE_READ(task, mm, exe_file, f_inode);
-	w->o.exe_ino = inode ? BPF_CORE_READ(inode, i_ino) : 0;
-	w->o.exe_dev = inode ? BPF_CORE_READ(inode, i_sb, s_dev) : 0;
-	for (int i = 0; i < WFPR_EBPF_CGROUP_LEVELS; i++)
-		w->o.cgroups[i] = bpf_get_current_ancestor_cgroup_id(i);
-	w->ready = 1;
+	int missing = want & ~w->have;
+	if (missing & WHO_PROCESS)
+		current_process(&w->o.p);
+	if (missing & WHO_EXE) {
+		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+		struct inode *inode = BPF_CORE_READ(task, mm, exe_file, f_inode);
+		w->o.exe_ino = inode ? BPF_CORE_READ(inode, i_ino) : 0;
+		w->o.exe_dev = inode ? BPF_CORE_READ(inode, i_sb, s_dev) : 0;
+	}
+	if (missing & WHO_CGROUPS)
+		for (int i = 0; i < WFPR_EBPF_CGROUP_LEVELS; i++)
+			w->o.cgroups[i] = bpf_get_current_ancestor_cgroup_id(i);
+	w->have |= missing;
 	return &w->o;
 }
 
 /* A socket's client: the chain's, when records were SET on it. */
 static __always_inline void who_init(struct who *w, const struct wfpr_ebpf_sock *st)
 {
-	w->ready = st && st->hops;
-	if (w->ready)
+	w->have = st && st->hops ? WHO_ALL : 0;
+	if (w->have)
 		w->o = st->origin;
 }
 
@@ -371,7 +381,8 @@ __noinline int wfpr_filter_takes(const struct wfpr_ebpf_filter *f, __u32 port, _
 	}
 	if (!f->n_uids && !f->n_comms && !f->n_exes && !f->n_cgroups)
 		return 1;
-	struct wfpr_ebpf_origin *w = who_get(who);
+	struct wfpr_ebpf_origin *w = who_get(who, (f->n_uids || f->n_comms ? WHO_PROCESS : 0) |
+	                                               (f->n_exes ? WHO_EXE : 0) | (f->n_cgroups ? WHO_CGROUPS : 0));
 	if (f->n_uids) {
 		int ok = 0;
 		for (__u32 i = 0; i < WFPR_EBPF_MATCH_UIDS && i < f->n_uids; i++)
@@ -603,7 +614,7 @@ static __always_inline int on_connect(struct bpf_sock_addr *ctx, int v4)
 		return 1; /* no memory: the connection goes direct */
 	int six = !v4 && r->port6;
 	current_process(&st->process);
-	st->origin = *who_get(&w);
+	st->origin = *who_get(&w, WHO_ALL);
 	st->pending = 1;
 	st->redirected = 1;
 	st->slot = slot;
@@ -889,7 +900,7 @@ static __always_inline int on_sendmsg(struct bpf_sock_addr *ctx, int v4)
 	    (cfg && now - e->last_ns >= cfg->udp_idle_ns)) {
 		struct wfpr_ebpf_process sender = {};
 		current_process(&sender);
-		issue(&flows, &key, sock, st, slot, r, v4, d.ip, d.port, &sender, who_get(&w));
+		issue(&flows, &key, sock, st, slot, r, v4, d.ip, d.port, &sender, who_get(&w, WHO_ALL));
 	} else {
 		e->last_ns = now;
 	}

@@ -60,7 +60,8 @@ int broker_serve(const char *path, int ready_fd);
 void cli_say_escape(int log_fd, const char *what);
 /* Under the preload backend: is COMMAND statically linked? Then say so. */
 void cli_check_static_command(int log_fd, const char *command);
-/* The eBPF backend: connected UDP sockets that went direct so far. */
+/* The eBPF backend: connected UDP sockets that went direct so far (IPv6
+ * ones whose proxy has no [::1] address). */
 unsigned long long run_ebpf_udp_connected(void);
 
 /* The systemd readiness protocol (notify.c): take NOTIFY_SOCKET out of the

@@ -1,6 +1,7 @@
 /* Traffic that wfpr run cannot redirect, said once, on stderr and in the
  * log: a statically linked COMMAND under the preload backend (the shim is
- * never loaded into it), and connected UDP sockets on the eBPF backend. */
+ * never loaded into it), and on the eBPF backend, connected IPv6 UDP
+ * sockets whose proxy has no IPv6 address. */
 #include <elf.h>
 #include <fcntl.h>
 #include <limits.h>

@@ -421,8 +421,8 @@ int cmd_run(int argc, char **argv)
 	if (udp_connected) {
 		char what[256];
 		snprintf(what, sizeof(what),
-		         "%llu connected UDP socket(s) (connect, then send: resolvers such as dig) went direct: the eBPF "
-		         "backend does not redirect connected UDP (docs/ebpf.md)", udp_connected);
+		         "%llu connected IPv6 UDP socket(s) went direct: their proxy has no [::1] address, and the kernel "
+		         "cannot send an IPv6 datagram to an IPv4 one (docs/ebpf.md)", udp_connected);
 		cli_say_escape(log_fd, what);
 	}
 	if (o.ebpf)

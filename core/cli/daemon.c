@@ -121,8 +121,8 @@ static void do_register(int fd, const char *msg, bool *keep)
 		return refuse(fd, "bad-request", "a name has 1 to 63 characters: letters, digits, '-', '_' and '.'");
 	wfpr__control_get(msg, "weight", weight_text, sizeof(weight_text));
 	wfpr__control_get(msg, "listen6", listen6, sizeof(listen6));
-	if (wfpr__control_is(msg, "register") && !wfpr__control_get(msg, "match", match, sizeof(match)))
-		match[0] = '\0';
+	if (!wfpr__control_get(msg, "match", match, sizeof(match)) && strstr(msg, "\nmatch: "))
+		return refuse(fd, "bad-match", "proxy %s: the match is longer than %d characters", name, WFPR_MATCH_TEXT_MAX);
 	long long weight = cli_parse_count(weight_text);
 	struct sockaddr_storage a, a6;
 	wfpr_match m;

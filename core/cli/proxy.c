@@ -224,11 +224,11 @@ int proxy_serve(const proxy_config *cfg)
 	char where[64], where6[64] = "";
 	if (address6.ss_family == AF_INET6)
 		wfpr_sockaddr_format(where6, sizeof(where6), &address6);
-	fprintf(stderr, "wfpr proxy %s: listening on %s%s%s (%u worker%s)%s%s%s\n", cfg->name,
+	fprintf(stderr, "wfpr proxy %s: listening on %s%s%s (%u worker%s); takes %s\n", cfg->name,
 	        wfpr_sockaddr_format(where, sizeof(where), &address), *where6 ? " and " : "", where6, count,
-	        count > 1 ? "s" : "", link ? "; registered with the daemon, takes " : "",
-	        link ? (cfg->match && *cfg->match ? cfg->match : "every connection") : "", link ? "" : "");
-	cli_notify("READY=1\nSTATUS=listening and registered");
+	        count > 1 ? "s" : "", cfg->match && *cfg->match ? cfg->match : "every connection");
+	if (cfg->ready_fd < 0) /* on its own; under wfpr run, run says when all is ready */
+		cli_notify("READY=1\nSTATUS=listening and registered");
 	if (cfg->ready_fd >= 0) {
 		struct sockaddr_storage both[2] = {address, address6};
 		if (write(cfg->ready_fd, both, sizeof(both)) < 0) {

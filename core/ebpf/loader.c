@@ -212,7 +212,7 @@ int ebpf_open_on(ebpf_instance **out, const char *cgroup, char *err, size_t err_
 		e->links[e->n_links++] = link;
 	}
 	struct bpf_map *shown[] = {e->skel->maps.redirectors, e->skel->maps.counters, e->skel->maps.records,
-	                           e->skel->maps.flows};
+	                           e->skel->maps.flows, e->skel->maps.filters, e->skel->maps.settings};
 	for (size_t i = 0; i < sizeof(shown) / sizeof(shown[0]); i++) {
 		snprintf(path, sizeof(path), "%s/map_%s", e->pins, bpf_map__name(shown[i]));
 		bpf_map__pin(shown[i], path);
@@ -565,6 +565,36 @@ static unsigned int count_keys(int map_fd, size_t key_size)
 	return n;
 }
 
+/* One line per active filter, as the kernel holds it: an executable is its
+ * device and inode, a cgroup its id, and the address prefixes are in the
+ * tries (a daemon's status gives every condition as it was written). */
+static void show_filters(FILE *out, int filters, int settings)
+{
+	uint32_t zero = 0;
+	struct wfpr_ebpf_config cfg;
+	if (filters < 0 || settings < 0 || bpf_map_lookup_elem(settings, &zero, &cfg) != 0)
+		return;
+	for (uint32_t i = 0; i < cfg.n_filters && i < WFPR_EBPF_FILTERS; i++) {
+		struct wfpr_ebpf_filter f;
+		if (bpf_map_lookup_elem(filters, &i, &f) != 0)
+			continue;
+		fprintf(out, "  filter %u: redirector %u, weight %u, %s", i, f.redirector, f.weight,
+		        f.protocol == IPPROTO_TCP ? "tcp" : f.protocol == IPPROTO_UDP ? "udp" : "tcp and udp");
+		for (unsigned int k = 0; k < f.n_ports && k < WFPR_EBPF_MATCH_PORTS; k++)
+			fprintf(out, "%s%u-%u", k ? "," : ", ports ", f.ports[k].lo, f.ports[k].hi);
+		for (unsigned int k = 0; k < f.n_uids && k < WFPR_EBPF_MATCH_UIDS; k++)
+			fprintf(out, "%s%u", k ? "," : ", uid ", f.uids[k]);
+		for (unsigned int k = 0; k < f.n_comms && k < WFPR_EBPF_MATCH_COMMS; k++)
+			fprintf(out, "%s%.16s", k ? "," : ", comm ", (const char *)f.comms[k]);
+		for (unsigned int k = 0; k < f.n_exes && k < WFPR_EBPF_MATCH_EXES; k++)
+			fprintf(out, "%s%u:%u/%llu", k ? "," : ", exe (dev/inode) ", f.exes[k].dev >> 20, f.exes[k].dev & 0xfffff,
+			        (unsigned long long)f.exes[k].ino);
+		for (unsigned int k = 0; k < f.n_cgroups && k < WFPR_EBPF_MATCH_CGROUPS; k++)
+			fprintf(out, "%s%llu", k ? "," : ", cgroup id ", (unsigned long long)f.cgroups[k].id);
+		fputc('\n', out);
+	}
+}
+
 /* One line per redirector slot in use: its id, addresses, proxy pid. */
 static void show_redirector(FILE *out, int map_fd, uint32_t slot)
 {
@@ -601,7 +631,7 @@ static void show(FILE *out, pid_t owner, const char *pins, const char *cgroup)
 	fprintf(out, "instance %d (%s)\n", (int)owner,
 	        owner_alive(owner) ? "running" : "owner gone: `wfpr ebpf cleanup` removes it");
 	if (f)
-		fprintf(out, "  cgroup %s: %u process%s\n", cgroup, n_procs, n_procs == 1 ? "" : "es");
+		fprintf(out, "  cgroup %s: present, %u process%s\n", cgroup, n_procs, n_procs == 1 ? "" : "es");
 	else
 		fprintf(out, "  on a cgroup it did not make (a wfpr daemon's: see below)\n");
 	fprintf(out, "  pins %s: %u\n", pins, n_pins);
@@ -632,7 +662,12 @@ static void show(FILE *out, pid_t owner, const char *pins, const char *cgroup)
 	int redirectors = bpf_obj_get(path);
 	for (uint32_t slot = 0; redirectors >= 0 && slot < WFPR_EBPF_REDIRECTORS; slot++)
 		show_redirector(out, redirectors, slot);
-	int fds[] = {counters, records, flows, redirectors};
+	snprintf(path, sizeof(path), "%s/map_filters", pins);
+	int filters = bpf_obj_get(path);
+	snprintf(path, sizeof(path), "%s/map_settings", pins);
+	int settings = bpf_obj_get(path);
+	show_filters(out, filters, settings);
+	int fds[] = {counters, records, flows, redirectors, filters, settings};
 	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
 		if (fds[i] >= 0)
 			close(fds[i]);

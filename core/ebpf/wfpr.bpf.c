@@ -360,79 +360,69 @@ static __always_inline void who_init(struct who *w, const struct wfpr_ebpf_sock 
 		w->o = st->origin;
 }
 
+/* Each kind of condition: does any of f's entries match? */
+static __always_inline int any_port(const struct wfpr_ebpf_filter *f, __u32 port)
+{
+	for (__u32 i = 0; i < WFPR_EBPF_MATCH_PORTS && i < f->n_ports; i++)
+		if (port >= f->ports[i].lo && port <= f->ports[i].hi)
+			return 1;
+	return 0;
+}
+
+static __always_inline int any_uid(const struct wfpr_ebpf_filter *f, __u32 uid)
+{
+	for (__u32 i = 0; i < WFPR_EBPF_MATCH_UIDS && i < f->n_uids; i++)
+		if (f->uids[i] == uid)
+			return 1;
+	return 0;
+}
+
+static __always_inline int any_comm(const struct wfpr_ebpf_filter *f, const __u8 *comm)
+{
+	__u64 c0, c1, a, b;
+	__builtin_memcpy(&c0, comm, 8);
+	__builtin_memcpy(&c1, comm + 8, 8);
+	for (__u32 i = 0; i < WFPR_EBPF_MATCH_COMMS && i < f->n_comms; i++) {
+		__builtin_memcpy(&a, f->comms[i], 8);
+		__builtin_memcpy(&b, f->comms[i] + 8, 8);
+		if (a == c0 && b == c1)
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int any_exe(const struct wfpr_ebpf_filter *f, const struct wfpr_ebpf_origin *w)
+{
+	for (__u32 i = 0; i < WFPR_EBPF_MATCH_EXES && i < f->n_exes; i++)
+		if (f->exes[i].ino == w->exe_ino && f->exes[i].dev == w->exe_dev)
+			return 1;
+	return 0;
+}
+
+static __always_inline int any_cgroup(const struct wfpr_ebpf_filter *f, const struct wfpr_ebpf_origin *w)
+{
+	for (__u32 i = 0; i < WFPR_EBPF_MATCH_CGROUPS && i < f->n_cgroups; i++) {
+		__u32 level = f->cgroups[i].level;
+		if (level < WFPR_EBPF_CGROUP_LEVELS && w->cgroups[level] == f->cgroups[i].id)
+			return 1;
+	}
+	return 0;
+}
+
 /* Does filter f take a connection to port of protocol from client who?
- * A global function, so that the verifier checks it once rather than in
- * each of the 32 iterations of decide()'s loop. */
+ * Each kind given must match (any of its entries). A global function, so
+ * that the verifier checks it once rather than in each of the 32
+ * iterations of decide()'s loop. */
 __noinline int wfpr_filter_takes(const struct wfpr_ebpf_filter *f, __u32 port, __u32 protocol, struct who *who)
 {
-	if (!f || !who)
+	if (!f || !who || (f->protocol && f->protocol != protocol) || (f->n_ports && !any_port(f, port)))
 		return 0;
-	if (f->protocol && f->protocol != protocol)
-		return 0;
-	if (f->n_ports) {
-		int ok = 0;
-		for (__u32 i = 0; i < WFPR_EBPF_MATCH_PORTS && i < f->n_ports; i++)
-			if (port >= f->ports[i].lo && port <= f->ports[i].hi) {
-				ok = 1;
-				break;
-			}
-		if (!ok)
-			return 0;
-	}
 	if (!f->n_uids && !f->n_comms && !f->n_exes && !f->n_cgroups)
 		return 1;
 	struct wfpr_ebpf_origin *w = who_get(who, (f->n_uids || f->n_comms ? WHO_PROCESS : 0) |
 	                                               (f->n_exes ? WHO_EXE : 0) | (f->n_cgroups ? WHO_CGROUPS : 0));
-	if (f->n_uids) {
-		int ok = 0;
-		for (__u32 i = 0; i < WFPR_EBPF_MATCH_UIDS && i < f->n_uids; i++)
-			if (f->uids[i] == w->p.uid) {
-				ok = 1;
-				break;
-			}
-		if (!ok)
-			return 0;
-	}
-	if (f->n_comms) {
-		__u64 c0, c1;
-		int ok = 0;
-		__builtin_memcpy(&c0, w->p.comm, 8);
-		__builtin_memcpy(&c1, w->p.comm + 8, 8);
-		for (__u32 i = 0; i < WFPR_EBPF_MATCH_COMMS && i < f->n_comms; i++) {
-			__u64 a, b;
-			__builtin_memcpy(&a, f->comms[i], 8);
-			__builtin_memcpy(&b, f->comms[i] + 8, 8);
-			if (a == c0 && b == c1) {
-				ok = 1;
-				break;
-			}
-		}
-		if (!ok)
-			return 0;
-	}
-	if (f->n_exes) {
-		int ok = 0;
-		for (__u32 i = 0; i < WFPR_EBPF_MATCH_EXES && i < f->n_exes; i++)
-			if (f->exes[i].ino == w->exe_ino && f->exes[i].dev == w->exe_dev) {
-				ok = 1;
-				break;
-			}
-		if (!ok)
-			return 0;
-	}
-	if (f->n_cgroups) {
-		int ok = 0;
-		for (__u32 i = 0; i < WFPR_EBPF_MATCH_CGROUPS && i < f->n_cgroups; i++) {
-			__u32 level = f->cgroups[i].level;
-			if (level < WFPR_EBPF_CGROUP_LEVELS && w->cgroups[level] == f->cgroups[i].id) {
-				ok = 1;
-				break;
-			}
-		}
-		if (!ok)
-			return 0;
-	}
-	return 1;
+	return (!f->n_uids || any_uid(f, w->p.uid)) && (!f->n_comms || any_comm(f, w->p.comm)) &&
+	       (!f->n_exes || any_exe(f, w)) && (!f->n_cgroups || any_cgroup(f, w));
 }
 
 /* The slot to redirect d to, PERMIT or HOP_LIMIT, for a socket whose

@@ -30,9 +30,16 @@ def test_help(command):
     (["run", "--rules", "lua/rules/tag.lua", "--log", "/nonexistent/dir/log", "--", "true"], "cannot open the log"),
     (["broker"], "--socket PATH is required"),
     (["broker", "--bogus"], "unknown or incomplete option"),
-    (["proxy", "--name", "x"], "--broker PATH and --name NAME are required"),
+    (["proxy", "--name", "x"], "give --name NAME, and --broker PATH (preload) or --backend ebpf"),
     (["proxy", "--broker", "/tmp/x", "--name", "x", "--rules", "/nonexistent.lua"], "cannot read the rules file"),
     (["proxy", "--broker", "/tmp/x", "--name", "x", "--listen", "nonsense"], "invalid option '--listen'"),
+    (["run", "--rules", "lua/rules/tag.lua", "--dport", "0", "--", "true"], "proxy tag: dport: '0'"),
+    (["run", "--rules", "lua/rules/tag.lua", "--comm", "a-name-longer-than-15", "--", "true"], "comm:"),
+    (["proxy", "--backend", "ebpf", "--name", "x", "--broker", "/tmp/x"], "--broker is for --backend preload"),
+    (["proxy", "--broker", "/tmp/x", "--name", "x", "--dst", "10.0.0.0/33"], "dst: '10.0.0.0/33'"),
+    (["proxy", "--broker", "/tmp/x", "--name", "x", "--uid", "no-such-user-here"], "no user 'no-such-user-here'"),
+    (["daemon", "--bogus", "x"], "unknown or invalid option '--bogus'"),
+    (["daemon", "--cgroup"], "missing value '--cgroup'"),
     (["nonsense"], "unknown command nonsense"),
 ])
 def test_usage_errors(args, message):

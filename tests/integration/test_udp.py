@@ -139,20 +139,29 @@ def dnsmasq(tmp_path, started):
     """dnsmasq on [::1] and 127.0.0.1, answering example.test with 192.0.2.1."""
     if not shutil.which("dnsmasq") or not shutil.which("dig"):
         pytest.skip("dnsmasq and dig (dnsmasq-base, bind9-dnsutils) are not installed")
-    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-        probe.bind(("::1", 0))
-        port = probe.getsockname()[1]
-    started(["dnsmasq", "--keep-in-foreground", "--port=%d" % port, "--listen-address=::1", "--listen-address=127.0.0.1",
-             "--bind-interfaces",
-             "--no-resolv", "--no-hosts", "--address=/example.test/192.0.2.1", "--pid-file=%s" % (tmp_path / "pid"),
-             "--log-facility=%s" % (tmp_path / "dnsmasq.log")])
+    while True:  # a port free on both addresses
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe4:
+            probe.bind(("::1", 0))
+            port = probe.getsockname()[1]
+            try:
+                probe4.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                continue
+    proc = started(["dnsmasq", "--keep-in-foreground", "--port=%d" % port, "--listen-address=::1",
+                    "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
+                    "--address=/example.test/192.0.2.1", "--pid-file=%s" % (tmp_path / "pid"),
+                    "--log-facility=%s" % (tmp_path / "dnsmasq.log")])
     for _ in range(100):
         direct = subprocess.run(["dig", "@::1", "-p", str(port), "example.test", "+short", "+tries=1", "+time=1"],
                                 capture_output=True, text=True)
         if direct.stdout.strip() == "192.0.2.1":
             return port
         time.sleep(0.05)
-    pytest.fail("dnsmasq did not answer: " + direct.stdout + direct.stderr)
+    log = tmp_path / "dnsmasq.log"
+    pytest.fail("dnsmasq (exit status %s) did not answer: %s%s\n%s" % (proc.poll(), direct.stdout, direct.stderr,
+                                                                     log.read_text() if log.exists() else ""))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,4 +1,5 @@
 """UDP: a Python client through two proxies to a real UDP echo server."""
+import random
 import shutil
 import socket
 import subprocess
@@ -134,21 +135,32 @@ def test_two_processes_on_one_udp_port_get_two_flows(backend, udp_echo, rules, w
     assert run.summary()["alpha"]["failed"] == 0
 
 
+def free_port_below_ephemeral():
+    """A port free for UDP and TCP on 127.0.0.1 and [::1] (dnsmasq takes all
+    four), below the ephemeral range, so that no client's connection takes
+    it between this probe and dnsmasq's bind (after a load test, thousands
+    of loopback connections hold ephemeral ports)."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low = int(f.read().split()[0])
+    for _ in range(1000):
+        port = random.randrange(max(1024, low - 12000), low)
+        try:
+            for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                    with socket.socket(family, kind) as probe:
+                        probe.bind((host, port))
+            return port
+        except OSError:
+            continue
+    pytest.fail("no free port below the ephemeral range")
+
+
 @pytest.fixture
 def dnsmasq(tmp_path, started):
     """dnsmasq on [::1] and 127.0.0.1, answering example.test with 192.0.2.1."""
     if not shutil.which("dnsmasq") or not shutil.which("dig"):
         pytest.skip("dnsmasq and dig (dnsmasq-base, bind9-dnsutils) are not installed")
-    while True:  # a port free on both addresses
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe, \
-                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe4:
-            probe.bind(("::1", 0))
-            port = probe.getsockname()[1]
-            try:
-                probe4.bind(("127.0.0.1", port))
-                break
-            except OSError:
-                continue
+    port = free_port_below_ephemeral()
     proc = started(["dnsmasq", "--keep-in-foreground", "--port=%d" % port, "--listen-address=::1",
                     "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
                     "--address=/example.test/192.0.2.1", "--pid-file=%s" % (tmp_path / "pid"),

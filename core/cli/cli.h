@@ -89,6 +89,8 @@ int run_ebpf_enter(pid_t pid);
 int run_ebpf_add_proxy(unsigned int slot, const uint8_t id[16], pid_t pid, const struct sockaddr_storage address[2],
                        const struct wfpr_match *match, uint32_t weight, char *err, size_t err_len);
 int run_ebpf_remove_proxy(unsigned int slot);
+/* A proxy that is gone: its connections are refused, never sent to its port. */
+int run_ebpf_set_fail_closed(void);
 int run_ebpf_set_udp_idle(unsigned int ms);
 /* --udp-idle-timeout MS: every sender in this process and its children
  * (WFPR_UDP_IDLE_MS) starts a new flow after MS of silence. */

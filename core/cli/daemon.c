@@ -43,6 +43,7 @@ typedef struct slot {
 } slot;
 
 static volatile sig_atomic_t stopping;
+static bool fail_closed;
 static ebpf_instance *layer;
 static slot slots[SLOTS];
 static unsigned long generation;
@@ -79,16 +80,23 @@ static const char *hex(char out[33], const uint8_t id[16])
 	return wfpr_redirector_id_format(out, 33, id);
 }
 
-/* The redirector of slot i off: new connections skip it. */
+/* The redirector of slot i off: new connections skip it (with
+ * --fail-closed the kernel refuses them instead, since its proxy's
+ * sockets are gone). */
 static void switch_off(size_t i, const char *why)
 {
 	slot *s = &slots[i];
-	ebpf_set_match(layer, (unsigned int)i, NULL, 0, NULL, 0);
-	ebpf_remove_redirector(layer, (unsigned int)i);
 	s->live = false;
 	if (s->fd >= 0)
 		close(s->fd);
 	s->fd = -1;
+	if (fail_closed && !ebpf_proxy_alive(layer, (unsigned int)i)) {
+		fprintf(stderr, "wfpr daemon: proxy %s (pid %d) %s: its connections are refused until it is back "
+		                "(--fail-closed)\n", s->name, (int)s->pid, why);
+		return;
+	}
+	ebpf_set_match(layer, (unsigned int)i, NULL, 0, NULL, 0);
+	ebpf_remove_redirector(layer, (unsigned int)i);
 	fprintf(stderr, "wfpr daemon: proxy %s (pid %d) %s: redirector %zu off, new connections skip it\n", s->name,
 	        (int)s->pid, why, i);
 }
@@ -155,8 +163,14 @@ static void do_register(int fd, const char *msg, bool *keep)
 	slot *s = &slots[at];
 	if (!again && getrandom(s->id, sizeof(s->id), 0) != (ssize_t)sizeof(s->id))
 		return refuse(fd, "internal", "no random id: %s", strerror(errno));
+	/* the caller must hold the listener it names: the kernel then checks
+	 * that socket's life, not a port anyone may bind once it is gone */
 	if (ebpf_add_redirector(layer, (unsigned int)at, s->id, at + 1, cred.pid, &a, *listen6 ? &a6 : NULL) != 0 ||
-	    ebpf_set_match(layer, (unsigned int)at, &m, (uint32_t)weight, err, sizeof(err)) != 0) {
+	    ebpf_guard_redirector(layer, (unsigned int)at, cred.pid, &a, err, sizeof(err)) != 0) {
+		ebpf_remove_redirector(layer, (unsigned int)at);
+		return refuse(fd, "not-listening", "proxy %s: %s", name, err);
+	}
+	if (ebpf_set_match(layer, (unsigned int)at, &m, (uint32_t)weight, err, sizeof(err)) != 0) {
 		ebpf_remove_redirector(layer, (unsigned int)at);
 		return refuse(fd, "bad-match", "proxy %s: %s", name, err);
 	}
@@ -290,7 +304,12 @@ int cmd_daemon(int argc, char **argv)
 {
 	const char *cgroup = "", *control = WFPR_DAEMON_CONTROL;
 	unsigned int udp_idle_ms = 0;
-	for (int i = 0; i < argc; i += 2) { /* OPTION VALUE pairs */
+	for (int i = 0; i < argc; i += 2) { /* OPTION VALUE pairs, and --fail-closed */
+		if (strcmp(argv[i], "--fail-closed") == 0) {
+			fail_closed = true;
+			i--;
+			continue;
+		}
 		const char *val = i + 1 < argc ? argv[i + 1] : NULL;
 		if (!val) {
 			fprintf(stderr, "wfpr daemon: unknown option or missing value '%s'\n\n%s", argv[i], cli_usage);
@@ -331,6 +350,8 @@ int cmd_daemon(int argc, char **argv)
 	}
 	if (udp_idle_ms)
 		ebpf_set_udp_idle(layer, udp_idle_ms);
+	if (fail_closed)
+		ebpf_set_fail_closed(layer, true);
 	int server = listen_control(control);
 	if (server < 0) {
 		ebpf_close(layer);

@@ -27,7 +27,14 @@ int run_ebpf_add_proxy(unsigned int slot, const uint8_t id[16], pid_t pid, const
 {
 	if (!instance || ebpf_add_redirector(instance, slot, id, slot + 1, pid, &address[0], &address[1]) != 0)
 		return snprintf(err, err_len, "cannot add its redirector"), -1;
+	if (ebpf_guard_redirector(instance, slot, pid, &address[0], err, err_len) != 0)
+		return -1;
 	return ebpf_set_match(instance, slot, match, weight, err, err_len);
+}
+
+int run_ebpf_set_fail_closed(void)
+{
+	return ebpf_set_fail_closed(instance, true);
 }
 
 int run_ebpf_remove_proxy(unsigned int slot)
@@ -105,6 +112,11 @@ int run_ebpf_add_proxy(unsigned int slot, const uint8_t id[16], pid_t pid, const
 int run_ebpf_remove_proxy(unsigned int slot)
 {
 	(void)slot;
+	return -1;
+}
+
+int run_ebpf_set_fail_closed(void)
+{
 	return -1;
 }
 

@@ -12,7 +12,7 @@ const char cli_usage[] =
 	"usage: wfpr run --rules R.lua [MATCH...] [--proxy NAME=R2.lua [MATCH...] ...] [--backend preload|ebpf]\n"
 	"                [--log FILE] [--fail-closed] [--idle-timeout MS] [--udp-idle-timeout MS] [--workers N]\n"
 	"                [--buffer BYTES] -- COMMAND [ARGS...]\n"
-	"       wfpr daemon [--cgroup PATH] [--control PATH] [--udp-idle-timeout MS]\n"
+	"       wfpr daemon [--cgroup PATH] [--control PATH] [--fail-closed] [--udp-idle-timeout MS]\n"
 	"       wfpr proxy --name NAME (--backend ebpf [--control PATH] | --broker PATH) [--rules R.lua]\n"
 	"                  [--weight N] [MATCH...] [--listen ADDR:PORT] [--log FILE] [--idle-timeout MS]\n"
 	"                  [--udp-idle-timeout MS] [--buffer BYTES] [--workers N]\n"

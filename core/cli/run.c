@@ -241,8 +241,9 @@ static void proxy_exited(const options *o, pid_t *proxies, pid_t pid, pid_t brok
 			continue;
 		proxies[i] = 0; /* reaped: never signalled again */
 		fprintf(stderr, "wfpr run: proxy %s exited%s\n", o->names[i],
-		        o->ebpf && !o->fail_closed && run_ebpf_remove_proxy((unsigned int)i) == 0
-		                ? "; its connections go on without it" : "");
+		        !o->ebpf                ? ""
+		        : o->fail_closed        ? "; its connections are refused (--fail-closed)"
+		        : run_ebpf_remove_proxy((unsigned int)i) == 0 ? "; its connections go on without it" : "");
 	}
 	if (pid == broker)
 		fprintf(stderr, "wfpr run: the broker exited\n");
@@ -354,7 +355,8 @@ int cmd_run(int argc, char **argv)
 	if (o.ebpf) {
 		started = run_ebpf_open(why, sizeof(why)) == 0 &&
 		          getrandom(o.ids, sizeof(o.ids), 0) == (ssize_t)sizeof(o.ids) &&
-		          (!o.udp_idle_ms || run_ebpf_set_udp_idle(o.udp_idle_ms) == 0);
+		          (!o.udp_idle_ms || run_ebpf_set_udp_idle(o.udp_idle_ms) == 0) &&
+		          (!o.fail_closed || run_ebpf_set_fail_closed() == 0);
 		if (!started)
 			fprintf(stderr, "wfpr run: the eBPF backend is not available: %s\n", why);
 	} else {

@@ -39,13 +39,20 @@ struct wfpr_ebpf_redirector {
 	__u8 id[16];
 	__u64 handle;
 	__u32 pid;
-	__u32 active;
+	__u16 active;
+	__u16 guarded; /* bit 0 TCP, bit 1 UDP: that proxy socket is in the listeners map, and
+	                * a connect or datagram checks that it still lives */
 	__u8 ip[16];  /* where it listens (TCP and UDP) for IPv4 sockets */
 	__u16 port;
 	__u16 port6;  /* and for IPv6 sockets (0: none; they go to ip as IPv4-mapped) */
 	__u32 pad;
 	__u8 ip6[16];
 };
+
+/* The listeners map (a SOCKMAP): the proxy's own sockets, by key
+ * slot * 2 + (UDP). The kernel drops a socket from it when it closes, so a
+ * port that a dead proxy left, and anyone may bind, is never a target. */
+#define WFPR_EBPF_LISTENER_KEY(slot, udp) ((slot) * 2u + ((udp) ? 1u : 0u))
 
 /* What a filter may name of each kind (docs/daemon.md, the match options). */
 #define WFPR_EBPF_MATCH_PORTS 8
@@ -102,7 +109,7 @@ struct wfpr_ebpf_origin {
 
 struct wfpr_ebpf_config {
 	__u32 n_filters;
-	__u32 pad;
+	__u32 fail_closed; /* a guarded redirector whose proxy is gone: refuse (1) or skip it (0) */
 	__s64 realtime_offset_ns; /* CLOCK_REALTIME - CLOCK_MONOTONIC at load */
 	__u64 udp_idle_ns;        /* a UDP flow silent this long: its next datagram starts a new flow */
 };
@@ -167,6 +174,7 @@ enum wfpr_ebpf_counter {
 	WFPR_EBPF_SETS,
 	WFPR_EBPF_BAD_SETS,
 	WFPR_EBPF_UDP_CONNECTED, /* connected UDP sockets a filter matched: they go direct */
+	WFPR_EBPF_PROXY_GONE,    /* fail-closed: refused, the redirector's proxy is gone */
 	WFPR_EBPF_COUNTERS
 };
 

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/statfs.h>
 #include <time.h>
@@ -21,6 +22,7 @@
 #include "loader.h"
 #include "wfpr/error.h"
 #include "wfpr/match.h"
+#include "wfpr/record.h"
 #include "wfpr/socket.h"
 #include "wfpr.skel.h"
 
@@ -251,6 +253,100 @@ int ebpf_add_redirector(ebpf_instance *e, unsigned int slot, const uint8_t id[16
 		to16(r.ip6, address6, &r.port6);
 	uint32_t key = slot;
 	return bpf_map__update_elem(e->skel->maps.redirectors, &key, sizeof(key), &r, sizeof(r), BPF_ANY);
+}
+
+/* A copy of pid's socket that is bound to address (by protocol), or -1. */
+static int find_socket(int pidfd, pid_t pid, const struct sockaddr_storage *address, int protocol)
+{
+	char dir[64], path[320], link[64];
+	snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)pid);
+	DIR *d = opendir(dir);
+	struct dirent *ent;
+	int found = -1;
+	while (d && found < 0 && (ent = readdir(d))) {
+		snprintf(path, sizeof(path), "%s/%s", dir, ent->d_name);
+		ssize_t n = readlink(path, link, sizeof(link) - 1);
+		if (n <= 0 || strncmp(link, "socket:", 7) != 0)
+			continue;
+		int fd = (int)syscall(SYS_pidfd_getfd, pidfd, atoi(ent->d_name), 0);
+		struct sockaddr_storage local;
+		socklen_t len = sizeof(local);
+		int proto = 0, listening = 0;
+		socklen_t ol = sizeof(proto);
+		if (fd >= 0 && getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &ol) == 0 && proto == protocol &&
+		    (ol = sizeof(listening), getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ol)) == 0 &&
+		    (protocol == IPPROTO_UDP || listening) && getsockname(fd, (struct sockaddr *)&local, &len) == 0 &&
+		    local.ss_family == address->ss_family) {
+			uint8_t a[16], b[16];
+			uint16_t pa = 0, pb = 0;
+			to16(a, &local, &pa);
+			to16(b, address, &pb);
+			if (pa == pb && memcmp(a, b, 16) == 0) {
+				found = fd;
+				continue;
+			}
+		}
+		if (fd >= 0)
+			close(fd);
+	}
+	if (d)
+		closedir(d);
+	return found;
+}
+
+int ebpf_guard_redirector(ebpf_instance *e, unsigned int slot, pid_t pid, const struct sockaddr_storage *address,
+                          char *err, size_t err_len)
+{
+	struct wfpr_ebpf_redirector r;
+	uint32_t key = slot;
+	if (!e || !address || slot >= WFPR_EBPF_REDIRECTORS ||
+	    bpf_map__lookup_elem(e->skel->maps.redirectors, &key, sizeof(key), &r, sizeof(r), 0) != 0)
+		return snprintf(err, err_len, "no such redirector"), -1;
+	int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	if (pidfd < 0)
+		return snprintf(err, err_len, "cannot open process %d: %s", (int)pid, strerror(errno)), -1;
+	int tcp = find_socket(pidfd, pid, address, IPPROTO_TCP), udp = find_socket(pidfd, pid, address, IPPROTO_UDP);
+	close(pidfd);
+	char where[64];
+	int rc = -1;
+	if (tcp < 0) {
+		snprintf(err, err_len, "process %d has no TCP socket listening on %s", (int)pid,
+		         wfpr_sockaddr_format(where, sizeof(where), address));
+	} else {
+		uint32_t k_tcp = WFPR_EBPF_LISTENER_KEY(slot, 0), k_udp = WFPR_EBPF_LISTENER_KEY(slot, 1);
+		uint64_t v_tcp = (uint64_t)tcp, v_udp = (uint64_t)udp;
+		r.guarded = 1;
+		rc = bpf_map__update_elem(e->skel->maps.listeners, &k_tcp, sizeof(k_tcp), &v_tcp, sizeof(v_tcp), BPF_ANY);
+		if (rc == 0 && udp >= 0 &&
+		    bpf_map__update_elem(e->skel->maps.listeners, &k_udp, sizeof(k_udp), &v_udp, sizeof(v_udp), BPF_ANY) == 0)
+			r.guarded |= 2;
+		if (rc == 0)
+			rc = bpf_map__update_elem(e->skel->maps.redirectors, &key, sizeof(key), &r, sizeof(r), BPF_ANY);
+		if (rc != 0)
+			snprintf(err, err_len, "cannot hold the proxy's sockets in the kernel: %s", strerror(errno));
+	}
+	if (tcp >= 0)
+		close(tcp);
+	if (udp >= 0)
+		close(udp);
+	return rc;
+}
+
+bool ebpf_proxy_alive(const ebpf_instance *e, unsigned int slot)
+{
+	uint32_t key = WFPR_EBPF_LISTENER_KEY(slot, 0);
+	uint64_t cookie;
+	return e && bpf_map__lookup_elem(e->skel->maps.listeners, &key, sizeof(key), &cookie, sizeof(cookie), 0) == 0;
+}
+
+int ebpf_set_fail_closed(ebpf_instance *e, bool on)
+{
+	uint32_t zero = 0;
+	struct wfpr_ebpf_config cfg;
+	if (!e || bpf_map__lookup_elem(e->skel->maps.settings, &zero, sizeof(zero), &cfg, sizeof(cfg), 0) != 0)
+		return -1;
+	cfg.fail_closed = on;
+	return bpf_map__update_elem(e->skel->maps.settings, &zero, sizeof(zero), &cfg, sizeof(cfg), BPF_ANY);
 }
 
 int ebpf_remove_redirector(ebpf_instance *e, unsigned int slot)
@@ -646,7 +742,7 @@ static void show(FILE *out, pid_t owner, const char *pins, const char *cgroup)
 	if (counters >= 0)
 		fprintf(out,
 		        "  redirects %llu, permits %llu, hop-limit blocks %llu, records issued %llu, queries %llu,"
-		        " sets %llu, refused sets %llu, connected UDP gone direct %llu\n",
+		        " sets %llu, refused sets %llu, connected UDP gone direct %llu, refused (proxy gone) %llu\n",
 		        (unsigned long long)counter_sum(counters, WFPR_EBPF_REDIRECTS),
 		        (unsigned long long)counter_sum(counters, WFPR_EBPF_PERMITS),
 		        (unsigned long long)counter_sum(counters, WFPR_EBPF_LOOP_BLOCKS),
@@ -654,7 +750,8 @@ static void show(FILE *out, pid_t owner, const char *pins, const char *cgroup)
 		        (unsigned long long)counter_sum(counters, WFPR_EBPF_QUERIES),
 		        (unsigned long long)counter_sum(counters, WFPR_EBPF_SETS),
 		        (unsigned long long)counter_sum(counters, WFPR_EBPF_BAD_SETS),
-		        (unsigned long long)counter_sum(counters, WFPR_EBPF_UDP_CONNECTED));
+		        (unsigned long long)counter_sum(counters, WFPR_EBPF_UDP_CONNECTED),
+		        (unsigned long long)counter_sum(counters, WFPR_EBPF_PROXY_GONE));
 	if (records >= 0)
 		fprintf(out, "  live TCP records %u, UDP flows %u\n", count_keys(records, sizeof(struct wfpr_ebpf_key)),
 		        count_keys(flows, sizeof(struct wfpr_ebpf_key)));

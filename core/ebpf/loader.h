@@ -41,6 +41,19 @@ const char *ebpf_cgroup(const ebpf_instance *e);
 int ebpf_add_redirector(ebpf_instance *e, unsigned int slot, const uint8_t id[16], uint64_t handle, pid_t pid,
                         const struct sockaddr_storage *address, const struct sockaddr_storage *address6);
 
+/* Hold the sockets of slot's proxy, process pid, in the kernel: its TCP
+ * listener on address (required) and its UDP socket there (if any). From
+ * then on a connection goes to slot only while that socket lives; when the
+ * proxy is gone it is skipped, or refused with ECONNREFUSED (fail-closed).
+ * A port that anyone may bind once the proxy is dead is never a target.
+ * Also proves that pid listens where it says. 0, or -1 with err. */
+int ebpf_guard_redirector(ebpf_instance *e, unsigned int slot, pid_t pid, const struct sockaddr_storage *address,
+                          char *err, size_t err_len);
+/* Does slot's proxy still hold the listener it was guarded with? */
+bool ebpf_proxy_alive(const ebpf_instance *e, unsigned int slot);
+/* A guarded redirector whose proxy is gone: refuse (on) or skip it. */
+int ebpf_set_fail_closed(ebpf_instance *e, bool on);
+
 /* Switch slot's redirector off (its proxy is gone): its filters no longer
  * match, and connections go on to the next filter. */
 int ebpf_remove_redirector(ebpf_instance *e, unsigned int slot);

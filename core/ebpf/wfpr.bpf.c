@@ -36,6 +36,7 @@
 #define ENOPROTOOPT 92
 #define EPROTONOSUPPORT 93
 #define ENOTCONN 107
+#define ECONNREFUSED 111
 
 #define HEADER WFPR__WIRE_HEADER_SIZE
 #define HOP4 WFPR__WIRE_HOP_SIZE(4)
@@ -97,6 +98,14 @@ struct {
 	__type(key, struct wfpr_ebpf_lpm6);
 	__type(value, __u32);
 } xlpm6 SEC(".maps");
+
+/* Each guarded redirector's proxy sockets (WFPR_EBPF_LISTENER_KEY). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__uint(max_entries, 2 * WFPR_EBPF_REDIRECTORS);
+	__type(key, __u32);
+	__type(value, __u64);
+} listeners SEC(".maps");
 
 /* TCP records: issued when the redirected connect is established, removed
  * when the proxy's accepted socket closes. */
@@ -245,6 +254,7 @@ static __always_inline void sock_ends(struct bpf_sock *sk, __u8 *local, __u8 *pe
 
 #define PERMIT -1
 #define HOP_LIMIT -2
+#define PROXY_GONE -3 /* fail-closed: the chosen redirector's proxy is gone */
 
 static __always_inline struct wfpr_ebpf_redirector *redirector(__u32 slot)
 {
@@ -425,7 +435,19 @@ __noinline int wfpr_filter_takes(const struct wfpr_ebpf_filter *f, __u32 port, _
 	       (!f->n_exes || any_exe(f, w)) && (!f->n_cgroups || any_cgroup(f, w));
 }
 
-/* The slot to redirect d to, PERMIT or HOP_LIMIT, for a socket whose
+/* Does slot's proxy still hold its socket for protocol? A global
+ * function: the verifier checks it once. */
+__noinline int wfpr_proxy_alive(__u32 slot, __u32 protocol)
+{
+	__u32 key = WFPR_EBPF_LISTENER_KEY(slot, protocol == IPPROTO_UDP);
+	struct bpf_sock *sk = bpf_map_lookup_elem(&listeners, &key);
+	if (!sk)
+		return 0;
+	bpf_sk_release(sk);
+	return 1;
+}
+
+/* The slot to redirect d to, PERMIT, HOP_LIMIT or PROXY_GONE, for a socket whose
  * storage is st (NULL: none), of client w. local_port: the socket's own
  * port when known (a proxy's own socket is never redirected). */
 static __always_inline int decide(const struct wfpr_ebpf_sock *st, const struct dest *d, __u32 protocol,
@@ -455,8 +477,14 @@ static __always_inline int decide(const struct wfpr_ebpf_sock *st, const struct 
 		struct wfpr_ebpf_filter *f = bpf_map_lookup_elem(&filters, &k);
 		if (!f || !wfpr_filter_takes(f, d->port, protocol, w))
 			continue;
-		if (!redirector(f->redirector) || permit_only(&c, f->redirector))
+		struct wfpr_ebpf_redirector *r = redirector(f->redirector);
+		if (!r || permit_only(&c, f->redirector))
 			continue; /* the callout may only permit: the next filter is asked */
+		if ((r->guarded & (protocol == IPPROTO_UDP ? 2 : 1)) && !wfpr_proxy_alive(f->redirector, protocol)) {
+			if (cfg->fail_closed)
+				return PROXY_GONE;
+			continue; /* its proxy is gone: skipped, as a switched-off one */
+		}
 		if (c.hops >= WFPR_EBPF_HOPS)
 			return HOP_LIMIT;
 		return (int)f->redirector;
@@ -587,6 +615,11 @@ static __always_inline int on_connect(struct bpf_sock_addr *ctx, int v4)
 	if (slot == HOP_LIMIT) {
 		count(WFPR_EBPF_LOOP_BLOCKS);
 		bpf_set_retval(-ELOOP);
+		return 0;
+	}
+	if (slot == PROXY_GONE) {
+		count(WFPR_EBPF_PROXY_GONE);
+		bpf_set_retval(-ECONNREFUSED);
 		return 0;
 	}
 	struct wfpr_ebpf_redirector *r = redirector((__u32)slot);
@@ -859,8 +892,8 @@ static __always_inline int on_sendmsg(struct bpf_sock_addr *ctx, int v4)
 	int slot = decide(st, &d, IPPROTO_UDP, local, local_port, &w);
 	if (slot == PERMIT)
 		return 1;
-	if (slot == HOP_LIMIT) {
-		count(WFPR_EBPF_LOOP_BLOCKS);
+	if (slot == HOP_LIMIT || slot == PROXY_GONE) {
+		count(slot == HOP_LIMIT ? WFPR_EBPF_LOOP_BLOCKS : WFPR_EBPF_PROXY_GONE);
 		return 0;
 	}
 	struct wfpr_ebpf_redirector *r = redirector((__u32)slot);

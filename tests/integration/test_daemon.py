@@ -33,7 +33,7 @@ def cgroup2_mount():
 class Layer:
     """A daemon on a fresh cgroup; proxies and clients of one test."""
 
-    def __init__(self, tmp_path, started):
+    def __init__(self, tmp_path, started, daemon_options=()):
         self.tmp = tmp_path
         self.started = started
         self.control = str(tmp_path / "control.sock")
@@ -41,8 +41,8 @@ class Layer:
         self.cgroup = os.path.join(cgroup2_mount(), "wfprtest-%d-%d" % (os.getpid(), time.monotonic_ns() % 10**6))
         os.mkdir(self.cgroup)
         self.daemon_err = open(tmp_path / "daemon.err", "w+")
-        self.daemon = started([WFPR, "daemon", "--cgroup", self.cgroup, "--control", self.control], ready=True,
-                              stderr=self.daemon_err)
+        self.daemon = started([WFPR, "daemon", "--cgroup", self.cgroup, "--control", self.control, *daemon_options],
+                              ready=True, stderr=self.daemon_err)
         self.proxies = {}
 
     def proxy(self, name, *options, rules=PASS_RULE):
@@ -379,3 +379,11 @@ def test_c_example_registers_with_the_daemon(layer, http_server, tmp_path):
     assert line.startswith("curl (pid ") and "/usr/bin/curl) -> 127.0.0.1:%d, hop 1, REDIRECTED_BY_SELF" % port in line
     time.sleep(0.2)
     assert [e["hops"] for e in layer.events() if e["proxy"] == "after"] == [["cexample", "after"]]
+
+
+def test_register_needs_the_listener(layer):
+    """A process may register only an address its own socket listens on."""
+    liar = subprocess.run([PY, "-c", "import wfpr; wfpr._wfpr.daemon_register(%r, 'liar', 100, '', '127.0.0.1', 9, "
+                           "None, 0)" % layer.control], capture_output=True, text=True)
+    assert liar.returncode != 0 and "has no TCP socket listening on 127.0.0.1:9" in liar.stderr, liar.stderr
+    assert "refused: proxy liar: process" in layer.daemon_said()

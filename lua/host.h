@@ -7,6 +7,10 @@
 
 #include <lauxlib.h>
 #include <lua.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include "wfpr/rules.h"
 
@@ -24,6 +28,7 @@ struct wfpr_rules {
 	wfpr_rules_options opts;
 	/* the counting allocator */
 	size_t in_use, peak;
+	struct block *blocks; /* every block the state holds (alloc.c) */
 	bool over_limit; /* the last failure was the memory cap */
 	bool timed_out;  /* the last failure was the instruction budget */
 	int hooks[HOOK_COUNT]; /* registry refs, LUA_NOREF when absent */
@@ -35,10 +40,34 @@ struct wfpr_rules {
 	/* the replacement chunk of the last on_data/on_datagram */
 	char *out;
 	size_t out_cap;
+	/* the rule's source, to build it again after an abandoned call */
+	char *source;
+	size_t source_len;
+	char *chunkname;
+	unsigned int rebuilds;
+	uint64_t ticks; /* instructions run in the call in progress */
+	/* the wall-clock limit (watchdog.c) */
+	struct wfpr_rules *watch_next;
+	pthread_t thread;
+	_Atomic int64_t deadline_ns; /* of the call in progress; 0: none */
+	volatile sig_atomic_t in_call, in_alloc, abort_pending; /* this thread and its signal handler */
+	_Atomic int signalled; /* by the watchdog, once per call */
+	sigjmp_buf abort_to;
 };
+
+/* watchdog.c: the signal it sends (a real-time one no library uses). */
+#define WFPR__WATCHDOG_SIGNAL (SIGRTMAX - 4)
+int64_t wfpr__now_mono_ns(void);
+void wfpr__watchdog_add(wfpr_rules *r);
+void wfpr__watchdog_remove(wfpr_rules *r);
+/* Around a call: arm and disarm its deadline (opts.time_limit_ms). */
+void wfpr__watchdog_enter(wfpr_rules *r);
+void wfpr__watchdog_leave(wfpr_rules *r);
 
 /* alloc.c */
 void *wfpr__rules_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+/* Free every block of the state, without reading it (an abandoned one). */
+void wfpr__rules_free_all(wfpr_rules *r);
 
 /* sandbox.c: open the allowed libraries and build the locked base
  * environment, left in the registry under SANDBOX_BASE. */

@@ -40,11 +40,43 @@ static wfpr_rules *host_of(lua_State *L)
 	return ud;
 }
 
+#define HOOK_STEP 10000 /* instructions between two looks at the budget and the clock */
+
 static void budget_hook(lua_State *L, lua_Debug *ar)
 {
 	(void)ar;
-	host_of(L)->timed_out = true;
-	luaL_error(L, "instruction budget exceeded");
+	wfpr_rules *r = host_of(L);
+	r->ticks += HOOK_STEP;
+	if (r->ticks >= r->opts.instruction_budget) {
+		r->timed_out = true;
+		luaL_error(L, "instruction budget exceeded");
+	}
+	if (wfpr__now_mono_ns() > atomic_load_explicit(&r->deadline_ns, memory_order_relaxed)) {
+		r->timed_out = true;
+		luaL_error(L, "time limit of %d ms exceeded", (int)r->opts.time_limit_ms);
+	}
+}
+
+static int load(wfpr_rules *r, const char *chunkname, const char *source, size_t len);
+
+/* A fresh state for r, its rule loaded again from its source, after a call
+ * that the watchdog had to abandon (its state may be half-updated, so it is
+ * never closed: its memory is freed block by block). After MAX_REBUILDS the
+ * rule stays unloaded, and every hook gives the default verdict. */
+#define MAX_REBUILDS 8
+static void rebuild(wfpr_rules *r, bool reload)
+{
+	wfpr__rules_free_all(r); /* the abandoned state, block by block */
+	r->L = NULL;
+	lua_State *L = lua_newstate(wfpr__rules_alloc, r);
+	for (int h = 0; h < HOOK_COUNT; h++)
+		r->hooks[h] = LUA_NOREF;
+	if (!L)
+		return;
+	r->L = L;
+	wfpr__sandbox_open(L);
+	if (reload && ++r->rebuilds <= MAX_REBUILDS && r->source)
+		load(r, r->chunkname, r->source, r->source_len);
 }
 
 static void log_failure(wfpr_rules *r, enum hook h, wfpr_rule_outcome outcome, const char *message)
@@ -69,9 +101,32 @@ static wfpr_rule_outcome guarded_call(wfpr_rules *r, enum hook h, int nargs, int
 	lua_pushcfunction(L, traceback);
 	lua_insert(L, base);
 	r->timed_out = r->over_limit = false;
+	r->ticks = 0;
 	uint64_t budget = r->opts.instruction_budget;
-	lua_sethook(L, budget_hook, LUA_MASKCOUNT, budget > INT_MAX ? INT_MAX : (int)budget);
+	lua_sethook(L, budget_hook, LUA_MASKCOUNT, budget < HOOK_STEP ? (int)budget : HOOK_STEP);
+	wfpr__watchdog_enter(r);
+	if (sigsetjmp(r->abort_to, 0) != 0) {
+		/* the watchdog stopped the call inside C code or a finalizer */
+		wfpr__watchdog_leave(r);
+		r->stats.calls++;
+		r->stats.timeouts++;
+		char msg[400];
+		snprintf(msg, sizeof(msg),
+		         "time limit of %u ms exceeded inside a library function or a finalizer, where the instruction "
+		         "budget cannot stop it: the call was abandoned and %s",
+		         r->opts.time_limit_ms,
+		         h == HOOK_COUNT             ? "the rule is not loaded"
+		         : r->rebuilds < MAX_REBUILDS ? "the rule loaded again (its conn.tag tables are lost)"
+		                                      : "the rule is switched off: it overran too often");
+		if (h == HOOK_COUNT)
+			set_text(&r->error, msg);
+		else
+			log_failure(r, h, WFPR_RULE_TIMEOUT, msg);
+		rebuild(r, h != HOOK_COUNT);
+		return WFPR_RULE_TIMEOUT;
+	}
 	int rc = lua_pcall(L, nargs, nres, base);
+	wfpr__watchdog_leave(r);
 	lua_sethook(L, NULL, 0, 0);
 	lua_remove(L, base);
 	wfpr__conn_expire_all(L);
@@ -122,6 +177,8 @@ int wfpr_rules_new(wfpr_rules **out, const wfpr_rules_options *opts)
 	if (!r)
 		return WFPR_WSAENOBUFS;
 	r->opts = *opts;
+	if (!r->opts.time_limit_ms)
+		r->opts.time_limit_ms = 100;
 	for (int h = 0; h < HOOK_COUNT; h++)
 		r->hooks[h] = LUA_NOREF;
 	r->L = lua_newstate(wfpr__rules_alloc, r);
@@ -130,6 +187,7 @@ int wfpr_rules_new(wfpr_rules **out, const wfpr_rules_options *opts)
 		return WFPR_WSAENOBUFS;
 	}
 	wfpr__sandbox_open(r->L);
+	wfpr__watchdog_add(r);
 	*out = r;
 	return 0;
 }
@@ -138,7 +196,11 @@ void wfpr_rules_free(wfpr_rules *r)
 {
 	if (!r)
 		return;
-	lua_close(r->L);
+	wfpr__watchdog_remove(r);
+	if (r->L)
+		lua_close(r->L);
+	free(r->source);
+	free(r->chunkname);
 	for (proxy_name *p = r->proxies, *next; p; p = next) {
 		next = p->next;
 		free(p->name);
@@ -198,7 +260,29 @@ int wfpr_rules_load_string(wfpr_rules *r, const char *chunkname, const char *sou
 {
 	if (!r || !source)
 		return WFPR_WSAEFAULT;
+	/* kept, to load it again if a call ever has to be abandoned */
+	char *copy = malloc(len + 1), *name = strdup(chunkname ? chunkname : "rules");
+	if (!copy || !name) {
+		free(copy);
+		free(name);
+		return WFPR_WSAENOBUFS;
+	}
+	memcpy(copy, source, len);
+	copy[len] = '\0';
+	free(r->source);
+	free(r->chunkname);
+	r->source = copy;
+	r->source_len = len;
+	r->chunkname = name;
+	r->rebuilds = 0;
+	return load(r, r->chunkname, r->source, r->source_len);
+}
+
+static int load(wfpr_rules *r, const char *chunkname, const char *source, size_t len)
+{
 	lua_State *L = r->L;
+	if (!L)
+		return WFPR_WSAENOBUFS;
 	set_text(&r->error, NULL);
 	char name[512];
 	snprintf(name, sizeof(name), "=%s", chunkname ? chunkname : "rules");
@@ -376,7 +460,8 @@ void wfpr_rules_on_close(wfpr_rules *r, const wfpr_rule_conn *conn, const wfpr_r
 		wfpr__conn_push_stats(r->L, stats);
 		guarded_call(r, HOOK_CLOSE, 2, 0);
 	}
-	wfpr__conn_forget_tag(r->L, conn->id);
+	if (r->L) /* (none only when a rebuild found no memory) */
+		wfpr__conn_forget_tag(r->L, conn->id);
 }
 
 int wfpr_rules_set_proxy(wfpr_rules *r, const char *name, const struct sockaddr_storage *addr)

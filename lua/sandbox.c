@@ -70,6 +70,106 @@ static int sandbox_now(lua_State *L)
 	return 1;
 }
 
+static size_t memory_limit(lua_State *L)
+{
+	void *ud = NULL;
+	lua_getallocf(L, &ud);
+	return ((wfpr_rules *)ud)->opts.memory_limit;
+}
+
+/* string.rep, bounded: its result must fit the rule's memory, and
+ * rep("", huge) is "" at once (Lua's loops huge times making nothing). */
+static int bounded_rep(lua_State *L)
+{
+	size_t len, sep_len = 0;
+	luaL_checklstring(L, 1, &len);
+	lua_Integer n = luaL_checkinteger(L, 2);
+	luaL_optlstring(L, 3, "", &sep_len);
+	if (n <= 0 || len + sep_len == 0) {
+		lua_pushliteral(L, "");
+		return 1;
+	}
+	if ((lua_Unsigned)n > memory_limit(L) / (len + sep_len))
+		return luaL_error(L, "string.rep: the result would be larger than the rule's memory limit");
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, lua_gettop(L) - 1, 1);
+	return 1;
+}
+
+/* table.move, bounded: at most as many elements as the memory could hold
+ * (table.move({}, 1, 2^40, 2) otherwise loops 2^40 times). */
+static int bounded_move(lua_State *L)
+{
+	lua_Integer f = luaL_checkinteger(L, 2), e = luaL_checkinteger(L, 3);
+	if (e >= f && (lua_Unsigned)e - (lua_Unsigned)f >= memory_limit(L) / 16)
+		return luaL_error(L, "table.move: more elements than the rule's memory could hold");
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, lua_gettop(L) - 1, 1);
+	return 1;
+}
+
+/* setmetatable without finalizers: Lua runs __gc with hooks off, where no
+ * budget stops it, and at any allocation, even outside a hook call. */
+static int no_gc_setmetatable(lua_State *L)
+{
+	if (lua_istable(L, 2)) {
+		lua_pushliteral(L, "__gc");
+		if (lua_rawget(L, 2) != LUA_TNIL)
+			return luaL_error(L, "setmetatable: __gc finalizers are not allowed in rules");
+		lua_pop(L, 1);
+	}
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, lua_gettop(L) - 1, 1);
+	return 1;
+}
+
+static int readonly_newindex(lua_State *L)
+{
+	return luaL_error(L, "the %s library is read-only", lua_tostring(L, lua_upvalueindex(1)));
+}
+
+static int readonly_pairs(lua_State *L)
+{
+	lua_getglobal(L, "next");
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_pushnil(L);
+	return 3;
+}
+
+/* Replace library field name of the table at index lib with a closure of
+ * fn over the original. */
+static void wrap(lua_State *L, int lib, const char *name, lua_CFunction fn)
+{
+	lib = lua_absindex(L, lib);
+	lua_getfield(L, lib, name);
+	lua_pushcclosure(L, fn, 1);
+	lua_setfield(L, lib, name);
+}
+
+/* The global name of library lib becomes a read-only view of it: a rule
+ * cannot change string.rep for every later connection (as Redis keeps its
+ * Lua libraries read-only). */
+static void make_readonly(lua_State *L, int globals, const char *name)
+{
+	lua_newtable(L); /* the view */
+	lua_newtable(L); /* its metatable */
+	lua_getfield(L, globals, name);
+	lua_setfield(L, -2, "__index");
+	lua_pushstring(L, name);
+	lua_pushcclosure(L, readonly_newindex, 1);
+	lua_setfield(L, -2, "__newindex");
+	lua_getfield(L, globals, name);
+	lua_pushcclosure(L, readonly_pairs, 1);
+	lua_setfield(L, -2, "__pairs");
+	lua_pushliteral(L, "locked");
+	lua_setfield(L, -2, "__metatable");
+	lua_setmetatable(L, -2);
+	lua_setfield(L, globals, name);
+}
+
 static int strict_index(lua_State *L)
 {
 	return luaL_error(L, "unknown or forbidden global '%s'", lua_tostring(L, 2));
@@ -131,7 +231,23 @@ void wfpr__sandbox_open(lua_State *L)
 	lua_getfield(L, -1, LUA_STRLIBNAME);
 	lua_pushnil(L);
 	lua_setfield(L, -2, "dump");
+	wrap(L, -1, "rep", bounded_rep);
 	lua_pop(L, 1);
+	lua_getfield(L, -1, LUA_TABLIBNAME);
+	wrap(L, -1, "move", bounded_move);
+	lua_pop(L, 1);
+	wrap(L, -1, "setmetatable", no_gc_setmetatable);
+	/* strings' metatable: its __index is the real string library */
+	lua_pushliteral(L, "");
+	lua_getmetatable(L, -1);
+	lua_pushliteral(L, "locked");
+	lua_setfield(L, -2, "__metatable");
+	lua_pop(L, 2);
+	int globals = lua_gettop(L);
+	for (const char *const *lib = (const char *const[]){LUA_STRLIBNAME, LUA_TABLIBNAME, LUA_MATHLIBNAME,
+	                                                     LUA_UTF8LIBNAME, NULL};
+	     *lib; lib++)
+		make_readonly(L, globals, *lib);
 	lua_pushcfunction(L, sandbox_require);
 	lua_setfield(L, -2, "require");
 	lua_pushcfunction(L, sandbox_log);

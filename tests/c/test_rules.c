@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <string.h>
+#include <time.h>
 #include "support.h"
 #include "test.h"
 #include "wfpr/rules.h"
@@ -182,6 +183,103 @@ static void rule_sees_the_process(void)
 	wfpr_rules_free(r);
 }
 
+#if defined(__SANITIZE_THREAD__)
+#define UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define UNDER_TSAN 1
+#endif
+#endif
+#ifndef UNDER_TSAN
+#define UNDER_TSAN 0
+#endif
+
+static double seconds_since(const struct timespec *t0)
+{
+	struct timespec t1;
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	return (double)(t1.tv_sec - t0->tv_sec) + (double)(t1.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+/* Rules that stall inside C library functions, where the instruction
+ * budget does not reach: each call ends (the wall-clock limit, or a
+ * bounded library function), gives the default verdict, and the next call
+ * of the same host works. (Each used to run forever at 100% CPU.) */
+static void library_stalls_are_stopped(void)
+{
+	static const char *const stalls[] = {
+		"string.find(string.rep('a', 100000), '.-.-.-.-.-.-.-b')",
+		"string.rep('', math.maxinteger)",
+		"string.rep('x', math.maxinteger)",
+		"table.move({}, 1, 2^40, 2)",
+		"('a'):rep(100000):gsub('.-.-.-.-.-b', 'x')",
+		"for w in ('a'):rep(100000):gmatch('.-.-.-.-.-.-b') do end",
+		"while true do end",
+	};
+	for (size_t i = 0; i < sizeof(stalls) / sizeof(stalls[0]); i++) {
+		char src[512];
+		/* TSan holds a signal back until its thread reaches a
+		 * synchronisation point, which a pattern match inside liblua never
+		 * does: the watchdog's signal cannot arrive under it */
+		if (UNDER_TSAN && strstr(stalls[i], "'.-"))
+			continue;
+		snprintf(src, sizeof(src),
+		         "function on_connect(c)\n"
+		         "  if c.id == 1 then %s end\n"
+		         "  return 'inspect'\n"
+		         "end\n", stalls[i]);
+		wfpr_rules *r = host(src, 1);
+		wfpr_rule_conn c = conn_to(80, 1);
+		struct timespec t0;
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		wfpr_verdict v = wfpr_rules_on_connect(r, &c);
+		double took = seconds_since(&t0);
+		/* string.rep('', huge) is simply "" now; the others fail */
+		if (i == 1)
+			CHECK_EQ(v, WFPR_VERDICT_INSPECT);
+		else
+			CHECK_EQ(v, WFPR_VERDICT_BLOCK); /* the fail-closed default */
+		if (took > 5.0) {
+			fprintf(stderr, "stall not stopped in time (%.1f s): %s\n", took, stalls[i]);
+			test_failures++;
+		}
+		c = conn_to(80, 2); /* the host still serves */
+		CHECK_EQ(wfpr_rules_on_connect(r, &c), WFPR_VERDICT_INSPECT);
+		wfpr_rules_free(r);
+	}
+}
+
+/* No finalizers; the libraries are read-only, before and after the top
+ * level; strings' metatable cannot be reached. */
+static void libraries_are_read_only_and_finalizers_refused(void)
+{
+	wfpr_rules_options o = WFPR_RULES_OPTIONS_INIT;
+	o.log = capture;
+	wfpr_rules *r = NULL;
+	CHECK_EQ(wfpr_rules_new(&r, &o), 0);
+	const char *gc = "setmetatable({}, {__gc = function() while true do end end})", *top = "string.rep = nil";
+	CHECK_EQ(wfpr_rules_load_string(r, "gc", gc, strlen(gc)), WFPR_WSAEINVAL);
+	CHECK(strstr(wfpr_rules_error(r), "__gc finalizers are not allowed") != NULL);
+	CHECK_EQ(wfpr_rules_load_string(r, "top", top, strlen(top)), WFPR_WSAEINVAL);
+	CHECK(strstr(wfpr_rules_error(r), "the string library is read-only") != NULL);
+	wfpr_rules_free(r);
+	static const char *const changes[] = {"string.rep = function() return 'x' end", "table.insert = nil",
+	                                      "math.huge = 1", "getmetatable('').__index.rep = nil"};
+	for (size_t i = 0; i < sizeof(changes) / sizeof(changes[0]); i++) {
+		char src[256];
+		snprintf(src, sizeof(src), "function on_connect(c) %s end\n", changes[i]);
+		r = host(src, 1);
+		wfpr_rule_conn c = conn_to(80, 1);
+		CHECK_EQ(wfpr_rules_on_connect(r, &c), WFPR_VERDICT_BLOCK);
+		wfpr_rules_free(r);
+	}
+	r = host("function on_connect(c) local n = 0 for k in pairs(string) do n = n + 1 end\n"
+	         "  return n > 10 and ('ab'):rep(2) == 'abab' and 'inspect' or 'pass' end\n", 1);
+	wfpr_rule_conn c = conn_to(80, 1);
+	CHECK_EQ(wfpr_rules_on_connect(r, &c), WFPR_VERDICT_INSPECT); /* reading them works as before */
+	wfpr_rules_free(r);
+}
+
 static void many_calls_do_not_grow_memory(void)
 {
 	wfpr_rules *r = host("function on_connect(c) c.tag.n = (c.tag.n or 0) + 1 return 'inspect' end\n"
@@ -350,6 +448,8 @@ int main(void)
 	RUN(an_error_logs_once_and_gets_the_default);
 	RUN(host_objects_expire);
 	RUN(rule_sees_the_process);
+	RUN(library_stalls_are_stopped);
+	RUN(libraries_are_read_only_and_finalizers_refused);
 	RUN(many_calls_do_not_grow_memory);
 	TEST_MAIN_END();
 }

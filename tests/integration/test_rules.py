@@ -1,4 +1,6 @@
-"""A rule that errors or loops forever: the default verdict applies and the proxy keeps serving."""
+"""A rule that errors or loops forever, in Lua or inside a library function
+(where the instruction budget does not reach): the default verdict applies
+and the proxy keeps serving."""
 import pytest
 
 from itsupport import PY, sha256_file
@@ -8,6 +10,10 @@ BROKEN = {
     "loops": "function on_connect(conn) while true do end end\n",
     "data-errors": "function on_connect(conn) return inspect end\nfunction on_data(c, d, chunk) error('boom') end\n",
     "data-loops": "function on_connect(conn) return inspect end\nfunction on_data(c, d, chunk) while true do end end\n",
+    "pattern-stalls": "function on_connect(conn) string.find(string.rep('a', 1e5), '.-.-.-.-.-.-.-b') end\n",
+    "data-pattern-stalls": "function on_connect(conn) return inspect end\n"
+                           "function on_data(c, d, chunk) (chunk .. chunk):find('.-.-.-.-.-.-.-wfpr-stall-marker') end\n",
+    "rep-stalls": "function on_connect(conn) string.rep('', math.maxinteger) table.move({}, 1, 2^40, 2) end\n",
 }
 
 

@@ -55,10 +55,11 @@ typedef struct wfpr_rules_options {
 	int fail_closed;             /* on failure: 0 pass (fail-open), 1 block/close */
 	wfpr_rules_log_fn log;
 	void *log_user;
+	unsigned int time_limit_ms; /* wall clock per hook call, library functions and all (0: 100) */
 } wfpr_rules_options;
 
 #define WFPR_RULES_OPTIONS_VERSION 1
-#define WFPR_RULES_OPTIONS_INIT {WFPR_RULES_OPTIONS_VERSION, 16u << 20, 1000000u, 0, NULL, NULL}
+#define WFPR_RULES_OPTIONS_INIT {WFPR_RULES_OPTIONS_VERSION, 16u << 20, 1000000u, 0, NULL, NULL, 100}
 
 /* What the host tells a rule about a connection (or a UDP flow). */
 typedef struct wfpr_rule_conn {

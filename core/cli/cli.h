@@ -36,6 +36,7 @@ typedef struct proxy_config {
 	unsigned int udp_idle_ms; /* a sender's UDP flow idle this long starts anew; 0: WFPR_UDP_FLOW_IDLE_MS */
 	size_t buffer_size;
 	unsigned int workers;    /* engines (threads) on the one address; 0: 1 */
+	unsigned int rule_time_ms; /* wall clock per rule call; 0: the host's default (100) */
 	int fail_closed;
 	/* the eBPF backend: no broker; under wfpr run, the redirector ids the
 	 * loader gave out; else (control set) a wfpr daemon gives one */

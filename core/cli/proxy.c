@@ -115,6 +115,7 @@ static int start_worker(const proxy_config *cfg, unsigned int i, const struct so
 	worker *w = &workers[i];
 	wfpr_rules_options ro = WFPR_RULES_OPTIONS_INIT;
 	ro.fail_closed = cfg->fail_closed;
+	ro.time_limit_ms = cfg->rule_time_ms;
 	if (cfg->rules_path) {
 		int rc = wfpr_rules_new(&w->rules, &ro);
 		if (rc != 0 || wfpr_rules_load_file(w->rules, cfg->rules_path) != 0) {
@@ -299,6 +300,8 @@ int cmd_proxy(int argc, char **argv)
 			cfg.buffer_size = (size_t)n;
 		else if (strcmp(opt, "--workers") == 0 && (n = cli_parse_count(val)) >= 1 && n <= 16)
 			cfg.workers = (unsigned int)n;
+		else if (strcmp(opt, "--rule-time-limit") == 0 && (n = cli_parse_count(val)) >= 1 && n <= 60000)
+			cfg.rule_time_ms = (unsigned int)n;
 		else
 			goto usage;
 	}

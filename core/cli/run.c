@@ -36,7 +36,7 @@ typedef struct options {
 	int ebpf;
 	const char *log_path;
 	int fail_closed;
-	unsigned int idle_ms, udp_idle_ms, workers;
+	unsigned int idle_ms, udp_idle_ms, workers, rule_time_ms;
 	size_t buffer_size;
 	char **command;
 } options;
@@ -137,6 +137,9 @@ static int parse(options *o, int argc, char **argv)
 			continue;
 		} else if (strcmp(opt, "--workers") == 0 && cli_parse_count(val) >= 1 && cli_parse_count(val) <= 16) {
 			o->workers = (unsigned int)cli_parse_count(val);
+		} else if (strcmp(opt, "--rule-time-limit") == 0 && cli_parse_count(val) >= 1 &&
+		           cli_parse_count(val) <= 60000) {
+			o->rule_time_ms = (unsigned int)cli_parse_count(val);
 		} else if (strcmp(opt, "--buffer") == 0 && cli_parse_count(val) > 0) {
 			o->buffer_size = (size_t)cli_parse_count(val);
 		} else {
@@ -373,6 +376,7 @@ int cmd_run(int argc, char **argv)
 		o.proxies[i].idle_ms = o.idle_ms;
 		o.proxies[i].udp_idle_ms = o.udp_idle_ms;
 		o.proxies[i].workers = o.workers;
+		o.proxies[i].rule_time_ms = o.rule_time_ms;
 		o.proxies[i].buffer_size = o.buffer_size;
 		o.proxies[i].fail_closed = o.fail_closed;
 		o.proxies[i].ebpf = o.ebpf;

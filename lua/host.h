@@ -45,6 +45,7 @@ struct wfpr_rules {
 	size_t source_len;
 	char *chunkname;
 	unsigned int rebuilds;
+	unsigned long generation; /* of the state: one more each rebuild */
 	uint64_t ticks; /* instructions run in the call in progress */
 	/* the wall-clock limit (watchdog.c) */
 	struct wfpr_rules *watch_next;

@@ -68,6 +68,7 @@ static void rebuild(wfpr_rules *r, bool reload)
 {
 	wfpr__rules_free_all(r); /* the abandoned state, block by block */
 	r->L = NULL;
+	r->generation++; /* (a new state may get the old one's address) */
 	lua_State *L = lua_newstate(wfpr__rules_alloc, r);
 	for (int h = 0; h < HOOK_COUNT; h++)
 		r->hooks[h] = LUA_NOREF;
@@ -297,8 +298,10 @@ static int load(wfpr_rules *r, const char *chunkname, const char *source, size_t
 	lua_pushvalue(L, -1);
 	lua_setupvalue(L, -3, 1); /* the chunk's _ENV */
 	lua_insert(L, -2);        /* env, chunk */
+	unsigned long generation = r->generation;
 	if (guarded_call(r, HOOK_COUNT, 0, 0) != WFPR_RULE_OK) {
-		lua_pop(L, 1); /* the env */
+		if (r->generation == generation) /* (else the call was abandoned, with L) */
+			lua_pop(L, 1); /* the env */
 		return WFPR_WSAEINVAL;
 	}
 	int env = lua_gettop(L);

@@ -123,7 +123,9 @@ def test_filters_choose_traffic(layer, http_server, tmp_path):
     out = tmp_path / "got.bin"
     assert fetch(layer, http_server["v4"] + "/small.bin", out).returncode == 0
     assert sha256_file(out) == sha256_file(http_server["root"] / "small.bin")
-    py = layer.run([PY, "-c", "import socket; socket.create_connection(('127.0.0.1', %d)).close()" % other_port])
+    # (it waits for the server's end: the proxy reads a client's exe from /proc when it accepts, and a client
+    # that has exited by then has none, as docs/daemon.md says)
+    py = layer.run([PY, "-c", "import socket; socket.create_connection(('127.0.0.1', %d)).recv(1)" % other_port])
     assert py.returncode == 0, py.stderr
     if os.path.exists(STATIC_FETCH):
         got = layer.run(["sh", "-c", '"$0" 127.0.0.1 "$1" /small.bin > "$2"', STATIC_FETCH, str(port),

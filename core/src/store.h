@@ -40,7 +40,16 @@ typedef struct wfpr__entry {
 	uint64_t issuer_cookie;
 	uint64_t holder;              /* what QUERYed it: inproc, the socket's descriptor + 1; broker, the client id */
 	uint64_t holder_socket;       /* the SO_COOKIE of the proxy socket that QUERYed it (0: none yet) */
+	uint64_t consumed_by;         /* the SO_COOKIE of the socket that connected with it SET (0: none yet):
+	                               * a record passes one connection on, so SET elsewhere is refused */
 } wfpr__entry;
+
+/* May the socket with SO_COOKIE `socket` carry e? Only if no other socket
+ * has connected with it yet (a record is single-use). */
+static inline bool wfpr__entry_usable_by(const wfpr__entry *e, uint64_t socket)
+{
+	return !e->consumed_by || e->consumed_by == socket;
+}
 
 /* The owner's rule: is e still alive at now_ns? */
 typedef bool (*wfpr__entry_alive_fn)(const wfpr__entry *e, int64_t now_ns);

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include "support.h"
 #include "test.h"
@@ -65,6 +66,43 @@ static void test_chain_of_two(void)
 }
 
 /* The test is the third redirector: connect, accept, and QUERY by hand. */
+/* Another broker client (a process that did not QUERY these records) can
+ * SET neither them nor the record cut at a hop boundary, which equals the
+ * second proxy's own live record: a record is its proxy's alone. */
+static void another_process_cannot_set(const uint8_t *records, uint32_t len)
+{
+	/* the first two hops, with their header: byte for byte beta's record */
+	uint8_t cut[WFPR_RECORD_MAX_SIZE];
+	uint32_t off = 12;
+	for (int hop = 0; hop < 2; hop++)
+		off += 4 + ((uint32_t)records[off + 2] << 8 | records[off + 3]);
+	memcpy(cut, records, off);
+	cut[7] = 2; /* hop count */
+	cut[8] = (uint8_t)(off >> 24), cut[9] = (uint8_t)(off >> 16), cut[10] = (uint8_t)(off >> 8), cut[11] = (uint8_t)off;
+	pid_t pid = fork();
+	if (pid == 0) {
+		/* a new broker connection: another client */
+		int failures = 0, s = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+		uint32_t bytes;
+		failures += wfpr_ioctl(s, WFPR_SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, records, len, NULL, 0, &bytes, NULL,
+		                       NULL) != WFPR_SOCKET_ERROR || wfpr_get_last_error() != WFPR_WSAEINVAL;
+		failures += wfpr_ioctl(s, WFPR_SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, cut, off, NULL, 0, &bytes, NULL,
+		                       NULL) != WFPR_SOCKET_ERROR || wfpr_get_last_error() != WFPR_WSAEINVAL;
+		_exit(failures);
+	}
+	int status = -1;
+	waitpid(pid, &status, 0);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	/* this process, which QUERYed the whole record, still may; beta's own is
+	 * used (beta connected with it), so not even this process may again */
+	int s = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+	uint32_t bytes;
+	CHECK_EQ(wfpr_ioctl(s, WFPR_SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, records, len, NULL, 0, &bytes, NULL, NULL), 0);
+	CHECK_FAILS_WITH(wfpr_ioctl(s, WFPR_SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, cut, off, NULL, 0, &bytes, NULL, NULL),
+	                 WFPR_WSAEINVAL);
+	wfpr_closesocket(s);
+}
+
 static void test_ioctl_rows_through_broker(void)
 {
 	echo_server server;
@@ -107,6 +145,7 @@ static void test_ioctl_rows_through_broker(void)
 	char name[65];
 	CHECK_EQ(wfpr_preload_redirector_name(name, sizeof(name), beta.id), 0);
 	CHECK(strcmp(name, "beta") == 0);
+	another_process_cannot_set(records, len);
 
 	struct sockaddr_storage context[2];
 	CHECK_EQ(wfpr_ioctl(accepted, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT, NULL, 0, context, sizeof(context),

@@ -42,6 +42,27 @@ static bool entry_alive(const wfpr__entry *e, int64_t now)
 	return e->protocol == IPPROTO_TCP && e->committed && now - e->created_ns < UNQUERIED_GRACE_NS;
 }
 
+/* A socket connects with records SET: they are used now, by that socket
+ * only (a record passes one connection on). */
+static int consume(int fd, const uint8_t *records, size_t len)
+{
+	uint8_t token[WFPR_TOKEN_SIZE];
+	uint64_t cookie = wfpr__socket_cookie(fd);
+	int rc = WFPR_WSAEINVAL;
+	pthread_mutex_lock(&lock);
+	wfpr__entry *e = attached && wfpr__layer_check_records(attached, records, len, token) == 0
+	                         ? wfpr__store_find_issued(store, records, len, token)
+	                         : NULL;
+	if (e && wfpr__entry_usable_by(e, cookie)) {
+		e->consumed_by = cookie;
+		rc = 0;
+	} else if (attached) {
+		wfpr__layer_count_bad_record(attached);
+	}
+	pthread_mutex_unlock(&lock);
+	return rc;
+}
+
 static int inproc_route(wfpr__route *r)
 {
 	conn_info info = {.protocol = r->protocol, .remote = r->remote, .pid = getpid(), .uid = getuid()};
@@ -55,7 +76,10 @@ static int inproc_route(wfpr__route *r)
 	if (!layer)
 		return 0;
 
-	int rc = wfpr__layer_classify(layer, &info, r->records, r->records_len, &d);
+	int rc = r->records_len ? consume(r->fd, r->records, r->records_len) : 0;
+	if (rc != 0)
+		return rc;
+	rc = wfpr__layer_classify(layer, &info, r->records, r->records_len, &d);
 	if (rc != 0)
 		return rc;
 	if (d.action != WFPR_ACTION_REDIRECT) {
@@ -198,8 +222,9 @@ static int inproc_check_set(int fd, const uint8_t *blob, size_t len)
 	int rc = WFPR_WSAENETDOWN;
 	if (attached) {
 		rc = wfpr__layer_check_records(attached, blob, len, token);
-		if (rc == 0 && !wfpr__store_find_issued(store, blob, len, token))
-			rc = WFPR_WSAEINVAL; /* well formed, but not a live connection's record */
+		wfpr__entry *e = rc == 0 ? wfpr__store_find_issued(store, blob, len, token) : NULL;
+		if (rc == 0 && (!e || !wfpr__entry_usable_by(e, wfpr__socket_cookie(fd))))
+			rc = WFPR_WSAEINVAL; /* well formed, but not a live connection's record, or used */
 		if (rc != 0)
 			wfpr__layer_count_bad_record(attached);
 	}

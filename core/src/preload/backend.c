@@ -49,8 +49,7 @@ static void preload_first_datagram(int fd, const struct sockaddr_storage *local,
 
 static int preload_check_set(int fd, const uint8_t *blob, size_t len)
 {
-	(void)fd;
-	return wfpr__client_check(blob, len);
+	return wfpr__client_check(wfpr__socket_cookie(fd), blob, len);
 }
 
 /* A proxy's closed socket lets its record go. */

@@ -115,6 +115,15 @@ static wfpr__entry *entry_issued(wfpr_broker *b, const uint8_t *blob, size_t len
 	return wfpr__store_find_issued(b->store, blob, len, token);
 }
 
+/* May client c's socket (SO_COOKIE `socket`) SET e? Only the proxy whose
+ * socket accepted e's connection (it QUERYed it): a record cut at a hop
+ * boundary equals an earlier proxy's live record, which is not this one's.
+ * And only once: after a socket connected with it, no other. */
+static bool own_record(const wfpr__entry *e, const client *c, uint64_t socket)
+{
+	return e->holder == c->id && socket && wfpr__entry_usable_by(e, socket);
+}
+
 /* The record a proxy's socket (a request's a: local, b: peer, and its
  * cookie) belongs to. */
 static wfpr__entry *entry_of(wfpr_broker *b, const wire_request *rq)
@@ -247,11 +256,12 @@ static int route(wfpr_broker *b, client *c, const wire_request *rq, const uint8_
 		return WFPR_WSAEINVAL; /* an IPv6 socket may talk IPv4 (mapped): the families can differ */
 	if (rq->blob_len) {
 		wfpr__entry *e = entry_issued(b, blob, rq->blob_len);
-		if (!e) {
+		if (!e || !own_record(e, c, rq->socket)) {
 			wfpr__layer_count_bad_record(b->layer);
-			return WFPR_WSAEINVAL; /* forged, altered, or its connection is gone */
+			return WFPR_WSAEINVAL; /* forged, altered, gone, another's, or used */
 		}
 		e->used_ns = wfpr__now_ns();
+		e->consumed_by = rq->socket;
 	}
 	if (is_proxy_address(b, &info.remote)) {
 		rp->action = WFPR_ACTION_PERMIT;
@@ -440,6 +450,7 @@ static bool serve(wfpr_broker *b, client *c, size_t n)
 	const uint8_t *in = b->msg + sizeof(rq);
 	wire_reply rp;
 	uint8_t reply[sizeof(rp)];
+	wfpr__entry *e;
 	memset(&rp, 0, sizeof(rp));
 	b->stats.requests++;
 	if (!valid_request(&rq, n)) {
@@ -451,7 +462,8 @@ static bool serve(wfpr_broker *b, client *c, size_t n)
 	case WIRE_ISSUE: issue(b, c, &rq); return true;
 	case WIRE_QUERY: return answer_query(b, c, &rq, true);
 	case WIRE_CHECK:
-		rp.err = rq.blob_len && entry_issued(b, in, rq.blob_len) ? 0 : WFPR_WSAEINVAL;
+		e = rq.blob_len ? entry_issued(b, in, rq.blob_len) : NULL;
+		rp.err = e && own_record(e, c, rq.socket) ? 0 : WFPR_WSAEINVAL;
 		if (rp.err)
 			wfpr__layer_count_bad_record(b->layer);
 		break;

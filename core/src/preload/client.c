@@ -142,7 +142,7 @@ int wfpr__client_route(int fd, int protocol, const struct sockaddr_storage *remo
                  int *connect_result)
 {
 	wire_request rq = {.type = WIRE_ROUTE, .protocol = (uint32_t)protocol, .a = *remote,
-	                   .blob_len = (uint32_t)records_len};
+	                   .blob_len = (uint32_t)records_len, .socket = wfpr__socket_cookie(fd)};
 	wire_reply rp;
 	*redirected = false;
 	*target = *remote;
@@ -154,6 +154,8 @@ int wfpr__client_route(int fd, int protocol, const struct sockaddr_storage *remo
 	int rc = exchange(&rq, records, &rp, NULL, 0);
 	if (rc == 0)
 		rc = rp.err;
+	if (records_len)
+		last.valid = false; /* the record is used now: a SET elsewhere must ask the broker */
 	if (rc == 0 && rp.action == WFPR_ACTION_REDIRECT) {
 		*target = rp.target;
 		*redirected = true;
@@ -223,7 +225,7 @@ int wfpr__client_query(uint64_t socket, int protocol, const struct sockaddr_stor
 	return rc;
 }
 
-int wfpr__client_check(const uint8_t *blob, size_t len)
+int wfpr__client_check(uint64_t socket, const uint8_t *blob, size_t len)
 {
 	if (len > WIRE_BLOB_MAX)
 		return WFPR_WSAEINVAL;
@@ -231,8 +233,8 @@ int wfpr__client_check(const uint8_t *blob, size_t len)
 	bool known = last.valid && last.record_len == len && memcmp(last.blob, blob, len) == 0;
 	pthread_mutex_unlock(&lock);
 	if (known)
-		return 0; /* just QUERYed, still open: the broker checks it again when it routes */
-	wire_request rq = {.type = WIRE_CHECK, .blob_len = (uint32_t)len};
+		return 0; /* just QUERYed, unused yet: the broker checks it again when it routes */
+	wire_request rq = {.type = WIRE_CHECK, .blob_len = (uint32_t)len, .socket = socket};
 	wire_reply rp;
 	return call(&rq, blob, &rp, NULL, 0);
 }

@@ -37,7 +37,7 @@ int wfpr__client_route(int fd, int protocol, const struct sockaddr_storage *remo
 int wfpr__client_query(uint64_t socket, int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer,
                  uint32_t flags, uint8_t *out, size_t cap, size_t *len);
 /* Is this a live record the broker issued? (SET) */
-int wfpr__client_check(const uint8_t *blob, size_t len);
+int wfpr__client_check(uint64_t socket, const uint8_t *blob, size_t len);
 /* The proxy closed its side of (local, peer): its record may go. */
 void wfpr__client_release(uint64_t socket, int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer);
 /* address6: the same proxy on IPv6, or NULL */

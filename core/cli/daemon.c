@@ -18,6 +18,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 #include "cli.h"
 #include "wfpr/wfpr.h"
@@ -90,7 +91,16 @@ static void switch_off(size_t i, const char *why)
 	if (s->fd >= 0)
 		close(s->fd);
 	s->fd = -1;
-	if (fail_closed && !ebpf_proxy_alive(layer, (unsigned int)i)) {
+	/* a dying proxy closes its link before the kernel has dropped its
+	 * listener: give that half a second; a listener that stays belongs to
+	 * a proxy that unregistered on purpose */
+	bool alive = fail_closed && ebpf_proxy_alive(layer, (unsigned int)i);
+	for (int wait = 0; alive && wait < 50; wait++) {
+		struct timespec ts = {0, 10 * 1000 * 1000};
+		nanosleep(&ts, NULL);
+		alive = ebpf_proxy_alive(layer, (unsigned int)i);
+	}
+	if (fail_closed && !alive) {
 		fprintf(stderr, "wfpr daemon: proxy %s (pid %d) %s: its connections are refused until it is back "
 		                "(--fail-closed)\n", s->name, (int)s->pid, why);
 		return;

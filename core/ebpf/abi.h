@@ -140,6 +140,7 @@ struct wfpr_ebpf_entry {
 	__u64 sock;    /* UDP: the SO_COOKIE of the socket that sends it (a flow belongs to one socket) */
 	struct wfpr_ebpf_process process; /* that made the newest hop's connection */
 	struct wfpr_ebpf_origin origin;   /* the chain's client */
+	__u64 used_by; /* the id of the socket that connected with it SET (0: none): a record is single-use */
 	__u8 context[WFPR_EBPF_CONTEXT_SIZE];
 	__u8 record[WFPR_EBPF_RECORD_CAP];
 };
@@ -160,6 +161,8 @@ struct wfpr_ebpf_sock {
 	__u16 from_port; /* UDP at a proxy: the last datagram's source */
 	struct wfpr_ebpf_process process; /* who connected it (TCP, connected UDP) */
 	struct wfpr_ebpf_origin origin;   /* the client: from the chain SET on it, else who connected it */
+	__u64 id;                         /* random, made at its first SET: what used_by names */
+	struct wfpr_ebpf_key chain_key;   /* where the record SET on it is */
 	__u8 from[16];
 	__u8 chain[WFPR_EBPF_RECORD_CAP];
 };

@@ -447,6 +447,24 @@ __noinline int wfpr_proxy_alive(__u32 slot, __u32 protocol)
 	return 1;
 }
 
+/* A socket with records SET connects (or sends its flow's first
+ * datagram): the record is this socket's now. 0 when another socket used
+ * it already. A global function: the verifier checks it once. */
+__noinline int wfpr_claim(struct wfpr_ebpf_sock *st)
+{
+	if (!st || !st->hops)
+		return 1;
+	struct wfpr_ebpf_key key = st->chain_key;
+	struct wfpr_ebpf_entry *e = key.protocol == IPPROTO_UDP ? bpf_map_lookup_elem(&flows, &key)
+	                                                        : bpf_map_lookup_elem(&records, &key);
+	if (!e)
+		return 1; /* its connection is gone since the SET: nothing left to claim */
+	if (e->used_by && e->used_by != st->id)
+		return 0;
+	e->used_by = st->id;
+	return 1;
+}
+
 /* The slot to redirect d to, PERMIT, HOP_LIMIT or PROXY_GONE, for a socket whose
  * storage is st (NULL: none), of client w. local_port: the socket's own
  * port when known (a proxy's own socket is never redirected). */
@@ -605,6 +623,11 @@ static __always_inline int on_connect(struct bpf_sock_addr *ctx, int v4)
 	if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
 		return 1;
 	struct wfpr_ebpf_sock *st = bpf_sk_storage_get(&socks, ctx->sk, 0, 0);
+	if (!wfpr_claim(st)) {
+		count(WFPR_EBPF_BAD_SETS);
+		bpf_set_retval(-EINVAL); /* its record passed another connection on already */
+		return 0;
+	}
 	struct who w = {};
 	who_init(&w, st);
 	int slot = decide(st, &d, protocol, 0, 0, &w);
@@ -799,7 +822,8 @@ int wfpr_getsockopt(struct bpf_sockopt *ctx)
 
 /* Is the blob in e->record (len bytes) byte for byte a live issued record?
  * Its entry, else NULL. */
-static __always_inline struct wfpr_ebpf_entry *issued(struct wfpr_ebpf_entry *blob, __u32 len)
+static __always_inline struct wfpr_ebpf_entry *issued(struct wfpr_ebpf_entry *blob, __u32 len,
+                                                      struct wfpr_ebpf_key *where)
 {
 	const __u8 *h = blob->record;
 	if (h[0] != 'W' || h[1] != 'F' || h[2] != 'P' || h[3] != 'R' || h[4] != 1 || h[5] != 0)
@@ -816,6 +840,7 @@ static __always_inline struct wfpr_ebpf_entry *issued(struct wfpr_ebpf_entry *bl
 	                                                         : bpf_map_lookup_elem(&records, key);
 	if (!e || e->len != len)
 		return 0;
+	*where = *key;
 	for (__u32 i = 0; i < CAP / 8; i++) {
 		__u32 at = i * 8;
 		if (at >= len)
@@ -852,9 +877,16 @@ int wfpr_setsockopt(struct bpf_sockopt *ctx)
 		struct wfpr_ebpf_entry *blob = bpf_map_lookup_elem(&scratch, &zero);
 		if (blob && optlen >= HEADER + HOP4 && optlen <= CAP &&
 		    bpf_probe_read_kernel(blob->record, AT_MOST(optlen, CAP), ctx->optval) == 0) {
-			struct wfpr_ebpf_entry *e = issued(blob, (__u32)optlen);
+			struct wfpr_ebpf_key where = {};
+			struct wfpr_ebpf_entry *e = issued(blob, (__u32)optlen, &where);
 			struct wfpr_ebpf_sock *st = e ? bpf_sk_storage_get(&socks, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE) : 0;
+			if (st && !st->id)
+				st->id = ((__u64)bpf_get_prandom_u32() << 32 | bpf_get_prandom_u32()) | 1;
+			/* single-use: once another socket connected with it, refused */
+			if (st && e->used_by && e->used_by != st->id)
+				st = 0;
 			if (st && bpf_probe_read_kernel(st->chain, AT_MOST(optlen, CAP), e->record) == 0) {
+				st->chain_key = where;
 				st->chain_len = optlen;
 				st->hops = e->hops;
 				st->origin = e->origin;
@@ -887,6 +919,10 @@ static __always_inline int on_sendmsg(struct bpf_sock_addr *ctx, int v4)
 	if (last && last->port == d.port && same_ip(last->ip, d.ip))
 		return 1; /* a reply */
 	struct wfpr_ebpf_sock *st = bpf_sk_storage_get(&socks, sk, 0, 0);
+	if (!wfpr_claim(st)) {
+		count(WFPR_EBPF_BAD_SETS);
+		return 0; /* its record covers another socket's flow */
+	}
 	struct who w = {};
 	who_init(&w, st);
 	int slot = decide(st, &d, IPPROTO_UDP, local, local_port, &w);

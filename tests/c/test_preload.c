@@ -69,7 +69,7 @@ static void test_chain_of_two(void)
 /* Another broker client (a process that did not QUERY these records) can
  * SET neither them nor the record cut at a hop boundary, which equals the
  * second proxy's own live record: a record is its proxy's alone. */
-static void another_process_cannot_set(const uint8_t *records, uint32_t len)
+static void another_process_cannot_set(int accepted, const uint8_t *records, uint32_t len)
 {
 	/* the first two hops, with their header: byte for byte beta's record */
 	uint8_t cut[WFPR_RECORD_MAX_SIZE];
@@ -88,6 +88,11 @@ static void another_process_cannot_set(const uint8_t *records, uint32_t len)
 		                       NULL) != WFPR_SOCKET_ERROR || wfpr_get_last_error() != WFPR_WSAEINVAL;
 		failures += wfpr_ioctl(s, WFPR_SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, cut, off, NULL, 0, &bytes, NULL,
 		                       NULL) != WFPR_SOCKET_ERROR || wfpr_get_last_error() != WFPR_WSAEINVAL;
+		/* nor read it: only the proxy whose listener accepted it may QUERY */
+		uint8_t got[WFPR_RECORD_MAX_SIZE];
+		failures += wfpr_ioctl(accepted, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, got, sizeof(got),
+		                       &bytes, NULL, NULL) != WFPR_SOCKET_ERROR ||
+		            wfpr_get_last_error() != WFPR_FWP_E_NOT_FOUND;
 		_exit(failures);
 	}
 	int status = -1;
@@ -145,7 +150,7 @@ static void test_ioctl_rows_through_broker(void)
 	char name[65];
 	CHECK_EQ(wfpr_preload_redirector_name(name, sizeof(name), beta.id), 0);
 	CHECK(strcmp(name, "beta") == 0);
-	another_process_cannot_set(records, len);
+	another_process_cannot_set(accepted, records, len);
 
 	struct sockaddr_storage context[2];
 	CHECK_EQ(wfpr_ioctl(accepted, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT, NULL, 0, context, sizeof(context),

@@ -340,10 +340,36 @@ static bool deciding_toward(const wfpr_broker *b, const struct sockaddr_storage 
 	return false;
 }
 
+/* Does a proxy listening on `at` (its wildcard address too) accept on a? */
+static bool listens_on(const struct sockaddr_storage *at, const struct sockaddr_storage *a)
+{
+	if (addr_equal(at, a))
+		return true;
+	struct sockaddr_storage any = {.ss_family = at->ss_family};
+	if (at->ss_family == AF_INET)
+		((struct sockaddr_in *)&any)->sin_port = ((const struct sockaddr_in *)at)->sin_port;
+	else if (at->ss_family == AF_INET6)
+		((struct sockaddr_in6 *)&any)->sin6_port = ((const struct sockaddr_in6 *)at)->sin6_port;
+	return addr_equal(at, &any) && addr_port(at) == addr_port(a) && at->ss_family == a->ss_family;
+}
+
+/* Did client c register a live proxy that accepts on address a? */
+static bool proxy_of(const wfpr_broker *b, const client *c, const struct sockaddr_storage *a)
+{
+	for (const proxy *p = b->proxies; p; p = p->next)
+		if (p->live && p->owner == c->id && (listens_on(&p->address, a) || listens_on(&p->address6, a)))
+			return true;
+	return false;
+}
+
 static int query(wfpr_broker *b, client *c, const wire_request *rq, wire_reply *rp, uint8_t *out, bool may_wait)
 {
 	struct sockaddr_storage local = rq->a;
 	addr_unmap(&local);
+	/* only the proxy whose listener accepted the connection may read its
+	 * record: not the inspected program, nor another proxy */
+	if (!proxy_of(b, c, &local))
+		return WFPR_FWP_E_NOT_FOUND;
 	wfpr__entry *e = entry_of(b, rq);
 	if (!e && may_wait && rq->protocol == IPPROTO_TCP && deciding_toward(b, &local)) {
 		waiting *w = malloc(sizeof(*w));
@@ -353,7 +379,7 @@ static int query(wfpr_broker *b, client *c, const wire_request *rq, wire_reply *
 		b->waiting = w;
 		return QUERY_WAITS;
 	}
-	if (!e || !wfpr__store_alive(b->store, e))
+	if (!e || !wfpr__store_alive(b->store, e) || (e->holder && e->holder != c->id))
 		return WFPR_FWP_E_NOT_FOUND;
 	if (rq->flags & WIRE_QUERY_FIRST_DATAGRAM) {
 		if (e->delivered)

@@ -77,6 +77,16 @@ static size_t memory_limit(lua_State *L)
 	return ((wfpr_rules *)ud)->opts.memory_limit;
 }
 
+/* The library function a guard wraps (its upvalue), with all the
+ * arguments: its one result. */
+static int call_original(lua_State *L)
+{
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, lua_gettop(L) - 1, 1);
+	return 1;
+}
+
 /* string.rep, bounded: its result must fit the rule's memory, and
  * rep("", huge) is "" at once (Lua's loops huge times making nothing). */
 static int bounded_rep(lua_State *L)
@@ -91,10 +101,7 @@ static int bounded_rep(lua_State *L)
 	}
 	if ((lua_Unsigned)n > memory_limit(L) / (len + sep_len))
 		return luaL_error(L, "string.rep: the result would be larger than the rule's memory limit");
-	lua_pushvalue(L, lua_upvalueindex(1));
-	lua_insert(L, 1);
-	lua_call(L, lua_gettop(L) - 1, 1);
-	return 1;
+	return call_original(L);
 }
 
 /* table.move, bounded: at most as many elements as the memory could hold
@@ -104,10 +111,7 @@ static int bounded_move(lua_State *L)
 	lua_Integer f = luaL_checkinteger(L, 2), e = luaL_checkinteger(L, 3);
 	if (e >= f && (lua_Unsigned)e - (lua_Unsigned)f >= memory_limit(L) / 16)
 		return luaL_error(L, "table.move: more elements than the rule's memory could hold");
-	lua_pushvalue(L, lua_upvalueindex(1));
-	lua_insert(L, 1);
-	lua_call(L, lua_gettop(L) - 1, 1);
-	return 1;
+	return call_original(L);
 }
 
 /* setmetatable without finalizers: Lua runs __gc with hooks off, where no
@@ -120,10 +124,7 @@ static int no_gc_setmetatable(lua_State *L)
 			return luaL_error(L, "setmetatable: __gc finalizers are not allowed in rules");
 		lua_pop(L, 1);
 	}
-	lua_pushvalue(L, lua_upvalueindex(1));
-	lua_insert(L, 1);
-	lua_call(L, lua_gettop(L) - 1, 1);
-	return 1;
+	return call_original(L);
 }
 
 static int readonly_newindex(lua_State *L)

@@ -66,38 +66,21 @@ struct {
 	__type(value, struct wfpr_ebpf_config);
 } settings SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 256);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct wfpr_ebpf_lpm4);
-	__type(value, __u32);
-} lpm4 SEC(".maps");
+/* Filter bits by remote prefix (values: a bitmask of filters), IPv4 and IPv6. */
+#define LPM_TRIE(name, key_type)                                                                            \
+	struct {                                                                                                \
+		__uint(type, BPF_MAP_TYPE_LPM_TRIE);                                                            \
+		__uint(max_entries, 256);                                                                       \
+		__uint(map_flags, BPF_F_NO_PREALLOC);                                                           \
+		__type(key, key_type);                                                                          \
+		__type(value, __u32);                                                                           \
+	} name SEC(".maps")
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 256);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct wfpr_ebpf_lpm6);
-	__type(value, __u32);
-} lpm6 SEC(".maps");
-
+LPM_TRIE(lpm4, struct wfpr_ebpf_lpm4);
+LPM_TRIE(lpm6, struct wfpr_ebpf_lpm6);
 /* The same for the prefixes filters exclude (--exclude-dst). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 256);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct wfpr_ebpf_lpm4);
-	__type(value, __u32);
-} xlpm4 SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 256);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct wfpr_ebpf_lpm6);
-	__type(value, __u32);
-} xlpm6 SEC(".maps");
+LPM_TRIE(xlpm4, struct wfpr_ebpf_lpm4);
+LPM_TRIE(xlpm6, struct wfpr_ebpf_lpm6);
 
 /* Each guarded redirector's proxy sockets (WFPR_EBPF_LISTENER_KEY). */
 struct {

@@ -354,19 +354,19 @@ int cmd_daemon(int argc, char **argv)
 	int lock = take_lock(dir);
 	if (lock < 0)
 		return 1;
+	int server = listen_control(control); /* first: nothing is loaded for a daemon that cannot serve */
+	if (server < 0)
+		return 1;
 	if (ebpf_open_on(&layer, dir, err, sizeof(err)) != 0) {
 		fprintf(stderr, "wfpr daemon: cannot load the eBPF layer on %s: %s\n", dir, err);
+		close(server);
+		unlink(control);
 		return 1;
 	}
 	if (udp_idle_ms)
 		ebpf_set_udp_idle(layer, udp_idle_ms);
 	if (fail_closed)
 		ebpf_set_fail_closed(layer, true);
-	int server = listen_control(control);
-	if (server < 0) {
-		ebpf_close(layer);
-		return 1;
-	}
 	struct sigaction sa = {.sa_handler = on_signal};
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);

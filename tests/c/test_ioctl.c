@@ -462,13 +462,17 @@ static void row_set_single_use(void)
 	CHECK_EQ(query_into(p.accepted, blob, sizeof(blob), &len), 0);
 	struct sockaddr_storage sink_addr = loopback_port(0);
 	int sink = tcp_listen(&sink_addr);
-	int first = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0), second = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+	int first = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0), second = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0),
+	    third = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
 	CHECK_EQ(wfpr_ioctl(first, SET_RECORDS, blob, len, NULL, 0, &bytes, NULL, NULL), 0);
+	CHECK_EQ(wfpr_ioctl(second, SET_RECORDS, blob, len, NULL, 0, &bytes, NULL, NULL), 0); /* unused yet */
 	CHECK_EQ(wfpr_connect(first, (struct sockaddr *)&sink_addr, sizeof(struct sockaddr_in)), 0);
-	CHECK_FAILS_WITH(wfpr_ioctl(second, SET_RECORDS, blob, len, NULL, 0, &bytes, NULL, NULL), WFPR_WSAEINVAL);
+	CHECK_FAILS_WITH(wfpr_ioctl(third, SET_RECORDS, blob, len, NULL, 0, &bytes, NULL, NULL), WFPR_WSAEINVAL);
 	CHECK_EQ(bytes, 0);
+	CHECK_FAILS_WITH(wfpr_connect(second, (struct sockaddr *)&sink_addr, sizeof(struct sockaddr_in)), WFPR_WSAEINVAL);
 	wfpr_closesocket(first);
 	wfpr_closesocket(second);
+	wfpr_closesocket(third);
 	close(sink);
 	close_pair(p);
 }

@@ -228,6 +228,11 @@ def test_second_daemon_and_taken_name_are_refused(layer, tmp_path):
     second = subprocess.run([WFPR, "daemon", "--cgroup", layer.cgroup, "--control", str(tmp_path / "other.sock")],
                             capture_output=True, text=True, timeout=30)
     assert second.returncode == 1 and "already serves the cgroup" in second.stderr, second.stderr
+    sub = os.path.join(layer.cgroup, "other")
+    os.mkdir(sub)
+    same_socket = subprocess.run([WFPR, "daemon", "--cgroup", sub, "--control", layer.control],
+                                 capture_output=True, text=True, timeout=30)
+    assert same_socket.returncode == 1 and "another daemon answers on" in same_socket.stderr, same_socket.stderr
     layer.proxy("solo")
     again = subprocess.run([WFPR, "proxy", "--backend", "ebpf", "--control", layer.control, "--name", "solo"],
                            capture_output=True, text=True, timeout=30)

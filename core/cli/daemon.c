@@ -23,6 +23,7 @@
 #include "cli.h"
 #include "wfpr/wfpr.h"
 #ifdef WFPR_HAVE_EBPF
+#include "../src/cgroup.h"
 #include "../src/ebpf/control.h"
 #include "loader.h"
 
@@ -224,11 +225,9 @@ static void do_status(int fd)
 /* One request from a client; *keep: its connection is now a proxy's link. */
 static void handle(int fd, const char *msg, bool *keep)
 {
-	char root[256], id_text[64], out[256];
+	char id_text[64], out[256];
 	if (wfpr__control_is(msg, "cgroup")) {
-		if (ebpf_cgroup2_root(root, sizeof(root)) != 0)
-			root[0] = '\0';
-		snprintf(out, sizeof(out), "ok\ncgroup: %s\nmount: %s\n", ebpf_cgroup(layer), root);
+		snprintf(out, sizeof(out), "ok\ncgroup: %s\n", ebpf_cgroup(layer));
 		reply(fd, out);
 	} else if (wfpr__control_is(msg, "register")) {
 		do_register(fd, msg, keep);
@@ -340,15 +339,13 @@ int cmd_daemon(int argc, char **argv)
 		fprintf(stderr, "wfpr daemon: needs root, to load BPF programs and attach them to a cgroup\n");
 		return 1;
 	}
-	if (ebpf_cgroup2_root(dir, sizeof(dir)) != 0) {
+	if (wfpr__cgroup2_mount(dir, sizeof(dir)) != 0) {
 		fprintf(stderr, "wfpr daemon: no cgroup v2 hierarchy is mounted\n");
 		return 1;
 	}
 	if (*cgroup) {
 		size_t rl = strlen(dir);
-		const char *rel = strncmp(cgroup, dir, rl) == 0 ? cgroup + rl : cgroup;
-		while (*rel == '/')
-			rel++;
+		const char *rel = wfpr__cgroup_relative(cgroup, dir);
 		snprintf(dir + rl, sizeof(dir) - rl, "%s%s", *rel ? "/" : "", rel);
 	}
 	int lock = take_lock(dir);

@@ -18,6 +18,7 @@
 #include <unistd.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include "../src/cgroup.h"
 #include "abi.h"
 #include "loader.h"
 #include "wfpr/error.h"
@@ -55,20 +56,6 @@ static int quiet(enum libbpf_print_level level, const char *fmt, va_list ap)
 	return 0;
 }
 
-/* Where cgroup v2 is mounted (the unified hierarchy). */
-int ebpf_cgroup2_root(char *out, size_t len)
-{
-	FILE *f = fopen("/proc/self/mounts", "r");
-	char dev[256], dir[256], type[64];
-	int found = -1;
-	if (!f)
-		return -1;
-	while (found < 0 && fscanf(f, "%255s %255s %63s %*[^\n]", dev, dir, type) == 3)
-		if (strcmp(type, "cgroup2") == 0 && (size_t)snprintf(out, len, "%s", dir) < len)
-			found = 0;
-	fclose(f);
-	return found;
-}
 
 static int ensure_bpffs(void)
 {
@@ -143,7 +130,7 @@ int ebpf_open_on(ebpf_instance **out, const char *cgroup, char *err, size_t err_
 		snprintf(err, err_len, "the eBPF backend needs root (CAP_SYS_ADMIN, or CAP_BPF with CAP_NET_ADMIN and CAP_PERFMON) to load and attach its programs");
 		return -1;
 	}
-	if (ebpf_cgroup2_root(root, sizeof(root)) != 0) {
+	if (wfpr__cgroup2_mount(root, sizeof(root)) != 0) {
 		snprintf(err, err_len, "no cgroup v2 hierarchy is mounted (see /proc/self/mounts)");
 		return -1;
 	}
@@ -162,10 +149,7 @@ int ebpf_open_on(ebpf_instance **out, const char *cgroup, char *err, size_t err_
 	e->cgroup_fd = -1;
 	e->owns_cgroup = !cgroup;
 	if (cgroup) {
-		size_t rl = strlen(root);
-		const char *rel = strncmp(cgroup, root, rl) == 0 && (cgroup[rl] == '/' || !cgroup[rl]) ? cgroup + rl : cgroup;
-		while (*rel == '/')
-			rel++;
+		const char *rel = wfpr__cgroup_relative(cgroup, root);
 		snprintf(e->cgroup, sizeof(e->cgroup), "%s%s%s", root, *rel ? "/" : "", rel);
 	} else {
 		snprintf(e->cgroup, sizeof(e->cgroup), "%s/" CGROUP_PREFIX "%d", root, (int)getpid());
@@ -455,12 +439,9 @@ static int cgroup_ident(const char *dir, uint64_t *id, uint32_t *level, char *er
 {
 	char root[200], path[600];
 	struct stat st;
-	if (ebpf_cgroup2_root(root, sizeof(root)) != 0)
+	if (wfpr__cgroup2_mount(root, sizeof(root)) != 0)
 		return snprintf(err, err_len, "no cgroup v2 hierarchy is mounted"), -1;
-	size_t rl = strlen(root);
-	const char *rel = strncmp(dir, root, rl) == 0 && (dir[rl] == '/' || !dir[rl]) ? dir + rl : dir;
-	while (*rel == '/')
-		rel++;
+	const char *rel = wfpr__cgroup_relative(dir, root);
 	snprintf(path, sizeof(path), "%s/%s", root, rel);
 	if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
 		return snprintf(err, err_len, "cgroup: %s is not a cgroup directory", path), -1;
@@ -607,7 +588,7 @@ int ebpf_enter(const ebpf_instance *e, pid_t pid)
 int ebpf_leave(const ebpf_instance *e, pid_t pid)
 {
 	char root[200];
-	if (!e || ebpf_cgroup2_root(root, sizeof(root)) != 0)
+	if (!e || wfpr__cgroup2_mount(root, sizeof(root)) != 0)
 		return -1;
 	return write_pid(root, pid);
 }
@@ -805,7 +786,7 @@ static size_t instances(pid_t *out, const char *root)
 static int each_instance(FILE *out, bool remove, bool dead_only)
 {
 	char root[200], pins[320], cgroup[320];
-	bool have_root = ebpf_cgroup2_root(root, sizeof(root)) == 0;
+	bool have_root = wfpr__cgroup2_mount(root, sizeof(root)) == 0;
 	pid_t owners[MAX_INSTANCES];
 	size_t n = instances(owners, have_root ? root : NULL), done = 0;
 	for (size_t i = 0; i < n; i++) {

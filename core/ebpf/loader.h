@@ -29,8 +29,6 @@ int ebpf_open(ebpf_instance **out, char *err, size_t err_len);
  * the cgroup2 mount; "" or "/" is the whole host), which ebpf_close leaves
  * as it is (wfpr daemon). */
 int ebpf_open_on(ebpf_instance **out, const char *cgroup, char *err, size_t err_len);
-/* Where the cgroup v2 hierarchy is mounted; 0 or -1. */
-int ebpf_cgroup2_root(char *out, size_t len);
 /* The cgroup directory the instance is attached to. */
 const char *ebpf_cgroup(const ebpf_instance *e);
 

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "cgroup.h"
 #include "wfpr/error.h"
 #include "wfpr/match.h"
 
@@ -273,33 +274,6 @@ static uint16_t port_of(const struct sockaddr_storage *a)
 	                                     : ((const struct sockaddr_in6 *)a)->sin6_port);
 }
 
-/* Is process pid in cgroup dir (relative to the cgroup2 mount, or absolute
- * under /sys/fs/cgroup) or below it? From /proc/PID/cgroup's "0::/path". */
-static bool in_cgroup(uint32_t pid, const char *dir)
-{
-	char path[64], line[512];
-	snprintf(path, sizeof(path), "/proc/%u/cgroup", pid);
-	FILE *f = fopen(path, "re");
-	bool found = false;
-	const char *want = dir;
-	if (strncmp(want, "/sys/fs/cgroup", 14) == 0)
-		want += 14;
-	while (*want == '/')
-		want++;
-	size_t n = strlen(want);
-	while (n && want[n - 1] == '/')
-		n--;
-	while (f && !found && fgets(line, sizeof(line), f)) {
-		if (strncmp(line, "0::/", 4) != 0)
-			continue;
-		const char *have = line + 4; /* "0::/a/b" -> "a/b" */
-		found = n == 0 || (strncmp(have, want, n) == 0 && (have[n] == '/' || have[n] == '\n' || have[n] == '\0'));
-	}
-	if (f)
-		fclose(f);
-	return found;
-}
-
 int wfpr_match_test(const wfpr_match *m, int protocol, const struct sockaddr_storage *dst, const wfpr_process *p)
 {
 	if (!m || !dst || (dst->ss_family != AF_INET && dst->ss_family != AF_INET6))
@@ -333,6 +307,6 @@ int wfpr_match_test(const wfpr_match *m, int protocol, const struct sockaddr_sto
 		exe = strcmp(m->exes[i], p->exe) == 0;
 	bool cgroup = m->n_cgroups == 0;
 	for (size_t i = 0; i < m->n_cgroups && !cgroup; i++)
-		cgroup = in_cgroup(p->pid, m->cgroups[i]);
+		cgroup = wfpr__cgroup_holds((pid_t)p->pid, m->cgroups[i]);
 	return ok && comm && exe && cgroup;
 }

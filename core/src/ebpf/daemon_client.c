@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "../cgroup.h"
 #include "control.h"
 #include "wfpr/daemon.h"
 #include "wfpr/error.h"
@@ -56,7 +57,7 @@ static int call(const char *control, const char *msg, char *reply, size_t len, i
 
 int wfpr_daemon_join(const char *control, char *cgroup, size_t cgroup_len, char *err, size_t err_len)
 {
-	char reply[WFPR__CONTROL_MAX], dir[512], line[600], procs[600];
+	char reply[WFPR__CONTROL_MAX], dir[512], procs[600];
 	int rc = call(control, "cgroup\n", reply, sizeof(reply), NULL, err, err_len);
 	if (rc)
 		return rc;
@@ -66,25 +67,8 @@ int wfpr_daemon_join(const char *control, char *cgroup, size_t cgroup_len, char 
 	}
 	if (cgroup && cgroup_len)
 		snprintf(cgroup, cgroup_len, "%s", dir);
-	/* in it or below it already? /proc/self/cgroup is "0::/PATH" under the mount */
-	char mount[512] = "";
-	wfpr__control_get(reply, "mount", mount, sizeof(mount));
-	FILE *f = fopen("/proc/self/cgroup", "re");
-	bool inside = false;
-	size_t ml = strlen(mount);
-	const char *want = strncmp(dir, mount, ml) == 0 ? dir + ml : dir;
-	size_t wl = strlen(want);
-	while (wl && want[wl - 1] == '/')
-		wl--;
-	while (f && fgets(line, sizeof(line), f))
-		if (strncmp(line, "0::", 3) == 0) {
-			line[strcspn(line, "\n")] = '\0';
-			inside = wl == 0 || (strncmp(line + 3, want, wl) == 0 && (line[3 + wl] == '/' || line[3 + wl] == '\0'));
-		}
-	if (f)
-		fclose(f);
-	if (inside)
-		return 0;
+	if (wfpr__cgroup_holds(0, dir))
+		return 0; /* in it, or below it, already */
 	snprintf(procs, sizeof(procs), "%s/cgroup.procs", dir);
 	FILE *p = fopen(procs, "we");
 	bool entered = p && fprintf(p, "%d\n", (int)getpid()) > 0;

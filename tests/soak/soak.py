@@ -246,13 +246,19 @@ def after_warmup(series, warmup):
     return later if len(later) >= 2 else series[-2:]
 
 
-def flat(series, warmup):
+# The broker keeps a UDP flow's record, and one no proxy queried, 60 s after
+# its last use (GRACE_NS in core/src/preload/broker.c): its store fills for
+# that long under steady load, and a shorter run cannot judge its memory.
+BROKER_RECORD_LIFETIME_S = 60
+
+
+def flat(series, warmup, judge_memory=True):
     """The last sample within 10% of the first after warm-up, plus some slack."""
     series = after_warmup(series, warmup)
     if len(series) < 2:
         return True
     (_, rss0, fd0), (_, rss1, fd1) = series[0], series[-1]
-    return rss1 <= rss0 * 1.10 + 2048 and fd1 <= fd0 * 1.10 + 8
+    return (not judge_memory or rss1 <= rss0 * 1.10 + 2048) and fd1 <= fd0 * 1.10 + 8
 
 
 # ---- the backends -----------------------------------------------------------------
@@ -371,11 +377,15 @@ def main():
           "|---|---|---|---|---|")
     all_flat = True
     for label, series in sorted(samples.items()):
-        ok = flat(series, warmup)
+        judge_memory = label != "wfpr broker" or args.minutes * 60 >= 2 * BROKER_RECORD_LIFETIME_S
+        ok = flat(series, warmup, judge_memory)
         all_flat &= ok
         base = after_warmup(series, warmup)[0]
+        verdict = ("yes" if ok else "**no**") + ("" if judge_memory else " (descriptors; memory: the run is shorter "
+                                                  "than twice the broker's %d s record lifetime)"
+                                                  % BROKER_RECORD_LIFETIME_S)
         print("| %s | %d | %.1f → %.1f | %d → %d | %s |" % (label, len(series), base[1] / 1024, series[-1][1] / 1024,
-                                                           base[2], series[-1][2], "yes" if ok else "**no**"))
+                                                           base[2], series[-1][2], verdict))
     for f in failures:
         print("\nFAILED " + f, file=sys.stderr)
     if args.report:

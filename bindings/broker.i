@@ -11,10 +11,12 @@
 %ignore wfpr_broker_get_stats;
 %ignore wfpr_broker_layer;
 %ignore wfpr_broker_free;
+%ignore wfpr_broker_key;
 %ignore wfpr_preload_register;
 %ignore wfpr_preload_register_dual;
 %ignore wfpr_preload_redirector_name;
 %apply int WFPR_STATUS { int wfpr_preload_attach };
+%apply int WFPR_STATUS { int wfpr_preload_set_key };
 %include "wfpr/broker.h"
 
 %ignore wfpr_preload_register_filtered;
@@ -37,6 +39,11 @@ void wfpr_binding_preload_register(const char *name, const char *host, unsigned 
 		return;
 	}
 	int rc = wfpr_preload_register_filtered(id, name, &addr, NULL, weight, match);
+	if (rc == WFPR_WSAEACCES) {
+		wfpr_binding_raise_detail(rc, "the broker refused the registration key: give broker_key= (the text of "
+		                              "the key file `wfpr broker` wrote, by default the socket's path + .key)");
+		return;
+	}
 	if (rc != 0) {
 		wfpr_binding_raise(rc, 0);
 		return;

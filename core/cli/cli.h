@@ -28,6 +28,7 @@ typedef struct proxy_config {
 	const char *name;
 	const char *rules_path;  /* NULL: pass everything */
 	const char *broker_path;
+	const char *broker_key;   /* the registration key (64 hex digits); NULL: the broker's key file */
 	struct sockaddr_storage listen; /* port 0: any */
 	int log_fd;              /* -1: none */
 	int ready_fd;            /* written once when registered, -1: none */
@@ -53,8 +54,10 @@ typedef struct proxy_config {
  * writes its addresses to ready_fd: two struct sockaddr_storage, where it
  * listens and (on the eBPF backend) the same port on [::1], else AF_UNSPEC. */
 int proxy_serve(const proxy_config *cfg);
-/* Serve as the broker until SIGTERM or SIGINT; exit status. */
-int broker_serve(const char *path, int ready_fd);
+/* Serve as the broker until SIGTERM or SIGINT; exit status. key: the
+ * registration key (NULL: a random one); key_file: where to write it for
+ * proxies started on their own (NULL: nowhere, wfpr run hands it over). */
+int broker_serve(const char *path, const char *key, const char *key_file, int ready_fd);
 
 /* Traffic wfpr run cannot redirect, said once on stderr and as an "escape"
  * line in the log (escapes.c). */

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -168,8 +169,14 @@ int proxy_serve(const proxy_config *cfg)
 			return 1;
 		}
 	}
+	if (!cfg->ebpf)
+		prctl(PR_SET_DUMPABLE, 0); /* no other process of this user may read the key out of its memory */
 	if (rc == 0)
 		rc = cfg->ebpf ? wfpr_ebpf_attach(1) : wfpr_preload_attach(cfg->broker_path);
+	if (rc == 0 && !cfg->ebpf && cfg->broker_key && (rc = wfpr_preload_set_key(cfg->broker_key)) != 0) {
+		fprintf(stderr, "wfpr proxy %s: the key file does not hold a key (64 hex digits)\n", cfg->name);
+		return 1;
+	}
 	for (size_t i = 0; cfg->ebpf && i < cfg->n_ids && i < NAME_CACHE; i++) {
 		memcpy(names.id[i], cfg->ids[i], WFPR_REDIRECTOR_ID_SIZE);
 		snprintf(names.name[i], sizeof(names.name[i]), "%s", cfg->names[i]);
@@ -211,6 +218,12 @@ int proxy_serve(const proxy_config *cfg)
 	} else if (rc == 0 && !cfg->ebpf) {
 		rc = wfpr_preload_register_filtered(id, cfg->name, &address, address6.ss_family == AF_INET6 ? &address6 : NULL,
 		                                    cfg->weight ? cfg->weight : WFPR_DEFAULT_WEIGHT, cfg->match);
+		if (rc == WFPR_WSAEACCES) {
+			fprintf(stderr, "wfpr proxy %s: the broker refused the registration key %s; give --key-file with the "
+			                "file that `wfpr broker` wrote (default: %s.key)\n", cfg->name,
+			        cfg->broker_key ? "given" : "in its key file", cfg->broker_path);
+			rc = -1;
+		}
 	}
 	if (rc != 0) {
 		if (rc > 0)
@@ -256,8 +269,9 @@ int cmd_proxy(int argc, char **argv)
 	struct sockaddr_in *v4 = (struct sockaddr_in *)&cfg.listen;
 	v4->sin_family = AF_INET;
 	v4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	const char *log_path = NULL;
+	const char *log_path = NULL, *key_file = NULL;
 	const char *opt = NULL;
+	static char key[128];
 	static wfpr_match match;
 	static char match_text[WFPR_MATCH_TEXT_MAX + 1];
 	char why[256];
@@ -278,6 +292,8 @@ int cmd_proxy(int argc, char **argv)
 			continue;
 		if (strcmp(opt, "--broker") == 0)
 			cfg.broker_path = val;
+		else if (strcmp(opt, "--key-file") == 0)
+			key_file = val;
 		else if (strcmp(opt, "--backend") == 0 && (strcmp(val, "ebpf") == 0 || strcmp(val, "preload") == 0))
 			cfg.ebpf = strcmp(val, "ebpf") == 0;
 		else if (strcmp(opt, "--control") == 0)
@@ -320,6 +336,18 @@ int cmd_proxy(int argc, char **argv)
 		fprintf(stderr, "wfpr proxy: give --name NAME, and --broker PATH (preload) or --backend ebpf (a wfpr daemon)"
 		                "\n\n%s", cli_usage);
 		return 2;
+	}
+	if (key_file) {
+		FILE *f = fopen(key_file, "re");
+		bool read = f && fgets(key, sizeof(key), f);
+		if (f)
+			fclose(f);
+		if (!read) {
+			fprintf(stderr, "wfpr proxy: cannot read the key file %s\n", key_file);
+			return 2;
+		}
+		key[strcspn(key, "\r\n")] = '\0';
+		cfg.broker_key = key;
 	}
 	if (cfg.rules_path && access(cfg.rules_path, R_OK) != 0) {
 		fprintf(stderr, "wfpr proxy: cannot read the rules file %s\n", cfg.rules_path);

@@ -170,23 +170,22 @@ static void shim_path(char *out, size_t len)
 	snprintf(out, len, "%s/%s", WFPR_LIBDIR, WFPR_PRELOAD_NAME);
 }
 
-/* Wait for a child's "ready" (a proxy sends its address); false if it died
+/* Wait for a child's "ready": a proxy sends its addresses, the broker its
+ * registration key; what it sent goes to out (len bytes). False if it died
  * or took too long. */
-static bool wait_ready(int fd, struct sockaddr_storage address[2])
+static bool wait_ready(int fd, void *out, size_t len)
 {
 	struct pollfd p = {.fd = fd, .events = POLLIN};
-	struct sockaddr_storage got[2];
-	bool ok = poll(&p, 1, READY_TIMEOUT_MS) == 1 && read(fd, got, sizeof(got)) > 0;
-	if (ok && address)
-		memcpy(address, got, sizeof(got));
+	bool ok = poll(&p, 1, READY_TIMEOUT_MS) == 1 && read(fd, out, len) == (ssize_t)len;
 	close(fd);
 	return ok;
 }
 
 /* Fork a child that serves (the broker when cfg is NULL); its pid once
- * ready, else -1. A proxy's addresses go to address. */
-static pid_t start_child(const char *socket_path, const proxy_config *cfg, int stats_fd,
-                         struct sockaddr_storage address[2])
+ * ready, else -1. What it says when ready goes to ready (len bytes): a
+ * proxy's addresses, the broker's key. */
+static pid_t start_child(const char *socket_path, const proxy_config *cfg, int stats_fd, void *ready_out,
+                         size_t ready_len)
 {
 	int ready[2];
 	if (pipe2(ready, O_CLOEXEC) < 0)
@@ -201,7 +200,7 @@ static pid_t start_child(const char *socket_path, const proxy_config *cfg, int s
 		if (getppid() != parent)
 			_exit(1);
 		if (!cfg)
-			_exit(broker_serve(socket_path, ready[1]));
+			_exit(broker_serve(socket_path, NULL, NULL, ready[1]));
 		if (cfg->ebpf && run_ebpf_enter(getpid()) != 0) {
 			fprintf(stderr, "wfpr run: cannot enter the cgroup: %s\n", strerror(errno));
 			_exit(1);
@@ -217,7 +216,7 @@ static pid_t start_child(const char *socket_path, const proxy_config *cfg, int s
 		close(ready[0]);
 		return -1;
 	}
-	if (!wait_ready(ready[0], address)) {
+	if (!wait_ready(ready[0], ready_out, ready_len)) {
 		kill(pid, SIGKILL);
 		waitpid(pid, NULL, 0);
 		return -1;
@@ -353,6 +352,7 @@ int cmd_run(int argc, char **argv)
 
 	int status = 1;
 	pid_t broker = -1, proxies[MAX_PROXIES] = {0};
+	char key[2 * WFPR_BROKER_KEY_SIZE + 1] = "";
 	bool started;
 	char why[512];
 	if (o.ebpf) {
@@ -363,7 +363,12 @@ int cmd_run(int argc, char **argv)
 		if (!started)
 			fprintf(stderr, "wfpr run: the eBPF backend is not available: %s\n", why);
 	} else {
-		broker = start_child(socket_path, NULL, -1, NULL);
+		/* the key goes to the proxies in memory: never to a file or an
+		 * environment that COMMAND could read; nor may COMMAND read this
+		 * process's memory (it is dumpable again after its exec) */
+		prctl(PR_SET_DUMPABLE, 0);
+		broker = start_child(socket_path, NULL, -1, key, sizeof(key));
+		key[sizeof(key) - 1] = '\0';
 		started = broker > 0;
 		if (!started)
 			fprintf(stderr, "wfpr run: the broker did not start\n");
@@ -386,8 +391,9 @@ int cmd_run(int argc, char **argv)
 		o.proxies[i].slot = i;
 		wfpr_match_format(o.match_texts[i], sizeof(o.match_texts[i]), &o.matches[i]);
 		o.proxies[i].match = o.match_texts[i];
+		o.proxies[i].broker_key = o.ebpf ? NULL : key;
 		struct sockaddr_storage address[2];
-		proxies[i] = start_child(socket_path, &o.proxies[i], stats[1], address);
+		proxies[i] = start_child(socket_path, &o.proxies[i], stats[1], address, sizeof(address));
 		if (proxies[i] <= 0 || (o.ebpf && run_ebpf_add_proxy((unsigned int)i, o.ids[i], proxies[i], address,
 		                                                      &o.matches[i], o.proxies[i].weight, why,
 		                                                      sizeof(why)) != 0)) {

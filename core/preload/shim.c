@@ -172,7 +172,8 @@ static int classify(int fd, int protocol, const struct sockaddr_storage *dest, s
 		errno = saved;
 		return 0;
 	}
-	errno = rc == WFPR_WSAENETDOWN ? ENETDOWN : rc == WFPR_WSAELOOP ? ELOOP : rc == WFPR_WSAEACCES ? EACCES : EINVAL;
+	errno = rc == WFPR_WSAENETDOWN ? ENETDOWN : rc == WFPR_WSAELOOP ? ELOOP : rc == WFPR_WSAEACCES ? EACCES :
+	        rc == WFPR_WSAENOBUFS ? ENOBUFS : EINVAL; /* ENOBUFS: the user's programs hold their quota of records */
 	return -1;
 }
 

@@ -81,4 +81,22 @@ static inline void addr_map_v6(struct sockaddr_storage *out, const struct sockad
 	memcpy(out, &v6, sizeof(v6));
 }
 
+/* Does a socket bound at `at` take connections to a: at is a itself, or
+ * the wildcard address of a's family at a's port? */
+static inline bool addr_listens_on(const struct sockaddr_storage *at, const struct sockaddr_storage *a)
+{
+	if (addr_equal(at, a))
+		return true;
+	struct sockaddr_storage any;
+	memset(&any, 0, sizeof(any));
+	any.ss_family = at->ss_family;
+	if (at->ss_family == AF_INET)
+		((struct sockaddr_in *)&any)->sin_port = ((const struct sockaddr_in *)at)->sin_port;
+	else if (at->ss_family == AF_INET6)
+		((struct sockaddr_in6 *)&any)->sin6_port = ((const struct sockaddr_in6 *)at)->sin6_port;
+	else
+		return false;
+	return addr_equal(at, &any) && at->ss_family == a->ss_family && addr_port(at) == addr_port(a);
+}
+
 #endif

@@ -37,6 +37,20 @@ uint16_t wfpr__socket_local(int fd, struct sockaddr_storage *out)
 	return addr_port(out);
 }
 
+bool wfpr__socket_takes(int fd, const struct sockaddr_storage *a)
+{
+	struct sockaddr_storage local;
+	int listening = 0;
+	socklen_t len = sizeof(listening);
+	int protocol = wfpr__socket_protocol(fd);
+	if (protocol == IPPROTO_TCP &&
+	    (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0 || !listening))
+		return false;
+	if ((protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) || wfpr__socket_local(fd, &local) == 0)
+		return false;
+	return addr_listens_on(&local, a);
+}
+
 /* TCP binds to the target's address (the source the kernel would pick for
  * a local destination); UDP, which may still send elsewhere, to the wildcard. */
 int wfpr__socket_bind_for_redirect(int fd, int protocol, const struct sockaddr_storage *target,

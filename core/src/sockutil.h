@@ -4,6 +4,7 @@
 /* Facts about a real socket, and the bind a redirect needs; shared by the
  * in-process backend, the preload client and the shim. */
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
@@ -13,6 +14,9 @@ uint64_t wfpr__socket_cookie(int fd);
 int wfpr__socket_protocol(int fd);
 /* The socket's local address into out; returns its port (0: unbound). */
 uint16_t wfpr__socket_local(int fd, struct sockaddr_storage *out);
+/* Does socket fd take connections at a: a TCP listener, or a bound UDP
+ * socket, at a or on the wildcard address at a's port? */
+bool wfpr__socket_takes(int fd, const struct sockaddr_storage *a);
 /* An unbound socket gets its port now, so the record can be keyed by it
  * before the proxy can accept. 0, or -1 with errno set. */
 int wfpr__socket_bind_for_redirect(int fd, int protocol, const struct sockaddr_storage *target,

@@ -15,6 +15,8 @@ struct wfpr__store {
 	size_t n, sweep_at, max;
 	wfpr__entry_alive_fn alive;
 	wfpr__waiter *waiters;
+	void (*on_remove)(void *user, const wfpr__entry *e);
+	void *on_remove_user;
 };
 
 wfpr__store *wfpr__store_new(size_t max_entries, wfpr__entry_alive_fn alive)
@@ -26,6 +28,12 @@ wfpr__store *wfpr__store_new(size_t max_entries, wfpr__entry_alive_fn alive)
 		s->sweep_at = SWEEP_FLOOR;
 	}
 	return s;
+}
+
+void wfpr__store_on_remove(wfpr__store *s, void (*fn)(void *user, const wfpr__entry *e), void *user)
+{
+	s->on_remove = fn;
+	s->on_remove_user = user;
 }
 
 static wfpr__entry **tuple_slot(wfpr__store *s, int protocol, uint16_t client_port, uint16_t target_port)
@@ -69,6 +77,8 @@ void wfpr__store_remove(wfpr__store *s, wfpr__entry *e)
 			break;
 		}
 	wake(s, e, true);
+	if (s->on_remove)
+		s->on_remove(s->on_remove_user, e);
 	free(e->record);
 	free(e->context);
 	free(e);

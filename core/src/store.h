@@ -42,6 +42,8 @@ typedef struct wfpr__entry {
 	uint64_t holder_socket;       /* the SO_COOKIE of the proxy socket that QUERYed it (0: none yet) */
 	uint64_t consumed_by;         /* the SO_COOKIE of the socket that connected with it SET (0: none yet):
 	                               * a record passes one connection on, so SET elsewhere is refused */
+	uint32_t quota_uid;           /* broker: the user whose quota it counts against */
+	bool in_quota;                /* broker: it counts against quota_uid's */
 } wfpr__entry;
 
 /* May the socket with SO_COOKIE `socket` carry e? Only if no other socket
@@ -70,6 +72,9 @@ typedef struct wfpr__store wfpr__store;
 /* max_entries: 0 for no cap. NULL when out of memory. */
 wfpr__store *wfpr__store_new(size_t max_entries, wfpr__entry_alive_fn alive);
 void wfpr__store_free(wfpr__store *s);
+
+/* fn(user, e) runs as each entry goes (removed, replaced, swept, freed). */
+void wfpr__store_on_remove(wfpr__store *s, void (*fn)(void *user, const wfpr__entry *e), void *user);
 
 /* A new record (the store takes record and context, even on failure),
  * uncommitted unless `committed`. An entry of the same connection tuple

@@ -66,13 +66,16 @@ class Proxy:
 
     def __init__(self, layer: Optional[Layer], name: str, *, ports=None, remote: Optional[str] = None,
                  weight: int = 0, host: str = "127.0.0.1", inspect: Optional[Inspect] = None,
-                 buffer_size: int = 256 * 1024, broker: Optional[str] = None, daemon=None, match: str = ""):
+                 buffer_size: int = 256 * 1024, broker: Optional[str] = None, daemon=None, match: str = "",
+                 broker_key: Optional[str] = None):
         """``daemon=True`` (or the control socket's path) registers with a
         running ``wfpr daemon`` (the eBPF backend, host-wide): this process
         joins the daemon's cgroup, and ``match`` (``"proto=tcp dport=443"``,
         the text of ``wfpr proxy``'s match options) and ``weight`` choose the
         traffic. ``broker=`` registers with a preload broker, with the same
-        ``match``; a ``Layer`` is the in-process backend."""
+        ``match``, presenting ``broker_key`` (by default read from the key
+        file that ``wfpr broker`` wrote beside its socket); a ``Layer`` is
+        the in-process backend."""
         if sum(x is not None for x in (layer, broker, daemon)) != 1:
             raise ValueError("give one of: a Layer (the inproc backend), broker= (preload) or daemon= (eBPF)")
         self._link = None
@@ -95,6 +98,7 @@ class Proxy:
             # the broker's layer redirects everything to each registered proxy in turn; this
             # process's own sockets (the proxy's outbound ones) go through the broker too
             _wfpr.preload_attach(broker)
+            _wfpr.preload_set_key(broker_key)
         else:
             self.redirector = layer.redirector(name)
             handle = self.redirector._handle

@@ -502,11 +502,14 @@ static void *broker_main(void *arg)
 	return NULL;
 }
 
-int broker_thread_start(wfpr_broker **out, pthread_t *thread, const char *path)
+int broker_thread_start(wfpr_broker **out, pthread_t *thread, const char *path, size_t user_quota)
 {
 	wfpr_broker_options o = WFPR_BROKER_OPTIONS_INIT;
 	o.path = path;
+	o.user_quota = user_quota;
 	int rc = wfpr_broker_new(out, &o);
+	if (rc == 0)
+		rc = wfpr_preload_set_key(wfpr_broker_key(*out)); /* this process's proxies present it */
 	if (rc == 0 && pthread_create(thread, NULL, broker_main, *out) != 0) {
 		wfpr_broker_free(*out);
 		rc = WFPR_WSAENOBUFS;

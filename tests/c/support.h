@@ -88,8 +88,10 @@ typedef struct manual_redirector {
 
 int manual_redirector_init(manual_redirector *m, wfpr_layer *layer, const char *name, int protocol,
                            uint16_t port, uint64_t weight);
-/* A broker on path, serving on a thread of its own; 0 or a wfpr_err. */
-int broker_thread_start(wfpr_broker **out, pthread_t *thread, const char *path);
+/* A broker on path (user_quota: its wfpr_broker_options'), serving on a
+ * thread of its own, whose key this process's registrations present; 0 or
+ * a wfpr_err. */
+int broker_thread_start(wfpr_broker **out, pthread_t *thread, const char *path, size_t user_quota);
 /* Stop it, join its thread, free it. */
 void broker_thread_stop(wfpr_broker *broker, pthread_t thread);
 

@@ -106,7 +106,7 @@ static int preload_setup(char *why, size_t why_len)
 {
 	(void)why, (void)why_len;
 	snprintf(broker_path, sizeof(broker_path), "/tmp/wfpr-test-ioctl-%d.sock", (int)getpid());
-	int rc = broker_thread_start(&broker, &broker_thread, broker_path);
+	int rc = broker_thread_start(&broker, &broker_thread, broker_path, 0);
 	if (rc != 0)
 		return rc;
 	proxy_fd = tcp_listen(&proxy_addr);

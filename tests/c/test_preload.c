@@ -5,11 +5,16 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "../../core/src/preload/wire.h"
 #include "support.h"
 #include "test.h"
 #include "wfpr/engine.h"
+
+#define USER_QUOTA 64 /* this broker's: records the programs of one user may hold */
 
 
 static char broker_path[64];
@@ -197,6 +202,207 @@ static void test_ioctl_rows_through_broker(void)
 	close(listener);
 }
 
+/* A proxy registers only with the key, and only where it listens itself. */
+static void test_registration_checks(void)
+{
+	struct sockaddr_storage addr;
+	int listener = tcp_listen(&addr);
+	uint8_t id[WFPR_REDIRECTOR_ID_SIZE];
+	CHECK_EQ(wfpr_preload_set_key("not a key"), WFPR_WSAEINVAL);
+	CHECK_EQ(wfpr_preload_set_key("0000000000000000000000000000000000000000000000000000000000000000"), 0);
+	CHECK_EQ(wfpr_preload_register(id, "keyless", &addr), WFPR_WSAEACCES);
+	/* with no key given, the key file beside the socket: there is none */
+	CHECK_EQ(wfpr_preload_set_key(NULL), 0);
+	CHECK_EQ(wfpr_preload_register(id, "keyless", &addr), WFPR_WSAEACCES);
+	CHECK_EQ(wfpr_preload_set_key(wfpr_broker_key(broker)), 0);
+
+	/* an address where another process listens, and one where nobody does */
+	int ready[2], done[2];
+	CHECK_EQ(pipe(ready), 0);
+	CHECK_EQ(pipe(done), 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		struct sockaddr_storage theirs;
+		int l = tcp_listen(&theirs);
+		if (write(ready[1], &theirs, sizeof(theirs)) != (ssize_t)sizeof(theirs))
+			_exit(1);
+		char c;
+		_exit(read(done[0], &c, 1) < 0 || l < 0);
+	}
+	struct sockaddr_storage theirs, nobody = addr;
+	CHECK_EQ(read(ready[0], &theirs, sizeof(theirs)), (ssize_t)sizeof(theirs));
+	CHECK_EQ(wfpr_preload_register(id, "squatter", &theirs), WFPR_WSAEADDRNOTAVAIL);
+	close(listener);
+	CHECK_EQ(wfpr_preload_register(id, "squatter", &nobody), WFPR_WSAEADDRNOTAVAIL);
+	CHECK_EQ(write(done[1], "x", 1), 1);
+	waitpid(pid, NULL, 0);
+	close(ready[0]);
+	close(ready[1]);
+	close(done[0]);
+	close(done[1]);
+}
+
+/* A raw client of the broker, as a hostile program would be. */
+static int raw_client(void)
+{
+	struct sockaddr_un sun = {.sun_family = AF_UNIX};
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", broker_path);
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	CHECK_EQ(connect(fd, (struct sockaddr *)&sun, sizeof(sun)), 0);
+	return fd;
+}
+
+/* Send rq with the descriptor fd (-1: none); its reply into rp, if given. */
+static void raw_call(int raw, wire_request *rq, int fd, wire_reply *rp)
+{
+	rq->magic = WIRE_MAGIC;
+	struct iovec iov = {.iov_base = rq, .iov_len = sizeof(*rq)};
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} control;
+	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+	if (fd >= 0) {
+		memset(&control, 0, sizeof(control));
+		mh.msg_control = control.buf;
+		mh.msg_controllen = sizeof(control.buf);
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+	}
+	CHECK_EQ(sendmsg(raw, &mh, 0), (ssize_t)sizeof(*rq));
+	if (rp)
+		CHECK_EQ(recv(raw, rp, sizeof(*rp), 0), (ssize_t)sizeof(*rp));
+}
+
+/* A ROUTE to remote that the broker redirects; then an ISSUE for local,
+ * showing the broker fd (-1: none). */
+static void route_and_issue(int raw, const struct sockaddr_storage *remote, const struct sockaddr_storage *local,
+                            int fd)
+{
+	wire_request rq = {.type = WIRE_ROUTE, .protocol = IPPROTO_TCP, .a = *remote, .b = *local};
+	wire_reply rp;
+	raw_call(raw, &rq, -1, &rp);
+	CHECK_EQ(rp.err, 0);
+	CHECK_EQ(rp.action, WFPR_ACTION_REDIRECT);
+	wire_request issue = {.type = WIRE_ISSUE, .protocol = IPPROTO_TCP, .b = *local};
+	raw_call(raw, &issue, fd, NULL);
+	wire_request name = {.type = WIRE_NAME}; /* answered after the ISSUE: it has been handled */
+	raw_call(raw, &name, -1, &rp);
+}
+
+static uint16_t original_port(int accepted)
+{
+	struct sockaddr_storage context[2];
+	uint32_t len = 0;
+	memset(context, 0, sizeof(context));
+	CHECK_EQ(wfpr_ioctl(accepted, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT, NULL, 0, context, sizeof(context),
+	                    &len, NULL, NULL), 0);
+	return addr_port(&context[0]);
+}
+
+/* Accept on listener the connection from `from`. */
+static int accept_from(int listener, const struct sockaddr_storage *from)
+{
+	for (int i = 0; i < 8; i++) {
+		struct sockaddr_storage peer;
+		socklen_t len = sizeof(peer);
+		int fd = accept(listener, (struct sockaddr *)&peer, &len);
+		if (fd < 0 || addr_port(&peer) == addr_port(from))
+			return fd;
+		close(fd);
+	}
+	return -1;
+}
+
+/* A record is issued only for a socket the caller shows the broker: a
+ * program cannot have one issued for another's connection (which would
+ * replace that one's record, and its original destination, at the proxy). */
+static void test_issue_needs_the_socket(void)
+{
+	struct sockaddr_storage sink_addr, p_addr, q_addr, victim_local, mine;
+	int sink = tcp_listen(&sink_addr), p = tcp_listen(&p_addr), q = tcp_listen(&q_addr);
+	char match[64];
+	snprintf(match, sizeof(match), "proto=tcp dport=%u,%u", addr_port(&p_addr), addr_port(&q_addr));
+	uint8_t id[WFPR_REDIRECTOR_ID_SIZE];
+	CHECK_EQ(wfpr_preload_register_filtered(id, "sink", &sink_addr, NULL, 1000, match), 0);
+
+	int victim = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+	CHECK_EQ(wfpr_connect(victim, (struct sockaddr *)&p_addr, addr_size(&p_addr)), 0);
+	socklen_t len = sizeof(victim_local);
+	getsockname(victim, (struct sockaddr *)&victim_local, &len);
+
+	int raw = raw_client();
+	route_and_issue(raw, &q_addr, &victim_local, -1); /* no socket shown */
+	int other = socket(AF_INET, SOCK_STREAM, 0);      /* its own socket, bound elsewhere */
+	mine = loopback_port(0);
+	CHECK_EQ(bind(other, (struct sockaddr *)&mine, sizeof(struct sockaddr_in)), 0);
+	route_and_issue(raw, &q_addr, &victim_local, other);
+	len = sizeof(mine);
+	getsockname(other, (struct sockaddr *)&mine, &len);
+	route_and_issue(raw, &q_addr, &mine, other); /* its own, but connecting nowhere */
+
+	int accepted = accept_from(sink, &victim_local);
+	CHECK(accepted >= 0);
+	CHECK_EQ(original_port(accepted), addr_port(&p_addr)); /* still the victim's record */
+
+	/* the same client, showing its own socket connected to the proxy, gets its record */
+	CHECK_EQ(connect(other, (struct sockaddr *)&sink_addr, addr_size(&sink_addr)), 0);
+	route_and_issue(raw, &q_addr, &mine, other);
+	int own = accept_from(sink, &mine);
+	CHECK(own >= 0);
+	CHECK_EQ(original_port(own), addr_port(&q_addr));
+
+	close(own);
+	close(other);
+	close(raw);
+	close(accepted);
+	wfpr_closesocket(victim);
+	close(p);
+	close(q);
+	close(sink);
+}
+
+/* A program that connects without end holds at most its user's quota of
+ * records: then its connects fail with ENOBUFS (WSAENOBUFS), and the
+ * proxies, which have no quota, go on. */
+static void test_user_quota(void)
+{
+	struct sockaddr_storage sink_addr, p_addr;
+	int sink = tcp_listen(&sink_addr), p = tcp_listen(&p_addr);
+	char match[64];
+	snprintf(match, sizeof(match), "proto=tcp dport=%u", addr_port(&p_addr));
+	uint8_t id[WFPR_REDIRECTOR_ID_SIZE];
+	CHECK_EQ(wfpr_preload_register_filtered(id, "quota-sink", &sink_addr, NULL, 1000, match), 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		/* a new broker client, registered nowhere: a program under the shim */
+		int connected = 0, refused_with = 0;
+		for (int i = 0; i < USER_QUOTA + 8 && !refused_with; i++) {
+			int s = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+			if (wfpr_connect(s, (struct sockaddr *)&p_addr, addr_size(&p_addr)) == 0)
+				connected++;
+			else
+				refused_with = wfpr_get_last_error();
+		}
+		/* the record test_issue_needs_the_socket's raw client had issued counts too */
+		bool ok = connected == USER_QUOTA - 1 && refused_with == WFPR_WSAENOBUFS;
+		if (!ok)
+			fprintf(stderr, "connected %d, then %d\n", connected, refused_with);
+		_exit(ok ? 0 : 1);
+	}
+	int status = -1;
+	waitpid(pid, &status, 0);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	int s = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0); /* this process registered proxies: no quota */
+	CHECK_EQ(wfpr_connect(s, (struct sockaddr *)&p_addr, addr_size(&p_addr)), 0);
+	wfpr_closesocket(s);
+	close(p);
+	close(sink);
+}
+
 static void test_broker_gone(void)
 {
 	broker_thread_stop(broker, broker_thread);
@@ -224,7 +430,7 @@ static void test_broker_gone(void)
 int main(void)
 {
 	snprintf(broker_path, sizeof(broker_path), "/tmp/wfpr-test-broker-%d.sock", (int)getpid());
-	if (broker_thread_start(&broker, &broker_thread, broker_path) != 0 || wfpr_preload_attach(broker_path) != 0) {
+	if (broker_thread_start(&broker, &broker_thread, broker_path, USER_QUOTA) != 0 || wfpr_preload_attach(broker_path) != 0) {
 		fprintf(stderr, "cannot start the broker\n");
 		return 1;
 	}
@@ -236,6 +442,9 @@ int main(void)
 	CHECK_EQ(a.accepted, 4); /* the three echo connections, and the hand-driven proxy's */
 	CHECK_EQ(b.accepted, 4);
 	CHECK_EQ(a.failed + b.failed, 0);
+	RUN(test_registration_checks);
+	RUN(test_issue_needs_the_socket);
+	RUN(test_user_quota); /* last: the records it leaves count for a minute */
 	RUN(test_broker_gone);
 	wfpr_preload_attach(NULL);
 	TEST_MAIN_END();

@@ -18,7 +18,7 @@ WFPR_BEGIN_DECL
 	XX(WSA_IO_INCOMPLETE, 996, "the overlapped operation has not completed yet")        \
 	XX(WSA_IO_PENDING, 997, "the overlapped operation was started and will complete later") \
 	XX(WSAEINTR, 10004, "a blocking operation was interrupted")                         \
-	XX(WSAEACCES, 10013, "the connection was blocked by a filter")                      \
+	XX(WSAEACCES, 10013, "permission denied: a filter blocked the connection, or the caller lacks the key") \
 	XX(WSAEFAULT, 10014, "a pointer argument is not valid")                             \
 	XX(WSAEINVAL, 10022, "an argument is not valid for this operation")                 \
 	XX(WSAEMFILE, 10024, "too many open sockets")                                      \
@@ -29,6 +29,7 @@ WFPR_BEGIN_DECL
 	XX(WSAEOPNOTSUPP, 10045, "the operation is not supported by this socket or backend") \
 	XX(WSAEAFNOSUPPORT, 10047, "the address family is not supported")                   \
 	XX(WSAEADDRINUSE, 10048, "the address is already in use")                           \
+	XX(WSAEADDRNOTAVAIL, 10049, "the address is not valid here: no socket of the caller's listens on it") \
 	XX(WSAENETDOWN, 10050, "the redirect layer is not reachable")                       \
 	XX(WSAENOBUFS, 10055, "out of memory")                                              \
 	XX(WSAEISCONN, 10056, "the socket is already connected")                            \

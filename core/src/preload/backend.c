@@ -8,6 +8,7 @@
 #include "../backend.h"
 #include "../sockutil.h"
 #include "client.h"
+#include "key.h"
 #include "wfpr/broker.h"
 #include "wfpr/error.h"
 #include "wfpr/match.h"
@@ -83,6 +84,14 @@ int wfpr_preload_attach(const char *path)
 	}
 	int rc = wfpr__backend_attach(&wfpr__backend_preload);
 	return rc != 0 ? rc : wfpr__client_set_path(path);
+}
+
+int wfpr_preload_set_key(const char *key)
+{
+	uint8_t k[WIRE_KEY_SIZE];
+	if (key && !wfpr__key_parse(key, k))
+		return WFPR_WSAEINVAL;
+	return wfpr__client_set_key(key ? k : NULL);
 }
 
 int wfpr_preload_register(uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE], const char *name,

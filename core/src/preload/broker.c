@@ -3,10 +3,12 @@
  * keeps the records it issued in the record store (core/src/store.h). */
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
@@ -19,9 +21,14 @@
 #include "wfpr/error.h"
 #include "wfpr/match.h"
 #include "broker_poll.h"
+#include "key.h"
 #include "wire.h"
 
 #define MAX_ENTRIES 200000
+/* The records the programs of one user may have issued and not yet seen
+ * go (a quarter of the table): a program that issues without end fills
+ * its own user's share, never the others' or the proxies'. */
+#define USER_QUOTA (MAX_ENTRIES / 4)
 /* A record nobody has queried outlives its connect this long, so a proxy
  * that accepts late still finds it; a UDP record lives while its flow is used. */
 #define GRACE_NS (60 * 1000000000LL)
@@ -49,6 +56,7 @@ typedef struct client {
 	pid_t pid;
 	uid_t uid;
 	bool failed; /* found broken while catching up: dropped by the loop */
+	bool proxy;  /* it presented the key and registered: its records count against no quota */
 	/* between a ROUTE that redirected and its ISSUE */
 	bool deciding;
 	redirect_decision decision;
@@ -81,6 +89,17 @@ struct wfpr_broker {
 	wfpr__store *store;
 	wfpr_broker_stats stats;
 	struct waiting *waiting; /* QUERYs that came before their ISSUE */
+	uint8_t key[WIRE_KEY_SIZE];
+	char key_hex[WFPR__KEY_HEX + 1];
+	size_t user_quota;
+	struct user_count {
+		uid_t uid;
+		size_t records;
+	} *users; /* records in the store per user, for the quota */
+	size_t n_users;
+	/* the message being served and the descriptors that came with it */
+	int fds[WIRE_MAX_FDS];
+	size_t n_fds;
 	uint8_t msg[sizeof(wire_request) + WIRE_BLOB_MAX];
 };
 
@@ -134,6 +153,47 @@ static wfpr__entry *entry_of(wfpr_broker *b, const wire_request *rq)
 	return wfpr__store_find(b->store, (int)rq->protocol, &local, &peer, rq->socket);
 }
 
+/* ---- quotas ---- */
+
+static struct user_count *user_of(wfpr_broker *b, uid_t uid, bool add)
+{
+	for (size_t i = 0; i < b->n_users; i++)
+		if (b->users[i].uid == uid)
+			return &b->users[i];
+	if (!add)
+		return NULL;
+	struct user_count *grown = realloc(b->users, (b->n_users + 1) * sizeof(*grown));
+	if (!grown)
+		return NULL;
+	b->users = grown;
+	b->users[b->n_users] = (struct user_count){.uid = uid};
+	return &b->users[b->n_users++];
+}
+
+/* May client c have one more record issued? A proxy always may. */
+static bool within_quota(wfpr_broker *b, const client *c)
+{
+	const struct user_count *u = c->proxy ? NULL : user_of(b, c->uid, false);
+	return !u || u->records < b->user_quota;
+}
+
+static void count_record(wfpr_broker *b, const client *c, wfpr__entry *e)
+{
+	struct user_count *u = c->proxy ? NULL : user_of(b, c->uid, true);
+	if (!u)
+		return; /* a proxy's (or out of memory: uncounted) */
+	e->quota_uid = (uint32_t)c->uid;
+	e->in_quota = true;
+	u->records++;
+}
+
+static void uncount_record(void *user, const wfpr__entry *e)
+{
+	struct user_count *u = e->in_quota ? user_of(user, (uid_t)e->quota_uid, false) : NULL;
+	if (u && u->records)
+		u->records--;
+}
+
 /* ---- redirectors ---- */
 
 /* Each registered proxy's callout: send everything to the proxy, except
@@ -166,10 +226,24 @@ static bool is_proxy_address(const wfpr_broker *b, const struct sockaddr_storage
 /* A proxy that registers under the name of one that is gone takes its
  * redirector back (same id, same callout): a restarted proxy is the same
  * redirector, and the layer does not grow with restarts. */
+/* Did the request bring a socket of the caller's that takes connections
+ * at a? A proxy registers only where it listens itself. */
+static bool holds_listener(const wfpr_broker *b, const struct sockaddr_storage *a)
+{
+	for (size_t i = 0; i < b->n_fds; i++)
+		if (wfpr__socket_takes(b->fds[i], a))
+			return true;
+	return false;
+}
+
 static int register_proxy(wfpr_broker *b, client *c, const wire_request *rq, const uint8_t *blob, wire_reply *rp)
 {
 	struct sockaddr_storage address = rq->a, address6 = rq->b;
 	wfpr_match match;
+	if (!wfpr__key_equal(rq->key, b->key)) {
+		b->stats.refused_registrations++;
+		return WFPR_WSAEACCES; /* not given the key by whoever started the broker */
+	}
 	if (rq->blob_len && (!memchr(blob, '\0', rq->blob_len) || wfpr_match_parse(&match, (const char *)blob, NULL, 0) != 0))
 		return WFPR_WSAEINVAL;
 	if (!rq->blob_len)
@@ -180,6 +254,10 @@ static int register_proxy(wfpr_broker *b, client *c, const wire_request *rq, con
 		return WFPR_WSAEINVAL;
 	if (address6.ss_family != AF_INET6)
 		memset(&address6, 0, sizeof(address6));
+	if (!holds_listener(b, &rq->a) || (address6.ss_family && !holds_listener(b, &address6))) {
+		b->stats.refused_registrations++;
+		return WFPR_WSAEADDRNOTAVAIL; /* it does not listen there: the address is not its to claim */
+	}
 	if (is_proxy_address(b, &address) || (address6.ss_family && is_proxy_address(b, &address6)))
 		return WFPR_WSAEADDRINUSE;
 	proxy *p = NULL;
@@ -224,6 +302,7 @@ static int register_proxy(wfpr_broker *b, client *c, const wire_request *rq, con
 	}
 	p->live = true;
 	p->owner = c->id;
+	c->proxy = true;
 	if (fresh) {
 		p->next = b->proxies;
 		b->proxies = p;
@@ -286,6 +365,11 @@ static int route(wfpr_broker *b, client *c, const wire_request *rq, const uint8_
 	rp->action = c->decision.action;
 	if (c->decision.action != WFPR_ACTION_REDIRECT)
 		return 0;
+	if (!within_quota(b, c)) {
+		wfpr__redirect_decision_cleanup(&c->decision);
+		b->stats.over_quota++;
+		return WFPR_WSAENOBUFS; /* this user's programs hold their share of the table */
+	}
 	if (rq->blob_len && !(c->records = malloc(rq->blob_len))) {
 		wfpr__redirect_decision_cleanup(&c->decision);
 		return WFPR_WSAENOBUFS;
@@ -303,12 +387,42 @@ static int route(wfpr_broker *b, client *c, const wire_request *rq, const uint8_
 
 static void answer_waiting(wfpr_broker *b, const wfpr__entry *issued);
 
+/* Is the socket that came with an ISSUE the caller's socket that ROUTE
+ * redirected: of its protocol, bound at the address the ISSUE names, and
+ * connecting or connected to the proxy? A client cannot have a record
+ * issued for another's connection (which would replace that one's). */
+static bool issuing_socket(const wfpr_broker *b, const client *c, const struct sockaddr_storage *local)
+{
+	if (b->n_fds != 1 || wfpr__socket_protocol(b->fds[0]) != c->info.protocol)
+		return false;
+	struct sockaddr_storage bound, peer;
+	wfpr__socket_local(b->fds[0], &bound);
+	addr_unmap(&bound);
+	if (!addr_equal(&bound, local))
+		return false;
+	if (c->info.protocol != IPPROTO_TCP)
+		return true; /* UDP: bound where it says is all a datagram socket shows */
+	socklen_t len = sizeof(peer);
+	if (getpeername(b->fds[0], (struct sockaddr *)&peer, &len) == 0) {
+		addr_unmap(&peer);
+		return addr_equal(&peer, &c->decision.target);
+	}
+	struct tcp_info ti;
+	len = sizeof(ti);
+	return getsockopt(b->fds[0], IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 && ti.tcpi_state == TCP_SYN_SENT;
+}
+
 static int issue(wfpr_broker *b, client *c, const wire_request *rq)
 {
 	if (!c->deciding)
 		return WFPR_WSAEINVAL;
 	c->info.local = rq->b;
 	addr_unmap(&c->info.local);
+	if (!issuing_socket(b, c, &c->info.local)) {
+		forget_decision(c);
+		wfpr__layer_count_bad_record(b->layer);
+		return WFPR_WSAEINVAL;
+	}
 	uint8_t *record = NULL, token[WFPR_TOKEN_SIZE];
 	size_t record_len = 0;
 	int rc = WFPR_WSAEINVAL;
@@ -320,6 +434,8 @@ static int issue(wfpr_broker *b, client *c, const wire_request *rq)
 		                    c->decision.context, c->decision.context_len, token, true);
 		c->decision.context = NULL; /* the store owns it now */
 		rc = e ? 0 : WFPR_WSAENOBUFS;
+		if (e)
+			count_record(b, c, e);
 	}
 	forget_decision(c);
 	if (e && b->waiting)
@@ -340,24 +456,11 @@ static bool deciding_toward(const wfpr_broker *b, const struct sockaddr_storage 
 	return false;
 }
 
-/* Does a proxy listening on `at` (its wildcard address too) accept on a? */
-static bool listens_on(const struct sockaddr_storage *at, const struct sockaddr_storage *a)
-{
-	if (addr_equal(at, a))
-		return true;
-	struct sockaddr_storage any = {.ss_family = at->ss_family};
-	if (at->ss_family == AF_INET)
-		((struct sockaddr_in *)&any)->sin_port = ((const struct sockaddr_in *)at)->sin_port;
-	else if (at->ss_family == AF_INET6)
-		((struct sockaddr_in6 *)&any)->sin6_port = ((const struct sockaddr_in6 *)at)->sin6_port;
-	return addr_equal(at, &any) && addr_port(at) == addr_port(a) && at->ss_family == a->ss_family;
-}
-
 /* Did client c register a live proxy that accepts on address a? */
 static bool proxy_of(const wfpr_broker *b, const client *c, const struct sockaddr_storage *a)
 {
 	for (const proxy *p = b->proxies; p; p = p->next)
-		if (p->live && p->owner == c->id && (listens_on(&p->address, a) || listens_on(&p->address6, a)))
+		if (p->live && p->owner == c->id && (addr_listens_on(&p->address, a) || addr_listens_on(&p->address6, a)))
 			return true;
 	return false;
 }
@@ -556,13 +659,54 @@ static void accept_clients(wfpr_broker *b)
 	}
 }
 
+/* One message from c into b->msg, its descriptors into b->fds; its
+ * length, or -1 with errno. */
+static ssize_t receive(wfpr_broker *b, client *c)
+{
+	struct iovec iov = {.iov_base = b->msg, .iov_len = sizeof(b->msg)};
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int) * WIRE_MAX_FDS)];
+	} control;
+	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof(control.buf)};
+	ssize_t n = recvmsg(c->fd, &mh, MSG_TRUNC | MSG_CMSG_CLOEXEC);
+	b->n_fds = 0;
+	if (n < 0)
+		return n;
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+			continue;
+		size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (size_t i = 0; i < k; i++) {
+			int fd;
+			memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof(fd));
+			if (b->n_fds < WIRE_MAX_FDS)
+				b->fds[b->n_fds++] = fd;
+			else
+				close(fd);
+		}
+	}
+	if (mh.msg_flags & MSG_CTRUNC)
+		b->n_fds = WIRE_MAX_FDS + 1; /* more than a request may bring: refused below */
+	return n;
+}
+
+static void close_fds(wfpr_broker *b)
+{
+	for (size_t i = 0; i < b->n_fds && i < WIRE_MAX_FDS; i++)
+		close(b->fds[i]);
+	b->n_fds = 0;
+}
+
 static void client_ready(wfpr_broker *b, client *c)
 {
 	for (;;) {
-		ssize_t n = recv(c->fd, b->msg, sizeof(b->msg), MSG_TRUNC);
+		ssize_t n = receive(b, c);
 		if (n < 0 && (errno == EAGAIN || errno == EINTR))
 			return;
-		if (n <= 0 || (size_t)n > sizeof(b->msg) || !serve(b, c, (size_t)n)) {
+		bool ok = n > 0 && (size_t)n <= sizeof(b->msg) && b->n_fds <= WIRE_MAX_FDS && serve(b, c, (size_t)n);
+		close_fds(b); /* the checks are done: the broker keeps no caller's socket */
+		if (!ok) {
 			c->failed = true; /* dropped after this batch, which may still name it */
 			return;
 		}
@@ -575,16 +719,29 @@ int wfpr_broker_new(wfpr_broker **out, const wfpr_broker_options *opts)
 		return WFPR_WSAEFAULT;
 	*out = NULL;
 	struct sockaddr_un sun = {.sun_family = AF_UNIX};
-	if (opts->version != WFPR_BROKER_OPTIONS_VERSION || strlen(opts->path) >= sizeof(sun.sun_path) || !opts->path[0])
+	if ((opts->version != 1 && opts->version != WFPR_BROKER_OPTIONS_VERSION) ||
+	    strlen(opts->path) >= sizeof(sun.sun_path) || !opts->path[0])
+		return WFPR_WSAEINVAL;
+	const char *key = opts->version >= 2 ? opts->key : NULL;
+	uint8_t given[WIRE_KEY_SIZE];
+	if (key && !wfpr__key_parse(key, given))
 		return WFPR_WSAEINVAL;
 	strcpy(sun.sun_path, opts->path);
 	wfpr_broker *b = calloc(1, sizeof(*b));
 	if (!b)
 		return WFPR_WSAENOBUFS;
 	b->listen_fd = b->epoll_fd = b->stop_fd = -1;
-	int rc = wfpr_layer_new(&b->layer);
+	b->user_quota = opts->version >= 2 && opts->user_quota ? opts->user_quota : USER_QUOTA;
+	if (key)
+		memcpy(b->key, given, WIRE_KEY_SIZE);
+	int rc = key || getrandom(b->key, WIRE_KEY_SIZE, 0) == WIRE_KEY_SIZE ? 0 : WFPR_WSAENOBUFS;
+	wfpr__key_format(b->key_hex, b->key);
+	if (rc == 0)
+		rc = wfpr_layer_new(&b->layer);
 	if (rc == 0 && !(b->store = wfpr__store_new(MAX_ENTRIES, entry_alive)))
 		rc = WFPR_WSAENOBUFS;
+	if (rc == 0)
+		wfpr__store_on_remove(b->store, uncount_record, b);
 	if (rc == 0 && !(b->path = strdup(opts->path)))
 		rc = WFPR_WSAENOBUFS;
 	if (rc == 0) {
@@ -667,6 +824,11 @@ int wfpr_broker_get_stats(wfpr_broker_stats *out, const wfpr_broker *b)
 	return 0;
 }
 
+const char *wfpr_broker_key(const wfpr_broker *b)
+{
+	return b ? b->key_hex : NULL;
+}
+
 const wfpr_layer *wfpr_broker_layer(const wfpr_broker *b)
 {
 	return b ? b->layer : NULL;
@@ -679,6 +841,7 @@ void wfpr_broker_free(wfpr_broker *b)
 	while (b->clients)
 		drop_client(b, b->clients);
 	wfpr__store_free(b->store);
+	free(b->users);
 	for (proxy *p = b->proxies, *next; p; p = next) {
 		next = p->next;
 		free(p);

@@ -1,4 +1,6 @@
+#include <dirent.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,6 +9,7 @@
 #include "../addr.h"
 #include "../sockutil.h"
 #include "client.h"
+#include "key.h"
 #include "wfpr/error.h"
 
 #define REPLY_TIMEOUT_S 5
@@ -15,6 +18,9 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static int broker = -1;
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+/* the registration key, when given; otherwise REGISTER reads the broker's key file */
+static uint8_t key[WIRE_KEY_SIZE];
+static bool have_key;
 
 /* The last QUERY's answer (records and context): a proxy QUERYs the
  * records, then the context, then SETs the same records on its outbound
@@ -87,10 +93,38 @@ static int open_broker(void)
 	return 0;
 }
 
-/* Locked. One request, then (unless rp is NULL) its reply; blob_out gets
- * the reply's blob (cap bytes at most). Any failure drops the connection,
- * so a late reply can never be taken for the next one's. */
-static int exchange(wire_request *rq, const void *blob, wire_reply *rp, uint8_t *blob_out, size_t cap)
+/* Locked. Send one request, with n_fds descriptors (SCM_RIGHTS). */
+static ssize_t send_request(const void *msg, size_t len, const int *fds, size_t n_fds)
+{
+	struct iovec iov = {.iov_base = (void *)msg, .iov_len = len};
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int) * WIRE_MAX_FDS)];
+	} control;
+	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+	if (n_fds) {
+		memset(&control, 0, sizeof(control));
+		mh.msg_control = control.buf;
+		mh.msg_controllen = CMSG_SPACE(sizeof(int) * n_fds);
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
+		memcpy(CMSG_DATA(cm), fds, sizeof(int) * n_fds);
+	}
+	ssize_t n;
+	do
+		n = sendmsg(broker, &mh, MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	return n;
+}
+
+/* Locked. One request (carrying n_fds descriptors), then (unless rp is
+ * NULL) its reply; blob_out gets the reply's blob (cap bytes at most). Any
+ * failure drops the connection, so a late reply can never be taken for the
+ * next one's. */
+static int exchange(wire_request *rq, const void *blob, const int *fds, size_t n_fds, wire_reply *rp,
+                    uint8_t *blob_out, size_t cap)
 {
 	uint8_t msg[sizeof(wire_request) + WIRE_REPLY_BLOB_MAX];
 	if (!path[0])
@@ -105,10 +139,7 @@ static int exchange(wire_request *rq, const void *blob, wire_reply *rp, uint8_t 
 	if (rq->blob_len)
 		memcpy(msg + sizeof(*rq), blob, rq->blob_len);
 	size_t len = sizeof(*rq) + rq->blob_len;
-	ssize_t n;
-	do
-		n = send(broker, msg, len, MSG_NOSIGNAL);
-	while (n < 0 && errno == EINTR);
+	ssize_t n = send_request(msg, len, fds, n_fds);
 	if (n == (ssize_t)len && !rp)
 		return 0;
 	if (n == (ssize_t)len) {
@@ -132,7 +163,7 @@ static int exchange(wire_request *rq, const void *blob, wire_reply *rp, uint8_t 
 static int call(wire_request *rq, const void *blob, wire_reply *rp, uint8_t *blob_out, size_t cap)
 {
 	pthread_mutex_lock(&lock);
-	int rc = exchange(rq, blob, rp, blob_out, cap);
+	int rc = exchange(rq, blob, NULL, 0, rp, blob_out, cap);
 	pthread_mutex_unlock(&lock);
 	return rc != 0 ? rc : rp ? rp->err : 0;
 }
@@ -151,7 +182,7 @@ int wfpr__client_route(int fd, int protocol, const struct sockaddr_storage *remo
 	/* ROUTE and its ISSUE go out on one connection, under the lock: the
 	 * broker keeps the decision between them. */
 	pthread_mutex_lock(&lock);
-	int rc = exchange(&rq, records, &rp, NULL, 0);
+	int rc = exchange(&rq, records, NULL, 0, &rp, NULL, 0);
 	if (rc == 0)
 		rc = rp.err;
 	if (records_len)
@@ -167,14 +198,14 @@ int wfpr__client_route(int fd, int protocol, const struct sockaddr_storage *remo
 			int saved = errno;
 			if (*connect_result == 0 || saved == EINPROGRESS) {
 				wfpr__socket_local(fd, &issue.b);
-				exchange(&issue, NULL, NULL, NULL, 0); /* no reply */
+				exchange(&issue, NULL, &fd, 1, NULL, NULL, 0); /* no reply; the socket shows the broker the address */
 			}
 			errno = saved;
 		} else if (wfpr__socket_bind_for_redirect(fd, protocol, target, &issue.b) < 0) {
 			rc = wfpr_err_from_errno(errno);
 		} else {
 			/* no reply: it is queued before anything this socket sends to the proxy */
-			exchange(&issue, NULL, NULL, NULL, 0);
+			exchange(&issue, NULL, &fd, 1, NULL, NULL, 0);
 		}
 	}
 	pthread_mutex_unlock(&lock);
@@ -198,7 +229,7 @@ int wfpr__client_query(uint64_t socket, int protocol, const struct sockaddr_stor
 	pthread_mutex_lock(&lock);
 	if (flags & WIRE_QUERY_FIRST_DATAGRAM || !is_last(socket, protocol, local, peer)) {
 		last.valid = false;
-		rc = exchange(&rq, NULL, &rp, last.blob, sizeof(last.blob));
+		rc = exchange(&rq, NULL, NULL, 0, &rp, last.blob, sizeof(last.blob));
 		if (rc == 0)
 			rc = rp.err;
 		if (rc == 0 && rp.action <= rp.blob_len) {
@@ -246,8 +277,41 @@ void wfpr__client_release(uint64_t socket, int protocol, const struct sockaddr_s
 	pthread_mutex_lock(&lock);
 	if (is_last(socket, protocol, local, peer))
 		last.valid = false;
-	exchange(&rq, NULL, NULL, NULL, 0);
+	exchange(&rq, NULL, NULL, 0, NULL, NULL, 0);
 	pthread_mutex_unlock(&lock);
+}
+
+int wfpr__client_set_key(const uint8_t k[WIRE_KEY_SIZE])
+{
+	pthread_mutex_lock(&lock);
+	have_key = k != NULL;
+	if (k)
+		memcpy(key, k, WIRE_KEY_SIZE);
+	else
+		memset(key, 0, WIRE_KEY_SIZE);
+	pthread_mutex_unlock(&lock);
+	return 0;
+}
+
+/* This process's socket that takes connections at a, or -1: the broker
+ * registers an address only for a caller that holds such a socket. A TCP
+ * listener comes first. */
+static int find_listener(const struct sockaddr_storage *a)
+{
+	DIR *d = opendir("/proc/self/fd");
+	if (!d)
+		return -1;
+	int found = -1;
+	for (struct dirent *de; (de = readdir(d));) {
+		int fd = atoi(de->d_name);
+		if (de->d_name[0] == '.' || fd == dirfd(d) || !wfpr__socket_takes(fd, a))
+			continue;
+		found = fd;
+		if (wfpr__socket_protocol(fd) == IPPROTO_TCP)
+			break;
+	}
+	closedir(d);
+	return found;
 }
 
 int wfpr__client_register(const char *name, const struct sockaddr_storage *address,
@@ -262,7 +326,27 @@ int wfpr__client_register(const char *name, const struct sockaddr_storage *addre
 	if (!name || strlen(name) >= sizeof(rq.name) || match_len > WIRE_BLOB_MAX)
 		return WFPR_WSAEINVAL;
 	strcpy(rq.name, name);
-	int rc = call(&rq, match, &rp, NULL, 0);
+	int fds[WIRE_MAX_FDS];
+	size_t n_fds = 0;
+	if ((fds[n_fds] = find_listener(address)) >= 0)
+		n_fds++;
+	if (address6 && (fds[n_fds] = find_listener(address6)) >= 0)
+		n_fds++;
+	pthread_mutex_lock(&lock);
+	int rc = 0;
+	if (have_key) {
+		memcpy(rq.key, key, WIRE_KEY_SIZE);
+	} else {
+		char key_path[sizeof(path) + 8];
+		rc = wfpr__key_path(key_path, sizeof(key_path), path);
+		if (rc == 0)
+			rc = wfpr__key_read_file(key_path, rq.key);
+	}
+	if (rc == 0)
+		rc = exchange(&rq, match, fds, n_fds, &rp, NULL, 0);
+	pthread_mutex_unlock(&lock);
+	if (rc == 0)
+		rc = rp.err;
 	if (rc == 0)
 		memcpy(out_id, rp.id, WFPR_REDIRECTOR_ID_SIZE);
 	return rc;

@@ -40,7 +40,11 @@ int wfpr__client_query(uint64_t socket, int protocol, const struct sockaddr_stor
 int wfpr__client_check(uint64_t socket, const uint8_t *blob, size_t len);
 /* The proxy closed its side of (local, peer): its record may go. */
 void wfpr__client_release(uint64_t socket, int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer);
-/* address6: the same proxy on IPv6, or NULL */
+/* The registration key (NULL: REGISTER reads the broker's key file, PATH.key). */
+int wfpr__client_set_key(const uint8_t key[WIRE_KEY_SIZE]);
+/* Register this process's proxy listening at address (the broker checks
+ * the listening socket itself, which goes with the request).
+ * address6: the same proxy on IPv6, or NULL */
 /* match: NULL or the filter's conditions as text */
 int wfpr__client_register(const char *name, const struct sockaddr_storage *address,
                           const struct sockaddr_storage *address6, uint32_t weight, const char *match,

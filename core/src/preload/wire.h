@@ -6,7 +6,9 @@
  * reply, a fixed header and then a blob (records or context). Only local
  * processes of the same machine speak it; the broker still checks every
  * field, and takes the caller's pid and uid from SO_PEERCRED, never from
- * the message.
+ * the message. Two requests carry descriptors (SCM_RIGHTS), so that the
+ * broker checks a claim on the socket itself rather than believing it:
+ * REGISTER the proxy's listening sockets, ISSUE the redirected socket.
  */
 
 #include <stdint.h>
@@ -16,6 +18,8 @@
 
 #define WIRE_MAGIC 0x57465052u /* "WFPR" */
 #define WIRE_NAME_MAX 64
+#define WIRE_KEY_SIZE 32 /* the registration key (WFPR_BROKER_KEY_SIZE) */
+#define WIRE_MAX_FDS 2   /* descriptors one request may carry */
 #define WIRE_BLOB_MAX (WFPR_RECORD_MAX_SIZE > WFPR_CONTEXT_MAX_SIZE ? WFPR_RECORD_MAX_SIZE : WFPR_CONTEXT_MAX_SIZE)
 
 /* A QUERY's reply carries the records and then the context. */
@@ -23,11 +27,12 @@
 
 enum wire_type {
 	WIRE_ROUTE = 1, /* a: remote, b: local, blob: the socket's SET records -> action, target */
-	WIRE_ISSUE,     /* b: the local address now bound (after a REDIRECT); no reply */
+	WIRE_ISSUE,     /* b: the local address now bound (after a REDIRECT), fd: that socket; no reply */
 	WIRE_QUERY,     /* a: the proxy socket's local, b: its peer -> records then context; action: records' length */
 	WIRE_CHECK,     /* blob: records to SET -> ok, or WSAEINVAL */
-	WIRE_REGISTER,  /* name, a: the proxy's address, b: the same on IPv6 (or AF_UNSPEC), weight,
-	                 * blob: its match (wfpr/match.h text, NUL-terminated) -> id */
+	WIRE_REGISTER,  /* key, name, a: the proxy's address, b: the same on IPv6 (or AF_UNSPEC), weight,
+	                 * blob: its match (wfpr/match.h text, NUL-terminated),
+	                 * fds: a socket listening on a, and one on b -> id */
 	WIRE_RELEASE,   /* a, b as for QUERY: the proxy closed it; no reply */
 	WIRE_NAME,      /* id -> name */
 };
@@ -45,6 +50,7 @@ typedef struct wire_request {
 	uint8_t id[WFPR_REDIRECTOR_ID_SIZE];
 	char name[WIRE_NAME_MAX];
 	uint32_t weight; /* REGISTER: its filter's (highest first; equal ones in registration order) */
+	uint8_t key[WIRE_KEY_SIZE]; /* REGISTER: the broker's registration key */
 	uint32_t blob_len;
 } wire_request;
 

@@ -1,13 +1,17 @@
-"""An attacker against the eBPF backend: a second, unprivileged local user who
+"""Attackers. Against the eBPF backend: a second, unprivileged local user who
 binds the port of a proxy that died, to receive the inspected program's
 connections. The kernel must never send a connection to a port that wfpr
 does not hold: with --fail-closed the connect is refused, otherwise it goes
-on without that proxy (here: direct)."""
+on without that proxy (here: direct). Against the preload backend: the
+inspected program itself, which tries to become a proxy (and so to make its
+own traffic uninspected) or to read the broker's key."""
 import os
+import pwd
 import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -112,3 +116,53 @@ def test_daemon_fail_closed_refuses_once_the_proxy_is_gone(attacker, ebpf_ok, ht
         assert "GOT A CONNECTION" not in evil.stdout.read()
     finally:
         layer.close()
+
+
+HOSTILE = r"""
+import os, re, subprocess, sys
+wfpr, broker = sys.argv[1], os.environ["WFPR_BROKER"]
+# 1. register as a proxy, as `wfpr proxy` would, from inside the inspected program
+r = subprocess.run([wfpr, "proxy", "--broker", broker, "--name", "evil"], capture_output=True, text=True, timeout=20)
+print("register:", r.returncode, r.stderr.strip())
+# 2. find the key: the environment, the broker's directory, the memory of wfpr run, the broker and the proxies
+print("key in environment:", any(re.fullmatch(r"[0-9a-f]{64}", v) for v in os.environ.values()))
+print("files:", sorted(os.listdir(os.path.dirname(broker))))
+ppid = os.getppid()
+others = [ppid] + [int(p) for t in os.listdir("/proc/%d/task" % ppid)
+                   for p in open("/proc/%d/task/%s/children" % (ppid, t)).read().split() if int(p) != os.getpid()]
+for pid in others:
+    for what in ("mem", "environ"):
+        try:
+            open("/proc/%d/%s" % (pid, what), "rb").read(1)
+            print("READ", what, "of", pid)
+        except OSError as e:
+            print("refused", what, e.errno)
+"""
+
+
+def test_inspected_program_cannot_become_a_proxy(attacker, tmp_path):
+    """wfpr run (preload) as an unprivileged user; its COMMAND, of the same
+    user, tries to register as a proxy and to find the broker's key: in its
+    environment, in the broker's directory, and in the memory of wfpr run,
+    the broker and the proxies. All of it fails."""
+    if subprocess.run([*attacker, "test", "-x", WFPR], capture_output=True).returncode != 0:
+        pytest.skip("the second user cannot run %s (a checkout it cannot read)" % WFPR)
+    shared = tempfile.mkdtemp(prefix="wfpr-hostile-")
+    try:
+        user = pwd.getpwnam(ATTACKER)
+        os.chown(shared, user.pw_uid, user.pw_gid)
+        rule = os.path.join(shared, "pass.lua")
+        with open(rule, "w") as f:
+            f.write(PASS_RULE)
+        os.chmod(rule, 0o644)
+        r = subprocess.run([*attacker, "env", "TMPDIR=" + shared, WFPR, "run", "--rules", rule, "--",
+                            "/usr/bin/python3", "-c", HOSTILE, WFPR], capture_output=True, text=True, timeout=60)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+    out = r.stdout
+    assert r.returncode == 0, (out, r.stderr)
+    assert "register: 1" in out and "refused the registration key" in out, out
+    assert "key in environment: False" in out, out
+    assert "files: ['broker.sock']" in out, out  # no key file: wfpr run hands the key over in memory
+    assert "READ" not in out, out
+    assert out.count("refused mem 13") == 3 and out.count("refused environ 13") == 3, out  # run, broker, proxy

@@ -333,17 +333,12 @@ int wfpr__client_register(const char *name, const struct sockaddr_storage *addre
 	if (address6 && (fds[n_fds] = find_listener(address6)) >= 0)
 		n_fds++;
 	pthread_mutex_lock(&lock);
-	int rc = 0;
-	if (have_key) {
+	char key_path[sizeof(path) + 8];
+	if (have_key)
 		memcpy(rq.key, key, WIRE_KEY_SIZE);
-	} else {
-		char key_path[sizeof(path) + 8];
-		rc = wfpr__key_path(key_path, sizeof(key_path), path);
-		if (rc == 0)
-			rc = wfpr__key_read_file(key_path, rq.key);
-	}
-	if (rc == 0)
-		rc = exchange(&rq, match, fds, n_fds, &rp, NULL, 0);
+	else if (wfpr__key_path(key_path, sizeof(key_path), path) == 0)
+		wfpr__key_read_file(key_path, rq.key); /* none: the broker refuses (WSAEACCES), if it is there */
+	int rc = exchange(&rq, match, fds, n_fds, &rp, NULL, 0);
 	pthread_mutex_unlock(&lock);
 	if (rc == 0)
 		rc = rp.err;

@@ -40,13 +40,15 @@ typedef struct slot {
 	uint32_t weight;
 	char listen[64], listen6[64];
 	char match[WFPR_MATCH_TEXT_MAX + 1];
-	int fd; /* the proxy's link */
+	int fd; /* the proxy's link (-1 for an unmodified proxy: it lives as long as its listener) */
+	char carrier[300]; /* an unmodified proxy's: "pid N" or "cgroup PATH" ("": a wfpr proxy) */
 	unsigned long generation; /* when last registered: the oldest dead slot is reused first */
 } slot;
 
 static volatile sig_atomic_t stopping;
 static bool fail_closed;
 static ebpf_instance *layer;
+static char layer_cgroup[512]; /* the cgroup the layer covers, as a path */
 static slot slots[SLOTS];
 static unsigned long generation;
 
@@ -126,12 +128,75 @@ static bool loopback(const struct sockaddr_storage *a)
 	       ((const struct sockaddr_in6 *)a)->sin6_port != 0;
 }
 
-static void do_register(int fd, const char *msg, bool *keep)
+/* The slot for name: the same name's, with its id, unless that proxy still
+ * lives (*again); else a free one with a new id. SLOTS when refused. */
+static size_t find_slot(int fd, const char *name, bool *again)
+{
+	size_t at = SLOTS;
+	for (size_t i = 0; i < SLOTS; i++)
+		if (slots[i].used && strcmp(slots[i].name, name) == 0)
+			at = i;
+	if (at < SLOTS && slots[at].live) {
+		refuse(fd, "name-taken", "a proxy named %s is registered already (pid %d); stop it or choose another --name",
+		       name, (int)slots[at].pid);
+		return SLOTS;
+	}
+	*again = at < SLOTS;
+	for (size_t i = 0; at == SLOTS && i < SLOTS; i++)
+		if (!slots[i].used)
+			at = i;
+	for (size_t i = 0; at == SLOTS && i < SLOTS; i++) /* full: the longest-dead name's slot */
+		if (!slots[i].live && (at == SLOTS || slots[i].generation < slots[at].generation))
+			at = i;
+	if (at == SLOTS) {
+		refuse(fd, "full", "all %d redirectors are taken by live proxies", SLOTS);
+		return SLOTS;
+	}
+	if (!*again && getrandom(slots[at].id, sizeof(slots[at].id), 0) != (ssize_t)sizeof(slots[at].id)) {
+		refuse(fd, "internal", "no random id: %s", strerror(errno));
+		return SLOTS;
+	}
+	return at;
+}
+
+/* An unmodified proxy's process that holds the listener at a: pid itself,
+ * or the first process of cgroup (a path) that does. The redirector of
+ * slot is then guarded by that listener. The process, or -1 with err. */
+static pid_t carrier_process(unsigned int at, pid_t pid, const char *cgroup, const struct sockaddr_storage *a,
+                             char *err, size_t err_len)
+{
+	if (pid > 0) {
+		if (!wfpr__cgroup_holds(pid, layer_cgroup))
+			return snprintf(err, err_len, "process %d is outside the layer's cgroup %s", (int)pid, layer_cgroup), -1;
+		return ebpf_guard_redirector(layer, at, pid, a, err, err_len) == 0 ? pid : -1;
+	}
+	char path[600];
+	snprintf(path, sizeof(path), "%s/cgroup.procs", cgroup);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return snprintf(err, err_len, "no cgroup %s: %s", cgroup, strerror(errno)), -1;
+	pid_t found = -1;
+	int p;
+	snprintf(err, err_len, "no process of the cgroup %s listens there", cgroup);
+	while (found < 0 && fscanf(f, "%d", &p) == 1) {
+		char ignored[256];
+		if (ebpf_guard_redirector(layer, at, p, a, ignored, sizeof(ignored)) == 0)
+			found = p;
+	}
+	fclose(f);
+	return found;
+}
+
+/* register (a wfpr proxy, on its link) or redirector-add (an unmodified
+ * proxy the operator names by pid or cgroup; it lives as long as its
+ * listener, or until redirector-remove). */
+static void do_register(int fd, const char *msg, bool *keep, bool unmodified)
 {
 	struct ucred cred;
 	socklen_t cl = sizeof(cred);
 	char name[WFPR_DAEMON_NAME_MAX + 2], weight_text[16] = "100", listen[64], listen6[64] = "",
-	     match[WFPR_MATCH_TEXT_MAX + 1] = "", err[256], id_text[33];
+	     match[WFPR_MATCH_TEXT_MAX + 1] = "", err[256], id_text[33], pid_text[16] = "", cgroup[512] = "",
+	     cgroup_path[512] = "";
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) != 0)
 		return refuse(fd, "bad-request", "cannot tell who is asking (SO_PEERCRED: %s)", strerror(errno));
 	if (!wfpr__control_get(msg, "name", name, sizeof(name)) || !wfpr__control_get(msg, "listen", listen, sizeof(listen)))
@@ -142,7 +207,7 @@ static void do_register(int fd, const char *msg, bool *keep)
 	wfpr__control_get(msg, "listen6", listen6, sizeof(listen6));
 	if (!wfpr__control_get(msg, "match", match, sizeof(match)) && strstr(msg, "\nmatch: "))
 		return refuse(fd, "bad-match", "proxy %s: the match is longer than %d characters", name, WFPR_MATCH_TEXT_MAX);
-	long long weight = cli_parse_count(weight_text);
+	long long weight = cli_parse_count(weight_text), pid = 0;
 	struct sockaddr_storage a, a6;
 	wfpr_match m;
 	if (weight < 0 || weight > 0xffffffffLL)
@@ -153,31 +218,46 @@ static void do_register(int fd, const char *msg, bool *keep)
 		              *listen6 ? " / " : "", listen6);
 	if (wfpr_match_parse(&m, match, err, sizeof(err)) != 0)
 		return refuse(fd, "bad-match", "proxy %s: %s", name, err);
+	struct stat cgroup_st = {0};
+	if (unmodified) {
+		wfpr__control_get(msg, "pid", pid_text, sizeof(pid_text));
+		wfpr__control_get(msg, "cgroup", cgroup, sizeof(cgroup));
+		pid = *pid_text ? cli_parse_count(pid_text) : 0;
+		if ((pid > 0) == (*cgroup != '\0') || pid < 0 || pid > 0x7fffffff)
+			return refuse(fd, "bad-request", "proxy %s: give its process (pid) or its cgroup, one of them", name);
+		if (*cgroup) {
+			char mount[512];
+			if (wfpr__cgroup2_mount(mount, sizeof(mount)) != 0)
+				return refuse(fd, "internal", "no cgroup v2 hierarchy is mounted");
+			const char *rel = wfpr__cgroup_relative(cgroup, mount);
+			if (snprintf(cgroup_path, sizeof(cgroup_path), "%s%s%s", mount, *rel ? "/" : "", rel) >=
+			        (int)sizeof(cgroup_path) ||
+			    stat(cgroup_path, &cgroup_st) != 0)
+				return refuse(fd, "bad-request", "proxy %s: no cgroup %s", name, cgroup);
+			size_t n = strlen(layer_cgroup);
+			if (strncmp(cgroup_path, layer_cgroup, n) != 0 || (cgroup_path[n] && cgroup_path[n] != '/' && n > 1))
+				return refuse(fd, "bad-request", "proxy %s: the cgroup %s is outside the layer's cgroup %s", name,
+				              cgroup_path, layer_cgroup);
+		}
+	}
 
-	/* the same name: its slot and id back, unless that proxy still lives */
-	size_t at = SLOTS;
-	for (size_t i = 0; i < SLOTS; i++)
-		if (slots[i].used && strcmp(slots[i].name, name) == 0)
-			at = i;
-	if (at < SLOTS && slots[at].live)
-		return refuse(fd, "name-taken", "a proxy named %s is registered already (pid %d); stop it or choose another --name",
-		              name, (int)slots[at].pid);
-	bool again = at < SLOTS;
-	for (size_t i = 0; at == SLOTS && i < SLOTS; i++)
-		if (!slots[i].used)
-			at = i;
-	for (size_t i = 0; at == SLOTS && i < SLOTS; i++) /* full: the longest-dead name's slot */
-		if (!slots[i].live && (at == SLOTS || slots[i].generation < slots[at].generation))
-			at = i;
+	bool again;
+	size_t at = find_slot(fd, name, &again);
 	if (at == SLOTS)
-		return refuse(fd, "full", "all %d redirectors are taken by live proxies", SLOTS);
+		return;
 	slot *s = &slots[at];
-	if (!again && getrandom(s->id, sizeof(s->id), 0) != (ssize_t)sizeof(s->id))
-		return refuse(fd, "internal", "no random id: %s", strerror(errno));
-	/* the caller must hold the listener it names: the kernel then checks
+	/* the proxy must hold the listener it names: the kernel then checks
 	 * that socket's life, not a port anyone may bind once it is gone */
-	if (ebpf_add_redirector(layer, (unsigned int)at, s->id, at + 1, cred.pid, &a, *listen6 ? &a6 : NULL) != 0 ||
-	    ebpf_guard_redirector(layer, (unsigned int)at, cred.pid, &a, err, sizeof(err)) != 0) {
+	pid_t owner = unmodified ? (pid_t)pid : cred.pid;
+	int rc = ebpf_add_redirector(layer, (unsigned int)at, s->id, at + 1, owner, &a, *listen6 ? &a6 : NULL);
+	if (rc == 0 && unmodified)
+		rc = (owner = carrier_process((unsigned int)at, (pid_t)pid, cgroup_path, &a, err, sizeof(err))) > 0 &&
+		                     ebpf_set_carrier(layer, (unsigned int)at, (pid_t)pid, (uint64_t)cgroup_st.st_ino) == 0
+		             ? 0
+		             : -1;
+	else if (rc == 0)
+		rc = ebpf_guard_redirector(layer, (unsigned int)at, cred.pid, &a, err, sizeof(err));
+	if (rc != 0) {
 		ebpf_remove_redirector(layer, (unsigned int)at);
 		return refuse(fd, "not-listening", "proxy %s: %s", name, err);
 	}
@@ -187,22 +267,50 @@ static void do_register(int fd, const char *msg, bool *keep)
 	}
 	s->used = s->live = true;
 	snprintf(s->name, sizeof(s->name), "%s", name);
-	s->pid = cred.pid;
+	s->pid = owner;
 	s->uid = cred.uid;
 	s->weight = (uint32_t)weight;
 	snprintf(s->listen, sizeof(s->listen), "%s", listen);
 	snprintf(s->listen6, sizeof(s->listen6), "%s", listen6);
 	wfpr_match_format(s->match, sizeof(s->match), &m);
-	s->fd = fd;
+	s->fd = unmodified ? -1 : fd;
+	if (unmodified && pid)
+		snprintf(s->carrier, sizeof(s->carrier), "pid %lld", pid);
+	else if (unmodified)
+		snprintf(s->carrier, sizeof(s->carrier), "cgroup %s", cgroup_path);
+	else
+		s->carrier[0] = '\0';
 	s->generation = ++generation;
-	*keep = true;
+	*keep = !unmodified;
 	hex(id_text, s->id);
 	char out[256];
-	fprintf(stderr, "wfpr daemon: proxy %s (pid %d, uid %u) %s redirector %zu (id %s, weight %u) at %s%s%s; takes %s\n",
-	        name, (int)cred.pid, (unsigned int)cred.uid, again ? "takes back" : "registered as", at, id_text, s->weight,
-	        listen, *listen6 ? " and " : "", listen6, *s->match ? s->match : "every connection");
+	fprintf(stderr, "wfpr daemon: %s %s (pid %d, uid %u) %s redirector %zu (id %s, weight %u) at %s%s%s; takes %s%s%s\n",
+	        unmodified ? "unmodified proxy" : "proxy", name, (int)owner, (unsigned int)cred.uid,
+	        again ? "takes back" : "registered as", at, id_text, s->weight, listen, *listen6 ? " and " : "", listen6,
+	        *s->match ? s->match : "every connection", unmodified ? "; records carried for its " : "", s->carrier);
 	snprintf(out, sizeof(out), "ok\nid: %s\nslot: %zu\n", id_text, at);
 	reply(fd, out);
+}
+
+/* redirector-remove: an unmodified proxy's redirector off, at once. */
+static void do_remove(int fd, const char *msg)
+{
+	char name[WFPR_DAEMON_NAME_MAX + 2];
+	if (!wfpr__control_get(msg, "name", name, sizeof(name)))
+		return refuse(fd, "bad-request", "a redirector-remove message needs a name");
+	for (size_t i = 0; i < SLOTS; i++) {
+		slot *s = &slots[i];
+		if (!s->used || strcmp(s->name, name) != 0)
+			continue;
+		if (!*s->carrier)
+			return refuse(fd, "bad-request", "%s is a wfpr proxy: it unregisters when it stops", name);
+		ebpf_set_match(layer, (unsigned int)i, NULL, 0, NULL, 0);
+		ebpf_remove_redirector(layer, (unsigned int)i);
+		s->used = s->live = false;
+		fprintf(stderr, "wfpr daemon: unmodified proxy %s removed: redirector %zu off\n", name, i);
+		return reply(fd, "ok\n");
+	}
+	refuse(fd, "not-found", "no redirector is named %s", name);
 }
 
 static void do_status(int fd)
@@ -215,9 +323,10 @@ static void do_status(int fd)
 			continue;
 		hex(id_text, s->id);
 		len += (size_t)snprintf(out + len, sizeof(out) - len,
-		                        "proxy: %s slot %zu %s pid %d weight %u at %s%s%s id %s takes %s\n", s->name, i,
+		                        "proxy: %s slot %zu %s pid %d weight %u at %s%s%s id %s takes %s%s%s\n", s->name, i,
 		                        s->live ? "live" : "gone", (int)s->pid, s->weight, s->listen, *s->listen6 ? " and " : "",
-		                        s->listen6, id_text, *s->match ? s->match : "every connection");
+		                        s->listen6, id_text, *s->match ? s->match : "every connection",
+		                        *s->carrier ? "; unmodified, carries for its " : "", s->carrier);
 	}
 	reply(fd, out);
 }
@@ -230,7 +339,11 @@ static void handle(int fd, const char *msg, bool *keep)
 		snprintf(out, sizeof(out), "ok\ncgroup: %s\n", ebpf_cgroup(layer));
 		reply(fd, out);
 	} else if (wfpr__control_is(msg, "register")) {
-		do_register(fd, msg, keep);
+		do_register(fd, msg, keep, false);
+	} else if (wfpr__control_is(msg, "redirector-add")) {
+		do_register(fd, msg, keep, true);
+	} else if (wfpr__control_is(msg, "redirector-remove")) {
+		do_remove(fd, msg);
 	} else if (wfpr__control_is(msg, "name") && wfpr__control_get(msg, "id", id_text, sizeof(id_text))) {
 		for (size_t i = 0; i < SLOTS; i++) {
 			char h[33];
@@ -243,7 +356,7 @@ static void handle(int fd, const char *msg, bool *keep)
 	} else if (wfpr__control_is(msg, "status")) {
 		do_status(fd);
 	} else {
-		refuse(fd, "bad-request", "unknown request (cgroup, register, name, status)");
+		refuse(fd, "bad-request", "unknown request (cgroup, register, redirector-add, redirector-remove, name, status)");
 	}
 }
 
@@ -360,6 +473,7 @@ int cmd_daemon(int argc, char **argv)
 		unlink(control);
 		return 1;
 	}
+	snprintf(layer_cgroup, sizeof(layer_cgroup), "%s", dir);
 	if (udp_idle_ms)
 		ebpf_set_udp_idle(layer, udp_idle_ms);
 	if (fail_closed)
@@ -382,13 +496,17 @@ int cmd_daemon(int argc, char **argv)
 		for (size_t i = 0; i < n_clients; i++)
 			p[n++] = (struct pollfd){.fd = clients[i], .events = POLLIN};
 		for (size_t i = 0; i < SLOTS; i++)
-			if (slots[i].live)
+			if (slots[i].live && slots[i].fd >= 0)
 				p[n++] = (struct pollfd){.fd = slots[i].fd, .events = POLLIN};
-		if (poll(p, n, -1) < 0)
-			continue; /* EINTR: a signal; the loop checks stopping */
+		int ready = poll(p, n, 1000); /* each second: do the unmodified proxies still listen? */
+		for (size_t i = 0; i < SLOTS; i++)
+			if (slots[i].live && *slots[i].carrier && !ebpf_proxy_alive(layer, (unsigned int)i))
+				switch_off(i, "closed its listener");
+		if (ready <= 0)
+			continue; /* a second passed, or EINTR: a signal; the loop checks stopping */
 		/* a proxy's link: any packet or its end means it is gone */
 		for (size_t i = 0; i < SLOTS; i++) {
-			for (size_t k = 1 + n_clients; slots[i].live && k < n; k++)
+			for (size_t k = 1 + n_clients; slots[i].live && slots[i].fd >= 0 && k < n; k++)
 				if (p[k].fd == slots[i].fd && p[k].revents)
 					switch_off(i, "is gone");
 		}

@@ -17,6 +17,10 @@ const char cli_usage[] =
 	"                  [--rules R.lua]\n"
 	"                  [--weight N] [MATCH...] [--listen ADDR:PORT] [--log FILE] [--idle-timeout MS]\n"
 	"                  [--udp-idle-timeout MS] [--buffer BYTES] [--workers N] [--rule-time-limit MS]\n"
+	"       wfpr redirector add --name NAME --listen ADDR:PORT (--pid PID | --cgroup PATH) [--weight N]\n"
+	"                  [MATCH...] [--listen6 [::1]:PORT] [--control PATH]   (MATCH's --cgroup is\n"
+	"                  --client-cgroup here)\n"
+	"       wfpr redirector remove --name NAME | list   [--control PATH]\n"
 	"       wfpr broker --socket PATH [--key-file F]\n"
 	"       wfpr ebpf status [--control PATH] | cleanup [--all]\n"
 	"       wfpr inspect BLOB|-\n"
@@ -32,6 +36,9 @@ const char cli_usage[] =
 	"                proxies started on their own register with it (docs/daemon.md)\n"
 	"  proxy         a redirect service (proxy) with Lua rules: with --backend ebpf it registers\n"
 	"                with a wfpr daemon (default control " WFPR_DAEMON_CONTROL "), else with a broker\n"
+	"  redirector    an unmodified transparent proxy (haproxy, mitmproxy: written for netfilter\n"
+	"                REDIRECT) as a redirector of a wfpr daemon: SO_ORIGINAL_DST answers, and its\n"
+	"                connects carry the records (docs/unmodified-proxies.md)\n"
 	"  broker        hold the redirect layer of the preload backend on a Unix socket; proxies\n"
 	"                register with the key it writes to F (mode 0600; default PATH.key), which\n"
 	"                the programs they inspect must not read (docs/trust.md)\n"
@@ -129,7 +136,7 @@ int main(int argc, char **argv)
 		int (*run)(int, char **);
 	} commands[] = {
 		{"run", cmd_run}, {"broker", cmd_broker}, {"proxy", cmd_proxy}, {"inspect", cmd_inspect},
-		{"ebpf", cmd_ebpf}, {"daemon", cmd_daemon},
+		{"ebpf", cmd_ebpf}, {"daemon", cmd_daemon}, {"redirector", cmd_redirector},
 	};
 	if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
 		fputs(cli_usage, stdout);

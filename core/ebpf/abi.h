@@ -45,8 +45,28 @@ struct wfpr_ebpf_redirector {
 	__u8 ip[16];  /* where it listens (TCP and UDP) for IPv4 sockets */
 	__u16 port;
 	__u16 port6;  /* and for IPv6 sockets (0: none; they go to ip as IPv4-mapped) */
-	__u32 pad;
+	__u32 carry_pid; /* an unmodified proxy (docs/unmodified-proxies.md): its process, or 0 */
 	__u8 ip6[16];
+	__u64 carry_cgroup; /* or the id of its cgroup (0: none). Its connects to the original
+	                     * destination of a connection it accepted carry that record */
+};
+
+/* The carries map: per unmodified proxy and original destination, the
+ * connections it accepted whose record its next connect there carries,
+ * oldest first. */
+#define WFPR_EBPF_CARRY_DEPTH 8
+#define WFPR_EBPF_CARRY_TTL_NS (10ull * 1000000000ull) /* an accepted connection waits this long at most */
+
+struct wfpr_ebpf_carry_key {
+	__u8 ip[16]; /* the original destination */
+	__u16 port;
+	__u16 slot;  /* the redirector */
+	__u32 pad;
+};
+
+struct wfpr_ebpf_carry {
+	struct wfpr_ebpf_key keys[WFPR_EBPF_CARRY_DEPTH]; /* where each record is */
+	__u64 at_ns[WFPR_EBPF_CARRY_DEPTH];               /* when accepted (0: free) */
 };
 
 /* The listeners map (a SOCKMAP): the proxy's own sockets, by key
@@ -178,6 +198,8 @@ enum wfpr_ebpf_counter {
 	WFPR_EBPF_BAD_SETS,
 	WFPR_EBPF_UDP_CONNECTED, /* connected UDP sockets a filter matched: they go direct */
 	WFPR_EBPF_PROXY_GONE,    /* fail-closed: refused, the redirector's proxy is gone */
+	WFPR_EBPF_CARRIED,       /* an unmodified proxy's connect carried an accepted connection's record */
+	WFPR_EBPF_ORIGINAL_DST,  /* SO_ORIGINAL_DST answered from a record */
 	WFPR_EBPF_COUNTERS
 };
 

@@ -316,6 +316,18 @@ int ebpf_guard_redirector(ebpf_instance *e, unsigned int slot, pid_t pid, const 
 	return rc;
 }
 
+int ebpf_set_carrier(ebpf_instance *e, unsigned int slot, pid_t pid, uint64_t cgroup_id)
+{
+	struct wfpr_ebpf_redirector r;
+	uint32_t key = slot;
+	if (!e || slot >= WFPR_EBPF_REDIRECTORS ||
+	    bpf_map__lookup_elem(e->skel->maps.redirectors, &key, sizeof(key), &r, sizeof(r), 0) != 0)
+		return -1;
+	r.carry_pid = (uint32_t)pid;
+	r.carry_cgroup = cgroup_id;
+	return bpf_map__update_elem(e->skel->maps.redirectors, &key, sizeof(key), &r, sizeof(r), BPF_ANY);
+}
+
 bool ebpf_proxy_alive(const ebpf_instance *e, unsigned int slot)
 {
 	uint32_t key = WFPR_EBPF_LISTENER_KEY(slot, 0);
@@ -723,7 +735,8 @@ static void show(FILE *out, pid_t owner, const char *pins, const char *cgroup)
 	if (counters >= 0)
 		fprintf(out,
 		        "  redirects %llu, permits %llu, hop-limit blocks %llu, records issued %llu, queries %llu,"
-		        " sets %llu, refused sets %llu, connected UDP gone direct %llu, refused (proxy gone) %llu\n",
+		        " sets %llu, refused sets %llu, connected UDP gone direct %llu, refused (proxy gone) %llu,"
+		        " records carried %llu, SO_ORIGINAL_DST answered %llu\n",
 		        (unsigned long long)counter_sum(counters, WFPR_EBPF_REDIRECTS),
 		        (unsigned long long)counter_sum(counters, WFPR_EBPF_PERMITS),
 		        (unsigned long long)counter_sum(counters, WFPR_EBPF_LOOP_BLOCKS),
@@ -732,7 +745,9 @@ static void show(FILE *out, pid_t owner, const char *pins, const char *cgroup)
 		        (unsigned long long)counter_sum(counters, WFPR_EBPF_SETS),
 		        (unsigned long long)counter_sum(counters, WFPR_EBPF_BAD_SETS),
 		        (unsigned long long)counter_sum(counters, WFPR_EBPF_UDP_CONNECTED),
-		        (unsigned long long)counter_sum(counters, WFPR_EBPF_PROXY_GONE));
+		        (unsigned long long)counter_sum(counters, WFPR_EBPF_PROXY_GONE),
+		        (unsigned long long)counter_sum(counters, WFPR_EBPF_CARRIED),
+		        (unsigned long long)counter_sum(counters, WFPR_EBPF_ORIGINAL_DST));
 	if (records >= 0)
 		fprintf(out, "  live TCP records %u, UDP flows %u\n", count_keys(records, sizeof(struct wfpr_ebpf_key)),
 		        count_keys(flows, sizeof(struct wfpr_ebpf_key)));

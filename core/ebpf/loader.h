@@ -47,6 +47,11 @@ int ebpf_add_redirector(ebpf_instance *e, unsigned int slot, const uint8_t id[16
  * Also proves that pid listens where it says. 0, or -1 with err. */
 int ebpf_guard_redirector(ebpf_instance *e, unsigned int slot, pid_t pid, const struct sockaddr_storage *address,
                           char *err, size_t err_len);
+/* Slot's proxy is an unmodified one (docs/unmodified-proxies.md): the
+ * process pid, or the processes of the cgroup cgroup_id (0: not by cgroup).
+ * SO_ORIGINAL_DST answers on the connections it accepts, and its connects
+ * to their original destinations carry their records. 0, or -1. */
+int ebpf_set_carrier(ebpf_instance *e, unsigned int slot, pid_t pid, uint64_t cgroup_id);
 /* Does slot's proxy still hold the listener it was guarded with? */
 bool ebpf_proxy_alive(const ebpf_instance *e, unsigned int slot);
 /* A guarded redirector whose proxy is gone: refuse (on) or skip it. */

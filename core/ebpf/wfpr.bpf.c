@@ -127,6 +127,23 @@ struct {
 	__type(value, struct wfpr_ebpf_sock);
 } socks SEC(".maps");
 
+/* Unmodified proxies: the connections each accepted, per original
+ * destination, whose records its connects there carry (abi.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct wfpr_ebpf_carry_key);
+	__type(value, struct wfpr_ebpf_carry);
+} carries SEC(".maps");
+
+/* An empty carries value, never written: what a new entry starts as (too big for the stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct wfpr_ebpf_carry);
+} carry_empty SEC(".maps");
+
 /* UDP: the last peer a socket received a datagram from (not through a
  * proxy). A datagram back to it is a reply, not a new flow: never redirected. */
 struct peer {
@@ -448,11 +465,75 @@ __noinline int wfpr_claim(struct wfpr_ebpf_sock *st)
 	return 1;
 }
 
+/* The unmodified proxy (docs/unmodified-proxies.md) the calling process
+ * is, by its pid or cgroup: its slot, or -1. A global function. */
+__noinline int wfpr_carrier(void)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u64 cgroup = bpf_get_current_cgroup_id();
+	for (__u32 i = 0; i < WFPR_EBPF_REDIRECTORS; i++) {
+		struct wfpr_ebpf_redirector *r = redirector(i);
+		if (r && ((r->carry_pid && r->carry_pid == tgid) || (r->carry_cgroup && r->carry_cgroup == cgroup)))
+			return (int)i;
+	}
+	return -1;
+}
+
+/* The unmodified proxy in slot connects to d: the record of the oldest
+ * connection it accepted for d (within WFPR_EBPF_CARRY_TTL_NS, unused) goes
+ * on the socket, as if the proxy had SET it. 1 if one did. A global
+ * function: the verifier checks it once. */
+__noinline int wfpr_carry(struct bpf_sock_addr *ctx, const struct dest *d, __u32 slot)
+{
+	if (!ctx || !d)
+		return 0;
+	struct wfpr_ebpf_carry_key k = {.port = d->port, .slot = (__u16)slot};
+	__builtin_memcpy(k.ip, d->ip, 16);
+	struct wfpr_ebpf_carry *c = bpf_map_lookup_elem(&carries, &k);
+	if (!c)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	for (int attempt = 0; attempt < WFPR_EBPF_CARRY_DEPTH; attempt++) {
+		int best = -1;
+		__u64 best_at = 0;
+		for (int j = 0; j < WFPR_EBPF_CARRY_DEPTH; j++) {
+			__u64 at = c->at_ns[j];
+			if (at && now - at < WFPR_EBPF_CARRY_TTL_NS && (best < 0 || at < best_at)) {
+				best = j;
+				best_at = at;
+			}
+		}
+		if (best < 0)
+			return 0;
+		struct wfpr_ebpf_key key = c->keys[best & (WFPR_EBPF_CARRY_DEPTH - 1)];
+		c->at_ns[best & (WFPR_EBPF_CARRY_DEPTH - 1)] = 0; /* taken: never carried twice */
+		struct wfpr_ebpf_entry *e = bpf_map_lookup_elem(&records, &key);
+		if (!e || e->used_by || e->len > CAP)
+			continue; /* its connection closed, or its record passed one on already */
+		struct wfpr_ebpf_sock *st = bpf_sk_storage_get(&socks, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!st)
+			return 0;
+		if (!st->id)
+			st->id = ((__u64)bpf_get_prandom_u32() << 32 | bpf_get_prandom_u32()) | 1;
+		if (bpf_probe_read_kernel(st->chain, AT_MOST(e->len, CAP), e->record) != 0)
+			return 0;
+		st->chain_key = key;
+		st->chain_len = e->len;
+		st->hops = e->hops;
+		st->origin = e->origin;
+		__builtin_memcpy(st->slots, e->slots, WFPR_EBPF_HOPS);
+		count(WFPR_EBPF_CARRIED);
+		return 1;
+	}
+	return 0;
+}
+
 /* The slot to redirect d to, PERMIT, HOP_LIMIT or PROXY_GONE, for a socket whose
  * storage is st (NULL: none), of client w. local_port: the socket's own
- * port when known (a proxy's own socket is never redirected). */
+ * port when known (a proxy's own socket is never redirected). self: the
+ * slot of the unmodified proxy that connects (-1: none), never its own target. */
 static __always_inline int decide(const struct wfpr_ebpf_sock *st, const struct dest *d, __u32 protocol,
-                                  const __u8 *local, __u16 local_port, struct who *w)
+                                  const __u8 *local, __u16 local_port, struct who *w, int self)
 {
 	__u32 zero = 0;
 	struct chain c = {};
@@ -479,8 +560,8 @@ static __always_inline int decide(const struct wfpr_ebpf_sock *st, const struct 
 		if (!f || !wfpr_filter_takes(f, d->port, protocol, w))
 			continue;
 		struct wfpr_ebpf_redirector *r = redirector(f->redirector);
-		if (!r || permit_only(&c, f->redirector))
-			continue; /* the callout may only permit: the next filter is asked */
+		if (!r || permit_only(&c, f->redirector) || (int)f->redirector == self)
+			continue; /* the callout may only permit (or it is the connecting proxy's own): the next filter is asked */
 		if ((r->guarded & (protocol == IPPROTO_UDP ? 2 : 1)) && !wfpr_proxy_alive(f->redirector, protocol)) {
 			if (cfg->fail_closed)
 				return PROXY_GONE;
@@ -606,6 +687,9 @@ static __always_inline int on_connect(struct bpf_sock_addr *ctx, int v4)
 	if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
 		return 1;
 	struct wfpr_ebpf_sock *st = bpf_sk_storage_get(&socks, ctx->sk, 0, 0);
+	int self = protocol == IPPROTO_TCP ? wfpr_carrier() : -1;
+	if (self >= 0 && (!st || !st->hops) && wfpr_carry(ctx, &d, (__u32)self))
+		st = bpf_sk_storage_get(&socks, ctx->sk, 0, 0);
 	if (!wfpr_claim(st)) {
 		count(WFPR_EBPF_BAD_SETS);
 		bpf_set_retval(-EINVAL); /* its record passed another connection on already */
@@ -613,7 +697,7 @@ static __always_inline int on_connect(struct bpf_sock_addr *ctx, int v4)
 	}
 	struct who w = {};
 	who_init(&w, st);
-	int slot = decide(st, &d, protocol, 0, 0, &w);
+	int slot = decide(st, &d, protocol, 0, 0, &w, self);
 	if (slot == PERMIT) {
 		count(WFPR_EBPF_PERMITS);
 		return 1;
@@ -677,6 +761,40 @@ static __always_inline void key_of(struct bpf_sock *sk, struct wfpr_ebpf_key *ke
 	key->protocol = sk->protocol;
 }
 
+/* An unmodified proxy accepted the connection at key (record e): its next
+ * connect to e's original destination carries e (wfpr_carry). A global
+ * function: the verifier checks it once. */
+__noinline int wfpr_carry_later(const struct wfpr_ebpf_key *key, const struct wfpr_ebpf_entry *e)
+{
+	if (!key || !e || e->hops == 0 || e->hops > WFPR_EBPF_HOPS)
+		return 0;
+	__u32 slot = e->slots[(e->hops - 1) & (WFPR_EBPF_HOPS - 1)];
+	struct wfpr_ebpf_redirector *r = redirector(slot);
+	if (!r || (!r->carry_pid && !r->carry_cgroup))
+		return 0;
+	struct wfpr_ebpf_carry_key k = {.port = e->original_port, .slot = (__u16)slot};
+	__builtin_memcpy(k.ip, e->original, 16);
+	struct wfpr_ebpf_carry *c = bpf_map_lookup_elem(&carries, &k);
+	if (!c) {
+		__u32 zero = 0;
+		struct wfpr_ebpf_carry *fresh = bpf_map_lookup_elem(&carry_empty, &zero);
+		if (!fresh)
+			return 0;
+		bpf_map_update_elem(&carries, &k, fresh, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&carries, &k);
+		if (!c)
+			return 0;
+	}
+	/* a free place, else the oldest (a connection that waited this long is not carried) */
+	int at = 0;
+	for (int j = 1; j < WFPR_EBPF_CARRY_DEPTH; j++)
+		if (c->at_ns[at] && (!c->at_ns[j] || c->at_ns[j] < c->at_ns[at]))
+			at = j;
+	c->keys[at & (WFPR_EBPF_CARRY_DEPTH - 1)] = *key;
+	c->at_ns[at & (WFPR_EBPF_CARRY_DEPTH - 1)] = bpf_ktime_get_ns();
+	return 1;
+}
+
 SEC("sockops")
 int wfpr_sockops(struct bpf_sock_ops *skops)
 {
@@ -704,11 +822,15 @@ int wfpr_sockops(struct bpf_sock_ops *skops)
 		      &st->origin);
 		break;
 	}
-	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: {
 		key_of(sk, &key);
-		if (bpf_map_lookup_elem(&records, &key))
-			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		struct wfpr_ebpf_entry *e = bpf_map_lookup_elem(&records, &key);
+		if (!e)
+			break;
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		wfpr_carry_later(&key, e);
 		break;
+	}
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[1] == BPF_TCP_CLOSE) {
 			key_of(sk, &key);
@@ -763,9 +885,51 @@ static __always_inline struct wfpr_ebpf_entry *entry_of(struct bpf_sock *sk, int
 	return e;
 }
 
+#define SOL_IP 0
+#define SOL_IPV6 41
+#define SO_ORIGINAL_DST 80 /* and IP6T_SO_ORIGINAL_DST */
+
+/* getsockopt(SOL_IP, SO_ORIGINAL_DST) (or SOL_IPV6, IP6T_SO_ORIGINAL_DST)
+ * on a connection with a record: the original destination, as netfilter's
+ * REDIRECT would answer, for proxies written for it. Without a record the
+ * kernel's own answer stands. */
+static __always_inline int original_dst(struct bpf_sockopt *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk || sk->protocol != IPPROTO_TCP || sk->state == BPF_TCP_LISTEN)
+		return 1;
+	struct wfpr_ebpf_key key = {};
+	key_of(sk, &key);
+	struct wfpr_ebpf_entry *e = bpf_map_lookup_elem(&records, &key);
+	if (!e)
+		return 1;
+	int v4 = is_mapped(e->original);
+	__u32 need = v4 ? 16 : 28;
+	__u8 *dst = ctx->optval, *end = ctx->optval_end;
+	if ((ctx->level == SOL_IP) != v4 || ctx->optlen < (__s32)need)
+		return 1;
+	if (v4) {
+		if (dst + 16 > end)
+			return 1;
+		__builtin_memset(dst, 0, 16);
+		put_sockaddr(dst, 1, e->original, e->original_port);
+	} else {
+		if (dst + 28 > end)
+			return 1;
+		__builtin_memset(dst, 0, 28);
+		put_sockaddr(dst, 0, e->original, e->original_port);
+	}
+	count(WFPR_EBPF_ORIGINAL_DST);
+	ctx->optlen = need;
+	ctx->retval = 0;
+	return 1;
+}
+
 SEC("cgroup/getsockopt")
 int wfpr_getsockopt(struct bpf_sockopt *ctx)
 {
+	if ((ctx->level == SOL_IP || ctx->level == SOL_IPV6) && ctx->optname == SO_ORIGINAL_DST)
+		return original_dst(ctx);
 	if (ctx->level != WFPR_EBPF_SOL)
 		return 1;
 	int err = ENOPROTOOPT;
@@ -908,7 +1072,7 @@ static __always_inline int on_sendmsg(struct bpf_sock_addr *ctx, int v4)
 	}
 	struct who w = {};
 	who_init(&w, st);
-	int slot = decide(st, &d, IPPROTO_UDP, local, local_port, &w);
+	int slot = decide(st, &d, IPPROTO_UDP, local, local_port, &w, -1);
 	if (slot == PERMIT)
 		return 1;
 	if (slot == HOP_LIMIT || slot == PROXY_GONE) {

@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 #include "common.h"
 
 WFPR_BEGIN_DECL
@@ -51,6 +52,22 @@ WFPR_EXTERN const uint8_t *wfpr_daemon_link_id(const wfpr_daemon_link *link);
 WFPR_EXTERN int wfpr_daemon_link_fd(const wfpr_daemon_link *link);
 /* Unregister: new connections skip the redirector from now on. */
 WFPR_EXTERN void wfpr_daemon_unregister(wfpr_daemon_link *link);
+
+/* An unmodified transparent proxy (haproxy, mitmproxy, Envoy: written for
+ * netfilter REDIRECT) as a redirector (docs/unmodified-proxies.md). It
+ * listens on listen (and listen6) itself; it is the process pid, or any
+ * process of the cgroup at cgroup (pid 0). Connections that match go to it
+ * with a record; getsockopt(SO_ORIGINAL_DST) on them gives their original
+ * destination; its connects to that destination carry their record. It
+ * stays registered while its listener lives, or until
+ * wfpr_daemon_remove_redirector. 0 or as wfpr_daemon_register; out_id
+ * (may be NULL) gets its redirector id. */
+WFPR_EXTERN int wfpr_daemon_add_redirector(const char *control, const char *name, uint32_t weight, const char *match,
+                                           const struct sockaddr_storage *listen,
+                                           const struct sockaddr_storage *listen6, pid_t pid, const char *cgroup,
+                                           uint8_t out_id[16], char *err, size_t err_len);
+/* Remove the unmodified proxy name: new connections skip it at once. */
+WFPR_EXTERN int wfpr_daemon_remove_redirector(const char *control, const char *name, char *err, size_t err_len);
 
 /* The name of the redirector with id, from the daemon. 0,
  * WFPR_FWP_E_NOT_FOUND, or WFPR_WSAENETDOWN. */

@@ -98,13 +98,14 @@ static bool hex_id(const char *text, uint8_t id[WFPR_REDIRECTOR_ID_SIZE])
 	return true;
 }
 
-int wfpr_daemon_register(wfpr_daemon_link **out, const char *control, const char *name, uint32_t weight,
-                         const char *match, const struct sockaddr_storage *listen,
-                         const struct sockaddr_storage *listen6, char *err, size_t err_len)
+/* The register or redirector-add message for these arguments into msg
+ * (the caller's extra lines in tail). 0, or a wfpr_err with err filled. */
+static int registration(char *msg, size_t len, const char *verb, const char *name, uint32_t weight, const char *match,
+                        const struct sockaddr_storage *listen, const struct sockaddr_storage *listen6,
+                        const char *tail, char *err, size_t err_len)
 {
-	if (!out || !listen)
+	if (!listen)
 		return WFPR_WSAEFAULT;
-	*out = NULL;
 	if (!wfpr__control_name_valid(name)) {
 		say(err, err_len, "a name has 1 to 63 characters: letters, digits, '-', '_' and '.'");
 		return WFPR_WSAEINVAL;
@@ -119,31 +120,94 @@ int wfpr_daemon_register(wfpr_daemon_link **out, const char *control, const char
 		say(err, err_len, "a proxy listens on an IPv4 address, and on an IPv6 one for IPv6 sockets");
 		return WFPR_WSAEINVAL;
 	}
-	char a[64], a6[64] = "", msg[WFPR__CONTROL_MAX], reply[WFPR__CONTROL_MAX], id[64];
+	char a[64], a6[64] = "";
 	wfpr_sockaddr_format(a, sizeof(a), listen);
 	if (listen6)
 		wfpr_sockaddr_format(a6, sizeof(a6), listen6);
-	int n = snprintf(msg, sizeof(msg), "register\nname: %s\nweight: %u\nlisten: %s\n%s%s%smatch: %s\n", name,
-	                 (unsigned int)weight, a, listen6 ? "listen6: " : "", a6, listen6 ? "\n" : "", match ? match : "");
-	if (n < 0 || (size_t)n >= sizeof(msg) || strchr(match ? match : "", '\n')) {
+	int n = snprintf(msg, len, "%s\nname: %s\nweight: %u\nlisten: %s\n%s%s%smatch: %s\n%s", verb, name,
+	                 (unsigned int)weight, a, listen6 ? "listen6: " : "", a6, listen6 ? "\n" : "", match ? match : "",
+	                 tail);
+	if (n < 0 || (size_t)n >= len || strchr(match ? match : "", '\n')) {
 		say(err, err_len, "the match is too long or has a line break");
 		return WFPR_WSAEINVAL;
 	}
+	return 0;
+}
+
+/* The redirector id in a reply into id. */
+static int reply_id(const char *reply, uint8_t id[WFPR_REDIRECTOR_ID_SIZE], char *err, size_t err_len)
+{
+	char text[64];
+	if (wfpr__control_get(reply, "id", text, sizeof(text)) && hex_id(text, id))
+		return 0;
+	say(err, err_len, "the daemon's reply has no redirector id");
+	return WFPR_WSAENETDOWN;
+}
+
+int wfpr_daemon_register(wfpr_daemon_link **out, const char *control, const char *name, uint32_t weight,
+                         const char *match, const struct sockaddr_storage *listen,
+                         const struct sockaddr_storage *listen6, char *err, size_t err_len)
+{
+	if (!out)
+		return WFPR_WSAEFAULT;
+	*out = NULL;
+	char msg[WFPR__CONTROL_MAX], reply[WFPR__CONTROL_MAX];
+	int rc = registration(msg, sizeof(msg), "register", name, weight, match, listen, listen6, "", err, err_len);
+	if (rc)
+		return rc;
 	wfpr_daemon_link *link = calloc(1, sizeof(*link));
 	if (!link)
 		return WFPR_WSAENOBUFS;
 	link->fd = -1;
-	int rc = call(control, msg, reply, sizeof(reply), &link->fd, err, err_len);
-	if (rc == 0 && (!wfpr__control_get(reply, "id", id, sizeof(id)) || !hex_id(id, link->id))) {
-		say(err, err_len, "the daemon's reply has no redirector id");
-		rc = WFPR_WSAENETDOWN;
-	}
+	rc = call(control, msg, reply, sizeof(reply), &link->fd, err, err_len);
+	if (rc == 0)
+		rc = reply_id(reply, link->id, err, err_len);
 	if (rc) {
 		wfpr_daemon_unregister(link);
 		return rc;
 	}
 	*out = link;
 	return 0;
+}
+
+int wfpr_daemon_add_redirector(const char *control, const char *name, uint32_t weight, const char *match,
+                               const struct sockaddr_storage *listen, const struct sockaddr_storage *listen6, pid_t pid,
+                               const char *cgroup, uint8_t out_id[16], char *err, size_t err_len)
+{
+	char msg[WFPR__CONTROL_MAX], reply[WFPR__CONTROL_MAX], tail[600];
+	if ((pid > 0) == (cgroup && *cgroup) || pid < 0) {
+		say(err, err_len, "name the proxy's process or its cgroup, one of them");
+		return WFPR_WSAEINVAL;
+	}
+	if (cgroup && (strlen(cgroup) > 512 || strchr(cgroup, '\n'))) {
+		say(err, err_len, "the cgroup path is too long or has a line break");
+		return WFPR_WSAEINVAL;
+	}
+	if (pid > 0)
+		snprintf(tail, sizeof(tail), "pid: %d\n", (int)pid);
+	else
+		snprintf(tail, sizeof(tail), "cgroup: %s\n", cgroup);
+	int rc = registration(msg, sizeof(msg), "redirector-add", name, weight, match, listen, listen6, tail, err,
+	                      err_len);
+	uint8_t id[WFPR_REDIRECTOR_ID_SIZE];
+	if (rc == 0)
+		rc = call(control, msg, reply, sizeof(reply), NULL, err, err_len);
+	if (rc == 0)
+		rc = reply_id(reply, id, err, err_len);
+	if (rc == 0 && out_id)
+		memcpy(out_id, id, sizeof(id));
+	return rc;
+}
+
+int wfpr_daemon_remove_redirector(const char *control, const char *name, char *err, size_t err_len)
+{
+	char msg[128], reply[WFPR__CONTROL_MAX];
+	if (!wfpr__control_name_valid(name)) {
+		say(err, err_len, "a name has 1 to 63 characters: letters, digits, '-', '_' and '.'");
+		return WFPR_WSAEINVAL;
+	}
+	snprintf(msg, sizeof(msg), "redirector-remove\nname: %s\n", name);
+	return call(control, msg, reply, sizeof(reply), NULL, err, err_len);
 }
 
 const uint8_t *wfpr_daemon_link_id(const wfpr_daemon_link *link)

@@ -398,7 +398,9 @@ static bool issuing_socket(const wfpr_broker *b, const client *c, const struct s
 	struct sockaddr_storage bound, peer;
 	wfpr__socket_local(b->fds[0], &bound);
 	addr_unmap(&bound);
-	if (!addr_equal(&bound, local))
+	/* a UDP socket bound to the wildcard address has its source address
+	 * once it connects, which it may have done by now */
+	if (c->info.protocol == IPPROTO_TCP ? !addr_equal(local, &bound) : !addr_listens_on(local, &bound))
 		return false;
 	if (c->info.protocol != IPPROTO_TCP)
 		return true; /* UDP: bound where it says is all a datagram socket shows */

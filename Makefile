@@ -57,7 +57,7 @@ test-python: deps $(PY)
 
 # Real programs (curl, Python) through `wfpr run`: chains, UDP, faults, load.
 test-integration: build $(PY)
-	$(PY) -m pip install -q pytest
+	$(PY) -m pip install -q pytest mitmproxy
 	cd tests && ../$(PY) -m pytest -q -rs -p no:cacheprovider integration
 
 fuzz: deps

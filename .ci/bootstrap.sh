@@ -5,7 +5,7 @@ set -euo pipefail
 
 # Arguments name more packages (make bench: the peers it measures against).
 packages=(build-essential cmake pkg-config clang llvm libclang-rt-14-dev libbpf-dev libelf-dev bpftool libssl-dev liblua5.4-dev lua5.4 swig curl
-	python3 python3-venv iproute2 apache2-utils redis-server redis-tools dnsmasq-base bind9-dnsutils nginx-light wrk dnsperf "$@")
+	python3 python3-venv iproute2 apache2-utils redis-server redis-tools dnsmasq-base bind9-dnsutils nginx-light wrk dnsperf haproxy "$@")
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,0 +1,242 @@
+"""Unmodified transparent proxies in a wfpr chain (docs/unmodified-proxies.md):
+haproxy (`server s 0.0.0.0:0`: it connects to the SO_ORIGINAL_DST
+destination) and mitmproxy (`mitmdump --mode transparent`), registered with
+`wfpr redirector add`, between `wfpr proxy` rules, on a `wfpr daemon` of the
+test's own cgroup. Real curl and a statically linked client; bytes hashed at
+both ends; each proxy once, in order, no loop."""
+import errno
+import http.server
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+import pytest
+
+from itsupport import PY, WFPR, Quiet, sha256_file
+from test_daemon import STATIC_FETCH, Layer, ebpf_ok  # noqa: F401 - fixture
+
+MITMDUMP = os.path.join(os.path.dirname(PY), "mitmdump")
+SO_ORIGINAL_DST = 80
+HAPROXY_CFG = """global
+  maxconn 200
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend f
+  bind 127.0.0.1:{port}
+  default_backend b
+backend b
+  server s {server}
+"""
+
+
+@pytest.fixture
+def layer(ebpf_ok, tmp_path, started):
+    if not shutil.which("haproxy"):
+        pytest.skip("haproxy is not installed (make test installs it)")
+    lay = Layer(tmp_path, started)
+    yield lay
+    lay.close()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port, proc, timeout=60):
+    """Until something listens on 127.0.0.1:port (read from /proc: a probe
+    connection would itself go through the proxy)."""
+    want = ":%04X" % port
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with open("/proc/net/tcp") as f:
+            if any(line.split()[1].endswith(want) and line.split()[3] == "0A" for line in f.readlines()[1:]):
+                return
+        assert proc.poll() is None, "exited before it listened"
+        time.sleep(0.05)
+    raise AssertionError("nothing listens on port %d" % port)
+
+
+def in_cgroup(layer, args, **kwargs):
+    """Start args in the layer's cgroup (exec: the pid is the program's)."""
+    return layer.started(["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', layer.cgroup, *args], **kwargs)
+
+
+def haproxy(layer, name, server="0.0.0.0:0"):
+    port = free_port()
+    cfg = layer.tmp / (name + ".cfg")
+    cfg.write_text(HAPROXY_CFG.format(port=port, server=server))
+    proc = in_cgroup(layer, ["haproxy", "-db", "-f", str(cfg)], stderr=open(layer.tmp / (name + ".err"), "w"))
+    wait_listening(port, proc)
+    return proc, port
+
+
+def mitmdump(layer, name):
+    if not os.path.exists(MITMDUMP):
+        pytest.skip("mitmproxy is not installed in the test venv (make test installs it)")
+    port = free_port()
+    out = open(layer.tmp / (name + ".out"), "w+")
+    proc = in_cgroup(layer, [MITMDUMP, "--mode", "transparent", "--listen-host", "127.0.0.1", "--listen-port",
+                             str(port), "--set", "flow_detail=1", "--set", "confdir=" + str(layer.tmp / "mitm")],
+                     stdout=out, stderr=subprocess.STDOUT)
+    wait_listening(port, proc)
+    return proc, port, out
+
+
+def add(layer, name, port, pid, *match):
+    r = subprocess.run([WFPR, "redirector", "add", "--control", layer.control, "--name", name, "--listen",
+                        "127.0.0.1:%d" % port, "--pid", str(pid), *match], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "redirector %s" % name in r.stdout
+
+
+def counter(name):
+    status = subprocess.run([WFPR, "ebpf", "status"], capture_output=True, text=True).stdout
+    return sum(int(n) for n in re.findall(name + r" (\d+)", status))
+
+
+def fetch_both(layer, http_server, tmp_path):
+    """curl and the static client fetch small.bin; both arrive whole."""
+    port = int(http_server["v4"].rsplit(":", 1)[1])
+    want = sha256_file(http_server["root"] / "small.bin")
+    got = layer.run(["curl", "-sS", "--fail", "-o", str(tmp_path / "curl.bin"), http_server["v4"] + "/small.bin"])
+    assert got.returncode == 0, got.stderr
+    assert sha256_file(tmp_path / "curl.bin") == want
+    clients = 1
+    if os.path.exists(STATIC_FETCH):
+        got = layer.run(["sh", "-c", '"$0" 127.0.0.1 "$1" /small.bin > "$2"', STATIC_FETCH, str(port),
+                         str(tmp_path / "static.bin")])
+        assert got.returncode == 0, got.stderr
+        assert sha256_file(tmp_path / "static.bin") == want
+        clients = 2
+    time.sleep(0.3)
+    return clients
+
+
+def hops_seen(layer, proxy):
+    return [tuple(e["hops"]) for e in layer.events() if e["proxy"] == proxy]
+
+
+def test_haproxy_between_two_wfpr_proxies(layer, http_server, tmp_path):
+    dport = http_server["v4"].rsplit(":", 1)[1]
+    layer.proxy("first", "--weight", "300", "--dport", dport)
+    hp, port = haproxy(layer, "haproxy")
+    add(layer, "haproxy", port, hp.pid, "--weight", "200", "--dport", dport)
+    layer.proxy("last", "--weight", "100", "--dport", dport)
+    carried, answered = counter("records carried"), counter("SO_ORIGINAL_DST answered")
+    clients = fetch_both(layer, http_server, tmp_path)
+    assert hops_seen(layer, "first") == [("first",)] * clients
+    assert hops_seen(layer, "last") == [("first", "haproxy", "last")] * clients  # each once, in order
+    assert counter("records carried") - carried == clients
+    assert counter("SO_ORIGINAL_DST answered") - answered == clients
+    assert "unmodified proxy haproxy" in layer.daemon_said()
+
+
+def test_mitmdump_between_two_wfpr_proxies(layer, http_server, tmp_path):
+    dport = http_server["v4"].rsplit(":", 1)[1]
+    layer.proxy("first", "--weight", "300", "--dport", dport)
+    mitm, port, out = mitmdump(layer, "mitm")
+    add(layer, "mitm", port, mitm.pid, "--weight", "200", "--dport", dport)
+    layer.proxy("last", "--weight", "100", "--dport", dport)
+    clients = fetch_both(layer, http_server, tmp_path)
+    assert hops_seen(layer, "last") == [("first", "mitm", "last")] * clients
+    out.seek(0)
+    said = out.read()
+    assert said.count("GET http://127.0.0.1:%s/small.bin" % dport) == clients, said  # it saw each request
+
+
+def test_haproxy_then_mitmdump_back_to_back(layer, http_server, tmp_path):
+    dport = http_server["v4"].rsplit(":", 1)[1]
+    hp, hp_port = haproxy(layer, "haproxy")
+    add(layer, "haproxy", hp_port, hp.pid, "--weight", "300", "--dport", dport)
+    mitm, mitm_port, out = mitmdump(layer, "mitm")
+    add(layer, "mitm", mitm_port, mitm.pid, "--weight", "200", "--dport", dport)
+    layer.proxy("last", "--weight", "100", "--dport", dport)
+    clients = fetch_both(layer, http_server, tmp_path)
+    assert hops_seen(layer, "last") == [("haproxy", "mitm", "last")] * clients  # no loop, each once
+    out.seek(0)
+    assert out.read().count("/small.bin") == clients
+
+
+def original_dst_errno(sock):
+    try:
+        sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+        return 0
+    except OSError as e:
+        return e.errno
+
+
+def test_what_is_not_carried_or_answered(layer, http_server, tmp_path, www):
+    """An unregistered process gets what Linux gives for SO_ORIGINAL_DST; a
+    registered proxy that connects elsewhere than the original destination
+    carries no record: the next proxy sees a new connection from haproxy."""
+    # Linux's own answer, outside the layer
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        c = socket.create_connection(listener.getsockname())
+        a, _ = listener.accept()
+        linux = original_dst_errno(a)
+        a.close()
+        c.close()
+    assert linux in (errno.ENOENT, errno.ENOPROTOOPT)
+    probe = "import errno, socket\n" \
+            "l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(1)\n" \
+            "c = socket.create_connection(l.getsockname()); a, _ = l.accept()\n" \
+            "try:\n    a.getsockopt(socket.SOL_IP, 80, 16); print(0)\n" \
+            "except OSError as e:\n    print(e.errno)\n"
+    layer.proxy("any")  # it takes every connection, the probe's too
+    got = layer.run([PY, "-c", probe])
+    assert got.returncode == 0 and int(got.stdout) == linux, got.stdout + got.stderr
+    layer.proxies["any"].terminate()
+    layer.proxies["any"].wait()
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: Quiet(*a, directory=str(www)))
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        dport, other_port = http_server["v4"].rsplit(":", 1)[1], other.server_address[1]
+        hp, port = haproxy(layer, "haproxy", server="127.0.0.1:%d" % other_port)
+        add(layer, "haproxy", port, hp.pid, "--weight", "200", "--dport", dport)
+        layer.proxy("last", "--weight", "100", "--dport", "%s,%d" % (dport, other_port))
+        carried = counter("records carried")
+        got = layer.run(["curl", "-sS", "--fail", "-o", str(tmp_path / "x.bin"), http_server["v4"] + "/small.bin"])
+        assert got.returncode == 0, got.stderr
+        assert sha256_file(tmp_path / "x.bin") == sha256_file(http_server["root"] / "small.bin")
+        time.sleep(0.3)
+        seen = [e for e in layer.events() if e["proxy"] == "last"]
+        assert [tuple(e["hops"]) for e in seen] == [("last",)], seen  # a new connection, not haproxy's client's
+        assert seen[0]["original_dst"] == "127.0.0.1:%d" % other_port
+        assert seen[0]["process"]["name"] == "haproxy"
+        assert counter("records carried") == carried
+    finally:
+        other.shutdown()
+
+
+def test_refusals(layer):
+    """redirector add refuses what it cannot hold: a process outside the
+    layer's cgroup, an address the process does not listen on, and neither
+    or both of --pid and --cgroup."""
+    port = free_port()
+    r = subprocess.run([WFPR, "redirector", "add", "--control", layer.control, "--name", "x", "--listen",
+                        "127.0.0.1:%d" % port, "--pid", str(os.getpid())], capture_output=True, text=True)
+    assert r.returncode == 1 and "outside the layer's cgroup" in r.stderr, r.stderr
+    sleeper = in_cgroup(layer, ["sleep", "60"])
+    time.sleep(0.2)
+    r = subprocess.run([WFPR, "redirector", "add", "--control", layer.control, "--name", "x", "--listen",
+                        "127.0.0.1:%d" % port, "--pid", str(sleeper.pid)], capture_output=True, text=True)
+    assert r.returncode == 1 and "has no TCP socket listening on" in r.stderr, r.stderr
+    r = subprocess.run([WFPR, "redirector", "add", "--control", layer.control, "--name", "x", "--listen",
+                        "127.0.0.1:1"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--pid PID or --cgroup PATH" in r.stderr, r.stderr
+    r = subprocess.run([WFPR, "redirector", "remove", "--control", layer.control, "--name", "nobody"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "no redirector is named nobody" in r.stderr, r.stderr

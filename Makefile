@@ -56,8 +56,15 @@ test-python: deps $(PY)
 	cd tests && ../$(PY) -m pytest -q -rs -p no:cacheprovider python
 
 # Real programs (curl, Python) through `wfpr run`: chains, UDP, faults, load.
-test-integration: build $(PY)
-	$(PY) -m pip install -q pytest mitmproxy
+# mitmproxy (a peer the tests run unmodified) gets a venv of its own: its
+# pins clash with the notebook's.
+MITM_VENV := .venv-mitmproxy
+$(MITM_VENV)/bin/mitmdump:
+	python3 -m venv $(MITM_VENV)
+	$(MITM_VENV)/bin/python -m pip install -q mitmproxy
+
+test-integration: build $(PY) $(MITM_VENV)/bin/mitmdump
+	$(PY) -m pip install -q pytest
 	cd tests && ../$(PY) -m pytest -q -rs -p no:cacheprovider integration
 
 fuzz: deps

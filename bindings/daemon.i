@@ -8,11 +8,15 @@
 %ignore wfpr_daemon_register;
 %ignore wfpr_daemon_redirector_name;
 %ignore wfpr_daemon_link_id;
+%ignore wfpr_daemon_add_redirector;
+%ignore wfpr_daemon_remove_redirector;
 %include "wfpr/daemon.h"
 
 %rename(daemon_join) wfpr_binding_daemon_join;
 %rename(daemon_register) wfpr_binding_daemon_register;
 %rename(daemon_link_id) wfpr_binding_daemon_link_id;
+%rename(daemon_add_redirector) wfpr_binding_daemon_add_redirector;
+%rename(daemon_remove_redirector) wfpr_binding_daemon_remove_redirector;
 %inline %{
 /* Enter the daemon's cgroup (control: NULL or "" for the default path). */
 void wfpr_binding_daemon_join(const char *control)
@@ -49,5 +53,33 @@ void wfpr_binding_daemon_link_id(const wfpr_daemon_link *link, const uint8_t **D
 	}
 	*DATA = wfpr_daemon_link_id(link);
 	*LENGTH = WFPR_REDIRECTOR_ID_SIZE;
+}
+
+/* An unmodified transparent proxy (process pid, or the cgroup at cgroup
+ * when pid is 0) listening on host:port, as the redirector name; its id. */
+void wfpr_binding_daemon_add_redirector(const char *control, const char *name, unsigned int weight,
+                                        const char *match, const char *host, unsigned int port, int pid,
+                                        const char *cgroup, const uint8_t **DATA, size_t *LENGTH)
+{
+	static _Thread_local uint8_t id[WFPR_REDIRECTOR_ID_SIZE];
+	struct sockaddr_storage a;
+	char err[512] = "";
+	if (!wfpr_binding_address(host, port, &a))
+		return;
+	int rc = wfpr_daemon_add_redirector(control, name, weight, match, &a, NULL, pid, cgroup, id, err, sizeof(err));
+	if (rc != 0) {
+		wfpr_binding_raise_detail(rc, err);
+		return;
+	}
+	*DATA = id;
+	*LENGTH = sizeof(id);
+}
+
+void wfpr_binding_daemon_remove_redirector(const char *control, const char *name)
+{
+	char err[512] = "";
+	int rc = wfpr_daemon_remove_redirector(control, name, err, sizeof(err));
+	if (rc != 0)
+		wfpr_binding_raise_detail(rc, err);
 }
 %}

@@ -32,6 +32,23 @@ def ebpf_attach(on=True):
     _wfpr.ebpf_attach(1 if on else 0)
 
 
+def add_redirector(name, listen, *, pid=None, cgroup=None, weight=100, match="", daemon=None):
+    """Register an unmodified transparent proxy (haproxy, mitmproxy: one
+    written for netfilter REDIRECT) with a running ``wfpr daemon``, as
+    ``wfpr redirector add`` does (docs/unmodified-proxies.md). ``listen`` is
+    its ("127.0.0.1", port); ``pid`` its process, or ``cgroup`` the cgroup of
+    its processes. Returns its 16-byte redirector id."""
+    if (pid is None) == (cgroup is None):
+        raise ValueError("give the proxy's pid or its cgroup, one of them")
+    host, port = listen
+    return _wfpr.daemon_add_redirector(daemon, name, weight, match, host, port, pid or 0, cgroup)
+
+
+def remove_redirector(name, *, daemon=None):
+    """Remove an unmodified proxy that ``add_redirector`` registered."""
+    _wfpr.daemon_remove_redirector(daemon, name)
+
+
 def ebpf_available(sock):
     """True when the eBPF backend's programs answer on this socket (or fd)."""
     return bool(_wfpr.ebpf_available(sock.fileno() if hasattr(sock, "fileno") else int(sock)))

@@ -17,10 +17,10 @@ import time
 
 import pytest
 
-from itsupport import PY, WFPR, Quiet, sha256_file
+from itsupport import PY, ROOT, WFPR, Quiet, sha256_file
 from test_daemon import STATIC_FETCH, Layer, ebpf_ok  # noqa: F401 - fixture
 
-MITMDUMP = os.path.join(os.path.dirname(PY), "mitmdump")
+MITMDUMP = os.environ.get("WFPR_MITMDUMP", os.path.join(ROOT, ".venv-mitmproxy", "bin", "mitmdump"))
 SO_ORIGINAL_DST = 80
 HAPROXY_CFG = """global
   maxconn 200
@@ -145,7 +145,13 @@ def test_mitmdump_between_two_wfpr_proxies(layer, http_server, tmp_path):
     dport = http_server["v4"].rsplit(":", 1)[1]
     layer.proxy("first", "--weight", "300", "--dport", dport)
     mitm, port, out = mitmdump(layer, "mitm")
-    add(layer, "mitm", port, mitm.pid, "--weight", "200", "--dport", dport)
+    # registered from Python this time, as a notebook would
+    import wfpr
+    rid = wfpr.add_redirector("mitm", ("127.0.0.1", port), pid=mitm.pid, weight=200, match="dport=" + dport,
+                              daemon=layer.control)
+    assert len(rid) == 16
+    with pytest.raises(wfpr.WSAError, match="registered already"):
+        wfpr.add_redirector("mitm", ("127.0.0.1", port), pid=mitm.pid, daemon=layer.control)
     layer.proxy("last", "--weight", "100", "--dport", dport)
     clients = fetch_both(layer, http_server, tmp_path)
     assert hops_seen(layer, "last") == [("first", "mitm", "last")] * clients

@@ -13,7 +13,7 @@ def wfpr(*args):
     return subprocess.run([WFPR, *args], capture_output=True, text=True, timeout=30)
 
 
-@pytest.mark.parametrize("command", [["run"], ["broker"], ["proxy"], ["inspect"], ["rules", "check"]])
+@pytest.mark.parametrize("command", [["run"], ["broker"], ["proxy"], ["inspect"], ["rules", "check"], ["redirector"]])
 def test_help(command):
     r = wfpr(*command, "--help")
     assert r.returncode == 0 and "usage: wfpr run" in r.stdout
@@ -30,6 +30,10 @@ def test_help(command):
     (["run", "--rules", "lua/rules/tag.lua", "--log", "/nonexistent/dir/log", "--", "true"], "cannot open the log"),
     (["broker"], "--socket PATH is required"),
     (["broker", "--bogus"], "unknown or incomplete option"),
+    (["redirector"], "add, remove --name NAME, or list"),
+    (["redirector", "add", "--name", "x"], "give --name NAME, --listen ADDR:PORT"),
+    (["redirector", "add", "--name", "x", "--listen", "nonsense"], "invalid option '--listen'"),
+    (["proxy", "--broker", "/tmp/x", "--name", "x", "--key-file", "/nonexistent.key"], "cannot read the key file"),
     (["proxy", "--name", "x"], "give --name NAME, and --broker PATH (preload) or --backend ebpf"),
     (["proxy", "--broker", "/tmp/x", "--name", "x", "--rules", "/nonexistent.lua"], "cannot read the rules file"),
     (["proxy", "--broker", "/tmp/x", "--name", "x", "--listen", "nonsense"], "invalid option '--listen'"),

@@ -75,6 +75,10 @@ unsigned long long run_ebpf_udp_connected(void);
 void cli_notify_take(void);
 int cli_notify(const char *state);
 
+/* The LD_PRELOAD shim: WFPR_PRELOAD, the one beside this binary (the build
+ * tree), else the installed one. */
+void cli_shim_path(char *out, size_t len);
+
 /* A relay holds two descriptors per connection: take the hard limit. */
 void cli_raise_fd_limit(void);
 /* A match option (--proto, --dport, --dst, --exclude-dst, --uid, --comm,

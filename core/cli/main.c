@@ -20,6 +20,8 @@ const char cli_usage[] =
 	"       wfpr redirector add --name NAME --listen ADDR:PORT (--pid PID | --cgroup PATH) [--weight N]\n"
 	"                  [MATCH...] [--listen6 [::1]:PORT] [--control PATH]   (MATCH's --cgroup is\n"
 	"                  --client-cgroup here)\n"
+	"       wfpr redirector run --broker PATH --name NAME --listen ADDR:PORT [--weight N] [MATCH...]\n"
+	"                  [--key-file F] -- COMMAND [ARGS...]   (the preload backend's form)\n"
 	"       wfpr redirector remove --name NAME | list   [--control PATH]\n"
 	"       wfpr broker --socket PATH [--key-file F]\n"
 	"       wfpr ebpf status [--control PATH] | cleanup [--all]\n"

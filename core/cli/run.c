@@ -151,8 +151,7 @@ static int parse(options *o, int argc, char **argv)
 	return -1;
 }
 
-/* The shim beside this binary (the build tree), else the installed one. */
-static void shim_path(char *out, size_t len)
+void cli_shim_path(char *out, size_t len)
 {
 	const char *env = getenv("WFPR_PRELOAD");
 	if (env && *env) {
@@ -257,7 +256,7 @@ static void proxy_exited(const options *o, pid_t *proxies, pid_t pid, pid_t brok
 static pid_t start_command(char **command, const char *socket_path, int fail_closed, int ebpf, bool *running)
 {
 	char shim[PATH_MAX], preload[2 * PATH_MAX];
-	shim_path(shim, sizeof(shim));
+	cli_shim_path(shim, sizeof(shim));
 	const char *old = getenv("LD_PRELOAD");
 	snprintf(preload, sizeof(preload), "%s%s%s", shim, old && *old ? " " : "", old ? old : "");
 	int started[2];

@@ -6,7 +6,9 @@
  * recvfrom and recvmsg then show the original destination, so the program
  * sees no difference. If the broker cannot be reached the shim fails open
  * (connects as asked) or, with WFPR_FAIL=closed, fails the call with
- * ENETDOWN; it never waits more than the client's reply timeout.
+ * ENETDOWN; it never waits more than the client's reply timeout. In an
+ * unmodified transparent proxy that `wfpr redirector run` started, it also
+ * wraps listen, accept, getsockopt(SO_ORIGINAL_DST) and close (unmodified.c).
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -19,6 +21,7 @@
 #include "../src/addr.h"
 #include "../src/preload/client.h"
 #include "../src/sockutil.h"
+#include "unmodified.h"
 #include "wfpr/error.h"
 
 #define SHIM_EXPORT __attribute__((visibility("default")))
@@ -31,6 +34,10 @@ typedef ssize_t (*sendmsg_fn)(int, const struct msghdr *, int);
 typedef int (*getpeername_fn)(int, struct sockaddr *, socklen_t *);
 typedef ssize_t (*recvfrom_fn)(int, void *, size_t, int, struct sockaddr *, socklen_t *);
 typedef ssize_t (*recvmsg_fn)(int, struct msghdr *, int);
+typedef int (*listen_fn)(int, int);
+typedef int (*accept_fn)(int, struct sockaddr *, socklen_t *);
+typedef int (*accept4_fn)(int, struct sockaddr *, socklen_t *, int);
+typedef int (*close_fn)(int);
 
 static connect_fn real_connect;
 static sendto_fn real_sendto;
@@ -38,7 +45,13 @@ static sendmsg_fn real_sendmsg;
 static getpeername_fn real_getpeername;
 static recvfrom_fn real_recvfrom;
 static recvmsg_fn real_recvmsg;
+static listen_fn real_listen;
+static accept_fn real_accept;
+static accept4_fn real_accept4;
+static unmodified_getsockopt_fn real_getsockopt;
+static close_fn real_close;
 static bool fail_closed;
+static bool unmodified; /* this process is an unmodified proxy (unmodified.h) */
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
 /* Where a socket's connection or flow really goes: dest as the program
@@ -62,11 +75,16 @@ static void init(void)
 	real_getpeername = (getpeername_fn)dlsym(RTLD_NEXT, "getpeername");
 	real_recvfrom = (recvfrom_fn)dlsym(RTLD_NEXT, "recvfrom");
 	real_recvmsg = (recvmsg_fn)dlsym(RTLD_NEXT, "recvmsg");
+	real_listen = (listen_fn)dlsym(RTLD_NEXT, "listen");
+	real_accept = (accept_fn)dlsym(RTLD_NEXT, "accept");
+	real_accept4 = (accept4_fn)dlsym(RTLD_NEXT, "accept4");
+	real_getsockopt = (unmodified_getsockopt_fn)dlsym(RTLD_NEXT, "getsockopt");
 	const char *path = getenv("WFPR_BROKER");
 	const char *fail = getenv("WFPR_FAIL");
 	fail_closed = fail && strcmp(fail, "closed") == 0;
 	if (path && path[0])
 		wfpr__client_set_path(path);
+	__atomic_store_n(&unmodified, path && path[0] && wfpr__unmodified_init(), __ATOMIC_RELEASE);
 }
 
 __attribute__((constructor)) static void shim_init(void)
@@ -155,11 +173,13 @@ static void remember(int fd, const struct sockaddr_storage *dest, const struct s
 /* Ask the broker where fd's connection or flow to dest goes. 0, or -1
  * with errno set. With connect_fn, a redirected TCP socket is connected
  * here: *connected says so, and the result is connect's (errno too). */
-static int classify(int fd, int protocol, const struct sockaddr_storage *dest, struct sockaddr_storage *target,
-                    bool *redirected, client_connect_fn connect_fn, bool *connected)
+static int classify(int fd, int protocol, const struct sockaddr_storage *dest, const uint8_t *records,
+                    size_t records_len, struct sockaddr_storage *target, bool *redirected, client_connect_fn connect_fn,
+                    bool *connected)
 {
 	int saved = errno, connect_result = 0;
-	int rc = wfpr__client_route(fd, protocol, dest, NULL, 0, target, redirected, connect_fn, &connect_result);
+	int rc = wfpr__client_route(fd, protocol, dest, records, records_len, target, redirected, connect_fn,
+	                            &connect_result);
 	*connected = rc == 0 && *redirected && connect_fn && protocol == IPPROTO_TCP;
 	if (*connected)
 		return connect_result;
@@ -194,7 +214,10 @@ SHIM_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 	if (protocol == IPPROTO_TCP && find_route(fd, NULL, false, &known)) /* a connect in progress, again */
 		return real_connect(fd, (struct sockaddr *)&known.target, addr_len(&known.target));
 	bool redirected, connected;
-	int rc = classify(fd, protocol, &dest, &target, &redirected, real_connect, &connected);
+	uint8_t carried[WIRE_BLOB_MAX]; /* an unmodified proxy's connect to an accepted connection's destination */
+	size_t carried_len = unmodified && protocol == IPPROTO_TCP ? wfpr__unmodified_carry(fd, &dest, carried, sizeof(carried)) : 0;
+	int rc = classify(fd, protocol, &dest, carried_len ? carried : NULL, carried_len, &target, &redirected, real_connect,
+	                  &connected);
 	if (redirected) {
 		int saved = errno;
 		remember(fd, &dest, &target);
@@ -240,7 +263,7 @@ static int datagram_target(int fd, const struct sockaddr_storage *dest, struct s
 	if (live_flow(fd, dest, target))
 		return 0;
 	bool redirected, connected;
-	if (classify(fd, IPPROTO_UDP, dest, target, &redirected, NULL, &connected) < 0)
+	if (classify(fd, IPPROTO_UDP, dest, NULL, 0, target, &redirected, NULL, &connected) < 0)
 		return -1;
 	remember(fd, dest, target); /* permitted flows too: classified once */
 	return 0;
@@ -318,4 +341,72 @@ SHIM_EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 		errno = saved;
 	}
 	return n;
+}
+
+/* ---- an unmodified transparent proxy (unmodified.h) ---- */
+
+SHIM_EXPORT int listen(int fd, int backlog)
+{
+	pthread_once(&once, init);
+	int rc = real_listen(fd, backlog);
+	if (rc == 0 && unmodified) {
+		int saved = errno;
+		wfpr__unmodified_listened(fd);
+		errno = saved;
+	}
+	return rc;
+}
+
+static int accepted(int listener, int fd)
+{
+	if (fd >= 0 && unmodified) {
+		int saved = errno;
+		wfpr__unmodified_accepted(listener, fd);
+		errno = saved;
+	}
+	return fd;
+}
+
+SHIM_EXPORT int accept(int fd, struct sockaddr *addr, socklen_t *len)
+{
+	pthread_once(&once, init);
+	return accepted(fd, real_accept(fd, addr, len));
+}
+
+SHIM_EXPORT int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
+{
+	pthread_once(&once, init);
+	return accepted(fd, real_accept4(fd, addr, len, flags));
+}
+
+#define SO_ORIGINAL_DST 80 /* linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST is the same */
+
+SHIM_EXPORT int getsockopt(int fd, int level, int name, void *value, socklen_t *len)
+{
+	pthread_once(&once, init);
+	if (unmodified && (level == IPPROTO_IP || level == IPPROTO_IPV6) && name == SO_ORIGINAL_DST) {
+		int saved = errno;
+		if (wfpr__unmodified_original_dst(fd, level, value, len) == 0) {
+			errno = saved;
+			return 0;
+		}
+		errno = saved;
+	}
+	return real_getsockopt(fd, level, name, value, len);
+}
+
+/* No pthread_once here: init itself closes files (the key file). */
+SHIM_EXPORT int close(int fd)
+{
+	close_fn real = __atomic_load_n(&real_close, __ATOMIC_ACQUIRE);
+	if (!real) {
+		real = (close_fn)dlsym(RTLD_NEXT, "close");
+		__atomic_store_n(&real_close, real, __ATOMIC_RELEASE);
+	}
+	if (__atomic_load_n(&unmodified, __ATOMIC_ACQUIRE)) {
+		int saved = errno;
+		wfpr__unmodified_closing(fd);
+		errno = saved;
+	}
+	return real(fd);
 }

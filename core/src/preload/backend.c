@@ -117,7 +117,7 @@ int wfpr_preload_register_filtered(uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE], cons
 		return WFPR_WSAEINVAL;
 	if (!wfpr__client_enabled())
 		return WFPR_WSAENETDOWN;
-	return wfpr__client_register(name, address, address6, weight, match, out_id);
+	return wfpr__client_register(name, address, address6, weight, match, 0, out_id);
 }
 
 int wfpr_preload_redirector_name(char *out, size_t len, const uint8_t id[WFPR_REDIRECTOR_ID_SIZE])

@@ -46,6 +46,7 @@ typedef struct proxy {
 	bool live;
 	wfpr_match match; /* the connections it takes */
 	bool match_process; /* match names the process: look it up per connection */
+	bool unmodified;    /* an unmodified proxy: its own fresh connects never come back to it */
 	wfpr_broker *broker;
 } proxy;
 
@@ -86,6 +87,7 @@ struct wfpr_broker {
 	proxy *proxies;
 	uint64_t next_client;
 	wfpr_process origin; /* during a ROUTE: the client process the filters test (pid 0: none) */
+	uint64_t routing;    /* during a ROUTE: the client that asks */
 	wfpr__store *store;
 	wfpr_broker_stats stats;
 	struct waiting *waiting; /* QUERYs that came before their ISSUE */
@@ -207,6 +209,8 @@ static wfpr_action classify(void *user, wfpr_connect_request *req)
 		wfpr_process_fill(who);
 	if (!wfpr_match_test(&p->match, req->protocol, &req->remote, who))
 		return WFPR_ACTION_PERMIT; /* not its traffic: the next filter is asked */
+	if (p->unmodified && p->owner == p->broker->routing)
+		return WFPR_ACTION_PERMIT; /* an unmodified proxy's own connect that carries no record */
 	/* IPv6 traffic to the proxy's IPv6 address, where it has one: an
 	 * IPV6_V6ONLY socket cannot reach an IPv4 one, and a datagram from a
 	 * dual-stack socket must come back from the address it went to */
@@ -277,6 +281,7 @@ static int register_proxy(wfpr_broker *b, client *c, const wire_request *rq, con
 	p->match = match;
 	p->broker = b;
 	p->match_process = match.n_uids || match.n_comms || match.n_exes || match.n_cgroups;
+	p->unmodified = rq->flags & WIRE_REGISTER_UNMODIFIED;
 	int rc = 0;
 	if (fresh) {
 		wfpr_callout_options co = WFPR_CALLOUT_OPTIONS_INIT;
@@ -353,8 +358,10 @@ static int route(wfpr_broker *b, client *c, const wire_request *rq, const uint8_
 	if (rq->blob_len && wfpr_records_decode(&chain, blob, rq->blob_len) == 0 && chain->hops[0].process.pid)
 		b->origin = chain->hops[0].process;
 	wfpr_records_free(chain);
+	b->routing = c->id;
 	int rc = wfpr__layer_classify(b->layer, &info, rq->blob_len ? blob : NULL, rq->blob_len, &c->decision);
 	memset(&b->origin, 0, sizeof(b->origin));
+	b->routing = 0;
 	if (rc != 0)
 		return rc;
 	if (c->decision.action == WFPR_ACTION_BLOCK) {

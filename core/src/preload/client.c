@@ -316,10 +316,11 @@ static int find_listener(const struct sockaddr_storage *a)
 
 int wfpr__client_register(const char *name, const struct sockaddr_storage *address,
                           const struct sockaddr_storage *address6, uint32_t weight, const char *match,
-                          uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE])
+                          uint32_t flags, uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE])
 {
 	size_t match_len = match ? strlen(match) + 1 : 0;
-	wire_request rq = {.type = WIRE_REGISTER, .a = *address, .weight = weight, .blob_len = (uint32_t)match_len};
+	wire_request rq = {.type = WIRE_REGISTER, .flags = flags, .a = *address, .weight = weight,
+	                   .blob_len = (uint32_t)match_len};
 	if (address6)
 		rq.b = *address6;
 	wire_reply rp;

@@ -46,9 +46,10 @@ int wfpr__client_set_key(const uint8_t key[WIRE_KEY_SIZE]);
  * the listening socket itself, which goes with the request).
  * address6: the same proxy on IPv6, or NULL */
 /* match: NULL or the filter's conditions as text */
+/* flags: WIRE_REGISTER_* */
 int wfpr__client_register(const char *name, const struct sockaddr_storage *address,
                           const struct sockaddr_storage *address6, uint32_t weight, const char *match,
-                          uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE]);
+                          uint32_t flags, uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE]);
 int wfpr__client_name(const uint8_t id[WFPR_REDIRECTOR_ID_SIZE], char *out, size_t len);
 
 #endif

@@ -37,6 +37,7 @@ enum wire_type {
 	WIRE_NAME,      /* id -> name */
 };
 
+#define WIRE_REGISTER_UNMODIFIED 0x1u /* REGISTER: an unmodified proxy (its fresh connects never come to itself) */
 #define WIRE_QUERY_CONTEXT 0x1u
 #define WIRE_QUERY_FIRST_DATAGRAM 0x2u /* UDP: only once, with the flow's first datagram */
 

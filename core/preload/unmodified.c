@@ -81,8 +81,13 @@ bool wfpr__unmodified_init(void)
 	me.weight = weight && *weight ? (uint32_t)strtoul(weight, NULL, 10) : 100;
 	me.match = getenv("WFPR_REDIRECTOR_MATCH");
 	uint8_t key[WIRE_KEY_SIZE];
-	if (key_file && *key_file && wfpr__key_read_file(key_file, key) == 0)
+	if (key_file && *key_file) {
+		if (wfpr__key_read_file(key_file, key) != 0) {
+			fprintf(stderr, "wfpr: cannot read the broker's key from %s: %s is not registered\n", key_file, name);
+			return false;
+		}
 		wfpr__client_set_key(key);
+	}
 	me.on = true;
 	return true;
 }
@@ -100,6 +105,8 @@ void wfpr__unmodified_listened(int fd)
 		return;
 	}
 	me.registered = true;
+	fprintf(stderr, "wfpr: %s registered with the broker at %s: SO_ORIGINAL_DST answers, and records are carried\n",
+	        me.name, getenv("WFPR_REDIRECTOR_LISTEN"));
 }
 
 static bool is_listener(int fd)

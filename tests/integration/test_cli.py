@@ -30,7 +30,7 @@ def test_help(command):
     (["run", "--rules", "lua/rules/tag.lua", "--log", "/nonexistent/dir/log", "--", "true"], "cannot open the log"),
     (["broker"], "--socket PATH is required"),
     (["broker", "--bogus"], "unknown or incomplete option"),
-    (["redirector"], "add, remove --name NAME, or list"),
+    (["redirector"], "add, run, remove --name NAME, or list"),
     (["redirector", "add", "--name", "x"], "give --name NAME, --listen ADDR:PORT"),
     (["redirector", "add", "--name", "x", "--listen", "nonsense"], "invalid option '--listen'"),
     (["proxy", "--broker", "/tmp/x", "--name", "x", "--key-file", "/nonexistent.key"], "cannot read the key file"),

@@ -347,3 +347,52 @@ def test_refusals(layer):
     r = subprocess.run([WFPR, "redirector", "remove", "--control", layer.control, "--name", "nobody"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "no redirector is named nobody" in r.stderr, r.stderr
+
+
+WFPR_AWARE = r"""
+import socket, sys, wfpr
+wfpr.ebpf_attach()
+dst = ("127.0.0.1", int(sys.argv[1]))
+l = socket.socket()
+l.bind(("127.0.0.1", 0))
+l.listen(8)
+print(l.getsockname()[1], flush=True)
+sys.stdin.readline()  # registered
+a, _ = l.accept()
+b, _ = l.accept()
+rb = wfpr.query_redirect_records(b)  # QUERY works for a proxy registered as unmodified
+print("hops", *[h.process.pid for h in wfpr.RedirectRecords(rb).hops], flush=True)
+first = socket.socket()
+wfpr.set_redirect_records(first, rb)  # SET: b's record, though a's is the oldest to carry
+first.connect(dst)
+second = socket.create_connection(dst)  # no SET: a's record is carried
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_query_and_set_on_an_unmodified_proxy(layer, http_server, tmp_path):
+    """A proxy registered as unmodified may still QUERY, and SET overrides
+    the automatic carry: with a's and b's connections waiting, a SET of b's
+    record goes out with b's record, and the next connect carries a's."""
+    if layer.backend != "ebpf":
+        pytest.skip("a wfpr-aware proxy under the shim QUERYs and SETs through libwfpr, not the shim")
+    dport = http_server["v4"].rsplit(":", 1)[1]
+    proxy = in_cgroup(layer, [PY, "-c", WFPR_AWARE, dport], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    port = int(proxy.stdout.readline())
+    r = subprocess.run([WFPR, "redirector", "add", "--control", layer.control, "--name", "aware", "--listen",
+                        "127.0.0.1:%d" % port, "--pid", str(proxy.pid), "--weight", "200", "--dport", dport],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    proxy.stdin.write("go\n")
+    proxy.stdin.flush()
+    layer.proxy("last", "--weight", "100", "--dport", dport)
+    hold = "import socket, sys, time; s = socket.create_connection(('127.0.0.1', %s)); time.sleep(20)" % dport
+    a = in_cgroup(layer, [PY, "-c", hold])
+    time.sleep(0.5)
+    b = in_cgroup(layer, [PY, "-c", hold])
+    assert proxy.stdout.readline().split() == ["hops", str(b.pid)]
+    assert proxy.stdout.readline().strip() == "done"
+    time.sleep(0.3)
+    seen = [(tuple(e["hops"]), e["process"]["pid"]) for e in layer.events() if e["proxy"] == "last"]
+    assert seen == [(("aware", "last"), b.pid), (("aware", "last"), a.pid)], seen

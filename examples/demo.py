@@ -23,7 +23,7 @@ import tempfile
 import threading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WFPR = os.path.join(ROOT, "build", "wfpr")
+WFPR = os.environ.get("WFPR_BIN", os.path.join(ROOT, "build", "wfpr"))  # make test-install runs the installed one
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
 

@@ -162,7 +162,13 @@ void cli_shim_path(char *out, size_t len)
 	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
 	if (n > 0) {
 		exe[n] = '\0';
-		snprintf(out, len, "%s/%s", dirname(exe), WFPR_PRELOAD_NAME);
+		const char *dir = dirname(exe);
+		/* beside it (the build tree, the wheel), then where an install
+		 * under any prefix puts it (bin/../lib), then the configured libdir */
+		snprintf(out, len, "%s/%s", dir, WFPR_PRELOAD_NAME);
+		if (access(out, R_OK) == 0)
+			return;
+		snprintf(out, len, "%s/%s/%s", dir, WFPR_BIN_TO_LIB, WFPR_PRELOAD_NAME);
 		if (access(out, R_OK) == 0)
 			return;
 	}

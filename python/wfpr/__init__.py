@@ -21,7 +21,7 @@ from .sockets import (
     original_destination, query_redirect_context, query_redirect_records, recvfrom, recvmsg, sendmsg, sendto,
     set_overlapped, set_redirect_records, want_context)
 
-__version__ = "0.1.0"
+__version__: str = _wfpr.VERSION  # the C library's (core/include/wfpr/common.h), as `wfpr --version` says
 
 
 def ebpf_attach(on=True):

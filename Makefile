@@ -53,7 +53,8 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 test-python: deps $(PY)
-	$(PY) -m pip install -q ".[test,notebook]"
+	$(PY) -m pip install -q ".[test,notebook]" mypy
+	$(PY) -m mypy --strict python/wfpr
 	cd tests && ../$(PY) -m pytest -q -rs -p no:cacheprovider python
 
 # Real programs (curl, Python) through `wfpr run`: chains, UDP, faults, load.

@@ -8,8 +8,11 @@ the layer's redirect state stops loops.
     records = wfpr.query_redirect_records(accepted_socket)
     wfpr.set_redirect_records(outbound_socket, records)
 """
+from typing import Optional, Tuple
+
 from . import _wfpr
 from . import aio
+from ._wfpr import Overlapped
 from .errors import *  # noqa: F401,F403 - one exception class per code
 from .errors import InsufficientBufferError, WSAError, from_code
 from .layer import BLOCK, PERMIT, ConnectRequest, Layer, Redirect, Redirector
@@ -17,14 +20,14 @@ from .proxy import ProxiedConnection, Proxy
 from .records import Hop, Process, RedirectRecords, RedirectState
 from .sockets import (
     SIO_FLUSH, SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT, SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS,
-    SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, Datagram, Overlapped, close, connect, decode_context, flush, ioctl,
+    SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, Datagram, SocketLike, close, connect, decode_context, flush, ioctl,
     original_destination, query_redirect_context, query_redirect_records, recvfrom, recvmsg, sendmsg, sendto,
     set_overlapped, set_redirect_records, want_context)
 
 __version__: str = _wfpr.VERSION  # the C library's (core/include/wfpr/common.h), as `wfpr --version` says
 
 
-def ebpf_attach(on=True):
+def ebpf_attach(on: bool = True) -> None:
     """Use the eBPF backend in this process: it runs inside the cgroup that
     `wfpr run --backend ebpf` made, so the kernel redirects its connects, and
     QUERY and SET (``query_redirect_records``, ``set_redirect_records``...)
@@ -32,7 +35,8 @@ def ebpf_attach(on=True):
     _wfpr.ebpf_attach(1 if on else 0)
 
 
-def add_redirector(name, listen, *, pid=None, cgroup=None, weight=100, match="", daemon=None):
+def add_redirector(name: str, listen: Tuple[str, int], *, pid: Optional[int] = None, cgroup: Optional[str] = None,
+                   weight: int = 100, match: str = "", daemon: Optional[str] = None) -> bytes:
     """Register an unmodified transparent proxy (haproxy, mitmproxy: one
     written for netfilter REDIRECT) with a running ``wfpr daemon``, as
     ``wfpr redirector add`` does (docs/unmodified-proxies.md). ``listen`` is
@@ -44,13 +48,15 @@ def add_redirector(name, listen, *, pid=None, cgroup=None, weight=100, match="",
     return _wfpr.daemon_add_redirector(daemon, name, weight, match, host, port, pid or 0, cgroup)
 
 
-def remove_redirector(name, *, daemon=None):
+def remove_redirector(name: str, *, daemon: Optional[str] = None) -> None:
     """Remove an unmodified proxy that ``add_redirector`` registered."""
     _wfpr.daemon_remove_redirector(daemon, name)
 
 
-def ebpf_available(sock):
+def ebpf_available(sock: SocketLike) -> bool:
     """True when the eBPF backend's programs answer on this socket (or fd)."""
-    return bool(_wfpr.ebpf_available(sock.fileno() if hasattr(sock, "fileno") else int(sock)))
+    return bool(_wfpr.ebpf_available(sock if isinstance(sock, int) else sock.fileno()))
+
+
 RECORD_MAX_HOPS = _wfpr.RECORD_MAX_HOPS
 RECORD_MAX_SIZE = _wfpr.RECORD_MAX_SIZE

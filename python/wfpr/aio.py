@@ -12,7 +12,8 @@ import asyncio
 
 from . import _wfpr
 from .errors import InsufficientBufferError
-from .sockets import SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT, SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, _fd, flush, set_overlapped
+from .sockets import (SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT, SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, SocketLike, _fd, flush,
+                      set_overlapped)
 
 _INITIAL_SIZE = 1024
 
@@ -33,7 +34,7 @@ async def _wait(op: "_wfpr.Overlapped") -> None:
         loop.remove_reader(fd)
 
 
-async def overlapped_ioctl(sock, code: int, out_len: int) -> bytes:
+async def overlapped_ioctl(sock: SocketLike, code: int, out_len: int) -> bytes:
     """One overlapped WSAIoctl: returns the bytes or raises its WSAError."""
     fd = _fd(sock)
     set_overlapped(fd)
@@ -48,19 +49,19 @@ async def overlapped_ioctl(sock, code: int, out_len: int) -> bytes:
     return op.result()
 
 
-async def _query(sock, code: int, size: int) -> bytes:
+async def _query(sock: SocketLike, code: int, size: int) -> bytes:
     try:
         return await overlapped_ioctl(sock, code, size)
     except InsufficientBufferError as e:
         return await overlapped_ioctl(sock, code, e.required_size)
 
 
-async def query_redirect_records(sock, *, size: int = _INITIAL_SIZE) -> bytes:
+async def query_redirect_records(sock: SocketLike, *, size: int = _INITIAL_SIZE) -> bytes:
     """Await the accepted socket's redirect record."""
     return await _query(sock, SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, size)
 
 
-async def query_redirect_context(sock, *, size: int = 2 * 128) -> bytes:
+async def query_redirect_context(sock: SocketLike, *, size: int = 2 * 128) -> bytes:
     """Await the accepted socket's redirect context."""
     return await _query(sock, SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT, size)
 

@@ -7,7 +7,7 @@ cannot drift apart. Each exception carries ``winerror`` (the number) and
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Type
+from typing import Callable, Dict, Optional, Tuple, Type
 
 from . import _wfpr
 
@@ -18,7 +18,7 @@ class WSAError(OSError):
     winerror: int
     name: str
 
-    def __new__(cls, *args, **kwargs):
+    def __new__(cls, *args: object, **kwargs: object) -> "WSAError":
         # OSError.__new__ would read our arguments as (errno, strerror).
         return super().__new__(cls)
 
@@ -37,7 +37,7 @@ class WSAError(OSError):
     def _number(self) -> str:
         return f"0x{self.winerror & 0xFFFFFFFF:08X}" if self.winerror < 0 else str(self.winerror)
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Callable[[int, int, str], "WSAError"], Tuple[int, int, str]]:
         return (from_code, (self.winerror, self.bytes_returned, self.detail))
 
 
@@ -87,7 +87,7 @@ def _build() -> None:
         code = _wfpr.err_code_at(i)
         if code == 0:
             continue
-        winsock_name = _wfpr.err_name(code)
+        winsock_name = _wfpr.err_name(code) or "0x%08X" % (code & 0xFFFFFFFF)
         class_name = _CLASS_NAMES.get(winsock_name, winsock_name.title().replace("_", "") + "Error")
         cls = InsufficientBufferError if class_name == "InsufficientBufferError" else type(
             class_name, (WSAError,), {"__doc__": f"{winsock_name}: {_wfpr.strerror(code)}", "__module__": __name__})

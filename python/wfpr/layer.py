@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from . import _wfpr
 from .records import Address, RedirectState, _redirector_names
@@ -74,7 +74,7 @@ class _Filter:
     callout: str
     redirector: Optional[Redirector]
     weight: int
-    conditions: dict
+    conditions: Dict[str, Any]
     errors: int = 0
 
 
@@ -85,7 +85,10 @@ def _parse_prefix(remote: Optional[str]) -> Tuple[str, int]:
     return str(net.network_address), net.prefixlen
 
 
-def _parse_ports(ports) -> Tuple[int, int]:
+Ports = Union[None, int, range, Tuple[int, int]]
+
+
+def _parse_ports(ports: Ports) -> Tuple[int, int]:
     if ports is None:
         return 0, 0
     if isinstance(ports, int):
@@ -110,7 +113,7 @@ class Layer:
         self._layer = _wfpr.layer()
         self.redirectors: List[Redirector] = []
         self.filters: List[_Filter] = []
-        self._callouts: List[Callable] = []  # kept alive with the layer
+        self._callouts: List[Callable[[Dict[str, Any]], object]] = []  # kept alive with the layer
         self._lock = threading.Lock()
         self.callout_errors = 0
 
@@ -122,7 +125,7 @@ class Layer:
         return r
 
     def add_callout(self, callout: Any, *, redirector: Optional[Redirector] = None, name: Optional[str] = None,
-                    protocol: Union[str, int, None] = None, remote: Optional[str] = None, ports=None,
+                    protocol: Union[str, int, None] = None, remote: Optional[str] = None, ports: Ports = None,
                     local_port: int = 0, pid: Optional[int] = None, uid: Optional[int] = None,
                     weight: int = 0, default: Verdict = PERMIT) -> int:
         """Register ``callout`` (a function of a ConnectRequest, or an object
@@ -135,7 +138,7 @@ class Layer:
         fn = getattr(callout, "classify", callout)
         if not callable(fn):
             raise TypeError("callout must be callable or have a classify method")
-        label = name or getattr(fn, "__name__", type(callout).__name__)
+        label = name or str(getattr(fn, "__name__", type(callout).__name__))
         entry = _Filter(0, label, label, redirector, weight,
                         {"protocol": protocol, "remote": remote, "ports": ports, "local_port": local_port,
                          "pid": pid, "uid": uid})
@@ -155,8 +158,9 @@ class Layer:
         with self._lock:
             self.filters = [f for f in self.filters if f.id != filter_id]
 
-    def _dispatcher(self, fn: Callable, redirector: Optional[Redirector], entry: _Filter, default: Verdict):
-        def dispatch(info: dict):
+    def _dispatcher(self, fn: Callable[[ConnectRequest], Verdict], redirector: Optional[Redirector], entry: _Filter,
+                    default: Verdict) -> Callable[[Dict[str, Any]], object]:
+        def dispatch(info: Dict[str, Any]) -> object:
             request = ConnectRequest(protocol={6: "tcp", 17: "udp"}.get(info["protocol"], str(info["protocol"])),
                                      remote=info["remote"], local=info["local"], pid=info["pid"], uid=info["uid"],
                                      hop_count=info["hop_count"], state=RedirectState(info["state"]),
@@ -184,11 +188,11 @@ class Layer:
     def __enter__(self) -> "Layer":
         return self.attach()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.detach()
 
     @property
-    def stats(self) -> dict:
+    def stats(self) -> Dict[str, int]:
         s = self._layer.stats_snapshot()
         return {k: getattr(s, k) for k in
                 ("classified", "redirected", "blocked", "refused_redirects", "hop_limit", "bad_records")}
@@ -214,7 +218,7 @@ class Layer:
                 f"<p>{esc(stats)}</p></div>")
 
 
-def _encode(verdict: Verdict):
+def _encode(verdict: Verdict) -> object:
     """A verdict in the form the C trampoline reads."""
     if verdict is None or verdict == PERMIT:
         return None

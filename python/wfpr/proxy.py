@@ -23,10 +23,10 @@ import dataclasses
 import os
 import threading
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Literal, Optional, Union
 
 from . import _wfpr
-from .layer import PERMIT, Layer, Redirect
+from .layer import PERMIT, ConnectRequest, Layer, Ports, Redirect, Verdict
 from .records import Address, Process, RedirectRecords
 
 Inspect = Callable[[bytes, str], Optional[bytes]]  # (chunk, "up" | "down") -> chunk to send
@@ -64,10 +64,10 @@ class Proxy:
     that ``inspect`` raised (the chunk then passed unchanged); ``stats`` the
     engine's counters once stopped."""
 
-    def __init__(self, layer: Optional[Layer], name: str, *, ports=None, remote: Optional[str] = None,
+    def __init__(self, layer: Optional[Layer], name: str, *, ports: Ports = None, remote: Optional[str] = None,
                  weight: int = 0, host: str = "127.0.0.1", inspect: Optional[Inspect] = None,
-                 buffer_size: int = 256 * 1024, broker: Optional[str] = None, daemon=None, match: str = "",
-                 broker_key: Optional[str] = None):
+                 buffer_size: int = 256 * 1024, broker: Optional[str] = None, daemon: Union[None, Literal[True], str] = None,
+                 match: str = "", broker_key: Optional[str] = None):
         """``daemon=True`` (or the control socket's path) registers with a
         running ``wfpr daemon`` (the eBPF backend, host-wide): this process
         joins the daemon's cgroup, and ``match`` (``"proto=tcp dport=443"``,
@@ -90,7 +90,7 @@ class Proxy:
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         handle = None
-        control = None if daemon is True else daemon
+        control = daemon if isinstance(daemon, str) else None  # True: the default control socket
         if daemon is not None:
             _wfpr.daemon_join(control)  # its sockets must be in the daemon's cgroup
             _wfpr.ebpf_attach(1)
@@ -99,13 +99,14 @@ class Proxy:
             # process's own sockets (the proxy's outbound ones) go through the broker too
             _wfpr.preload_attach(broker)
             _wfpr.preload_set_key(broker_key)
-        else:
+        elif layer is not None:
             self.redirector = layer.redirector(name)
             handle = self.redirector._handle
         hook = self._inspect if inspect is not None else None
-        self._engine = _wfpr.engine_new(name, host, 0, handle, None if layer else bytes(16), buffer_size,
+        self._engine: Optional[_wfpr.engine] = _wfpr.engine_new(name, host, 0, handle, None if layer else bytes(16), buffer_size,
                                         self._connected, hook, self._closed)
-        self.address: Address = tuple(_wfpr.engine_address(self._engine))
+        host_, port_ = _wfpr.engine_address(self._engine)
+        self.address: Address = (host_, port_)
         if daemon is not None:
             self._link = _wfpr.daemon_register(control, name, weight if weight else 100, match,
                                                self.address[0], self.address[1], None, 0)
@@ -116,22 +117,24 @@ class Proxy:
                                                         match)
         if layer is None:
             _wfpr.engine_set_redirector_id(self._engine, self.redirector_id)
-            self.filter_id = None
+            self.filter_id: Optional[int] = None
             return
         self.filter_id = layer.add_callout(self._classify, redirector=self.redirector, name=name, protocol="tcp",
                                            ports=ports, remote=remote, weight=weight)
 
-    def _classify(self, request) -> object:
+    def _classify(self, request: ConnectRequest) -> Verdict:
         return PERMIT if request.mine else Redirect(self.address)
 
     # -- the engine's hooks (on its thread, with the GIL) -------------------------
     def _connected(self, conn_id: int, records: bytes, original_dst: Address) -> None:
-        conn = ProxiedConnection(RedirectRecords(records), tuple(original_dst))
+        conn = ProxiedConnection(RedirectRecords(records), (original_dst[0], original_dst[1]))
         with self._lock:
             self.connections.append(conn)
             self._by_id[conn_id] = conn
 
     def _inspect(self, chunk: bytes, direction: str) -> Optional[bytes]:
+        if self.inspect is None:
+            return None
         try:
             out = self.inspect(chunk, direction)
         except Exception as e:  # one chunk's failure never stops the proxy: it passes unchanged
@@ -165,7 +168,7 @@ class Proxy:
         self.stats = _wfpr.engine_stats(self._engine)
         _wfpr.engine_free(self._engine)
         self._engine = None
-        if self.layer is not None:
+        if self.layer is not None and self.filter_id is not None:
             self.layer.remove_filter(self.filter_id)
         if self._link is not None:
             _wfpr.daemon_unregister(self._link)  # new connections skip it from now on
@@ -175,7 +178,7 @@ class Proxy:
     def __enter__(self) -> "Proxy":
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def __repr__(self) -> str:

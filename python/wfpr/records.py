@@ -5,9 +5,12 @@ import datetime as _dt
 import html
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Dict, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Tuple
 
 from . import _wfpr
+
+if TYPE_CHECKING:
+    from .layer import Redirector
 
 Address = Tuple[str, int]
 
@@ -59,7 +62,7 @@ class Hop:
     process: Optional[Process] = None
 
     @classmethod
-    def _from_dict(cls, d: dict) -> "Hop":
+    def _from_dict(cls, d: Dict[str, Any]) -> "Hop":
         return cls(redirector_id=d["redirector_id"], handle=d["handle"], proxy_pid=d["proxy_pid"],
                    protocol={6: "tcp", 17: "udp"}.get(d["protocol"], str(d["protocol"])),
                    original_remote=d["original_remote"], original_local=d["original_local"],
@@ -94,7 +97,7 @@ class RedirectRecords:
     def parse(cls, blob: bytes) -> "RedirectRecords":
         return cls(blob)
 
-    def state_for(self, redirector) -> RedirectState:
+    def state_for(self, redirector: "Redirector") -> RedirectState:
         """The redirect state of this connection for a redirector of the live
         layer that issued it (the tokens are checked under that layer's key)."""
         return RedirectState(_wfpr.query_redirect_state(self.blob, redirector._handle))
@@ -109,10 +112,10 @@ class RedirectRecords:
     def __iter__(self) -> Iterator[Hop]:
         return iter(self.hops)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> Hop:
         return self.hops[i]
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, RedirectRecords) and other.blob == self.blob
 
     def __hash__(self) -> int:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import socket as _socket
 import struct
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Protocol, Tuple, Union
 
 from . import _wfpr
+from ._wfpr import Overlapped
 from .errors import InsufficientBufferError, from_code
 from .records import Address
 
@@ -19,14 +20,18 @@ SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS = _wfpr.SIO_SET_WFP_CONNECTION_REDIRECT_
 SIO_FLUSH = _wfpr.SIO_FLUSH
 
 
-def _fd(sock) -> int:
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
+SocketLike = Union[int, _HasFileno]  # a socket.socket, anything with fileno(), or a descriptor
+
+
+def _fd(sock: SocketLike) -> int:
     return sock if isinstance(sock, int) else sock.fileno()
 
 
-Overlapped = _wfpr.Overlapped
-
-
-def ioctl(sock, code: int, out_len: int = 0, in_: Optional[bytes] = None, *, null_out: bool = False,
+def ioctl(sock: SocketLike, code: int, out_len: int = 0, in_: Optional[bytes] = None, *, null_out: bool = False,
           overlapped: Optional["Overlapped"] = None) -> bytes:
     """WSAIoctl, as the C library implements it, for exploring its exact
     semantics: returns the output bytes, or raises (``out_len=0`` is the size
@@ -47,7 +52,7 @@ def ioctl(sock, code: int, out_len: int = 0, in_: Optional[bytes] = None, *, nul
 _FIRST_TRY = 1024  # the reference page's suggestion; most records fit
 
 
-def _query(sock, code: int) -> bytes:
+def _query(sock: SocketLike, code: int) -> bytes:
     fd = _fd(sock)
     try:
         return _wfpr.ioctl(fd, code, None, _FIRST_TRY, False)
@@ -55,25 +60,25 @@ def _query(sock, code: int) -> bytes:
         return _wfpr.ioctl(fd, code, None, e.required_size, False)
 
 
-def query_redirect_records(sock) -> bytes:
+def query_redirect_records(sock: SocketLike) -> bytes:
     """SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS on an accepted (or connected)
     socket: the opaque record. It asks with a 1 KiB buffer and, when the
     record is larger, again with the size the first call reported."""
     return _query(sock, SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS)
 
 
-def query_redirect_context(sock) -> bytes:
+def query_redirect_context(sock: SocketLike) -> bytes:
     """SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT: the redirector's context
     (by default the original remote and local address; see ``decode_context``)."""
     return _query(sock, SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT)
 
 
-def set_redirect_records(sock, blob: bytes) -> None:
+def set_redirect_records(sock: SocketLike, blob: bytes) -> None:
     """SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS on an outbound socket, before it connects."""
     ioctl(sock, SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, 0, bytes(blob))
 
 
-def flush(sock) -> None:
+def flush(sock: SocketLike) -> None:
     """SIO_FLUSH: abort the socket's pending overlapped operations."""
     ioctl(sock, SIO_FLUSH, 0)
 
@@ -99,7 +104,7 @@ def decode_context(blob: bytes) -> Tuple[Optional[Address], Optional[Address]]:
     return _sockaddr(blob[:_SOCKADDR_STORAGE]), _sockaddr(blob[_SOCKADDR_STORAGE:])
 
 
-def original_destination(sock) -> Address:
+def original_destination(sock: SocketLike) -> Address:
     """Where a redirected connection was going, from its default context."""
     remote, _ = decode_context(query_redirect_context(sock))
     if remote is None:
@@ -108,19 +113,19 @@ def original_destination(sock) -> Address:
 
 
 # -- the in-process backend ----------------------------------------------------
-def connect(sock, address: Address) -> None:
+def connect(sock: SocketLike, address: Address) -> None:
     """connect() through the attached layer (it may be redirected). The GIL
     is released while it runs, callouts included."""
     host, port = address
     _wfpr.connect(_fd(sock), host, port)
 
 
-def sendto(sock, data: bytes, address: Address) -> int:
+def sendto(sock: SocketLike, data: bytes, address: Address) -> int:
     host, port = address
     return _wfpr.sendto(_fd(sock), data, host, port)
 
 
-def sendmsg(sock, data: bytes, address: Address, records: Optional[bytes] = None) -> int:
+def sendmsg(sock: SocketLike, data: bytes, address: Address, records: Optional[bytes] = None) -> int:
     """WSASendMsg: with ``records``, the datagram carries IP_WFP_REDIRECT_RECORDS
     (a UDP proxy passes its flow's records on with the first datagram)."""
     host, port = address
@@ -134,28 +139,28 @@ class Datagram(NamedTuple):
     context: Optional[bytes]  # IP_WFP_REDIRECT_CONTEXT, when asked for with want_context
 
 
-def recvmsg(sock, bufsize: int = 65536) -> Datagram:
+def recvmsg(sock: SocketLike, bufsize: int = 65536) -> Datagram:
     """WSARecvMsg with the redirect control messages (GIL released while waiting)."""
     return Datagram(*_wfpr.recvmsg(_fd(sock), bufsize))
 
 
-def recvfrom(sock, bufsize: int = 65536) -> Tuple[bytes, Optional[Address]]:
+def recvfrom(sock: SocketLike, bufsize: int = 65536) -> Tuple[bytes, Optional[Address]]:
     """recvfrom that shows replies from the original destination, not the proxy."""
     d = recvmsg(sock, bufsize)
     return d.data, d.address
 
 
-def want_context(sock, on: bool = True) -> None:
+def want_context(sock: SocketLike, on: bool = True) -> None:
     """Ask for IP_WFP_REDIRECT_CONTEXT with each flow's first datagram (UDP)."""
     _wfpr.set_want_context(_fd(sock), on)
 
 
-def set_overlapped(sock, on: bool = True) -> None:
+def set_overlapped(sock: SocketLike, on: bool = True) -> None:
     """Give the socket the overlapped attribute (WSA_FLAG_OVERLAPPED)."""
     _wfpr.socket_set_overlapped(_fd(sock), int(on))
 
 
-def close(sock) -> None:
+def close(sock: SocketLike) -> None:
     """closesocket: aborts the socket's pending overlapped operations, then closes it."""
-    fd = sock.detach() if hasattr(sock, "detach") else sock
+    fd = sock.detach() if isinstance(sock, _socket.socket) else _fd(sock)
     _wfpr.closesocket(fd)

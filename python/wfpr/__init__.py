@@ -11,7 +11,7 @@ the layer's redirect state stops loops.
 from typing import Optional, Tuple
 
 from . import _wfpr
-from . import aio
+from . import aio, errors
 from ._wfpr import Overlapped
 from .errors import *  # noqa: F401,F403 - one exception class per code
 from .errors import InsufficientBufferError, WSAError, from_code
@@ -60,3 +60,21 @@ def ebpf_available(sock: SocketLike) -> bool:
 
 RECORD_MAX_HOPS = _wfpr.RECORD_MAX_HOPS
 RECORD_MAX_SIZE = _wfpr.RECORD_MAX_SIZE
+
+# what `from wfpr import *` and `pydoc wfpr` show: the API, not its imports
+__all__ = [
+    "__version__", "RECORD_MAX_HOPS", "RECORD_MAX_SIZE",
+    # the layer, the proxies, the records
+    "Layer", "Redirector", "Redirect", "ConnectRequest", "PERMIT", "BLOCK", "Proxy", "ProxiedConnection",
+    "RedirectRecords", "RedirectState", "Hop", "Process",
+    # the IOCTLs and sockets
+    "SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS", "SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT",
+    "SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS", "SIO_FLUSH", "SocketLike", "Overlapped", "Datagram", "ioctl",
+    "query_redirect_records", "query_redirect_context", "set_redirect_records", "original_destination",
+    "decode_context", "connect", "sendto", "sendmsg", "recvmsg", "recvfrom", "want_context", "set_overlapped",
+    "flush", "close", "aio",
+    # the backends
+    "ebpf_attach", "ebpf_available", "add_redirector", "remove_redirector",
+    # errors: one class per code
+    *errors.__all__,
+]

@@ -67,6 +67,7 @@ _CLASS_NAMES = {
     "WSAEOPNOTSUPP": "OperationNotSupportedError",
     "WSAEAFNOSUPPORT": "AddressFamilyNotSupportedError",
     "WSAEADDRINUSE": "AddressInUseError",
+    "WSAEADDRNOTAVAIL": "AddressNotAvailableError",
     "WSAENETDOWN": "NetworkDownError",
     "WSAENOBUFS": "NoBuffersError",
     "WSAEISCONN": "AlreadyConnectedError",

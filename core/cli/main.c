@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include "../src/sockutil.h"
 #include "cli.h"
 #include "wfpr/wfpr.h"
 
@@ -78,28 +79,7 @@ void cli_raise_fd_limit(void)
 
 int cli_parse_address(const char *text, struct sockaddr_storage *out)
 {
-	char host[64];
-	const char *colon = strrchr(text, ':');
-	if (!colon || colon == text || (size_t)(colon - text) >= sizeof(host))
-		return -1;
-	memcpy(host, text, (size_t)(colon - text));
-	host[colon - text] = '\0';
-	long long port = cli_parse_count(colon + 1);
-	if (port < 0 || port > 65535)
-		return -1;
-	memset(out, 0, sizeof(*out));
-	struct sockaddr_in *v4 = (struct sockaddr_in *)out;
-	struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)out;
-	size_t n = strlen(host);
-	if (host[0] == '[' && n > 2 && host[n - 1] == ']') {
-		host[n - 1] = '\0';
-		v6->sin6_family = AF_INET6;
-		v6->sin6_port = htons((uint16_t)port);
-		return inet_pton(AF_INET6, host + 1, &v6->sin6_addr) == 1 ? 0 : -1;
-	}
-	v4->sin_family = AF_INET;
-	v4->sin_port = htons((uint16_t)port);
-	return inet_pton(AF_INET, host, &v4->sin_addr) == 1 ? 0 : -1;
+	return wfpr__parse_address(text, out);
 }
 
 int cli_match_option(const char *opt, const char *val, wfpr_match *m, char *err, size_t err_len)

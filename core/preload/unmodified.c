@@ -1,5 +1,4 @@
 /* The shim in an unmodified transparent proxy (unmodified.h). */
-#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -39,40 +38,13 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pending carry[CARRY_DEPTH];
 static uint64_t accepted_cookie[ACCEPTED_MAX]; /* by fd: an accepted socket holding a record (0: none) */
 
-static bool parse_address(const char *text, struct sockaddr_storage *out)
-{
-	char host[64];
-	const char *colon = text ? strrchr(text, ':') : NULL;
-	if (!colon || colon == text || (size_t)(colon - text) >= sizeof(host))
-		return false;
-	memcpy(host, text, (size_t)(colon - text));
-	host[colon - text] = '\0';
-	char *end;
-	long port = strtol(colon + 1, &end, 10);
-	if (*end || port <= 0 || port > 65535)
-		return false;
-	memset(out, 0, sizeof(*out));
-	struct sockaddr_in *v4 = (struct sockaddr_in *)out;
-	struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)out;
-	size_t hl = strlen(host);
-	if (host[0] == '[' && hl > 2 && host[hl - 1] == ']') {
-		host[hl - 1] = '\0';
-		v6->sin6_family = AF_INET6;
-		v6->sin6_port = htons((uint16_t)port);
-		return inet_pton(AF_INET6, host + 1, &v6->sin6_addr) == 1;
-	}
-	v4->sin_family = AF_INET;
-	v4->sin_port = htons((uint16_t)port);
-	return inet_pton(AF_INET, host, &v4->sin_addr) == 1;
-}
-
 bool wfpr__unmodified_init(void)
 {
 	const char *name = getenv("WFPR_REDIRECTOR"), *listen = getenv("WFPR_REDIRECTOR_LISTEN");
 	const char *weight = getenv("WFPR_REDIRECTOR_WEIGHT"), *key_file = getenv("WFPR_KEY_FILE");
 	if (!name || !*name || strlen(name) >= sizeof(me.name))
 		return false;
-	if (!parse_address(listen, &me.listen)) {
+	if (wfpr__parse_address(listen, &me.listen) != 0 || addr_port(&me.listen) == 0) {
 		fprintf(stderr, "wfpr: WFPR_REDIRECTOR_LISTEN=%s is not ADDR:PORT: %s is not registered\n",
 		        listen ? listen : "", name);
 		return false;

@@ -1,3 +1,4 @@
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <string.h>
@@ -94,4 +95,30 @@ int64_t wfpr__udp_flow_idle_ns(void)
 		__atomic_store_n(&idle, v, __ATOMIC_RELAXED);
 	}
 	return v;
+}
+
+int wfpr__parse_address(const char *text, struct sockaddr_storage *out)
+{
+	char host[64], *end;
+	const char *colon = text ? strrchr(text, ':') : NULL;
+	if (!colon || colon == text || (size_t)(colon - text) >= sizeof(host) || !colon[1] || colon[1] == '-')
+		return -1;
+	memcpy(host, text, (size_t)(colon - text));
+	host[colon - text] = '\0';
+	long port = strtol(colon + 1, &end, 10);
+	if (*end || port < 0 || port > 65535)
+		return -1;
+	memset(out, 0, sizeof(*out));
+	struct sockaddr_in *v4 = (struct sockaddr_in *)out;
+	struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)out;
+	size_t n = strlen(host);
+	if (host[0] == '[' && n > 2 && host[n - 1] == ']') {
+		host[n - 1] = '\0';
+		v6->sin6_family = AF_INET6;
+		v6->sin6_port = htons((uint16_t)port);
+		return inet_pton(AF_INET6, host + 1, &v6->sin6_addr) == 1 ? 0 : -1;
+	}
+	v4->sin_family = AF_INET;
+	v4->sin_port = htons((uint16_t)port);
+	return inet_pton(AF_INET, host, &v4->sin_addr) == 1 ? 0 : -1;
 }

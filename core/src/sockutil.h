@@ -25,6 +25,8 @@ int wfpr__socket_bind_for_redirect(int fd, int protocol, const struct sockaddr_s
 /* How long a sender's UDP flow may stay silent before its next datagram
  * starts a new flow (WFPR_UDP_IDLE_MS, else WFPR_UDP_FLOW_IDLE_MS), in ns. */
 int64_t wfpr__udp_flow_idle_ns(void);
+/* "127.0.0.1:8080" or "[::1]:8080" into out: 0, or -1 when it is not one. */
+int wfpr__parse_address(const char *text, struct sockaddr_storage *out);
 /* CLOCK_MONOTONIC in ns. */
 int64_t wfpr__now_ns(void);
 

@@ -83,6 +83,9 @@ void wfpr__sandbox_lock_env(lua_State *L, int env_index);
 /* The sentinel values rules return: drop and close. */
 bool wfpr__sandbox_is_sentinel(lua_State *L, int index, const char *name);
 
+/* inspect.c: add wfpr.tls, wfpr.http and wfpr.dns to the module table on top. */
+void wfpr__inspect_add(lua_State *L);
+
 /* conn.c: a host object valid only during the hook it is passed to. */
 void wfpr__conn_push(lua_State *L, const wfpr_rule_conn *conn);
 void wfpr__conn_push_request(lua_State *L, const wfpr_connect_request *req);

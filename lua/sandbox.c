@@ -19,6 +19,8 @@ static const char wfpr_module[] =
 	"function M.hex(s) return (s:gsub('.', function(c) return string.format('%02x', c:byte()) end)) end\n"
 	"return M\n";
 
+static void push_readonly(lua_State *L, int t, const char *name);
+
 static int sandbox_require(lua_State *L)
 {
 	const char *name = luaL_checkstring(L, 1);
@@ -33,6 +35,18 @@ static int sandbox_require(lua_State *L)
 	lua_getfield(L, LUA_REGISTRYINDEX, SANDBOX_BASE);
 	lua_setupvalue(L, -2, 1); /* its _ENV: the sandbox base */
 	lua_call(L, 0, 1);
+	/* the protocol helpers, and the module read-only: a rule cannot change
+	 * them for every later connection */
+	wfpr__inspect_add(L);
+	static const char *const parts[] = {"tls", "http", "dns"};
+	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+		lua_getfield(L, -1, parts[i]);
+		push_readonly(L, -1, parts[i]);
+		lua_setfield(L, -3, parts[i]);
+		lua_pop(L, 1);
+	}
+	push_readonly(L, -1, "wfpr");
+	lua_remove(L, -2);
 	lua_pushvalue(L, -1);
 	lua_setfield(L, -3, name);
 	return 1;
@@ -150,25 +164,34 @@ static void wrap(lua_State *L, int lib, const char *name, lua_CFunction fn)
 	lua_setfield(L, lib, name);
 }
 
-/* The global name of library lib becomes a read-only view of it: a rule
- * cannot change string.rep for every later connection (as Redis keeps its
- * Lua libraries read-only). */
-static void make_readonly(lua_State *L, int globals, const char *name)
+/* Push a read-only view of the table at index t, named name in errors. */
+static void push_readonly(lua_State *L, int t, const char *name)
 {
+	t = lua_absindex(L, t);
 	lua_newtable(L); /* the view */
 	lua_newtable(L); /* its metatable */
-	lua_getfield(L, globals, name);
+	lua_pushvalue(L, t);
 	lua_setfield(L, -2, "__index");
 	lua_pushstring(L, name);
 	lua_pushcclosure(L, readonly_newindex, 1);
 	lua_setfield(L, -2, "__newindex");
-	lua_getfield(L, globals, name);
+	lua_pushvalue(L, t);
 	lua_pushcclosure(L, readonly_pairs, 1);
 	lua_setfield(L, -2, "__pairs");
 	lua_pushliteral(L, "locked");
 	lua_setfield(L, -2, "__metatable");
 	lua_setmetatable(L, -2);
+}
+
+/* The global name of library lib becomes a read-only view of it: a rule
+ * cannot change string.rep for every later connection (as Redis keeps its
+ * Lua libraries read-only). */
+static void make_readonly(lua_State *L, int globals, const char *name)
+{
+	lua_getfield(L, globals, name);
+	push_readonly(L, -1, name);
 	lua_setfield(L, globals, name);
+	lua_pop(L, 1);
 }
 
 static int strict_index(lua_State *L)

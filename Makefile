@@ -92,6 +92,12 @@ fuzz: deps
 		|| { tail -n 60 build-fuzz/fuzz-control.log; echo "fuzz: a finding in the control or match parser, see build-fuzz/"; exit 1; }
 	tail -n 12 build-fuzz/fuzz-control.log
 	@echo "fuzz: $(FUZZ_SECONDS) s of fuzz-control (the daemon's messages, match text) with no finding"
+	rm -rf build-fuzz/corpus-inspect && cp -r tests/fuzz/corpus-inspect build-fuzz/corpus-inspect
+	./build-fuzz/fuzz-inspect -max_total_time=$(FUZZ_SECONDS) -max_len=20000 -print_final_stats=1 \
+		-artifact_prefix=build-fuzz/inspect- build-fuzz/corpus-inspect > build-fuzz/fuzz-inspect.log 2>&1 \
+		|| { tail -n 60 build-fuzz/fuzz-inspect.log; echo "fuzz: a finding in the protocol helpers, see build-fuzz/"; exit 1; }
+	tail -n 12 build-fuzz/fuzz-inspect.log
+	@echo "fuzz: $(FUZZ_SECONDS) s of fuzz-inspect (TLS, HTTP and DNS helpers) with no finding"
 	@if [ -x build-fuzz/fuzz-ebpf-set ]; then \
 		rm -rf build-fuzz/corpus-ebpf && mkdir -p build-fuzz/corpus-ebpf && \
 		WFPR_FUZZ_SEED_DIR=build-fuzz/corpus-ebpf ./build-fuzz/fuzz-ebpf-set -max_total_time=$(FUZZ_SECONDS) \

@@ -36,6 +36,7 @@ struct wfpr_rules {
 	wfpr_rules_stats stats;
 	char *error;
 	char *warnings;
+	char reason[128]; /* the last hook call's: the rule's own, or its failure */
 	proxy_name *proxies;
 	/* the replacement chunk of the last on_data/on_datagram */
 	char *out;

@@ -103,6 +103,7 @@ static wfpr_rule_outcome guarded_call(wfpr_rules *r, enum hook h, int nargs, int
 	lua_insert(L, base);
 	r->timed_out = r->over_limit = false;
 	r->ticks = 0;
+	r->reason[0] = '\0';
 	uint64_t budget = r->opts.instruction_budget;
 	lua_sethook(L, budget_hook, LUA_MASKCOUNT, budget < HOOK_STEP ? (int)budget : HOOK_STEP);
 	wfpr__watchdog_enter(r);
@@ -124,6 +125,7 @@ static wfpr_rule_outcome guarded_call(wfpr_rules *r, enum hook h, int nargs, int
 		else
 			log_failure(r, h, WFPR_RULE_TIMEOUT, msg);
 		rebuild(r, h != HOOK_COUNT);
+		snprintf(r->reason, sizeof(r->reason), "rule %s: the default verdict", wfpr_rule_outcome_name(WFPR_RULE_TIMEOUT));
 		return WFPR_RULE_TIMEOUT;
 	}
 	int rc = lua_pcall(L, nargs, nres, base);
@@ -151,6 +153,7 @@ static wfpr_rule_outcome guarded_call(wfpr_rules *r, enum hook h, int nargs, int
 	lua_pop(L, 1);
 	if (outcome == WFPR_RULE_NOMEM)
 		lua_gc(L, LUA_GCCOLLECT); /* give the next call its memory back */
+	snprintf(r->reason, sizeof(r->reason), "rule %s: the default verdict", wfpr_rule_outcome_name(outcome));
 	return outcome;
 }
 
@@ -365,6 +368,25 @@ int wfpr_rules_has_hook(const wfpr_rules *r, const char *hook)
 	return 0;
 }
 
+/* The optional second result of a hook, its reason (`return close, "EICAR"`),
+ * into r->reason; popped, leaving the verdict on top. */
+static void take_reason(wfpr_rules *r)
+{
+	size_t n = 0;
+	const char *s = lua_type(r->L, -1) == LUA_TSTRING ? lua_tolstring(r->L, -1, &n) : NULL;
+	if (n >= sizeof(r->reason))
+		n = sizeof(r->reason) - 1;
+	if (s)
+		memcpy(r->reason, s, n);
+	r->reason[s ? n : 0] = '\0';
+	lua_pop(r->L, 1);
+}
+
+const char *wfpr_rules_reason(const wfpr_rules *r)
+{
+	return r ? r->reason : "";
+}
+
 static bool push_hook(wfpr_rules *r, enum hook h)
 {
 	if (r->hooks[h] == LUA_NOREF)
@@ -379,9 +401,10 @@ wfpr_verdict wfpr_rules_on_connect(wfpr_rules *r, const wfpr_rule_conn *conn)
 	if (!r || !conn || !push_hook(r, HOOK_CONNECT))
 		return r && conn ? WFPR_VERDICT_PASS : fallback;
 	wfpr__conn_push(r->L, conn);
-	if (guarded_call(r, HOOK_CONNECT, 1, 1) != WFPR_RULE_OK)
+	if (guarded_call(r, HOOK_CONNECT, 1, 2) != WFPR_RULE_OK)
 		return fallback;
 	lua_State *L = r->L;
+	take_reason(r);
 	wfpr_verdict v = fallback;
 	const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
 	if (lua_isnil(L, -1) || (s && strcmp(s, "pass") == 0))
@@ -410,8 +433,9 @@ static wfpr_data_verdict data_hook(wfpr_rules *r, enum hook h, const wfpr_rule_c
 	wfpr__conn_push(L, conn);
 	lua_pushstring(L, direction ? "down" : "up");
 	lua_pushlstring(L, chunk ? chunk : "", len);
-	if (guarded_call(r, h, 3, 1) != WFPR_RULE_OK)
+	if (guarded_call(r, h, 3, 2) != WFPR_RULE_OK)
 		return fallback;
+	take_reason(r);
 	wfpr_data_verdict v = fallback;
 	if (lua_isnil(L, -1)) {
 		v = WFPR_DATA_PASS;

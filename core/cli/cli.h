@@ -21,6 +21,7 @@ int cmd_run(int argc, char **argv);
 int cmd_ebpf(int argc, char **argv);
 int cmd_daemon(int argc, char **argv);
 int cmd_redirector(int argc, char **argv);
+int cmd_rules_test(int argc, char **argv);
 /* What the daemon on control serves: its cgroup, and each proxy with its
  * filter. Silent when none answers, unless asked (said). */
 void daemon_status(FILE *out, const char *control, int said);

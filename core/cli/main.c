@@ -28,6 +28,7 @@ const char cli_usage[] =
 	"       wfpr ebpf status [--control PATH] | cleanup [--all]\n"
 	"       wfpr inspect BLOB|-\n"
 	"       wfpr rules check FILE...\n"
+	"       wfpr rules test RULES.lua TRANSCRIPT...\n"
 	"       wfpr --version\n"
 	"\n"
 	"  run           start a broker and one proxy per rules file (each its own redirector),\n"
@@ -53,6 +54,9 @@ const char cli_usage[] =
 	"  rules check   load each Lua rules file in the sandbox and report syntax errors,\n"
 	"                failing top-level code (forbidden globals such as os or io) and\n"
 	"                unknown hook names; exit 1 if any file has a problem\n"
+	"  rules test    replay recorded connections (transcripts: docs/rules.md) through a rule\n"
+	"                offline and print each verdict and its reason; exit 1 if an expect line\n"
+	"                fails or the rule does\n"
 	"\n"
 	"  MATCH: the connections a proxy takes (WFP's filter conditions); each may repeat (any of\n"
 	"  them), different ones must all hold; none: every connection. In wfpr run they belong to\n"
@@ -128,12 +132,12 @@ int main(int argc, char **argv)
 		printf("wfpr %s\n", WFPR_VERSION);
 		return 0;
 	}
-	if (argc >= 3 && strcmp(argv[1], "rules") == 0 && strcmp(argv[2], "check") == 0) {
+	if (argc >= 3 && strcmp(argv[1], "rules") == 0 && (strcmp(argv[2], "check") == 0 || strcmp(argv[2], "test") == 0)) {
 		if (wants_help(argc - 3, argv + 3)) {
 			fputs(cli_usage, stdout);
 			return 0;
 		}
-		return cmd_rules_check(argc - 3, argv + 3);
+		return strcmp(argv[2], "check") == 0 ? cmd_rules_check(argc - 3, argv + 3) : cmd_rules_test(argc - 3, argv + 3);
 	}
 	for (size_t i = 0; argc >= 2 && i < sizeof(commands) / sizeof(commands[0]); i++) {
 		if (strcmp(argv[1], commands[i].name) != 0)

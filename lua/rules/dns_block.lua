@@ -29,7 +29,7 @@ function on_datagram(flow, dir, data)
   for _, q in ipairs(msg.questions) do
     if blocked(q.name) then
       log("dns", tostring(flow.client), "query", q.name, "type=" .. q.type, "dropped")
-      return drop
+      return drop, "blocked name " .. q.name
     end
     log("dns", tostring(flow.client), "query", q.name, "type=" .. q.type, "pass")
   end

@@ -13,7 +13,7 @@ function on_data(conn, dir, chunk)
   local window = (conn.tag[key] or "") .. chunk
   if window:find(EICAR, 1, true) then
     log("eicar", dir, tostring(conn.client), "->", tostring(conn.original_dst))
-    return close
+    return close, "EICAR test file, " .. dir
   end
   conn.tag[key] = window:sub(-KEEP)
   return nil

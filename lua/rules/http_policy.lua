@@ -25,12 +25,12 @@ function on_data(conn, dir, chunk)
   conn.tag.decided, conn.tag.head = true, nil
   if not req or not req.complete then
     log("http", tostring(conn.client), "not an HTTP/1 request head (" .. (why or "too long") .. "): closed")
-    return close
+    return close, "not an HTTP/1 request: " .. (why or "a head over 16 KiB")
   end
   local host = (req.headers.host or ""):gsub(":%d+$", "")
   if not METHODS[req.method] or not HOSTS[host] then
     log("http", tostring(conn.client), req.method, req.target, "host=" .. host, "closed")
-    return close
+    return close, METHODS[req.method] and ("host " .. host .. " is not allowed") or ("method " .. req.method .. " is not allowed")
   end
   log("http", tostring(conn.client), req.method, req.target, "host=" .. host, "pass")
   return nil

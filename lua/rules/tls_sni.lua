@@ -28,13 +28,13 @@ function on_data(conn, dir, chunk)
   conn.tag.decided, conn.tag.hello = true, nil
   if not hello then
     log("tls", tostring(conn.client), "not a ClientHello (" .. why .. "): closed")
-    return close
+    return close, "not TLS: " .. why
   end
   local verdict = ALLOWED[hello.sni] and "pass" or "closed"
   log("tls", tostring(conn.client), "sni=" .. (hello.sni ~= "" and hello.sni or "-"),
       "alpn=" .. (hello.alpn[1] or "-"), "ja4=" .. hello.ja4, verdict)
   if verdict == "closed" then
-    return close
+    return close, "server name " .. (hello.sni ~= "" and hello.sni or "(none)") .. " is not allowed"
   end
   return nil
 end

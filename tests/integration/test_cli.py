@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from itsupport import WFPR
+from itsupport import ROOT, WFPR
 
 
 def wfpr(*args):
@@ -89,3 +89,17 @@ def test_run_never_says_ready_when_command_cannot_start(tmp_path):
     assert r.returncode == 127
     with pytest.raises(socket.timeout):
         notify.recv(100)
+
+
+def test_rules_test_fails_on_a_wrong_expect(tmp_path):
+    """wfpr rules test exits 1, and says where, when a verdict or its reason is not the expected one."""
+    transcript = tmp_path / "t.txt"
+    transcript.write_text('connect tcp 127.0.0.1:1 -> 127.0.0.1:80\nup "X5O!P%@AP[4\\\\PZX54(P^)7CC)7}$EICAR-'
+                          'STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"\nexpect close EICAR test file, down\n'
+                          'expect pass\nbogus line\n')
+    r = wfpr("rules", "test", os.path.join(ROOT, "lua", "rules", "eicar.lua"), str(transcript))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "up 68 bytes: close (EICAR test file, up)" in r.stdout, r.stdout
+    assert 't.txt:3: expected the reason "EICAR test file, down", the rule gave "EICAR test file, up"' in r.stderr
+    assert "t.txt:4: expected the verdict pass, the rule gave close" in r.stderr
+    assert "t.txt:5: unknown line: bogus line" in r.stderr

@@ -116,6 +116,11 @@ WFPR_EXTERN wfpr_data_verdict wfpr_rules_on_data(wfpr_rules *rules, const wfpr_r
 WFPR_EXTERN wfpr_data_verdict wfpr_rules_on_datagram(wfpr_rules *rules, const wfpr_rule_conn *flow, int direction,
                                                      const void *data, size_t len, const void **out, size_t *out_len);
 /* Also forgets conn.tag for this connection. */
+/* Why the last on_connect, on_data or on_datagram call gave its verdict:
+ * the reason the rule returned with it (`return close, "EICAR"`, at most
+ * 127 bytes), "rule error: the default verdict" (timeout, out of memory)
+ * when the call failed, or "". Valid until the next call. */
+WFPR_EXTERN const char *wfpr_rules_reason(const wfpr_rules *rules);
 WFPR_EXTERN void wfpr_rules_on_close(wfpr_rules *rules, const wfpr_rule_conn *conn, const wfpr_rule_close_stats *stats);
 
 /* A wfpr_classify_fn: register it as a callout with user = rules. The

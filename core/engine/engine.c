@@ -239,9 +239,11 @@ static void log_write(wfpr_engine *e, const char *line, size_t len)
 	e->log.len += len;
 }
 
+/* One JSON line. hook and reason (NULL: none) say which rule hook gave the
+ * verdict, and why (docs/rules.md, "Reasons"). */
 static void log_line(wfpr_engine *e, const wfpr_rule_conn *info, const char *proto, const uint8_t *record,
                      size_t record_len, uint64_t up, uint64_t down, const char *event, const char *verdict,
-                     const char *error)
+                     const char *error, const char *hook, const char *reason)
 {
 	if (e->opts.log_fd < 0)
 		return;
@@ -287,6 +289,15 @@ static void log_line(wfpr_engine *e, const wfpr_rule_conn *info, const char *pro
 		json_string(f, verdict);
 	else
 		fputs("null", f);
+	if (hook) {
+		fputs(",\"hook\":", f);
+		json_string(f, hook);
+	}
+	fputs(",\"reason\":", f);
+	if (reason && *reason)
+		json_string(f, reason);
+	else
+		fputs("null", f);
 	fprintf(f, ",\"bytes_up\":%llu,\"bytes_down\":%llu,\"error\":", (unsigned long long)up,
 	        (unsigned long long)down);
 	if (error)
@@ -301,7 +312,21 @@ static void log_line(wfpr_engine *e, const wfpr_rule_conn *info, const char *pro
 
 static void log_event(wfpr_engine *e, conn *c, const char *event, const char *verdict, const char *error)
 {
-	log_line(e, &c->info, "tcp", c->record, c->record_len, c->up.total, c->down.total, event, verdict, error);
+	log_line(e, &c->info, "tcp", c->record, c->record_len, c->up.total, c->down.total, event, verdict, error, NULL,
+	         NULL);
+}
+
+/* The reason the Lua rule gave with its last verdict ("" for C hooks). */
+static const char *rule_reason(const wfpr_engine *e)
+{
+	return !e->opts.hooks && e->opts.rules ? wfpr_rules_reason(e->opts.rules) : "";
+}
+
+/* A rule's verdict that changed a connection or flow: a "verdict" line. */
+static void log_verdict(wfpr_engine *e, const wfpr_rule_conn *info, const char *proto, const uint8_t *record,
+                        size_t record_len, uint64_t up, uint64_t down, const char *hook, const char *verdict)
+{
+	log_line(e, info, proto, record, record_len, up, down, "verdict", verdict, NULL, hook, rule_reason(e));
 }
 
 static const char *verdict_name(wfpr_verdict v)
@@ -459,7 +484,8 @@ static void records_ready(conn *c)
 	c->announced = true;
 	if (c->verdict == WFPR_VERDICT_BLOCK) {
 		e->stats.blocked++;
-		log_event(e, c, "connect", "block", NULL);
+		log_line(e, &c->info, "tcp", c->record, c->record_len, 0, 0, "connect", "block", NULL, "on_connect",
+		         rule_reason(e));
 		close_conn(c, true, NULL);
 		return;
 	}
@@ -600,6 +626,9 @@ static bool fill(conn *c, int src, half *h, int direction, bool *closed_by_rule,
 		const void *out = into;
 		size_t out_len = (size_t)n;
 		wfpr_data_verdict v = hook_data(e, &c->info, direction, false, into, (size_t)n, &out, &out_len);
+		if (v != WFPR_DATA_PASS)
+			log_verdict(e, &c->info, "tcp", c->record, c->record_len, c->up.total, c->down.total, "on_data",
+			            v == WFPR_DATA_CLOSE ? "close" : v == WFPR_DATA_DROP ? "drop" : "replace");
 		if (v == WFPR_DATA_CLOSE) {
 			*closed_by_rule = true;
 			return true;
@@ -711,7 +740,7 @@ static void shed_load(wfpr_engine *e, int err)
 	snprintf(why, sizeof(why), "cannot accept: %s; new connections wait in the backlog until some close",
 	         strerror(err));
 	wfpr_rule_conn info = {.version = WFPR_RULE_CONN_VERSION, .protocol = IPPROTO_TCP};
-	log_line(e, &info, "tcp", NULL, 0, 0, 0, "shed", NULL, why);
+	log_line(e, &info, "tcp", NULL, 0, 0, 0, "shed", NULL, why, NULL, NULL);
 }
 
 static void resume_accepting(wfpr_engine *e, bool a_connection_closed)
@@ -791,7 +820,7 @@ static void accept_all(wfpr_engine *e)
 static void close_flow(wfpr_engine *e, flow *f, const char *error)
 {
 	log_line(e, &f->info, "udp", f->record, f->record_len, f->up, f->down, error ? "error" : "close",
-	         f->blocked ? "block" : verdict_name(f->verdict), error);
+	         f->blocked ? "block" : verdict_name(f->verdict), error, NULL, NULL);
 	wfpr_rule_close_stats st = {f->up, f->down, (uint64_t)elapsed_ms(&f->started)};
 	hook_close(e, &f->info, &st);
 	e->stats.bytes_up += f->up;
@@ -808,7 +837,11 @@ static bool datagram_rule(wfpr_engine *e, flow *f, int direction, const uint8_t 
 		return true;
 	const void *out;
 	size_t out_len;
-	switch (hook_data(e, &f->info, direction, true, *data, *len, &out, &out_len)) {
+	wfpr_data_verdict v = hook_data(e, &f->info, direction, true, *data, *len, &out, &out_len);
+	if (v != WFPR_DATA_PASS)
+		log_verdict(e, &f->info, "udp", f->record, f->record_len, f->up, f->down, "on_datagram",
+		            v == WFPR_DATA_CLOSE ? "close" : v == WFPR_DATA_DROP ? "drop" : "replace");
+	switch (v) {
 	case WFPR_DATA_REPLACE:
 		*data = out;
 		*len = out_len;
@@ -867,7 +900,8 @@ static flow *new_flow(wfpr_engine *e, const struct sockaddr_storage *client, con
 	f->blocked = f->verdict == WFPR_VERDICT_BLOCK;
 	if (f->blocked)
 		e->stats.blocked++;
-	log_line(e, &f->info, "udp", f->record, f->record_len, 0, 0, "connect", verdict_name(f->verdict), NULL);
+	log_line(e, &f->info, "udp", f->record, f->record_len, 0, 0, "connect", verdict_name(f->verdict), NULL,
+	         f->blocked ? "on_connect" : NULL, f->blocked ? rule_reason(e) : NULL);
 	return f;
 }
 
@@ -905,7 +939,7 @@ static void unflowed(wfpr_engine *e, const struct sockaddr_storage *from, bool h
 	         had_records ? "no resources for a new flow" : "not the first datagram of a flow this proxy knows",
 	         (unsigned long long)e->unflowed);
 	wfpr_rule_conn info = {.version = WFPR_RULE_CONN_VERSION, .protocol = IPPROTO_UDP, .client = *from};
-	log_line(e, &info, "udp", NULL, 0, 0, 0, "drop", NULL, why);
+	log_line(e, &info, "udp", NULL, 0, 0, 0, "drop", NULL, why, NULL, NULL);
 	e->unflowed = 0;
 	clock_gettime(CLOCK_MONOTONIC, &e->unflowed_logged);
 }

@@ -134,6 +134,10 @@ def test_tls_sni_allow_list_and_ja4(tls_server, wfpr_run):
     refused = wfpr_run([("tls_sni", rules)], curl_https("evil.test", tls_server))
     assert refused.returncode != 0 and refused.stdout.strip() != "200"
     assert "sni=evil.test" in refused.stderr and "closed" in refused.stderr
+    # the decision log says which hook closed it, and why
+    verdicts = refused.events("verdict")
+    assert [(v["hook"], v["verdict"], v["reason"]) for v in verdicts] == \
+        [("on_data", "close", "server name evil.test is not allowed")], verdicts
 
     # openssl s_client, with an ALPN of its own
     s_client = wfpr_run([("tls_sni", rules)], ["sh", "-c", 'echo | openssl s_client -connect 127.0.0.1:"$0" '
@@ -183,3 +187,6 @@ def test_dns_block(dnsmasq, wfpr_run):  # noqa: F811 - the fixture
     blocked = wfpr_run([("dns_block", rules)], [*dig, "x.ads.example.test"])
     assert blocked.stdout.strip() != "192.0.2.1" and "timed out" in blocked.stdout, blocked.stdout
     assert "query x.ads.example.test type=1 dropped" in blocked.stderr, blocked.stderr
+    drops = blocked.events("verdict", proto="udp")
+    assert drops and all((v["hook"], v["verdict"], v["reason"]) == ("on_datagram", "drop", "blocked name x.ads.example.test")
+                         for v in drops), drops

@@ -64,7 +64,7 @@ _wfpr()
 		opts="--control --all" ;;
 	rules)
 		if [[ $cword -eq 2 ]]; then
-			COMPREPLY=($(compgen -W "check" -- "$cur"))
+			COMPREPLY=($(compgen -W "check test" -- "$cur"))
 		else
 			COMPREPLY=($(compgen -f -- "$cur"))
 		fi

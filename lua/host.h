@@ -87,6 +87,11 @@ bool wfpr__sandbox_is_sentinel(lua_State *L, int index, const char *name);
 /* inspect.c: add wfpr.tls, wfpr.http and wfpr.dns to the module table on top. */
 void wfpr__inspect_add(lua_State *L);
 
+/* shared.c: the shared tables' metatable (once per state), and
+ * wfpr.shared on the module table on top. */
+void wfpr__shared_open(lua_State *L);
+void wfpr__shared_add(lua_State *L);
+
 /* conn.c: a host object valid only during the hook it is passed to. */
 void wfpr__conn_push(lua_State *L, const wfpr_rule_conn *conn);
 void wfpr__conn_push_request(lua_State *L, const wfpr_connect_request *req);

@@ -38,6 +38,7 @@ static int sandbox_require(lua_State *L)
 	/* the protocol helpers, and the module read-only: a rule cannot change
 	 * them for every later connection */
 	wfpr__inspect_add(L);
+	wfpr__shared_add(L);
 	static const char *const parts[] = {"tls", "http", "dns"};
 	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
 		lua_getfield(L, -1, parts[i]);
@@ -243,6 +244,7 @@ void wfpr__sandbox_open(lua_State *L)
 		{LUA_GNAME, luaopen_base}, {LUA_STRLIBNAME, luaopen_string}, {LUA_TABLIBNAME, luaopen_table},
 		{LUA_MATHLIBNAME, luaopen_math}, {LUA_UTF8LIBNAME, luaopen_utf8}, {NULL, NULL}};
 
+	wfpr__shared_open(L);
 	for (const luaL_Reg *lib = libs; lib->func; lib++) {
 		luaL_requiref(L, lib->name, lib->func, 1);
 		lua_pop(L, 1);

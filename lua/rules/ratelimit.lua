@@ -1,18 +1,20 @@
--- At most LIMIT new connections per client address in any WINDOW seconds.
-local LIMIT, WINDOW = 5, 1.0
-local recent = {} -- client ip -> list of connection times
+-- At most LIMIT new connections per client address in each WINDOW-second
+-- window, counted across all of this proxy's workers (a shared table, which
+-- also keeps its counts when the rule is loaded again).
+local wfpr = require "wfpr"
+
+local LIMIT, WINDOW = 5, 1
+local counts = wfpr.shared("ratelimit", {size = 65536, ttl = 2 * WINDOW})
 
 function on_connect(conn)
-  local ip, t = conn.client.ip, now()
-  local times, kept = recent[ip] or {}, {}
-  for _, seen in ipairs(times) do
-    if t - seen < WINDOW then kept[#kept + 1] = seen end
+  local ip = conn.client.ip
+  local n, err = counts:incr(ip .. "/" .. math.floor(now() / WINDOW))
+  if not n then
+    log("ratelimit: the shared table is " .. err .. ": not counted") -- fail open
+    return pass
   end
-  if #kept >= LIMIT then
-    recent[ip] = kept
-    return block
+  if n > LIMIT then
+    return block, "more than " .. LIMIT .. " connections from " .. ip .. " in " .. WINDOW .. " s"
   end
-  kept[#kept + 1] = t
-  recent[ip] = kept
   return pass
 end

@@ -2,6 +2,7 @@
  * objects, memory over many calls, and each example rule in lua/rules/. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <string.h>
 #include <time.h>
 #include "support.h"
@@ -373,18 +374,79 @@ static void rule_eicar_split_across_chunks(void)
 	}
 }
 
+/* Two hosts, as two workers of one proxy: their shared table counts both. */
 static void rule_ratelimit(void)
 {
-	wfpr_rules *r = example("ratelimit.lua");
+	wfpr_rules *r = example("ratelimit.lua"), *worker2 = example("ratelimit.lua");
+	/* the windows are whole seconds: start early in one, so that all six calls fall in it */
+	struct timespec ts;
+	do {
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		if (ts.tv_nsec > 500000000L)
+			nanosleep(&(struct timespec){0, 1000000000L - ts.tv_nsec + 1000000L}, NULL);
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+	} while (ts.tv_nsec > 500000000L);
 	wfpr_rule_conn c = conn_to(80, 1);
+	struct sockaddr_in *sin = (struct sockaddr_in *)&c.client;
+	sin->sin_addr.s_addr = htonl(0x7f000009); /* an address of this test's own */
 	for (int i = 0; i < 5; i++)
-		CHECK_EQ(wfpr_rules_on_connect(r, &c), WFPR_VERDICT_PASS);
+		CHECK_EQ(wfpr_rules_on_connect(i % 2 ? worker2 : r, &c), WFPR_VERDICT_PASS);
 	CHECK_EQ(wfpr_rules_on_connect(r, &c), WFPR_VERDICT_BLOCK);
+	CHECK(strcmp(wfpr_rules_reason(r), "more than 5 connections from 127.0.0.9 in 1 s") == 0);
+	CHECK_EQ(wfpr_rules_on_connect(worker2, &c), WFPR_VERDICT_BLOCK);
 	wfpr_rule_conn other = conn_to(80, 2);
-	struct sockaddr_in *sin = (struct sockaddr_in *)&other.client;
-	sin->sin_addr.s_addr = htonl(0x7f000002);
+	sin = (struct sockaddr_in *)&other.client;
+	sin->sin_addr.s_addr = htonl(0x7f00000a);
 	CHECK_EQ(wfpr_rules_on_connect(r, &other), WFPR_VERDICT_PASS);
 	wfpr_rules_free(r);
+	wfpr_rules_free(worker2);
+}
+
+/* Workers on their own threads increment one shared counter: no count is
+ * lost (and TSan sees no race). */
+static const char counting_rule[] =
+	"local wfpr = require 'wfpr'\n"
+	"local t = wfpr.shared('threads-test', {size = 8})\n"
+	"function on_connect(conn) t:incr('n') return pass end\n"
+	"function on_close(conn) log(t:get('n')) end\n";
+
+static void *count_worker(void *arg)
+{
+	wfpr_rules *r = arg;
+	wfpr_rule_conn c = conn_to(80, 3);
+	for (int i = 0; i < 20000; i++)
+		wfpr_rules_on_connect(r, &c);
+	return NULL;
+}
+
+static void shared_across_threads(void)
+{
+	wfpr_rules *a = host(counting_rule, 0), *b = host(counting_rule, 0);
+	pthread_t ta, tb;
+	pthread_create(&ta, NULL, count_worker, a);
+	pthread_create(&tb, NULL, count_worker, b);
+	pthread_join(ta, NULL);
+	pthread_join(tb, NULL);
+	static const char reader[] = "local wfpr = require 'wfpr'\n"
+	                             "function on_connect(conn) if wfpr.shared('threads-test'):get('n') == 40000 "
+	                             "then return pass end return block, tostring(wfpr.shared('threads-test'):get('n')) end\n";
+	wfpr_rules *c = host(reader, 0);
+	wfpr_rule_conn conn = conn_to(80, 4);
+	CHECK_EQ(wfpr_rules_on_connect(c, &conn), WFPR_VERDICT_PASS);
+	if (*wfpr_rules_reason(c))
+		fprintf(stderr, "counted %s\n", wfpr_rules_reason(c));
+	/* bounded: a table of 8 refuses a 9th key, and says so */
+	static const char full[] = "local wfpr = require 'wfpr'\n"
+	                           "function on_connect(conn) local t = wfpr.shared('threads-test')\n"
+	                           "  for i = 1, 7 do assert(t:set('k' .. i, i)) end\n"
+	                           "  local ok, err = t:set('k9', 9)\n"
+	                           "  if ok == nil and err == 'full' then return pass end return block end\n";
+	wfpr_rules *d = host(full, 0);
+	CHECK_EQ(wfpr_rules_on_connect(d, &conn), WFPR_VERDICT_PASS);
+	wfpr_rules_free(a);
+	wfpr_rules_free(b);
+	wfpr_rules_free(c);
+	wfpr_rules_free(d);
 }
 
 static void rule_tag(void)
@@ -448,6 +510,7 @@ int main(void)
 	RUN(rule_http_log);
 	RUN(rule_eicar_split_across_chunks);
 	RUN(rule_ratelimit);
+	RUN(shared_across_threads);
 	RUN(rule_tag);
 	RUN(classify_redirects_to_a_named_proxy);
 	RUN(bad_arguments);

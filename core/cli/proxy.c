@@ -22,18 +22,96 @@
 /* One engine (and its own Lua state) per worker, all on one address. */
 typedef struct worker {
 	wfpr_engine *engine;
-	wfpr_rules *rules;
+	wfpr_rules *rules;     /* the first rules (the engine's opts.rules) */
+	wfpr_rules_stats done; /* of rules replaced by a reload, added up as they go */
+	pthread_mutex_t done_lock;
 	pthread_t thread;
 } worker;
 
 static worker workers[2 * MAX_WORKERS]; /* on the eBPF backend, as many again on [::1] */
 static unsigned int n_workers;
 
+static int reload_pipe[2] = {-1, -1};
+static pthread_mutex_t reload_lock = PTHREAD_MUTEX_INITIALIZER; /* a reload, or the workers' end */
+
 static void on_signal(int sig)
 {
-	(void)sig;
+	if (sig == SIGHUP) { /* the reloader thread does the work */
+		if (write(reload_pipe[1], "r", 1) < 0) {
+			/* a reload is pending already */
+		}
+		return;
+	}
 	for (unsigned int i = 0; i < n_workers; i++)
 		wfpr_engine_stop(workers[i].engine);
+}
+
+/* A worker's engine no longer uses rules a reload replaced. */
+static void release_rules(void *user, wfpr_rules *rules)
+{
+	worker *w = user;
+	wfpr_rules_stats st;
+	if (wfpr_rules_get_stats(&st, rules) == 0) {
+		pthread_mutex_lock(&w->done_lock);
+		w->done.calls += st.calls;
+		w->done.errors += st.errors;
+		w->done.timeouts += st.timeouts;
+		w->done.nomem += st.nomem;
+		pthread_mutex_unlock(&w->done_lock);
+	}
+	wfpr_rules_free(rules);
+}
+
+/* SIGHUP: load the rules file again, for every worker, and check it; then
+ * new connections get the new rules, and running ones keep theirs. A file
+ * that fails leaves the old rules in place, and the log says why. */
+static void *reloader(void *arg)
+{
+	const proxy_config *cfg = arg;
+	char c;
+	unsigned long generation = 0;
+	while (read(reload_pipe[0], &c, 1) == 1) {
+		pthread_mutex_lock(&reload_lock);
+		if (!n_workers) { /* the proxy is stopping */
+			pthread_mutex_unlock(&reload_lock);
+			break;
+		}
+		wfpr_rules_options ro = WFPR_RULES_OPTIONS_INIT;
+		ro.fail_closed = cfg->fail_closed;
+		ro.time_limit_ms = cfg->rule_time_ms;
+		wfpr_rules *fresh[2 * MAX_WORKERS] = {0};
+		const char *why = NULL;
+		char error[600] = "";
+		for (unsigned int i = 0; i < n_workers && !why; i++) {
+			int rc = wfpr_rules_new(&fresh[i], &ro);
+			if (rc != 0) {
+				why = wfpr_strerror(rc);
+			} else if (wfpr_rules_load_file(fresh[i], cfg->rules_path) != 0) {
+				snprintf(error, sizeof(error), "%s", wfpr_rules_error(fresh[i]));
+				why = error;
+			} else if (wfpr_rules_warnings(fresh[i])[0]) {
+				snprintf(error, sizeof(error), "%s", wfpr_rules_warnings(fresh[i]));
+				error[strcspn(error, "\n")] = '\0';
+				why = error;
+			}
+		}
+		if (why) {
+			for (unsigned int i = 0; i < n_workers; i++)
+				wfpr_rules_free(fresh[i]);
+			fprintf(stderr, "wfpr proxy %s: SIGHUP: the rules in %s do not load, the old rules stay: %s\n", cfg->name,
+			        cfg->rules_path, why);
+			pthread_mutex_unlock(&reload_lock);
+			continue;
+		}
+		for (unsigned int i = 0; i < n_workers; i++)
+			if (wfpr_engine_replace_rules(workers[i].engine, fresh[i], release_rules, &workers[i]) != 0)
+				wfpr_rules_free(fresh[i]);
+		fprintf(stderr, "wfpr proxy %s: SIGHUP: the rules in %s are loaded again (reload %lu); new connections get "
+		        "them, running ones finish under the rules they started with\n", cfg->name, cfg->rules_path,
+		        ++generation);
+		pthread_mutex_unlock(&reload_lock);
+	}
+	return NULL;
 }
 
 static void *worker_main(void *arg)
@@ -80,6 +158,11 @@ static void write_stats(const proxy_config *cfg)
 		wfpr_engine_get_stats(&es, workers[i].engine);
 		if (workers[i].rules)
 			wfpr_rules_get_stats(&rs, workers[i].rules);
+		pthread_mutex_lock(&workers[i].done_lock);
+		rs.errors += workers[i].done.errors;
+		rs.timeouts += workers[i].done.timeouts;
+		rs.nomem += workers[i].done.nomem;
+		pthread_mutex_unlock(&workers[i].done_lock);
 		sum.accepted += es.accepted;
 		sum.passed += es.passed;
 		sum.inspected += es.inspected;
@@ -101,11 +184,13 @@ static void write_stats(const proxy_config *cfg)
 
 static void stop_workers(void)
 {
+	pthread_mutex_lock(&reload_lock); /* no reload uses an engine from here on */
 	for (unsigned int i = 0; i < n_workers; i++) {
 		wfpr_engine_free(workers[i].engine);
 		wfpr_rules_free(workers[i].rules);
 	}
 	n_workers = 0;
+	pthread_mutex_unlock(&reload_lock);
 }
 
 /* Worker i: its Lua state and its engine, on cfg's address (worker 0 picks
@@ -114,6 +199,7 @@ static int start_worker(const proxy_config *cfg, unsigned int i, const struct so
                         const uint8_t *id, void *names, bool quiet)
 {
 	worker *w = &workers[i];
+	pthread_mutex_init(&w->done_lock, NULL);
 	wfpr_rules_options ro = WFPR_RULES_OPTIONS_INIT;
 	ro.fail_closed = cfg->fail_closed;
 	ro.time_limit_ms = cfg->rule_time_ms;
@@ -235,6 +321,13 @@ int proxy_serve(const proxy_config *cfg)
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	pthread_t reload_thread;
+	bool reloads = cfg->rules_path && pipe2(reload_pipe, O_CLOEXEC) == 0 &&
+	               pthread_create(&reload_thread, NULL, reloader, (void *)cfg) == 0;
+	if (reloads) {
+		sigaction(SIGHUP, &sa, NULL); /* kill -HUP, systemctl reload: the rules file again */
+		pthread_detach(reload_thread);
+	}
 	char where[64], where6[64] = "";
 	if (address6.ss_family == AF_INET6)
 		wfpr_sockaddr_format(where6, sizeof(where6), &address6);

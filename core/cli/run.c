@@ -49,6 +49,17 @@ static void forward_signal(int sig)
 		kill(command_pid, sig);
 }
 
+/* SIGHUP: every proxy loads its rules file again (COMMAND is left alone). */
+static pid_t *reload_pids;
+static size_t reload_count;
+
+static void reload_proxies(int sig)
+{
+	for (size_t i = 0; i < reload_count; i++)
+		if (reload_pids[i] > 0)
+			kill(reload_pids[i], sig);
+}
+
 static int add_proxy(options *o, const char *name, size_t name_len, const char *rules)
 {
 	if (o->n_proxies == MAX_PROXIES || name_len == 0 || name_len >= sizeof(o->names[0])) {
@@ -408,9 +419,12 @@ int cmd_run(int argc, char **argv)
 		}
 	}
 	if (started) {
-		struct sigaction sa = {.sa_handler = forward_signal};
+		struct sigaction sa = {.sa_handler = forward_signal}, hup = {.sa_handler = reload_proxies};
 		sigaction(SIGINT, &sa, NULL);
 		sigaction(SIGTERM, &sa, NULL);
+		reload_pids = proxies;
+		reload_count = o.n_proxies;
+		sigaction(SIGHUP, &hup, NULL);
 		bool running = false;
 		if (!o.ebpf)
 			cli_check_static_command(log_fd, o.command[0]);

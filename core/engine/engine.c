@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/stat.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -28,7 +29,18 @@
 #define FIRST_RECORD_TRY 1024
 
 enum phase { PHASE_QUERY, PHASE_CONNECT, PHASE_RELAY };
-enum kind { KIND_LISTENER, KIND_STOP, KIND_CLIENT, KIND_UPSTREAM, KIND_QUERY, KIND_UDP, KIND_FLOW };
+enum kind { KIND_LISTENER, KIND_STOP, KIND_RELOAD, KIND_CLIENT, KIND_UPSTREAM, KIND_QUERY, KIND_UDP, KIND_FLOW };
+
+/* A set of rules and the connections and flows that started under it: they
+ * keep it to their end, after wfpr_engine_replace_rules gave new ones to
+ * the next (docs/rules.md, "Reloading"). */
+typedef struct rules_use {
+	struct rules_use *next;
+	wfpr_rules *rules;
+	size_t users;
+	wfpr_engine_rules_release_fn release; /* NULL for opts.rules: the caller's */
+	void *release_user;
+} rules_use;
 
 typedef struct watch {
 	enum kind kind;
@@ -52,6 +64,7 @@ typedef struct flow {
 	size_t record_len;
 	wfpr_rule_conn info;
 	wfpr_verdict verdict;
+	rules_use *ru; /* the rules it started under */
 	bool forwarded; /* the records went on with the first datagram */
 	uint64_t up, down;
 	struct timespec started, last;
@@ -81,6 +94,7 @@ typedef struct conn {
 	struct sockaddr_storage context[2];
 	wfpr_rule_conn info;
 	wfpr_verdict verdict;
+	rules_use *ru;  /* the rules it started under (once announced) */
 	int reserve;    /* a descriptor kept for the upstream socket, -1 once used */
 	bool announced; /* its connect line is out and the rules saw it: a close line and on_close follow */
 	half up, down; /* up: client to upstream */
@@ -90,8 +104,11 @@ typedef struct conn {
 struct wfpr_engine {
 	wfpr_engine_options opts;
 	char *name;
-	int epoll_fd, listen_fd, stop_fd;
-	watch w_listener, w_stop;
+	int epoll_fd, listen_fd, stop_fd, reload_fd;
+	watch w_listener, w_stop, w_reload;
+	rules_use *current, *retired;
+	pthread_mutex_t pending_lock;
+	rules_use *pending; /* from wfpr_engine_replace_rules, for the loop to take */
 	struct sockaddr_storage address;
 	conn *conns;
 	conn *dead; /* freed after the epoll batch that closed them */
@@ -315,19 +332,21 @@ static void log_event(wfpr_engine *e, conn *c, const char *event, const char *ve
 	log_line(e, &c->info, "tcp", c->record, c->record_len, c->up.total, c->down.total, event, verdict, error, NULL,
 	         NULL);
 }
-
-/* The reason the Lua rule gave with its last verdict ("" for C hooks). */
-static const char *rule_reason(const wfpr_engine *e)
+/* The reason the Lua rules gave with their last verdict ("" for C hooks). */
+static const char *rule_reason(const wfpr_engine *e, const rules_use *ru)
 {
-	return !e->opts.hooks && e->opts.rules ? wfpr_rules_reason(e->opts.rules) : "";
+	return !e->opts.hooks && ru && ru->rules ? wfpr_rules_reason(ru->rules) : "";
 }
 
 /* A rule's verdict that changed a connection or flow: a "verdict" line. */
-static void log_verdict(wfpr_engine *e, const wfpr_rule_conn *info, const char *proto, const uint8_t *record,
-                        size_t record_len, uint64_t up, uint64_t down, const char *hook, const char *verdict)
+static void log_verdict(wfpr_engine *e, const rules_use *ru, const wfpr_rule_conn *info, const char *proto,
+                        const uint8_t *record, size_t record_len, uint64_t up, uint64_t down, const char *hook,
+                        const char *verdict)
 {
-	log_line(e, info, proto, record, record_len, up, down, "verdict", verdict, NULL, hook, rule_reason(e));
+	log_line(e, info, proto, record, record_len, up, down, "verdict", verdict, NULL, hook, rule_reason(e, ru));
 }
+
+
 
 static const char *verdict_name(wfpr_verdict v)
 {
@@ -336,37 +355,90 @@ static const char *verdict_name(wfpr_verdict v)
 
 /* ---- the hooks: C (opts.hooks) or Lua (opts.rules) ---- */
 
-static wfpr_verdict hook_connect(wfpr_engine *e, const wfpr_rule_conn *info)
+/* A new connection or flow takes the current rules. */
+static rules_use *rules_take(wfpr_engine *e)
+{
+	e->current->users++;
+	return e->current;
+}
+
+/* Free ru, giving its rules back to whoever replaced them in. */
+static void rules_drop(rules_use *ru)
+{
+	if (ru->release)
+		ru->release(ru->release_user, ru->rules);
+	free(ru);
+}
+
+/* A connection or flow that started under ru ended: retired rules that
+ * nothing uses any more are given back. */
+static void rules_leave(wfpr_engine *e, rules_use *ru)
+{
+	if (!ru || --ru->users || ru == e->current)
+		return;
+	for (rules_use **p = &e->retired; *p; p = &(*p)->next)
+		if (*p == ru) {
+			*p = ru->next;
+			break;
+		}
+	rules_drop(ru);
+}
+
+/* The loop's side of wfpr_engine_replace_rules. */
+static void rules_switch(wfpr_engine *e)
+{
+	uint64_t n;
+	if (read(e->reload_fd, &n, sizeof(n)) < 0) {
+		/* nothing pending after all */
+	}
+	pthread_mutex_lock(&e->pending_lock);
+	rules_use *next = e->pending;
+	e->pending = NULL;
+	pthread_mutex_unlock(&e->pending_lock);
+	if (!next)
+		return;
+	rules_use *old = e->current;
+	e->current = next;
+	if (old->users == 0) {
+		rules_drop(old);
+	} else {
+		old->next = e->retired;
+		e->retired = old;
+	}
+}
+
+static wfpr_verdict hook_connect(wfpr_engine *e, const rules_use *ru, const wfpr_rule_conn *info)
 {
 	const wfpr_engine_hooks *h = e->opts.hooks;
 	if (h)
 		return h->on_connect ? h->on_connect(h->user, info) : WFPR_VERDICT_PASS;
-	return e->opts.rules ? wfpr_rules_on_connect(e->opts.rules, info) : WFPR_VERDICT_PASS;
+	return ru->rules ? wfpr_rules_on_connect(ru->rules, info) : WFPR_VERDICT_PASS;
 }
 
 /* Is there anything to show an inspected connection's data to? */
-static bool has_data_hook(const wfpr_engine *e)
+static bool has_data_hook(const wfpr_engine *e, const rules_use *ru)
 {
-	return e->opts.hooks ? e->opts.hooks->on_data != NULL : e->opts.rules != NULL;
+	return e->opts.hooks ? e->opts.hooks->on_data != NULL : ru && ru->rules != NULL;
 }
 
-static wfpr_data_verdict hook_data(wfpr_engine *e, const wfpr_rule_conn *info, int direction, bool datagram,
-                                   const void *data, size_t len, const void **out, size_t *out_len)
+static wfpr_data_verdict hook_data(wfpr_engine *e, const rules_use *ru, const wfpr_rule_conn *info, int direction,
+                                   bool datagram, const void *data, size_t len, const void **out, size_t *out_len)
 {
 	const wfpr_engine_hooks *h = e->opts.hooks;
 	if (h)
 		return h->on_data(h->user, info, direction, data, len, out, out_len);
-	return datagram ? wfpr_rules_on_datagram(e->opts.rules, info, direction, data, len, out, out_len)
-	                : wfpr_rules_on_data(e->opts.rules, info, direction, data, len, out, out_len);
+	return datagram ? wfpr_rules_on_datagram(ru->rules, info, direction, data, len, out, out_len)
+	                : wfpr_rules_on_data(ru->rules, info, direction, data, len, out, out_len);
 }
 
-static void hook_close(wfpr_engine *e, const wfpr_rule_conn *info, const wfpr_rule_close_stats *st)
+static void hook_close(wfpr_engine *e, const rules_use *ru, const wfpr_rule_conn *info,
+                       const wfpr_rule_close_stats *st)
 {
 	const wfpr_engine_hooks *h = e->opts.hooks;
 	if (h && h->on_close)
 		h->on_close(h->user, info, st);
-	else if (!h && e->opts.rules)
-		wfpr_rules_on_close(e->opts.rules, info, st);
+	else if (!h && ru && ru->rules)
+		wfpr_rules_on_close(ru->rules, info, st);
 }
 
 /* conn.state for this proxy's redirector */
@@ -426,7 +498,9 @@ static void close_conn(conn *c, bool reset, const char *error)
 		log_event(e, c, error ? "error" : "close", verdict_name(c->verdict), error);
 	if (c->announced) {
 		wfpr_rule_close_stats st = {c->up.total, c->down.total, (uint64_t)elapsed_ms(&c->started)};
-		hook_close(e, &c->info, &st);
+		hook_close(e, c->ru, &c->info, &st);
+		rules_leave(e, c->ru);
+		c->ru = NULL;
 	}
 	if (error)
 		e->stats.failed++;
@@ -480,12 +554,13 @@ static void records_ready(conn *c)
 	c->info.records_len = c->record_len;
 	redirect_state(e, &c->info);
 	process_of(&c->info);
-	c->verdict = hook_connect(e, &c->info);
+	c->ru = rules_take(e);
+	c->verdict = hook_connect(e, c->ru, &c->info);
 	c->announced = true;
 	if (c->verdict == WFPR_VERDICT_BLOCK) {
 		e->stats.blocked++;
 		log_line(e, &c->info, "tcp", c->record, c->record_len, 0, 0, "connect", "block", NULL, "on_connect",
-		         rule_reason(e));
+		         rule_reason(e, c->ru));
 		close_conn(c, true, NULL);
 		return;
 	}
@@ -602,7 +677,7 @@ static bool fill(conn *c, int src, half *h, int direction, bool *closed_by_rule,
 {
 	wfpr_engine *e = c->engine;
 	while (h->ready && !h->eof && h->len < h->cap) {
-		bool inspect = c->verdict == WFPR_VERDICT_INSPECT && has_data_hook(e);
+		bool inspect = c->verdict == WFPR_VERDICT_INSPECT && has_data_hook(e, c->ru);
 		uint8_t *into = inspect ? e->scratch : h->buf + h->len;
 		size_t room = h->cap - h->len;
 		if (inspect && room > e->opts.buffer_size)
@@ -625,9 +700,9 @@ static bool fill(conn *c, int src, half *h, int direction, bool *closed_by_rule,
 		}
 		const void *out = into;
 		size_t out_len = (size_t)n;
-		wfpr_data_verdict v = hook_data(e, &c->info, direction, false, into, (size_t)n, &out, &out_len);
+		wfpr_data_verdict v = hook_data(e, c->ru, &c->info, direction, false, into, (size_t)n, &out, &out_len);
 		if (v != WFPR_DATA_PASS)
-			log_verdict(e, &c->info, "tcp", c->record, c->record_len, c->up.total, c->down.total, "on_data",
+			log_verdict(e, c->ru, &c->info, "tcp", c->record, c->record_len, c->up.total, c->down.total, "on_data",
 			            v == WFPR_DATA_CLOSE ? "close" : v == WFPR_DATA_DROP ? "drop" : "replace");
 		if (v == WFPR_DATA_CLOSE) {
 			*closed_by_rule = true;
@@ -822,7 +897,9 @@ static void close_flow(wfpr_engine *e, flow *f, const char *error)
 	log_line(e, &f->info, "udp", f->record, f->record_len, f->up, f->down, error ? "error" : "close",
 	         f->blocked ? "block" : verdict_name(f->verdict), error, NULL, NULL);
 	wfpr_rule_close_stats st = {f->up, f->down, (uint64_t)elapsed_ms(&f->started)};
-	hook_close(e, &f->info, &st);
+	hook_close(e, f->ru, &f->info, &st);
+	rules_leave(e, f->ru);
+	f->ru = NULL;
 	e->stats.bytes_up += f->up;
 	e->stats.bytes_down += f->down;
 	if (f->upstream >= 0)
@@ -833,13 +910,13 @@ static void close_flow(wfpr_engine *e, flow *f, const char *error)
 /* Through on_datagram for inspected flows: false to send nothing. */
 static bool datagram_rule(wfpr_engine *e, flow *f, int direction, const uint8_t **data, size_t *len)
 {
-	if (f->verdict != WFPR_VERDICT_INSPECT || !has_data_hook(e))
+	if (f->verdict != WFPR_VERDICT_INSPECT || !has_data_hook(e, f->ru))
 		return true;
 	const void *out;
 	size_t out_len;
-	wfpr_data_verdict v = hook_data(e, &f->info, direction, true, *data, *len, &out, &out_len);
+	wfpr_data_verdict v = hook_data(e, f->ru, &f->info, direction, true, *data, *len, &out, &out_len);
 	if (v != WFPR_DATA_PASS)
-		log_verdict(e, &f->info, "udp", f->record, f->record_len, f->up, f->down, "on_datagram",
+		log_verdict(e, f->ru, &f->info, "udp", f->record, f->record_len, f->up, f->down, "on_datagram",
 		            v == WFPR_DATA_CLOSE ? "close" : v == WFPR_DATA_DROP ? "drop" : "replace");
 	switch (v) {
 	case WFPR_DATA_REPLACE:
@@ -896,12 +973,13 @@ static flow *new_flow(wfpr_engine *e, const struct sockaddr_storage *client, con
 		e->flows->prev = f;
 	e->flows = f;
 	e->stats.flows++;
-	f->verdict = hook_connect(e, &f->info);
+	f->ru = rules_take(e);
+	f->verdict = hook_connect(e, f->ru, &f->info);
 	f->blocked = f->verdict == WFPR_VERDICT_BLOCK;
 	if (f->blocked)
 		e->stats.blocked++;
 	log_line(e, &f->info, "udp", f->record, f->record_len, 0, 0, "connect", verdict_name(f->verdict), NULL,
-	         f->blocked ? "on_connect" : NULL, f->blocked ? rule_reason(e) : NULL);
+	         f->blocked ? "on_connect" : NULL, f->blocked ? rule_reason(e, f->ru) : NULL);
 	return f;
 }
 
@@ -1057,8 +1135,15 @@ int wfpr_engine_new(wfpr_engine **out, const wfpr_engine_options *opts)
 	wfpr_engine *e = calloc(1, sizeof(*e));
 	if (!e)
 		return WFPR_WSAENOBUFS;
-	e->epoll_fd = e->listen_fd = e->stop_fd = e->udp_fd = -1;
+	e->epoll_fd = e->listen_fd = e->stop_fd = e->udp_fd = e->reload_fd = -1;
 	e->opts = *opts;
+	pthread_mutex_init(&e->pending_lock, NULL);
+	e->current = calloc(1, sizeof(*e->current)); /* opts.rules: the caller's, never released by the engine */
+	if (!e->current) {
+		free(e);
+		return WFPR_WSAENOBUFS;
+	}
+	e->current->rules = opts->rules;
 	if (!e->opts.buffer_size)
 		e->opts.buffer_size = DEFAULT_BUFFER;
 	e->name = strdup(opts->name ? opts->name : "proxy");
@@ -1071,6 +1156,7 @@ int wfpr_engine_new(wfpr_engine **out, const wfpr_engine_options *opts)
 	}
 	e->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
 	e->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	e->reload_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	struct sockaddr_storage addr;
 	if (opts->listen_address) {
 		addr = *opts->listen_address;
@@ -1086,7 +1172,7 @@ int wfpr_engine_new(wfpr_engine **out, const wfpr_engine_options *opts)
 	int rc = 0;
 	if (!e->name || !e->scratch) {
 		rc = WFPR_WSAENOBUFS;
-	} else if (e->epoll_fd < 0 || e->stop_fd < 0 || e->listen_fd < 0 ||
+	} else if (e->epoll_fd < 0 || e->stop_fd < 0 || e->reload_fd < 0 || e->listen_fd < 0 ||
 	           setsockopt(e->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
 	           (opts->reuse_port && setsockopt(e->listen_fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) ||
 	           bind(e->listen_fd, (struct sockaddr *)&addr, len) < 0 || listen(e->listen_fd, 1024) < 0) {
@@ -1096,8 +1182,10 @@ int wfpr_engine_new(wfpr_engine **out, const wfpr_engine_options *opts)
 		getsockname(e->listen_fd, (struct sockaddr *)&e->address, &len);
 		e->w_listener = (watch){KIND_LISTENER, NULL, NULL};
 		e->w_stop = (watch){KIND_STOP, NULL, NULL};
+		e->w_reload = (watch){KIND_RELOAD, NULL, NULL};
 		if (watch_fd(e, EPOLL_CTL_ADD, e->listen_fd, EPOLLIN, &e->w_listener) < 0 ||
-		    watch_fd(e, EPOLL_CTL_ADD, e->stop_fd, EPOLLIN, &e->w_stop) < 0)
+		    watch_fd(e, EPOLL_CTL_ADD, e->stop_fd, EPOLLIN, &e->w_stop) < 0 ||
+		    watch_fd(e, EPOLL_CTL_ADD, e->reload_fd, EPOLLIN, &e->w_reload) < 0)
 			rc = wfpr_err_from_errno(errno);
 	}
 	if (rc == 0 && opts->udp) {
@@ -1157,6 +1245,9 @@ int wfpr_engine_run(wfpr_engine *e)
 				bury_dead(e);
 				bury_dead_flows(e);
 				return 0;
+			case KIND_RELOAD:
+				rules_switch(e);
+				break;
 			case KIND_UDP:
 				udp_receive(e);
 				break;
@@ -1196,6 +1287,29 @@ void wfpr_engine_stop(wfpr_engine *e)
 	}
 }
 
+int wfpr_engine_replace_rules(wfpr_engine *e, wfpr_rules *rules, wfpr_engine_rules_release_fn release, void *user)
+{
+	if (!e || !rules)
+		return WFPR_WSAEFAULT;
+	if (e->opts.hooks)
+		return WFPR_WSAEINVAL; /* C hooks, not rules */
+	rules_use *next = calloc(1, sizeof(*next));
+	if (!next)
+		return WFPR_WSAENOBUFS;
+	*next = (rules_use){.rules = rules, .release = release, .release_user = user};
+	pthread_mutex_lock(&e->pending_lock);
+	rules_use *unused = e->pending; /* replaced before the loop took it: never used */
+	e->pending = next;
+	pthread_mutex_unlock(&e->pending_lock);
+	if (unused)
+		rules_drop(unused);
+	uint64_t one = 1;
+	if (write(e->reload_fd, &one, sizeof(one)) < 0) {
+		/* the counter is already non-zero: the loop wakes either way */
+	}
+	return 0;
+}
+
 int wfpr_engine_get_stats(wfpr_engine_stats *out, const wfpr_engine *e)
 {
 	if (!out || !e)
@@ -1214,6 +1328,19 @@ void wfpr_engine_free(wfpr_engine *e)
 		close_flow(e, e->flows, NULL);
 	bury_dead(e);
 	bury_dead_flows(e);
+	/* every connection is gone: the rules go back to those who gave them */
+	while (e->retired) {
+		rules_use *ru = e->retired;
+		e->retired = ru->next;
+		rules_drop(ru);
+	}
+	if (e->current)
+		rules_drop(e->current);
+	if (e->pending)
+		rules_drop(e->pending);
+	pthread_mutex_destroy(&e->pending_lock);
+	if (e->reload_fd >= 0)
+		close(e->reload_fd);
 	if (e->udp_fd >= 0)
 		close(e->udp_fd);
 	if (e->listen_fd >= 0)

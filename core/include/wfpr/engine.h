@@ -77,6 +77,18 @@ WFPR_EXTERN int wfpr_engine_run(wfpr_engine *engine);
 /* From any thread: wfpr_engine_run returns after closing its connections. */
 WFPR_EXTERN void wfpr_engine_stop(wfpr_engine *engine);
 /* From the loop's own thread (a hook), or once wfpr_engine_run has returned. */
+/* Called once the engine no longer uses rules it was given with
+ * wfpr_engine_replace_rules, on the loop's thread (or the caller's, for
+ * rules replaced before the loop took them): free them there. */
+typedef void (*wfpr_engine_rules_release_fn)(void *user, wfpr_rules *rules);
+/* From any thread: connections and flows that start from now on get
+ * rules; those running keep the rules they started under, to their end.
+ * Rules replaced that nothing uses any more go to the release given with
+ * them (opts.rules stay the caller's: it frees them after
+ * wfpr_engine_free). 0, WFPR_WSAEFAULT, WFPR_WSAEINVAL for an engine with
+ * C hooks, WFPR_WSAENOBUFS. */
+WFPR_EXTERN int wfpr_engine_replace_rules(wfpr_engine *engine, wfpr_rules *rules, wfpr_engine_rules_release_fn release,
+                                          void *user);
 WFPR_EXTERN int wfpr_engine_get_stats(wfpr_engine_stats *out, const wfpr_engine *engine);
 WFPR_EXTERN void wfpr_engine_free(wfpr_engine *engine);
 

@@ -1,6 +1,6 @@
 # Types of the SWIG module (bindings/*.i) that the package uses. The module
-# itself is generated at build time; this stub is what mypy --strict checks
-# the package against.
+# itself is generated at build time; mypy --strict checks the package
+# against these declarations.
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 VERSION: str

@@ -119,6 +119,65 @@ plt.close(fig)
 fig"""),
 code("""layer.detach()
 layer.stats"""),
+md("""## The decision log, as a table
+
+`wfpr run --log` writes one JSON line per decision from every proxy: `connect` and `close` for
+each connection, and a `verdict` line with the hook and the rule's reason whenever a rule changes a
+connection. Here the `wfpr` command that came with the package runs curl through two proxies:
+`http_log.lua`, then the antivirus `eicar.lua`. curl fetches a clean file 5 times, then the EICAR
+test file once."""),
+code("""import http.server, json, shutil, subprocess, tempfile
+from pathlib import Path
+
+pkg = Path(wfpr.__file__).parent
+WFPR = str(pkg / "bin" / "wfpr") if (pkg / "bin" / "wfpr").exists() else shutil.which("wfpr")
+RULES = pkg / "rules"
+www = Path(tempfile.mkdtemp())
+(www / "clean.txt").write_text("hello\\n" * 1000)
+(www / "eicar.com").write_bytes(rb"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*")
+handler = lambda *a: type("Q", (http.server.SimpleHTTPRequestHandler,), {"log_message": lambda *_: None})(*a, directory=str(www))
+web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+threading.Thread(target=web.serve_forever, daemon=True).start()
+base = f"http://127.0.0.1:{web.server_address[1]}"
+log_path = www / "decisions.jsonl"
+script = f"for i in 1 2 3 4 5; do curl -s -o /dev/null {base}/clean.txt; done; curl -s -o /dev/null {base}/eicar.com; true"
+run = subprocess.run([WFPR, "run", "--rules", str(RULES / "http_log.lua"), "--proxy", f"antivirus={RULES / 'eicar.lua'}",
+                      "--log", str(log_path), "--", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+events = [json.loads(line) for line in log_path.read_text().splitlines()]
+print(run.stderr.strip().splitlines()[-3:])
+len(events)"""),
+code("""try:
+    import pandas as pd
+    df = pd.DataFrame(events)
+    table = df.groupby(["proxy", "event", "verdict"]).size().rename("lines").reset_index()
+except ImportError:  # pandas is optional: the same counts by hand
+    from collections import Counter
+    table = Counter((e["proxy"], e["event"], e["verdict"]) for e in events)
+table"""),
+code("""verdicts = [e for e in events if e["event"] == "verdict"]
+assert [(v["proxy"], v["hook"], v["verdict"], v["reason"]) for v in verdicts] == \
+    [("antivirus", "on_data", "close", "EICAR test file, down")], verdicts
+# each connection's life in each proxy: from its connect line to its close line
+opened = {(e["proxy"], e["id"]): e["time"] for e in events if e["event"] == "connect"}
+life = {}
+for e in events:
+    if e["event"] in ("close", "error") and (e["proxy"], e["id"]) in opened:
+        life.setdefault(e["proxy"], []).append((e["time"] - opened[(e["proxy"], e["id"])]) * 1e3)
+counts = {}
+for e in events:
+    if e["event"] in ("connect", "verdict"):
+        counts.setdefault(e["proxy"], {}).setdefault(e["verdict"], 0)
+        counts[e["proxy"]][e["verdict"]] += 1
+fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+names = sorted(counts)
+kinds = sorted({k for c in counts.values() for k in c})
+for i, kind in enumerate(kinds):
+    a.bar([n + i * 0.25 for n in range(len(names))], [counts[p].get(kind, 0) for p in names], width=0.25, label=kind)
+a.set_xticks([n + 0.25 for n in range(len(names))]); a.set_xticklabels(names); a.set_ylabel("decisions"); a.legend()
+b.boxplot([life[p] for p in names]); b.set_xticks(range(1, len(names) + 1)); b.set_xticklabels(names)
+b.set_ylabel("connection lifetime in the proxy, ms")
+fig.tight_layout(); plt.close(fig); web.shutdown()
+fig"""),
 ]
 nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
 nbf.write(nb, "examples/notebooks/cooperating-proxies.ipynb")

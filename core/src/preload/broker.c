@@ -638,6 +638,10 @@ static void drop_client(wfpr_broker *b, client *c)
 		}
 	}
 	forget_decision(c);
+	/* out of the epoll set first: a forked child of a process that hosts
+	 * the broker may hold the socket open, and then closing the descriptor
+	 * would leave it watched, with events naming c after it is freed */
+	epoll_ctl(b->epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
 	close(c->fd);
 	free(c);
 }

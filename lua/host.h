@@ -74,6 +74,7 @@ void wfpr__rules_free_all(wfpr_rules *r);
 /* sandbox.c: open the allowed libraries and build the locked base
  * environment, left in the registry under SANDBOX_BASE. */
 #define SANDBOX_BASE "wfpr.base"
+#define NEED_MORE_META "wfpr.need_more" /* need_more(n)'s answer: a userdata holding n */
 #define SANDBOX_TAGS "wfpr.tags"
 void wfpr__sandbox_open(lua_State *L);
 /* A fresh environment for a rule chunk: reads fall to the base (an unknown

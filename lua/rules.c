@@ -387,6 +387,11 @@ const char *wfpr_rules_reason(const wfpr_rules *r)
 	return r ? r->reason : "";
 }
 
+wfpr_data_verdict wfpr_rules_default_data_verdict(const wfpr_rules *r)
+{
+	return r && r->opts.fail_closed ? WFPR_DATA_CLOSE : WFPR_DATA_PASS;
+}
+
 static bool push_hook(wfpr_rules *r, enum hook h)
 {
 	if (r->hooks[h] == LUA_NOREF)
@@ -455,12 +460,15 @@ static wfpr_data_verdict data_hook(wfpr_rules *r, enum hook h, const wfpr_rule_c
 			*out_len = n;
 			v = WFPR_DATA_REPLACE;
 		}
+	} else if (h == HOOK_DATA && luaL_testudata(L, -1, NEED_MORE_META)) {
+		v = WFPR_DATA_NEED_MORE;
+		*out_len = (size_t)*(lua_Integer *)lua_touserdata(L, -1);
 	} else if (wfpr__sandbox_is_sentinel(L, -1, "drop")) {
 		v = WFPR_DATA_DROP;
 	} else if (wfpr__sandbox_is_sentinel(L, -1, "close")) {
 		v = WFPR_DATA_CLOSE;
 	} else {
-		bad_return(r, h, "nil, a string, drop or close");
+		bad_return(r, h, h == HOOK_DATA ? "nil, a string, drop, close or need_more(n)" : "nil, a string, drop or close");
 	}
 	lua_pop(L, 1);
 	return v;

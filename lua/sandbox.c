@@ -211,6 +211,19 @@ static int sentinel_tostring(lua_State *L)
 	return 1;
 }
 
+/* need_more(n): on_data's answer when the chunk is not yet a whole message:
+ * the engine holds it, and calls on_data again with it and the next bytes
+ * once n more have come (docs/rules.md, "Waiting for more bytes"). */
+static int sandbox_need_more(lua_State *L)
+{
+	lua_Integer n = luaL_checkinteger(L, 1);
+	luaL_argcheck(L, n >= 1 && n <= WFPR_RULES_HOLD_MAX, 1, "need_more(n): n is 1 to 65536 bytes");
+	lua_Integer *box = lua_newuserdatauv(L, sizeof(*box), 0);
+	*box = n;
+	luaL_setmetatable(L, NEED_MORE_META);
+	return 1;
+}
+
 static void push_sentinel(lua_State *L, const char *name)
 {
 	lua_newtable(L);
@@ -245,6 +258,10 @@ void wfpr__sandbox_open(lua_State *L)
 		{LUA_MATHLIBNAME, luaopen_math}, {LUA_UTF8LIBNAME, luaopen_utf8}, {NULL, NULL}};
 
 	wfpr__shared_open(L);
+	luaL_newmetatable(L, NEED_MORE_META);
+	lua_pushliteral(L, "locked");
+	lua_setfield(L, -2, "__metatable");
+	lua_pop(L, 1);
 	for (const luaL_Reg *lib = libs; lib->func; lib++) {
 		luaL_requiref(L, lib->name, lib->func, 1);
 		lua_pop(L, 1);
@@ -286,6 +303,8 @@ void wfpr__sandbox_open(lua_State *L)
 	}
 	push_sentinel(L, "drop");
 	lua_setfield(L, -2, "drop");
+	lua_pushcfunction(L, sandbox_need_more);
+	lua_setfield(L, -2, "need_more");
 	push_sentinel(L, "close");
 	lua_setfield(L, -2, "close");
 

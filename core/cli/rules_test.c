@@ -31,6 +31,9 @@ typedef struct replay {
 	wfpr_rule_conn conn;
 	bool open;
 	uint64_t up, down;
+	/* need_more, per direction, as the engine holds the bytes */
+	char *held[2];
+	size_t held_len[2], held_need[2];
 	char last[16];      /* the last event's verdict */
 	char reason[128];   /* and its reason */
 	int failures;
@@ -126,6 +129,37 @@ static void do_connect(replay *r, const char *args)
 	said(r, event, names[wfpr_rules_on_connect(r->rules, &r->conn)]);
 }
 
+/* One on_data (or on_datagram) call, as the engine makes it, need_more and all. */
+static void ask(replay *r, int direction, const char *chunk, size_t n, const char *what, bool at_end)
+{
+	const void *out;
+	size_t out_len;
+	wfpr_data_verdict v = r->conn.protocol == IPPROTO_UDP
+	                          ? wfpr_rules_on_datagram(r->rules, &r->conn, direction, chunk, n, &out, &out_len)
+	                          : wfpr_rules_on_data(r->rules, &r->conn, direction, chunk, n, &out, &out_len);
+	static const char *const names[] = {"pass", "replace", "drop", "close", "need_more"};
+	char event[96];
+	snprintf(event, sizeof(event), "%s %zu bytes%s", direction ? "down" : "up", n, what);
+	if (v == WFPR_DATA_NEED_MORE && !at_end && r->held_len[direction] + (chunk == r->held[direction] ? 0 : n) + out_len <=
+	                                                  WFPR_RULES_HOLD_MAX) {
+		if (chunk != r->held[direction]) {
+			memcpy(r->held[direction] + r->held_len[direction], chunk, n);
+			r->held_len[direction] += n;
+		}
+		r->held_need[direction] = r->held_len[direction] + out_len;
+		char verdict[48];
+		snprintf(verdict, sizeof(verdict), "need_more %zu (holds %zu)", out_len, r->held_len[direction]);
+		said(r, event, verdict);
+		snprintf(r->last, sizeof(r->last), "need_more");
+		return;
+	}
+	if (v == WFPR_DATA_NEED_MORE) /* past the cap, or the end: the default verdict */
+		v = wfpr_rules_default_data_verdict(r->rules);
+	if (chunk == r->held[direction])
+		r->held_len[direction] = r->held_need[direction] = 0;
+	said(r, event, names[v]);
+}
+
 static void do_data(replay *r, int direction, const char *args, char *chunk)
 {
 	if (!r->open)
@@ -133,22 +167,37 @@ static void do_data(replay *r, int direction, const char *args, char *chunk)
 	long n = chunk_of(args, chunk);
 	if (n < 0)
 		return fail(r, "expected a \"quoted\" chunk (escapes \\r \\n \\t \\0 \\\\ \\\" \\xHH) or hex DIGITS%s%s", "", "");
-	const void *out;
-	size_t out_len;
-	wfpr_data_verdict v = r->conn.protocol == IPPROTO_UDP
-	                          ? wfpr_rules_on_datagram(r->rules, &r->conn, direction, chunk, (size_t)n, &out, &out_len)
-	                          : wfpr_rules_on_data(r->rules, &r->conn, direction, chunk, (size_t)n, &out, &out_len);
 	*(direction ? &r->down : &r->up) += (uint64_t)n;
-	static const char *const names[] = {"pass", "replace", "drop", "close"};
-	char event[64];
-	snprintf(event, sizeof(event), "%s %ld bytes", direction ? "down" : "up", n);
-	said(r, event, names[v]);
+	if (!r->held[direction] && !(r->held[direction] = malloc(WFPR_RULES_HOLD_MAX)))
+		return fail(r, "out of memory%s%s", "", "");
+	if (!r->held_len[direction]) {
+		ask(r, direction, chunk, (size_t)n, "", false);
+		return;
+	}
+	if (r->held_len[direction] + (size_t)n > WFPR_RULES_HOLD_MAX) /* past the cap: the held bytes first */
+		ask(r, direction, r->held[direction], r->held_len[direction], " (held, past the cap)", true);
+	if (!r->held_len[direction]) {
+		ask(r, direction, chunk, (size_t)n, "", false);
+		return;
+	}
+	memcpy(r->held[direction] + r->held_len[direction], chunk, (size_t)n);
+	r->held_len[direction] += (size_t)n;
+	if (r->held_len[direction] < r->held_need[direction]) {
+		char event[64];
+		snprintf(event, sizeof(event), "%s %ld bytes", direction ? "down" : "up", n);
+		printf("%s: held (%zu of the %zu asked for)\n", event, r->held_len[direction], r->held_need[direction]);
+		return;
+	}
+	ask(r, direction, r->held[direction], r->held_len[direction], " (with the held bytes)", false);
 }
 
 static void do_close(replay *r)
 {
 	if (!r->open)
 		return fail(r, "close before a connect%s%s", "", "");
+	for (int d = 0; d < 2; d++) /* the end: the held bytes are asked about once more */
+		if (r->held_len[d])
+			ask(r, d, r->held[d], r->held_len[d], " (held, at the end)", true);
 	wfpr_rule_close_stats st = {.bytes_up = r->up, .bytes_down = r->down};
 	wfpr_rules_on_close(r->rules, &r->conn, &st);
 	r->open = false;
@@ -205,6 +254,8 @@ static int replay_file(wfpr_rules *rules, const char *path)
 	}
 	if (r.open)
 		do_close(&r);
+	free(r.held[0]);
+	free(r.held[1]);
 	free(line);
 	free(chunk);
 	fclose(f);

@@ -78,6 +78,9 @@ typedef struct half {
 	bool eof;      /* the source said it is done */
 	bool shut;     /* we passed the half-close on */
 	uint64_t total;
+	/* need_more: bytes the rule asked to see again with the next ones */
+	uint8_t *held;
+	size_t held_len, held_need; /* held_need: on_data again once held_len reaches it */
 } half;
 
 typedef struct conn {
@@ -525,6 +528,8 @@ static void bury_dead(wfpr_engine *e)
 		free(c->record);
 		free(c->up.buf);
 		free(c->down.buf);
+		free(c->up.held);
+		free(c->down.held);
 		free(c);
 	}
 	e->dead = NULL;
@@ -671,6 +676,92 @@ static void connect_progress(conn *c)
 	pump(c);
 }
 
+/* Keep chunk (len bytes) in h's held bytes, for need_more (chunk may be
+ * the held bytes themselves); false when they would pass the cap. */
+static bool hold(half *h, const uint8_t *chunk, size_t len)
+{
+	if (chunk == h->held)
+		return true;
+	if (h->held_len + len > WFPR_RULES_HOLD_MAX)
+		return false;
+	if (!h->held && !(h->held = malloc(WFPR_RULES_HOLD_MAX)))
+		return false;
+	memcpy(h->held + h->held_len, chunk, len);
+	h->held_len += len;
+	return true;
+}
+
+#define HELD -1 /* inspect_chunk: need_more; the bytes are held */
+#define PAST_CAP "need_more past the 64 KiB a connection may hold"
+#define AT_END "the stream ended before the bytes need_more waited for"
+
+/* What on_data says of chunk (len bytes, or h->held itself), with
+ * need_more handled: the bytes are held (HELD). When they cannot be (past
+ * the cap, or no_more says why not), they get the rules' default verdict.
+ * A verdict that changes the connection is logged. */
+static int inspect_chunk(conn *c, half *h, int direction, const uint8_t *chunk, size_t len, const char *no_more,
+                         const void **out, size_t *out_len)
+{
+	wfpr_engine *e = c->engine;
+	*out = chunk;
+	*out_len = len;
+	wfpr_data_verdict v = hook_data(e, c->ru, &c->info, direction, false, chunk, len, out, out_len);
+	const char *reason = NULL;
+	if (v == WFPR_DATA_NEED_MORE) {
+		size_t want = *out_len;
+		size_t already = chunk == h->held ? 0 : h->held_len;
+		if (!no_more && already + len + want <= WFPR_RULES_HOLD_MAX && hold(h, chunk, len)) {
+			h->held_need = h->held_len + want;
+			return HELD;
+		}
+		v = !e->opts.hooks && c->ru->rules ? wfpr_rules_default_data_verdict(c->ru->rules) : WFPR_DATA_PASS;
+		reason = no_more ? no_more : PAST_CAP;
+	}
+	if (v == WFPR_DATA_PASS || reason) {
+		*out = chunk;
+		*out_len = len;
+	}
+	if (v != WFPR_DATA_PASS || reason)
+		log_line(e, &c->info, "tcp", c->record, c->record_len, c->up.total, c->down.total, "verdict",
+		         v == WFPR_DATA_CLOSE ? "close" : v == WFPR_DATA_DROP ? "drop" : v == WFPR_DATA_REPLACE ? "replace" : "pass",
+		         NULL, "on_data", reason ? reason : rule_reason(e, c->ru));
+	return (int)v;
+}
+
+/* out (len bytes) goes on to h's reader. False when out of memory. */
+static bool emit(half *h, const void *out, size_t len)
+{
+	if (len > h->cap - h->len) { /* a longer replacement, or held bytes: grow for it */
+		uint8_t *grown = realloc(h->buf, h->len + len);
+		if (!grown)
+			return false;
+		h->buf = grown;
+		h->cap = h->len + len;
+	}
+	memcpy(h->buf + h->len, out, len);
+	h->len += len;
+	return true;
+}
+
+/* One verdict on chunk: false to stop (closed by the rule: *closed_by_rule;
+ * or out of memory). */
+static bool apply(conn *c, half *h, int direction, const uint8_t *chunk, size_t len, const char *no_more,
+                  bool *closed_by_rule, bool *ok)
+{
+	const void *out;
+	size_t out_len;
+	int v = inspect_chunk(c, h, direction, chunk, len, no_more, &out, &out_len);
+	if (v == HELD)
+		return true;
+	bool was_held = chunk == h->held;
+	*ok = v == WFPR_DATA_CLOSE || v == WFPR_DATA_DROP || emit(h, out, out_len);
+	if (was_held)
+		h->held_len = h->held_need = 0; /* asked about: no longer held */
+	if (v == WFPR_DATA_CLOSE)
+		*closed_by_rule = true;
+	return !*closed_by_rule && *ok;
+}
+
 /* Read from src into h (through the rule when inspected), adding what it
  * read to *moved; false on a reset. */
 static bool fill(conn *c, int src, half *h, int direction, bool *closed_by_rule, size_t *moved)
@@ -683,13 +774,16 @@ static bool fill(conn *c, int src, half *h, int direction, bool *closed_by_rule,
 		if (inspect && room > e->opts.buffer_size)
 			room = e->opts.buffer_size;
 		ssize_t n = read(src, into, room);
-		if (n == 0) {
-			h->eof = true;
-			break;
-		}
 		if (n < 0) {
 			h->ready = errno == EINTR;
 			return errno == EAGAIN || errno == EINTR;
+		}
+		if (n == 0) {
+			h->eof = true;
+			bool ok = true;
+			if (inspect && h->held_len) /* the end: the rule sees the held bytes once more */
+				apply(c, h, direction, h->held, h->held_len, AT_END, closed_by_rule, &ok);
+			return ok;
 		}
 		/* a short read emptied the socket: edge-triggered, the next byte brings an event */
 		h->ready = (size_t)n == room || h->hup;
@@ -698,31 +792,22 @@ static bool fill(conn *c, int src, half *h, int direction, bool *closed_by_rule,
 			h->len += (size_t)n;
 			continue;
 		}
-		const void *out = into;
-		size_t out_len = (size_t)n;
-		wfpr_data_verdict v = hook_data(e, c->ru, &c->info, direction, false, into, (size_t)n, &out, &out_len);
-		if (v != WFPR_DATA_PASS)
-			log_verdict(e, c->ru, &c->info, "tcp", c->record, c->record_len, c->up.total, c->down.total, "on_data",
-			            v == WFPR_DATA_CLOSE ? "close" : v == WFPR_DATA_DROP ? "drop" : "replace");
-		if (v == WFPR_DATA_CLOSE) {
-			*closed_by_rule = true;
-			return true;
+		bool ok = true;
+		if (h->held_len && h->held_len + (size_t)n > WFPR_RULES_HOLD_MAX) {
+			/* past the cap: the held bytes get the default verdict, then these are asked about */
+			if (!apply(c, h, direction, h->held, h->held_len, PAST_CAP, closed_by_rule, &ok))
+				return ok;
 		}
-		if (v == WFPR_DATA_DROP)
+		if (h->held_len) { /* need_more: these bytes join the held ones */
+			hold(h, into, (size_t)n);
+			if (h->held_len < h->held_need)
+				continue; /* not yet as many as the rule asked for */
+			if (!apply(c, h, direction, h->held, h->held_len, NULL, closed_by_rule, &ok))
+				return ok;
 			continue;
-		if (v == WFPR_DATA_PASS) {
-			out = into;
-			out_len = (size_t)n;
 		}
-		if (out_len > h->cap - h->len) { /* a longer replacement: grow for it */
-			uint8_t *grown = realloc(h->buf, h->len + out_len);
-			if (!grown)
-				return false;
-			h->buf = grown;
-			h->cap = h->len + out_len;
-		}
-		memcpy(h->buf + h->len, out, out_len);
-		h->len += out_len;
+		if (!apply(c, h, direction, into, (size_t)n, NULL, closed_by_rule, &ok))
+			return ok;
 	}
 	return true;
 }
@@ -929,6 +1014,7 @@ static bool datagram_rule(wfpr_engine *e, flow *f, int direction, const uint8_t 
 		close_flow(e, f, NULL);
 		return false;
 	case WFPR_DATA_DROP:
+	case WFPR_DATA_NEED_MORE: /* (only a C hook could say it of a datagram: nothing to wait for) */
 		break;
 	}
 	return false;

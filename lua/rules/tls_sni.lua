@@ -1,16 +1,13 @@
 -- TLS: let through only the server names listed, from the ClientHello's SNI,
 -- and log each hello's SNI, ALPN and JA4 fingerprint. A ClientHello split
--- over several chunks is gathered in conn.tag (up to 16 KiB); its chunks
--- pass on meanwhile, and nothing past the hello reaches the server before
--- the verdict, since a TLS server answers only a whole ClientHello.
+-- over several chunks is held by the proxy (need_more) until it is whole:
+-- the server sees none of it before the verdict.
 local wfpr = require "wfpr"
 
 local ALLOWED = {
   ["example.test"] = true,
   ["localhost"] = true,
 }
-local MAX_HELLO = 16384
-
 function on_connect(conn)
   return inspect
 end
@@ -19,13 +16,11 @@ function on_data(conn, dir, chunk)
   if dir ~= "up" or conn.tag.decided then
     return nil
   end
-  local bytes = (conn.tag.hello or "") .. chunk
-  local hello, err, why = wfpr.tls.client_hello(bytes)
-  if not hello and err == "incomplete" and #bytes < MAX_HELLO then
-    conn.tag.hello = bytes
-    return nil
+  local hello, err, why = wfpr.tls.client_hello(chunk)
+  if not hello and err == "incomplete" then
+    return need_more(1) -- the held bytes and at least one more, next time
   end
-  conn.tag.decided, conn.tag.hello = true, nil
+  conn.tag.decided = true
   if not hello then
     log("tls", tostring(conn.client), "not a ClientHello (" .. why .. "): closed")
     return close, "not TLS: " .. why

@@ -45,7 +45,8 @@ static void proxy_start_with(proxy *p, wfpr_layer *layer, const char *name, uint
 	CHECK_EQ(wfpr_redirect_handle_create(&p->handle, layer, NULL, name), 0);
 	if (rule_file) {
 		char path[512];
-		snprintf(path, sizeof(path), "%s/%s", WFPR_RULES_DIR, rule_file);
+		snprintf(path, sizeof(path), "%s%s%s", rule_file[0] == '/' ? "" : WFPR_RULES_DIR,
+		         rule_file[0] == '/' ? "" : "/", rule_file); /* an absolute path: a rule of the test's own */
 		CHECK_EQ(wfpr_rules_new(&p->rules, NULL), 0);
 		CHECK_EQ(wfpr_rules_load_file(p->rules, path), 0);
 	}
@@ -248,6 +249,70 @@ static void rules_decide(void)
 	/* the clean data, and "hello" if it left before the next proxy's block reset
 	 * the connection (a race); never the EICAR bytes */
 	CHECK(s.bytes_up == 10 || s.bytes_up == 5 + 10);
+	wfpr_inproc_detach(layer);
+	wfpr_layer_free(layer);
+}
+
+/* A rule file of the test's own, in /tmp; its path. */
+static const char *rule_file(const char *name, const char *text)
+{
+	static char path[4][128];
+	static int next;
+	char *p = path[next++ & 3];
+	snprintf(p, sizeof(path[0]), "/tmp/wfpr-test-%d-%s.lua", (int)getpid(), name);
+	FILE *f = fopen(p, "w");
+	if (!f)
+		abort();
+	fputs(text, f);
+	fclose(f);
+	return p;
+}
+
+/* need_more: the engine holds the bytes until the rule has what it asked
+ * for, so a message split over many writes is seen, and changed, whole; a
+ * rule that asks for more than the cap gets the default verdict (pass), and
+ * every byte still arrives, in order. */
+static void need_more_holds_bytes(void)
+{
+	wfpr_layer *layer;
+	echo_server server;
+	proxy p;
+	CHECK_EQ(wfpr_layer_new(&layer), 0);
+	CHECK_EQ(echo_server_start(&server, 2), 0);
+	const char *upper = rule_file("upper",
+	                              "function on_connect(conn) return inspect end\n"
+	                              "function on_data(conn, dir, s)\n"
+	                              "  if dir == 'up' and #s < 64 then return need_more(64 - #s) end\n"
+	                              "  if dir == 'up' then return s:upper() end\n"
+	                              "end\n");
+	proxy_start(&p, layer, "upper", addr_port(&server.addr), 1, upper, -1);
+	CHECK_EQ(wfpr_inproc_attach(layer), 0);
+	int s = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+	CHECK_EQ(wfpr_connect(s, (struct sockaddr *)&server.addr, addr_size(&server.addr)), 0);
+	const char *text = "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijkl"; /* 64 */
+	for (int i = 0; i < 8; i++) {
+		CHECK_EQ(send(s, text + 8 * i, 8, 0), 8);
+		usleep(2000);
+	}
+	shutdown(s, SHUT_WR);
+	char back[65] = "";
+	size_t got = 0;
+	for (ssize_t n; got < 64 && (n = read(s, back + got, 64 - got)) > 0;)
+		got += (size_t)n;
+	CHECK_EQ(got, 64);
+	CHECK(memcmp(back, "ABCDEFGHIJKLMNOPQRSTUVWXYZABCDEFGHIJKLMNOPQRSTUVWXYZABCDEFGHIJKL", 64) == 0);
+	wfpr_closesocket(s);
+	proxy_stop(&p);
+
+	/* a rule that always asks for more: past 64 KiB, the default verdict; 1 MiB arrives whole */
+	const char *greedy = rule_file("greedy", "function on_connect(conn) return inspect end\n"
+	                                         "function on_data(conn, dir, s) return need_more(1) end\n");
+	proxy_start(&p, layer, "greedy", addr_port(&server.addr), 1, greedy, -1);
+	uint8_t sent[32], echoed[32];
+	CHECK_EQ(echo_client(&server.addr, 1u << 20, sent, echoed), 0);
+	CHECK(memcmp(sent, echoed, 32) == 0);
+	echo_server_join(&server);
+	proxy_stop(&p);
 	wfpr_inproc_detach(layer);
 	wfpr_layer_free(layer);
 }
@@ -525,6 +590,7 @@ int main(void)
 	RUN(a_large_one_way_stream);
 	RUN(two_engines_cooperate);
 	RUN(rules_decide);
+	RUN(need_more_holds_bytes);
 	RUN(refused_destination_resets_the_client);
 	RUN(many_connections_at_once);
 	TEST_MAIN_END();

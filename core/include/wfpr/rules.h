@@ -31,7 +31,9 @@ typedef enum wfpr_data_verdict {
 	WFPR_DATA_PASS = 0,
 	WFPR_DATA_REPLACE = 1, /* send *out instead */
 	WFPR_DATA_DROP = 2,    /* send nothing for this chunk */
-	WFPR_DATA_CLOSE = 3    /* close the connection (or the flow) */
+	WFPR_DATA_CLOSE = 3,   /* close the connection (or the flow) */
+	WFPR_DATA_NEED_MORE = 4 /* TCP: hold this chunk; call again with it and the next bytes once *out_len
+	                         * more bytes came (at most WFPR_RULES_HOLD_MAX held in all) */
 } wfpr_data_verdict;
 
 /* How a call into Lua ended. */
@@ -121,6 +123,12 @@ WFPR_EXTERN wfpr_data_verdict wfpr_rules_on_datagram(wfpr_rules *rules, const wf
  * 127 bytes), "rule error: the default verdict" (timeout, out of memory)
  * when the call failed, or "". Valid until the next call. */
 WFPR_EXTERN const char *wfpr_rules_reason(const wfpr_rules *rules);
+/* The bytes a host holds at most for need_more, per connection and direction. */
+#define WFPR_RULES_HOLD_MAX 65536
+/* The verdict for bytes a rule cannot be asked about (held bytes past
+ * WFPR_RULES_HOLD_MAX, or at the end of the stream): WFPR_DATA_PASS, or
+ * WFPR_DATA_CLOSE when the rules fail closed. */
+WFPR_EXTERN wfpr_data_verdict wfpr_rules_default_data_verdict(const wfpr_rules *rules);
 WFPR_EXTERN void wfpr_rules_on_close(wfpr_rules *rules, const wfpr_rule_conn *conn, const wfpr_rule_close_stats *stats);
 
 /* A wfpr_classify_fn: register it as a callout with user = rules. The

@@ -38,6 +38,7 @@ typedef struct proxy_config {
 	unsigned int idle_ms;
 	unsigned int udp_idle_ms; /* a sender's UDP flow idle this long starts anew; 0: WFPR_UDP_FLOW_IDLE_MS */
 	size_t buffer_size;
+	const char *record_dir;  /* a transcript per inspected TCP connection (docs/rules.md); NULL: none */
 	unsigned int workers;    /* engines (threads) on the one address; 0: 1 */
 	unsigned int rule_time_ms; /* wall clock per rule call; 0: the host's default (100) */
 	int fail_closed;

@@ -12,12 +12,13 @@
 const char cli_usage[] =
 	"usage: wfpr run --rules R.lua [MATCH...] [--proxy NAME=R2.lua [MATCH...] ...] [--backend preload|ebpf]\n"
 	"                [--log FILE] [--fail-closed] [--idle-timeout MS] [--udp-idle-timeout MS] [--workers N]\n"
-	"                [--buffer BYTES] [--rule-time-limit MS] -- COMMAND [ARGS...]\n"
+	"                [--buffer BYTES] [--rule-time-limit MS] [--record DIR] -- COMMAND [ARGS...]\n"
 	"       wfpr daemon [--cgroup PATH] [--control PATH] [--fail-closed] [--udp-idle-timeout MS]\n"
 	"       wfpr proxy --name NAME (--backend ebpf [--control PATH] | --broker PATH [--key-file F])\n"
 	"                  [--rules R.lua]\n"
 	"                  [--weight N] [MATCH...] [--listen ADDR:PORT] [--log FILE] [--idle-timeout MS]\n"
 	"                  [--udp-idle-timeout MS] [--buffer BYTES] [--workers N] [--rule-time-limit MS]\n"
+	"                  [--record DIR]\n"
 	"       wfpr redirector add --name NAME --listen ADDR:PORT (--pid PID | --cgroup PATH) [--weight N]\n"
 	"                  [MATCH...] [--listen6 [::1]:PORT] [--control PATH]   (MATCH's --cgroup is\n"
 	"                  --client-cgroup here)\n"
@@ -68,6 +69,7 @@ const char cli_usage[] =
 	"  --rule-time-limit MS   stop a rule call after MS of wall clock, library functions included\n"
 	"                         (default 100; the connection gets the default verdict)\n"
 	"  --idle-timeout MS      reset a TCP connection idle this long (default: never)\n"
+	"  --record DIR           a transcript of each inspected TCP connection, for wfpr rules test\n"
 	"  --udp-idle-timeout MS  a UDP flow silent this long ends; the sender's next datagram starts a\n"
 	"                         new flow with a fresh record (default 30000; the proxy keeps its side\n"
 	"                         5000 longer, so no datagram of a live flow is dropped)\n";

@@ -4,6 +4,8 @@
  * rules until SIGTERM or SIGINT. */
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <sys/stat.h>
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -222,6 +224,7 @@ static int start_worker(const proxy_config *cfg, unsigned int i, const struct so
 	/* end a flow only after its sender would have started a new one */
 	eo.udp_idle_ms = (cfg->udp_idle_ms ? cfg->udp_idle_ms : WFPR_UDP_FLOW_IDLE_MS) + WFPR_UDP_FLOW_GRACE_MS;
 	eo.buffer_size = cfg->buffer_size;
+	eo.record_dir = cfg->record_dir;
 	eo.redirector_id = id;
 	eo.hop_name = hop_name;
 	eo.hop_name_user = names;
@@ -240,6 +243,11 @@ static int start_worker(const proxy_config *cfg, unsigned int i, const struct so
 
 int proxy_serve(const proxy_config *cfg)
 {
+	if (cfg->record_dir && mkdir(cfg->record_dir, 0700) != 0 && errno != EEXIST) {
+		fprintf(stderr, "wfpr proxy %s: cannot make the transcript directory %s: %s\n", cfg->name, cfg->record_dir,
+		        strerror(errno));
+		return 1;
+	}
 	static name_cache names;
 	static uint8_t id[WFPR_REDIRECTOR_ID_SIZE];
 	cli_raise_fd_limit();
@@ -399,6 +407,8 @@ int cmd_proxy(int argc, char **argv)
 			cfg.rules_path = val;
 		else if (strcmp(opt, "--log") == 0)
 			log_path = val;
+		else if (strcmp(opt, "--record") == 0)
+			cfg.record_dir = val;
 		else if (strcmp(opt, "--listen") == 0 && cli_parse_address(val, &cfg.listen) == 0)
 			continue;
 		else if (strcmp(opt, "--idle-timeout") == 0 && (n = cli_parse_count(val)) >= 0)

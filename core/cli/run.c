@@ -38,6 +38,7 @@ typedef struct options {
 	int fail_closed;
 	unsigned int idle_ms, udp_idle_ms, workers, rule_time_ms;
 	size_t buffer_size;
+	const char *record_dir; /* a transcript per inspected connection */
 	char **command;
 } options;
 
@@ -142,6 +143,8 @@ static int parse(options *o, int argc, char **argv)
 			}
 		} else if (strcmp(opt, "--log") == 0) {
 			o->log_path = val;
+		} else if (strcmp(opt, "--record") == 0) {
+			o->record_dir = val;
 		} else if (strcmp(opt, "--idle-timeout") == 0 && cli_parse_count(val) >= 0) {
 			o->idle_ms = (unsigned int)cli_parse_count(val);
 		} else if (strcmp(opt, "--udp-idle-timeout") == 0 && cli_set_udp_idle(val, &o->udp_idle_ms) == 0) {
@@ -399,6 +402,7 @@ int cmd_run(int argc, char **argv)
 		o.proxies[i].workers = o.workers;
 		o.proxies[i].rule_time_ms = o.rule_time_ms;
 		o.proxies[i].buffer_size = o.buffer_size;
+		o.proxies[i].record_dir = o.record_dir;
 		o.proxies[i].fail_closed = o.fail_closed;
 		o.proxies[i].ebpf = o.ebpf;
 		o.proxies[i].ids = (const uint8_t(*)[16])o.ids;

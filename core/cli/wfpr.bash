@@ -17,7 +17,7 @@ _wfpr()
 		return
 	fi
 	case $prev in
-	--rules | --log | --key-file | --control | --socket | --broker | --exe)
+	--rules | --log | --key-file | --control | --socket | --broker | --exe | --record)
 		COMPREPLY=($(compgen -f -- "$cur"))
 		return ;;
 	--cgroup)
@@ -39,11 +39,11 @@ _wfpr()
 			[[ ${words[i]} == -- ]] && { COMPREPLY=($(compgen -c -- "$cur")); return; }
 		done
 		opts="--rules --proxy --backend --log --fail-closed --idle-timeout --udp-idle-timeout --workers --buffer
-		      --rule-time-limit -- $match" ;;
+		      --rule-time-limit --record -- $match" ;;
 	daemon) opts="--cgroup --control --fail-closed --udp-idle-timeout" ;;
 	proxy)
 		opts="--name --backend --control --broker --key-file --rules --listen --log --idle-timeout --udp-idle-timeout
-		      --buffer --workers --rule-time-limit $match" ;;
+		      --buffer --workers --rule-time-limit --record $match" ;;
 	redirector)
 		if [[ $cword -eq 2 ]]; then
 			COMPREPLY=($(compgen -W "add run remove list" -- "$cur"))

@@ -16,6 +16,7 @@
 #include <sys/epoll.h>
 #include <sys/stat.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -98,6 +99,7 @@ typedef struct conn {
 	wfpr_rule_conn info;
 	wfpr_verdict verdict;
 	rules_use *ru;  /* the rules it started under (once announced) */
+	FILE *transcript; /* opts.record_dir: what the rules see, for `wfpr rules test` */
 	int reserve;    /* a descriptor kept for the upstream socket, -1 once used */
 	bool announced; /* its connect line is out and the rules saw it: a close line and on_close follow */
 	half up, down; /* up: client to upstream */
@@ -485,6 +487,43 @@ static uint64_t next_id(void)
 	return __atomic_add_fetch(&last, 1, __ATOMIC_RELAXED);
 }
 
+/* ---- transcripts (opts.record_dir): docs/rules.md, "Testing a rule offline" ---- */
+
+static void record_open(wfpr_engine *e, conn *c)
+{
+	static _Atomic unsigned long seq;
+	char path[4096], client[64], dst[64];
+	snprintf(path, sizeof(path), "%s/%s-%d-%lu.txt", e->opts.record_dir, e->name, (int)getpid(), ++seq);
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0 || !(c->transcript = fdopen(fd, "w"))) {
+		if (fd >= 0)
+			close(fd);
+		return; /* a transcript is a help, never a reason to drop the connection */
+	}
+	fprintf(c->transcript, "# recorded by wfpr proxy %s; replay: wfpr rules test RULES.lua %s\nconnect tcp %s -> %s\n",
+	        e->name, path, wfpr_sockaddr_format(client, sizeof(client), &c->info.client),
+	        wfpr_sockaddr_format(dst, sizeof(dst), &c->info.original_dst));
+}
+
+static void record_chunk(conn *c, int direction, const uint8_t *p, size_t n)
+{
+	if (!c->transcript)
+		return;
+	fputs(direction ? "down hex " : "up hex ", c->transcript);
+	for (size_t i = 0; i < n; i++)
+		fprintf(c->transcript, "%02x", p[i]);
+	fputc('\n', c->transcript);
+}
+
+static void record_close(conn *c)
+{
+	if (!c->transcript)
+		return;
+	fputs("close\n", c->transcript);
+	fclose(c->transcript);
+	c->transcript = NULL;
+}
+
 static void close_conn(conn *c, bool reset, const char *error)
 {
 	wfpr_engine *e = c->engine;
@@ -499,6 +538,7 @@ static void close_conn(conn *c, bool reset, const char *error)
 	 * ones and ones whose upstream failed too */
 	if (c->announced || error)
 		log_event(e, c, error ? "error" : "close", verdict_name(c->verdict), error);
+	record_close(c);
 	if (c->announced) {
 		wfpr_rule_close_stats st = {c->up.total, c->down.total, (uint64_t)elapsed_ms(&c->started)};
 		hook_close(e, c->ru, &c->info, &st);
@@ -569,10 +609,13 @@ static void records_ready(conn *c)
 		close_conn(c, true, NULL);
 		return;
 	}
-	if (c->verdict == WFPR_VERDICT_INSPECT)
+	if (c->verdict == WFPR_VERDICT_INSPECT) {
 		e->stats.inspected++;
-	else
+		if (e->opts.record_dir)
+			record_open(e, c);
+	} else {
 		e->stats.passed++;
+	}
 	log_event(e, c, "connect", verdict_name(c->verdict), NULL);
 	start_connect(c);
 }
@@ -792,6 +835,7 @@ static bool fill(conn *c, int src, half *h, int direction, bool *closed_by_rule,
 			h->len += (size_t)n;
 			continue;
 		}
+		record_chunk(c, direction, into, (size_t)n);
 		bool ok = true;
 		if (h->held_len && h->held_len + (size_t)n > WFPR_RULES_HOLD_MAX) {
 			/* past the cap: the held bytes get the default verdict, then these are asked about */
@@ -1216,13 +1260,14 @@ int wfpr_engine_new(wfpr_engine **out, const wfpr_engine_options *opts)
 	*out = NULL;
 	if (!opts)
 		opts = &defaults;
-	if (opts->version != WFPR_ENGINE_OPTIONS_VERSION)
+	if (opts->version != 1 && opts->version != WFPR_ENGINE_OPTIONS_VERSION)
 		return WFPR_WSAEINVAL;
 	wfpr_engine *e = calloc(1, sizeof(*e));
 	if (!e)
 		return WFPR_WSAENOBUFS;
 	e->epoll_fd = e->listen_fd = e->stop_fd = e->udp_fd = e->reload_fd = -1;
-	e->opts = *opts;
+	/* a version-1 caller's options end before record_dir */
+	memcpy(&e->opts, opts, opts->version == 1 ? offsetof(wfpr_engine_options, record_dir) : sizeof(*opts));
 	pthread_mutex_init(&e->pending_lock, NULL);
 	e->current = calloc(1, sizeof(*e->current)); /* opts.rules: the caller's, never released by the engine */
 	if (!e->current) {

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from itsupport import PY, ROOT, sha256_file
+from itsupport import PY, ROOT, WFPR, sha256_file
 from test_udp import dnsmasq  # noqa: F401 - fixture
 
 RULES = os.path.join(ROOT, "lua", "rules")
@@ -190,3 +190,22 @@ def test_dns_block(dnsmasq, wfpr_run):  # noqa: F811 - the fixture
     drops = blocked.events("verdict", proto="udp")
     assert drops and all((v["hook"], v["verdict"], v["reason"]) == ("on_datagram", "drop", "blocked name x.ads.example.test")
                          for v in drops), drops
+
+
+def test_record_then_replay(http_server, wfpr_run, tmp_path):
+    """wfpr run --record writes a transcript of each inspected connection;
+    wfpr rules test replays it through the rule, offline, to the same verdicts."""
+    rules = os.path.join(RULES, "http_policy.lua")
+    record = tmp_path / "transcripts"
+    url = http_server["v4"] + "/small.bin"
+    run = wfpr_run([("http_policy", rules)], ["sh", "-c", 'curl -s -o /dev/null "$0"; curl -s -X DELETE "$0"', url],
+                   extra=["--record", str(record)])
+    files = sorted(record.iterdir())
+    assert len(files) == 2, files
+    text = files[0].read_text()
+    assert text.startswith("# recorded by wfpr proxy http_policy") and "\nconnect tcp 127.0.0.1:" in text
+    assert "\nup hex " + b"GET /small.bin HTTP/1.1".hex() in text and text.endswith("close\n")
+    replay = subprocess.run([WFPR, "rules", "test", rules, *map(str, files)], capture_output=True, text=True,
+                            timeout=60)
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert "pass" in replay.stdout and "close (method DELETE is not allowed)" in replay.stdout, replay.stdout

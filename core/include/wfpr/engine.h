@@ -56,11 +56,13 @@ typedef struct wfpr_engine_options {
 	void *hop_name_user;
 	int reuse_port;                               /* SO_REUSEPORT: several engines (workers) share one address */
 	const wfpr_engine_hooks *hooks;               /* C hooks, used instead of rules; NULL: none */
+	/* version 2: */
+	const char *record_dir; /* a transcript per inspected TCP connection, for `wfpr rules test`; NULL: none */
 } wfpr_engine_options;
 
-#define WFPR_ENGINE_OPTIONS_VERSION 1
+#define WFPR_ENGINE_OPTIONS_VERSION 2
 #define WFPR_ENGINE_OPTIONS_INIT \
-	{WFPR_ENGINE_OPTIONS_VERSION, NULL, NULL, NULL, NULL, 0, -1, 0, 0, 0, NULL, NULL, NULL, 0, NULL}
+	{WFPR_ENGINE_OPTIONS_VERSION, NULL, NULL, NULL, NULL, 0, -1, 0, 0, 0, NULL, NULL, NULL, 0, NULL, NULL}
 
 typedef struct wfpr_engine_stats {
 	uint64_t accepted, passed, inspected, blocked, failed, timed_out;

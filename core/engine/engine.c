@@ -343,12 +343,16 @@ static const char *rule_reason(const wfpr_engine *e, const rules_use *ru)
 	return !e->opts.hooks && ru && ru->rules ? wfpr_rules_reason(ru->rules) : "";
 }
 
-/* A rule's verdict that changed a connection or flow: a "verdict" line. */
+/* A rule's verdict v that changed a connection or flow: a "verdict" line,
+ * with the rule's reason unless the host gives its own (reason). */
 static void log_verdict(wfpr_engine *e, const rules_use *ru, const wfpr_rule_conn *info, const char *proto,
                         const uint8_t *record, size_t record_len, uint64_t up, uint64_t down, const char *hook,
-                        const char *verdict)
+                        wfpr_data_verdict v, const char *reason)
 {
-	log_line(e, info, proto, record, record_len, up, down, "verdict", verdict, NULL, hook, rule_reason(e, ru));
+	const char *name = v == WFPR_DATA_CLOSE ? "close" : v == WFPR_DATA_DROP ? "drop" : v == WFPR_DATA_REPLACE ? "replace"
+	                                                                                                          : "pass";
+	log_line(e, info, proto, record, record_len, up, down, "verdict", name, NULL, hook,
+	         reason ? reason : rule_reason(e, ru));
 }
 
 
@@ -765,9 +769,8 @@ static int inspect_chunk(conn *c, half *h, int direction, const uint8_t *chunk, 
 		*out_len = len;
 	}
 	if (v != WFPR_DATA_PASS || reason)
-		log_line(e, &c->info, "tcp", c->record, c->record_len, c->up.total, c->down.total, "verdict",
-		         v == WFPR_DATA_CLOSE ? "close" : v == WFPR_DATA_DROP ? "drop" : v == WFPR_DATA_REPLACE ? "replace" : "pass",
-		         NULL, "on_data", reason ? reason : rule_reason(e, c->ru));
+		log_verdict(e, c->ru, &c->info, "tcp", c->record, c->record_len, c->up.total, c->down.total, "on_data", v,
+		            reason);
 	return (int)v;
 }
 
@@ -1046,7 +1049,7 @@ static bool datagram_rule(wfpr_engine *e, flow *f, int direction, const uint8_t 
 	wfpr_data_verdict v = hook_data(e, f->ru, &f->info, direction, true, *data, *len, &out, &out_len);
 	if (v != WFPR_DATA_PASS)
 		log_verdict(e, f->ru, &f->info, "udp", f->record, f->record_len, f->up, f->down, "on_datagram",
-		            v == WFPR_DATA_CLOSE ? "close" : v == WFPR_DATA_DROP ? "drop" : "replace");
+		            v, NULL);
 	switch (v) {
 	case WFPR_DATA_REPLACE:
 		*data = out;

@@ -90,7 +90,7 @@ static void build_and_parse(void *arg, int n)
 		uint8_t *blob;
 		size_t len;
 		wfpr_hop h = b->fourth;
-		if (wfpr__record_append(&blob, &len, &b->three_view, b->three, b->three_len, &h, b->key) != 0 ||
+		if (wfpr__record_append(&blob, &len, &b->three_view, b->three, b->three_len, &h, NULL, 0, b->key) != 0 ||
 		    wfpr__record_parse(&view, blob, len) != 0)
 			abort();
 		free(blob);
@@ -197,7 +197,7 @@ int main(void)
 		wfpr_hop h = hop(i);
 		if (b.three && wfpr__record_parse(&b.three_view, b.three, b.three_len) != 0)
 			abort();
-		wfpr__record_append(&next, &len, b.three ? &b.three_view : NULL, b.three, b.three_len, &h, b.key);
+		wfpr__record_append(&next, &len, b.three ? &b.three_view : NULL, b.three, b.three_len, &h, NULL, 0, b.key);
 		free(b.three);
 		b.three = next;
 		b.three_len = len;
@@ -206,7 +206,7 @@ int main(void)
 	wfpr_hop h = b.fourth;
 	if (wfpr__record_parse(&b.three_view, b.three, b.three_len) != 0)
 		abort();
-	wfpr__record_append(&b.four, &b.four_len, &b.three_view, b.three, b.three_len, &h, b.key);
+	wfpr__record_append(&b.four, &b.four_len, &b.three_view, b.three, b.three_len, &h, NULL, 0, b.key);
 
 	wfpr_layer *layer;
 	wfpr_layer_new(&layer);

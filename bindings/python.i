@@ -228,7 +228,16 @@ PyObject *wfpr_binding_records_decode(PyObject *blob)
 		                                           PyUnicode_DecodeFSDefault(p->name), "exe",
 		                                           PyUnicode_DecodeFSDefault(p->exe))
 		                           : (Py_INCREF(Py_None), Py_None);
-		PyObject *d = !process ? NULL : Py_BuildValue("{s:y#,s:K,s:I,s:i,s:N,s:N,s:N,s:K,s:y#,s:N}",
+		PyObject *notes = process ? PyDict_New() : NULL;
+		for (size_t k = 0; notes && k < h->annotation_count; k++) {
+			PyObject *v = PyUnicode_FromString(h->annotations[k].value);
+			if (!v || PyDict_SetItemString(notes, h->annotations[k].key, v) < 0)
+				Py_CLEAR(notes);
+			Py_XDECREF(v);
+		}
+		if (process && !notes)
+			Py_CLEAR(process);
+		PyObject *d = !process ? NULL : Py_BuildValue("{s:y#,s:K,s:I,s:i,s:N,s:N,s:N,s:K,s:y#,s:N,s:N}",
 		                            "redirector_id", h->redirector_id, (Py_ssize_t)WFPR_REDIRECTOR_ID_SIZE,
 		                            "handle", (unsigned long long)h->handle_id,
 		                            "proxy_pid", (unsigned int)h->proxy_pid,
@@ -237,7 +246,8 @@ PyObject *wfpr_binding_records_decode(PyObject *blob)
 		                            "original_local", wfpr_py_addr(&h->original_local),
 		                            "target", wfpr_py_addr(&h->target),
 		                            "time_ns", (unsigned long long)h->time_ns,
-		                            "token", h->token, (Py_ssize_t)WFPR_TOKEN_SIZE, "process", process);
+		                            "token", h->token, (Py_ssize_t)WFPR_TOKEN_SIZE, "process", process,
+		                            "annotations", notes);
 		if (!d || PyList_Append(hops, d) < 0)
 			Py_CLEAR(hops);
 		Py_XDECREF(d);

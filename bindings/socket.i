@@ -9,7 +9,7 @@
 %ignore wfpr_sendmsg;
 %ignore wfpr_setsockopt;
 %apply int WFPR_STATUS { int wfpr_inproc_attach };
-%apply int WFPR_SOCKET_RESULT { int wfpr_socket_set_overlapped, int wfpr_closesocket };
+%apply int WFPR_SOCKET_RESULT { int wfpr_socket_set_overlapped, int wfpr_closesocket, int wfpr_annotate };
 %include "wfpr/socket.h"
 
 %apply (const void *BUFFER, size_t LENGTH) { (const void *data, size_t len), (const void *records, size_t records_len) };

@@ -7,7 +7,9 @@
 #include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
+#include "../core/src/record.h"
 #include "host.h"
+#include "wfpr/error.h"
 #include "wfpr/record.h"
 
 #define CONN_META "wfpr.conn"
@@ -22,6 +24,7 @@ typedef struct host_object {
 	const char *kind;
 	const wfpr_rule_conn *conn;
 	const wfpr_connect_request *req;
+	wfpr__notes *notes; /* conn:annotate writes here (on_connect only) */
 } host_object;
 
 static void push_field(lua_State *L, const host_object *o, const char *key);
@@ -122,6 +125,15 @@ static void push_process(lua_State *L, const wfpr_process *p)
 	lua_setfield(L, -2, "exe");
 }
 
+static void push_annotations(lua_State *L, const wfpr_hop *h)
+{
+	lua_createtable(L, 0, (int)h->annotation_count);
+	for (size_t i = 0; i < h->annotation_count; i++) {
+		lua_pushstring(L, h->annotations[i].value);
+		lua_setfield(L, -2, h->annotations[i].key);
+	}
+}
+
 static void push_hops(lua_State *L, const void *records, size_t len)
 {
 	wfpr_records *r = NULL;
@@ -131,7 +143,7 @@ static void push_hops(lua_State *L, const void *records, size_t len)
 	for (size_t i = 0; i < r->hop_count; i++) {
 		const wfpr_hop *h = &r->hops[i];
 		char id[2 * WFPR_REDIRECTOR_ID_SIZE + 1];
-		lua_createtable(L, 0, 7);
+		lua_createtable(L, 0, 11);
 		lua_pushstring(L, wfpr_redirector_id_format(id, sizeof(id), h->redirector_id));
 		lua_setfield(L, -2, "redirector");
 		lua_pushinteger(L, (lua_Integer)h->handle_id);
@@ -150,6 +162,8 @@ static void push_hops(lua_State *L, const void *records, size_t len)
 		lua_setfield(L, -2, "time");
 		push_process(L, &h->process);
 		lua_setfield(L, -2, "process");
+		push_annotations(L, h);
+		lua_setfield(L, -2, "annotations");
 		lua_rawseti(L, -2, (lua_Integer)i + 1);
 	}
 	wfpr_records_free(r);
@@ -188,6 +202,33 @@ static host_object *wrap(lua_State *L, const char *kind)
 	return o;
 }
 
+/* conn:annotate(key, value): true, or nil and why. The annotation goes
+ * into the record of the connection this proxy passes on. */
+static int conn_annotate(lua_State *L)
+{
+	host_object *o = luaL_checkudata(L, 1, CONN_META);
+	const char *key = luaL_checkstring(L, 2), *value = luaL_checkstring(L, 3);
+	if (!o->valid)
+		return luaL_error(L, "this %s was kept past its hook and has expired", o->kind);
+	const char *why = NULL;
+	if (!o->notes) {
+		why = "conn:annotate works in on_connect only: the connection is passed on when on_connect returns";
+	} else {
+		int rc = wfpr__notes_put(o->notes->data, &o->notes->len, key, value);
+		if (rc == WFPR_WSAEMSGSIZE)
+			why = "too many annotations: at most 8 pairs and 64 bytes (2 + key + value each)";
+		else if (rc != 0)
+			why = "a key is 1 to 32 of A-Z a-z 0-9 _ . -, a value at most 48 printable ASCII characters";
+	}
+	if (why) {
+		lua_pushnil(L);
+		lua_pushstring(L, why);
+		return 2;
+	}
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
 static void push_tag(lua_State *L, uint64_t id)
 {
 	lua_getfield(L, LUA_REGISTRYINDEX, SANDBOX_TAGS);
@@ -218,6 +259,8 @@ static void push_conn_field(lua_State *L, const wfpr_rule_conn *c, const char *k
 		lua_pushinteger(L, (lua_Integer)c->id);
 	} else if (strcmp(key, "tag") == 0) {
 		push_tag(L, c->id);
+	} else if (strcmp(key, "annotate") == 0) {
+		lua_pushcfunction(L, conn_annotate);
 	} else {
 		lua_pushnil(L);
 	}
@@ -253,9 +296,11 @@ static void push_field(lua_State *L, const host_object *o, const char *key)
 		lua_pushnil(L);
 }
 
-void wfpr__conn_push(lua_State *L, const wfpr_rule_conn *c)
+void wfpr__conn_push(lua_State *L, const wfpr_rule_conn *c, wfpr__notes *notes)
 {
-	wrap(L, c->protocol == IPPROTO_UDP ? "flow" : "conn")->conn = c;
+	host_object *o = wrap(L, c->protocol == IPPROTO_UDP ? "flow" : "conn");
+	o->conn = c;
+	o->notes = notes;
 }
 
 void wfpr__conn_push_request(lua_State *L, const wfpr_connect_request *req)
@@ -284,6 +329,7 @@ void wfpr__conn_expire_all(lua_State *L)
 				o->valid = false;
 				o->conn = NULL;
 				o->req = NULL;
+				o->notes = NULL;
 			}
 			lua_pop(L, 1);
 			lua_pushnil(L);

@@ -17,6 +17,13 @@
 enum hook { HOOK_CONNECT, HOOK_DATA, HOOK_DATAGRAM, HOOK_CLOSE, HOOK_CLASSIFY, HOOK_COUNT };
 extern const char *const wfpr__hook_names[HOOK_COUNT];
 
+/* What conn:annotate collected in an on_connect call, as the record
+ * carries it (core/src/record.h's wfpr__notes_put). */
+typedef struct wfpr__notes {
+	uint8_t data[WFPR_ANNOTATIONS_SIZE_MAX];
+	size_t len;
+} wfpr__notes;
+
 typedef struct proxy_name {
 	struct proxy_name *next;
 	char *name;
@@ -37,6 +44,7 @@ struct wfpr_rules {
 	char *error;
 	char *warnings;
 	char reason[128]; /* the last hook call's: the rule's own, or its failure */
+	wfpr__notes notes; /* the last on_connect's conn:annotate calls */
 	proxy_name *proxies;
 	/* the replacement chunk of the last on_data/on_datagram */
 	char *out;
@@ -93,8 +101,9 @@ void wfpr__inspect_add(lua_State *L);
 void wfpr__shared_open(lua_State *L);
 void wfpr__shared_add(lua_State *L);
 
-/* conn.c: a host object valid only during the hook it is passed to. */
-void wfpr__conn_push(lua_State *L, const wfpr_rule_conn *conn);
+/* conn.c: a host object valid only during the hook it is passed to.
+ * notes: where conn:annotate writes (on_connect), NULL elsewhere. */
+void wfpr__conn_push(lua_State *L, const wfpr_rule_conn *conn, wfpr__notes *notes);
 void wfpr__conn_push_request(lua_State *L, const wfpr_connect_request *req);
 void wfpr__conn_push_stats(lua_State *L, const wfpr_rule_close_stats *stats);
 /* Invalidate every host object pushed since the last call. */

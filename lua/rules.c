@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "../core/src/record.h"
 #include "host.h"
 #include "wfpr/error.h"
 
@@ -382,6 +383,11 @@ static void take_reason(wfpr_rules *r)
 	lua_pop(r->L, 1);
 }
 
+size_t wfpr_rules_annotations(const wfpr_rules *r, wfpr_annotation *out, size_t max)
+{
+	return r && out ? wfpr__notes_list(r->notes.data, r->notes.len, out, max) : 0;
+}
+
 const char *wfpr_rules_reason(const wfpr_rules *r)
 {
 	return r ? r->reason : "";
@@ -405,14 +411,17 @@ wfpr_verdict wfpr_rules_on_connect(wfpr_rules *r, const wfpr_rule_conn *conn)
 	wfpr_verdict fallback = r && r->opts.fail_closed ? WFPR_VERDICT_BLOCK : WFPR_VERDICT_PASS;
 	if (!r || !conn || !push_hook(r, HOOK_CONNECT))
 		return r && conn ? WFPR_VERDICT_PASS : fallback;
-	wfpr__conn_push(r->L, conn);
-	if (guarded_call(r, HOOK_CONNECT, 1, 2) != WFPR_RULE_OK)
+	r->notes.len = 0;
+	wfpr__conn_push(r->L, conn, &r->notes);
+	if (guarded_call(r, HOOK_CONNECT, 1, 2) != WFPR_RULE_OK) {
+		r->notes.len = 0;
 		return fallback;
+	}
 	lua_State *L = r->L;
 	take_reason(r);
 	wfpr_verdict v = fallback;
 	const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-	if (lua_isnil(L, -1) || (s && strcmp(s, "pass") == 0))
+	if (lua_isnil(L, -1) || wfpr__sandbox_is_sentinel(L, -1, "pass") || (s && strcmp(s, "pass") == 0))
 		v = WFPR_VERDICT_PASS;
 	else if (s && strcmp(s, "inspect") == 0)
 		v = WFPR_VERDICT_INSPECT;
@@ -435,14 +444,14 @@ static wfpr_data_verdict data_hook(wfpr_rules *r, enum hook h, const wfpr_rule_c
 	if (!push_hook(r, h))
 		return WFPR_DATA_PASS;
 	lua_State *L = r->L;
-	wfpr__conn_push(L, conn);
+	wfpr__conn_push(L, conn, NULL);
 	lua_pushstring(L, direction ? "down" : "up");
 	lua_pushlstring(L, chunk ? chunk : "", len);
 	if (guarded_call(r, h, 3, 2) != WFPR_RULE_OK)
 		return fallback;
 	take_reason(r);
 	wfpr_data_verdict v = fallback;
-	if (lua_isnil(L, -1)) {
+	if (lua_isnil(L, -1) || wfpr__sandbox_is_sentinel(L, -1, "pass")) {
 		v = WFPR_DATA_PASS;
 	} else if (lua_type(L, -1) == LUA_TSTRING) {
 		size_t n;
@@ -468,7 +477,8 @@ static wfpr_data_verdict data_hook(wfpr_rules *r, enum hook h, const wfpr_rule_c
 	} else if (wfpr__sandbox_is_sentinel(L, -1, "close")) {
 		v = WFPR_DATA_CLOSE;
 	} else {
-		bad_return(r, h, h == HOOK_DATA ? "nil, a string, drop, close or need_more(n)" : "nil, a string, drop or close");
+		bad_return(r, h, h == HOOK_DATA ? "nil or pass, a string, drop, close or need_more(n)"
+		                                : "nil or pass, a string, drop or close");
 	}
 	lua_pop(L, 1);
 	return v;
@@ -491,7 +501,7 @@ void wfpr_rules_on_close(wfpr_rules *r, const wfpr_rule_conn *conn, const wfpr_r
 	if (!r || !conn)
 		return;
 	if (push_hook(r, HOOK_CLOSE)) {
-		wfpr__conn_push(r->L, conn);
+		wfpr__conn_push(r->L, conn, NULL);
 		wfpr__conn_push_stats(r->L, stats);
 		guarded_call(r, HOOK_CLOSE, 2, 0);
 	}

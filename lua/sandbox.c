@@ -297,10 +297,14 @@ void wfpr__sandbox_open(lua_State *L)
 	lua_setfield(L, -2, "log");
 	lua_pushcfunction(L, sandbox_now);
 	lua_setfield(L, -2, "now");
-	for (const char *const *v = (const char *const[]){"pass", "inspect", "block", "permit", NULL}; *v; v++) {
+	for (const char *const *v = (const char *const[]){"inspect", "block", "permit", NULL}; *v; v++) {
 		lua_pushstring(L, *v);
 		lua_setfield(L, -2, *v);
 	}
+	/* a value of its own, so that `return pass` in on_data passes the chunk
+	 * rather than replacing it with the string "pass" */
+	push_sentinel(L, "pass");
+	lua_setfield(L, -2, "pass");
 	push_sentinel(L, "drop");
 	lua_setfield(L, -2, "drop");
 	lua_pushcfunction(L, sandbox_need_more);

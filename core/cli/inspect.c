@@ -75,6 +75,11 @@ int cmd_inspect(int argc, char **argv)
 		       wfpr_sockaddr_format(from, sizeof(from), &h->original_local),
 		       wfpr_sockaddr_format(to, sizeof(to), &h->original_remote),
 		       wfpr_sockaddr_format(via, sizeof(via), &h->target), when);
+		if (h->process.pid)
+			printf("       connected by %s (pid %u, uid %u)%s%s\n", h->process.name, h->process.pid, h->process.uid,
+			       h->process.exe[0] ? " " : "", h->process.exe);
+		for (size_t k = 0; k < h->annotation_count; k++)
+			printf("       annotated %s=%s\n", h->annotations[k].key, h->annotations[k].value);
 	}
 	wfpr_records_free(r);
 	return 0;

@@ -127,6 +127,10 @@ static void do_connect(replay *r, const char *args)
 	char event[200];
 	snprintf(event, sizeof(event), "connect %s %s -> %s", proto, client, dst);
 	said(r, event, names[wfpr_rules_on_connect(r->rules, &r->conn)]);
+	wfpr_annotation notes[WFPR_ANNOTATIONS_MAX];
+	size_t n = wfpr_rules_annotations(r->rules, notes, WFPR_ANNOTATIONS_MAX);
+	for (size_t i = 0; i < n; i++)
+		printf("  annotate %s=%s\n", notes[i].key, notes[i].value);
 }
 
 /* One on_data (or on_datagram) call, as the engine makes it, need_more and all. */

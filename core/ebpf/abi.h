@@ -12,16 +12,21 @@
  * and maps are in host order.
  */
 
+#include "../src/record_wire.h"
+
 /* The custom level of getsockopt/setsockopt ("WFPR"). */
 #define WFPR_EBPF_SOL 0x57465052
 #define WFPR_EBPF_OPT_RECORDS 1 /* get: the record of this connection (TCP) or of the last datagram's flow (UDP) */
 #define WFPR_EBPF_OPT_CONTEXT 2 /* get: its redirect context */
 #define WFPR_EBPF_OPT_SET 3     /* set: records issued by the kernel, before connect or sendto */
+#define WFPR_EBPF_OPT_NOTES 4   /* set, after SET and before connect or sendto: the annotations (wire form)
+                                 * the hop this socket's connect makes carries */
 
 #define WFPR_EBPF_REDIRECTORS 16
 #define WFPR_EBPF_FILTERS 32
 #define WFPR_EBPF_HOPS 16
-#define WFPR_EBPF_RECORD_CAP 3072 /* 12 + 16 hops of 179 bytes (IPv6, with PROCESS) fit */
+#define WFPR_EBPF_RECORD_CAP 4096 /* 12 + 16 hops of 179 bytes (IPv6, with PROCESS), 15 of them with
+                                    * 4 + 64 bytes of annotations, fit: 3896 */
 #define WFPR_EBPF_CONTEXT_SIZE 256 /* two struct sockaddr_storage */
 #define WFPR_EBPF_TOKEN 16
 
@@ -182,6 +187,8 @@ struct wfpr_ebpf_sock {
 	struct wfpr_ebpf_process process; /* who connected it (TCP, connected UDP) */
 	struct wfpr_ebpf_origin origin;   /* the client: from the chain SET on it, else who connected it */
 	__u64 id;                         /* random, made at its first SET: what used_by names */
+	__u32 notes_len;                  /* its annotations (OPT_NOTES), which its redirect's hop carries */
+	__u8 notes[WFPR__WIRE_NOTES_MAX];
 	struct wfpr_ebpf_key chain_key;   /* where the record SET on it is */
 	__u8 from[16];
 	__u8 chain[WFPR_EBPF_RECORD_CAP];

@@ -17,8 +17,17 @@
 #endif
 #if defined(__bpf__)
 #define WFPR__UNROLL _Pragma("unroll") /* the verifier wants bounded, unrolled loops */
+/* v, bounded for the verifier in the very register its users get (clang
+ * may check a copy and use the original otherwise). v <= max already. */
+#define WFPR__AT_MOST(v, max)                                                        \
+	({                                                                           \
+		__u64 _v = (v);                                                      \
+		asm volatile("if %0 <= %1 goto +1; %0 = %1" : "+r"(_v) : "i"(max)); \
+		_v;                                                                  \
+	})
 #else
 #define WFPR__UNROLL
+#define WFPR__AT_MOST(v, max) ((v) <= (max) ? (v) : (max))
 #endif
 
 static __always_inline void wfpr__be16(__u8 *p, __u16 v)
@@ -71,14 +80,20 @@ struct wfpr__hop_args {
 	__u64 time;
 	__u32 process_pid, process_uid;
 	const __u8 *process_comm; /* WFPR__WIRE_COMM_SIZE bytes */
+	const __u8 *notes;        /* WFPR__WIRE_NOTES_MAX readable bytes, notes_len of them annotations */
+	__u32 notes_len;          /* 0 (none) .. WFPR__WIRE_NOTES_MAX */
 	const __u8 *token;        /* WFPR__WIRE_TOKEN_SIZE bytes */
 };
 
+/* The NOTES attribute of notes_len bytes (none when 0). */
+#define WFPR__WIRE_NOTES_TLV_SIZE(notes_len) ((notes_len) ? WFPR__WIRE_TLV_HEADER_SIZE + (notes_len) : 0)
+
 /* One HOP TLV at p, its attributes in the order record.c writes them;
- * returns its size, WFPR__WIRE_HOP_SIZE(ip_len). */
+ * returns its size, WFPR__WIRE_HOP_SIZE(ip_len) plus its annotations'. */
 static __always_inline __u32 wfpr__write_hop(__u8 *p, const int ip_len, const struct wfpr__hop_args *a)
 {
-	__u8 *q = wfpr__tlv(p, WFPR__WIRE_HOP, WFPR__WIRE_HOP_VALUE_SIZE(ip_len));
+	__u32 notes_len = WFPR__AT_MOST(a->notes_len, WFPR__WIRE_NOTES_MAX);
+	__u8 *q = wfpr__tlv(p, WFPR__WIRE_HOP, WFPR__WIRE_HOP_VALUE_SIZE(ip_len) + WFPR__WIRE_NOTES_TLV_SIZE(notes_len));
 	q = wfpr__tlv(q, WFPR__WIRE_REDIRECTOR, WFPR__WIRE_ID_SIZE);
 	WFPR__UNROLL
 	for (int i = 0; i < WFPR__WIRE_ID_SIZE; i++)
@@ -104,11 +119,20 @@ static __always_inline __u32 wfpr__write_hop(__u8 *p, const int ip_len, const st
 	WFPR__UNROLL
 	for (int i = 0; i < WFPR__WIRE_COMM_SIZE; i++)
 		q[9 + i] = a->process_comm[i];
-	q = wfpr__tlv(q + WFPR__WIRE_PROCESS_SIZE(0), WFPR__WIRE_TOKEN, WFPR__WIRE_TOKEN_SIZE);
+	q += WFPR__WIRE_PROCESS_SIZE(0);
+	if (notes_len) {
+		q = wfpr__tlv(q, WFPR__WIRE_NOTES, notes_len);
+		WFPR__UNROLL
+		for (__u32 i = 0; i < WFPR__WIRE_NOTES_MAX; i++)
+			if (i < notes_len)
+				q[i] = a->notes[i];
+		q += notes_len;
+	}
+	q = wfpr__tlv(q, WFPR__WIRE_TOKEN, WFPR__WIRE_TOKEN_SIZE);
 	WFPR__UNROLL
 	for (int i = 0; i < WFPR__WIRE_TOKEN_SIZE; i++)
 		q[i] = a->token[i];
-	return WFPR__WIRE_HOP_SIZE(ip_len);
+	return WFPR__WIRE_HOP_SIZE(ip_len) + WFPR__WIRE_NOTES_TLV_SIZE(notes_len);
 }
 
 /* The header of a record of `hops` hops and `len` bytes in all. */

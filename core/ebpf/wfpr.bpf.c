@@ -35,6 +35,7 @@
 #define ELOOP 40
 #define ENOPROTOOPT 92
 #define EPROTONOSUPPORT 93
+#define EISCONN 106
 #define ENOTCONN 107
 #define ECONNREFUSED 111
 
@@ -42,6 +43,8 @@
 #define HOP4 WFPR__WIRE_HOP_SIZE(4)
 #define HOP6 WFPR__WIRE_HOP_SIZE(16)
 #define CAP WFPR_EBPF_RECORD_CAP
+#define CHUNK 256 /* a QUERY into a buffer shorter than CAP copies this much at a time */
+#define NOTES_TLV_MAX WFPR__WIRE_NOTES_TLV_SIZE(WFPR__WIRE_NOTES_MAX)
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -179,14 +182,7 @@ static __always_inline void count(__u32 which)
 		*c += 1;
 }
 
-/* v, bounded for the verifier in the very register a helper gets (clang
- * may check a copy and pass the original otherwise). v <= max already. */
-#define AT_MOST(v, max)                                                              \
-	({                                                                           \
-		__u64 _v = (v);                                                      \
-		asm volatile("if %0 <= %1 goto +1; %0 = %1" : "+r"(_v) : "i"(max)); \
-		_v;                                                                  \
-	})
+#define AT_MOST WFPR__AT_MOST /* record_writer.h */
 
 /* ---- addresses ---------------------------------------------------------- */
 
@@ -610,7 +606,7 @@ static __always_inline int issue(void *map, const struct wfpr_ebpf_key *key, __u
 	if (st && st->hops) {
 		off = st->chain_len;
 		hops = st->hops;
-		if (off < HEADER || off > CAP - HOP6 || hops >= WFPR_EBPF_HOPS)
+		if (off < HEADER || off > CAP - HOP6 - NOTES_TLV_MAX || hops >= WFPR_EBPF_HOPS)
 			return -1;
 		bpf_probe_read_kernel(e->record, AT_MOST(off, CAP - HOP6), st->chain);
 		__builtin_memcpy(e->slots, st->slots, WFPR_EBPF_HOPS);
@@ -619,12 +615,21 @@ static __always_inline int issue(void *map, const struct wfpr_ebpf_key *key, __u
 	__builtin_memcpy(e->token, t, sizeof(t));
 	e->process = *who;
 	e->origin = *origin;
+	/* the annotations the proxy passing the connection on attached (read
+	 * only when notes_len is not 0; e->context is just readable memory) */
+	const __u8 *notes = e->context;
+	__u32 notes_len = 0;
+	if (st && st->hops && st->notes_len && st->notes_len <= WFPR__WIRE_NOTES_MAX) {
+		notes = st->notes;
+		notes_len = st->notes_len;
+	}
 
 	struct wfpr__hop_args a = {.id = r->id, .handle = r->handle, .pid = r->pid, .target = key->proxy,
 	                           .target_port = key->proxy_port, .protocol = key->protocol, .original = original,
 	                           .original_port = original_port, .local = key->client, .local_port = key->client_port,
 	                           .time = bpf_ktime_get_ns() + cfg->realtime_offset_ns, .process_pid = e->process.pid,
-	                           .process_uid = e->process.uid, .process_comm = e->process.comm, .token = e->token};
+	                           .process_uid = e->process.uid, .process_comm = e->process.comm, .notes = notes,
+	                           .notes_len = notes_len, .token = e->token};
 	__u32 len = off + (v4 ? wfpr__write_hop(e->record + off, 4, &a) : wfpr__write_hop(e->record + off, 16, &a));
 	wfpr__write_header(e->record, hops + 1, len);
 	e->len = len;
@@ -952,16 +957,27 @@ int wfpr_getsockopt(struct bpf_sockopt *ctx)
 				bpf_probe_read_kernel(dst, AT_MOST(len, CAP), src);
 				out_len = len;
 			} else {
-				for (__u32 i = 0; i < CAP; i++) {
-					if (i >= len || dst + i + 1 > end)
+				/* a buffer shorter than CAP: whole chunks, then the bytes
+				 * (a byte loop over all of CAP is too long for the verifier) */
+				__u32 i = 0;
+				for (int c = 0; c < CAP / CHUNK; c++) {
+					if (i + CHUNK > len || dst + (c + 1) * CHUNK > end)
 						break;
-					dst[i] = src[i];
+					bpf_probe_read_kernel(dst + c * CHUNK, CHUNK, src + c * CHUNK);
+					i += CHUNK;
+				}
+				for (__u32 k = 0; k < CHUNK; k++) {
+					__u32 at = AT_MOST(i + k, CAP - 1);
+					if (at >= len || dst + at + 1 > end)
+						break;
+					dst[at] = src[at];
 				}
 				out_len = len;
 			}
 		}
 	}
-	/* one store of each at one exit (see ../shared/notes/ebpf.md) */
+	/* one store of each, at one exit: stores on several paths let clang
+	 * merge them through a modified ctx pointer, which the verifier refuses */
 	ctx->optlen = err ? optlen : out_len;
 	ctx->retval = -err;
 	return 1;
@@ -1043,6 +1059,20 @@ int wfpr_setsockopt(struct bpf_sockopt *ctx)
 		}
 	refuse:
 		count(err ? WFPR_EBPF_BAD_SETS : WFPR_EBPF_SETS);
+	} else if (ctx->optname == WFPR_EBPF_OPT_NOTES) {
+		/* the annotations of a socket with records SET, before it connects
+		 * or sends; the library checked their form, and a reader refuses
+		 * a record with malformed ones, so a caller spoils only its own */
+		struct bpf_sock *sk = ctx->sk;
+		struct wfpr_ebpf_sock *st = bpf_sk_storage_get(&socks, ctx->sk, 0, 0);
+		err = EINVAL;
+		if ((sk->protocol == IPPROTO_TCP && sk->state != BPF_TCP_CLOSE) || (sk->protocol == IPPROTO_UDP && sk->dst_port))
+			err = EISCONN;
+		else if (st && st->hops && optlen > 0 && optlen <= WFPR__WIRE_NOTES_MAX &&
+		         bpf_probe_read_kernel(st->notes, AT_MOST(optlen, WFPR__WIRE_NOTES_MAX), ctx->optval) == 0) {
+			st->notes_len = optlen;
+			err = 0;
+		}
 	}
 	ctx->optlen = -1; /* the kernel does not know this level */
 	if (err)

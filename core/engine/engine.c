@@ -63,6 +63,8 @@ typedef struct flow {
 	struct sockaddr_storage context[2];
 	uint8_t *record;
 	size_t record_len;
+	wfpr_annotation *notes; /* what the rule said (conn:annotate), passed on with the flow */
+	size_t n_notes;
 	wfpr_rule_conn info;
 	wfpr_verdict verdict;
 	rules_use *ru; /* the rules it started under */
@@ -96,6 +98,8 @@ typedef struct conn {
 	uint8_t *record;
 	uint32_t record_cap, record_len;
 	struct sockaddr_storage context[2];
+	wfpr_annotation *notes; /* what the rule said (conn:annotate), passed on with the connection */
+	size_t n_notes;
 	wfpr_rule_conn info;
 	wfpr_verdict verdict;
 	rules_use *ru;  /* the rules it started under (once announced) */
@@ -263,9 +267,25 @@ static void log_write(wfpr_engine *e, const char *line, size_t len)
 
 /* One JSON line. hook and reason (NULL: none) say which rule hook gave the
  * verdict, and why (docs/rules.md, "Reasons"). */
+/* {"key":"value",...} */
+static void json_annotations(FILE *f, const wfpr_annotation *a, size_t n)
+{
+	fputc('{', f);
+	for (size_t i = 0; i < n; i++) {
+		fputs(i ? "," : "", f);
+		json_string(f, a[i].key);
+		fputc(':', f);
+		json_string(f, a[i].value);
+	}
+	fputc('}', f);
+}
+
+/* One JSON line. own: the annotations this proxy put on the connection it
+ * passed on ("annotated"); each hop's, from the record, are "annotations". */
 static void log_line(wfpr_engine *e, const wfpr_rule_conn *info, const char *proto, const uint8_t *record,
                      size_t record_len, uint64_t up, uint64_t down, const char *event, const char *verdict,
-                     const char *error, const char *hook, const char *reason)
+                     const char *error, const char *hook, const char *reason, const wfpr_annotation *own,
+                     size_t n_own)
 {
 	if (e->opts.log_fd < 0)
 		return;
@@ -294,9 +314,16 @@ static void log_line(wfpr_engine *e, const wfpr_rule_conn *info, const char *pro
 			fputs(i ? "," : "", f);
 			json_string(f, known ? known : wfpr_redirector_id_format(name, sizeof(name), r->hops[i].redirector_id));
 		}
-		wfpr_records_free(r);
 	}
-	fputs("],\"process\":", f);
+	fputs("],\"annotations\":[", f);
+	for (size_t i = 0; r && i < r->hop_count; i++) {
+		fputs(i ? "," : "", f);
+		json_annotations(f, r->hops[i].annotations, r->hops[i].annotation_count);
+	}
+	wfpr_records_free(r);
+	fputs("],\"annotated\":", f);
+	json_annotations(f, own, n_own);
+	fputs(",\"process\":", f);
 	if (info->process.pid) {
 		fprintf(f, "{\"pid\":%u,\"uid\":%u,\"name\":", info->process.pid, info->process.uid);
 		json_string(f, info->process.name);
@@ -335,12 +362,43 @@ static void log_line(wfpr_engine *e, const wfpr_rule_conn *info, const char *pro
 static void log_event(wfpr_engine *e, conn *c, const char *event, const char *verdict, const char *error)
 {
 	log_line(e, &c->info, "tcp", c->record, c->record_len, c->up.total, c->down.total, event, verdict, error, NULL,
-	         NULL);
+	         NULL, c->notes, c->n_notes);
 }
 /* The reason the Lua rules gave with their last verdict ("" for C hooks). */
 static const char *rule_reason(const wfpr_engine *e, const rules_use *ru)
 {
 	return !e->opts.hooks && ru && ru->rules ? wfpr_rules_reason(ru->rules) : "";
+}
+
+/* The annotations the rule's on_connect made (conn:annotate), for the
+ * socket that passes the connection on; NULL (*n 0) when none. */
+static wfpr_annotation *take_annotations(const wfpr_engine *e, const rules_use *ru, size_t *n)
+{
+	wfpr_annotation got[WFPR_ANNOTATIONS_MAX];
+	*n = !e->opts.hooks && ru && ru->rules ? wfpr_rules_annotations(ru->rules, got, WFPR_ANNOTATIONS_MAX) : 0;
+	wfpr_annotation *copy = *n ? malloc(*n * sizeof(*copy)) : NULL;
+	if (copy)
+		memcpy(copy, got, *n * sizeof(*copy));
+	else
+		*n = 0;
+	return copy;
+}
+
+/* Put them on s, whose records are SET: 0 or the error. */
+static int annotate(wfpr_socket_t s, const wfpr_annotation *notes, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (wfpr_annotate(s, notes[i].key, notes[i].value) != 0)
+			return wfpr_get_last_error();
+	return 0;
+}
+
+/* An error line's text for annotations that could not be put on. */
+static const char *annotate_error(char *buf, size_t len, int err)
+{
+	const char *name = wfpr_err_name(err);
+	snprintf(buf, len, "annotations not passed on: %s", name ? name : "error");
+	return buf;
 }
 
 /* A rule's verdict v that changed a connection or flow: a "verdict" line,
@@ -352,7 +410,7 @@ static void log_verdict(wfpr_engine *e, const rules_use *ru, const wfpr_rule_con
 	const char *name = v == WFPR_DATA_CLOSE ? "close" : v == WFPR_DATA_DROP ? "drop" : v == WFPR_DATA_REPLACE ? "replace"
 	                                                                                                          : "pass";
 	log_line(e, info, proto, record, record_len, up, down, "verdict", name, NULL, hook,
-	         reason ? reason : rule_reason(e, ru));
+	         reason ? reason : rule_reason(e, ru), NULL, 0);
 }
 
 
@@ -570,6 +628,7 @@ static void bury_dead(wfpr_engine *e)
 	for (conn *c = e->dead, *next; c; c = next) {
 		next = c->next;
 		free(c->record);
+		free(c->notes);
 		free(c->up.buf);
 		free(c->down.buf);
 		free(c->up.held);
@@ -609,10 +668,11 @@ static void records_ready(conn *c)
 	if (c->verdict == WFPR_VERDICT_BLOCK) {
 		e->stats.blocked++;
 		log_line(e, &c->info, "tcp", c->record, c->record_len, 0, 0, "connect", "block", NULL, "on_connect",
-		         rule_reason(e, c->ru));
+		         rule_reason(e, c->ru), NULL, 0);
 		close_conn(c, true, NULL);
 		return;
 	}
+	c->notes = take_annotations(e, c->ru, &c->n_notes);
 	if (c->verdict == WFPR_VERDICT_INSPECT) {
 		e->stats.inspected++;
 		if (e->opts.record_dir)
@@ -691,6 +751,10 @@ static void start_connect(conn *c)
 		close_conn(c, true, "cannot set up the outbound socket");
 		return;
 	}
+	int err = annotate(c->upstream, c->notes, c->n_notes);
+	char why[96];
+	if (err)
+		log_event(e, c, "error", NULL, annotate_error(why, sizeof(why), err));
 	c->phase = PHASE_CONNECT;
 	socklen_t len = dst->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
 	int rc = wfpr_connect(c->upstream, (struct sockaddr *)dst, len);
@@ -947,7 +1011,7 @@ static void shed_load(wfpr_engine *e, int err)
 	snprintf(why, sizeof(why), "cannot accept: %s; new connections wait in the backlog until some close",
 	         strerror(err));
 	wfpr_rule_conn info = {.version = WFPR_RULE_CONN_VERSION, .protocol = IPPROTO_TCP};
-	log_line(e, &info, "tcp", NULL, 0, 0, 0, "shed", NULL, why, NULL, NULL);
+	log_line(e, &info, "tcp", NULL, 0, 0, 0, "shed", NULL, why, NULL, NULL, NULL, 0);
 }
 
 static void resume_accepting(wfpr_engine *e, bool a_connection_closed)
@@ -1027,7 +1091,7 @@ static void accept_all(wfpr_engine *e)
 static void close_flow(wfpr_engine *e, flow *f, const char *error)
 {
 	log_line(e, &f->info, "udp", f->record, f->record_len, f->up, f->down, error ? "error" : "close",
-	         f->blocked ? "block" : verdict_name(f->verdict), error, NULL, NULL);
+	         f->blocked ? "block" : verdict_name(f->verdict), error, NULL, NULL, f->notes, f->n_notes);
 	wfpr_rule_close_stats st = {f->up, f->down, (uint64_t)elapsed_ms(&f->started)};
 	hook_close(e, f->ru, &f->info, &st);
 	rules_leave(e, f->ru);
@@ -1111,8 +1175,18 @@ static flow *new_flow(wfpr_engine *e, const struct sockaddr_storage *client, con
 	f->blocked = f->verdict == WFPR_VERDICT_BLOCK;
 	if (f->blocked)
 		e->stats.blocked++;
+	if (!f->blocked && (f->notes = take_annotations(e, f->ru, &f->n_notes))) {
+		/* SET now (the first datagram SETs again), so that the socket takes them */
+		int err = wfpr_setsockopt(f->upstream, IPPROTO_IP, WFPR_IP_WFP_REDIRECT_RECORDS, f->record,
+		                          (socklen_t)f->record_len) == 0 ? annotate(f->upstream, f->notes, f->n_notes)
+		                                                        : wfpr_get_last_error();
+		char why[96];
+		if (err)
+			log_line(e, &f->info, "udp", f->record, f->record_len, 0, 0, "error", NULL,
+			         annotate_error(why, sizeof(why), err), NULL, NULL, f->notes, f->n_notes);
+	}
 	log_line(e, &f->info, "udp", f->record, f->record_len, 0, 0, "connect", verdict_name(f->verdict), NULL,
-	         f->blocked ? "on_connect" : NULL, f->blocked ? rule_reason(e, f->ru) : NULL);
+	         f->blocked ? "on_connect" : NULL, f->blocked ? rule_reason(e, f->ru) : NULL, f->notes, f->n_notes);
 	return f;
 }
 
@@ -1150,7 +1224,7 @@ static void unflowed(wfpr_engine *e, const struct sockaddr_storage *from, bool h
 	         had_records ? "no resources for a new flow" : "not the first datagram of a flow this proxy knows",
 	         (unsigned long long)e->unflowed);
 	wfpr_rule_conn info = {.version = WFPR_RULE_CONN_VERSION, .protocol = IPPROTO_UDP, .client = *from};
-	log_line(e, &info, "udp", NULL, 0, 0, 0, "drop", NULL, why, NULL, NULL);
+	log_line(e, &info, "udp", NULL, 0, 0, 0, "drop", NULL, why, NULL, NULL, NULL, 0);
 	e->unflowed = 0;
 	clock_gettime(CLOCK_MONOTONIC, &e->unflowed_logged);
 }
@@ -1250,6 +1324,7 @@ static void bury_dead_flows(wfpr_engine *e)
 	for (flow *f = e->dead_flows, *next; f; f = next) {
 		next = f->next;
 		free(f->record);
+		free(f->notes);
 		free(f);
 	}
 	e->dead_flows = NULL;

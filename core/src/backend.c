@@ -34,6 +34,12 @@ static void none_first_datagram(int fd, const struct sockaddr_storage *local, co
 		(void)context_len;
 }
 
+int wfpr__annotate_with_route(int fd, const uint8_t *notes, size_t len)
+{
+	(void)fd, (void)notes, (void)len;
+	return 0;
+}
+
 void wfpr__socket_nothing(int fd, uint64_t cookie)
 {
 	(void)fd, (void)cookie;
@@ -46,6 +52,7 @@ const wfpr__backend wfpr__backend_none = {
 	.query = none_query,
 	.check_set = none_check_set,
 	.first_datagram = none_first_datagram,
+	.annotate = wfpr__annotate_with_route,
 	.flush = wfpr__socket_nothing,
 	.closed = wfpr__socket_nothing,
 };

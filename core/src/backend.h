@@ -37,6 +37,8 @@ typedef struct wfpr__route {
 	struct sockaddr_storage remote;       /* what the application addressed */
 	const uint8_t *records;               /* SET on the socket (checked), or NULL */
 	size_t records_len;
+	const uint8_t *notes;                 /* its annotations (wire form), or NULL */
+	size_t notes_len;
 	bool may_connect;                     /* TCP: the backend may make the connect itself */
 	/* out */
 	struct sockaddr_storage target;       /* where to connect or send (remote when permitted) */
@@ -74,6 +76,9 @@ typedef struct wfpr__backend {
 	int (*query)(const wfpr__query *q, uint8_t *blob, size_t *len);
 	/* SET: may fd carry this blob? 0 or a wfpr_err. */
 	int (*check_set)(int fd, const uint8_t *blob, size_t len);
+	/* fd's annotations are now notes (wire form, checked); a backend that
+	 * routes in user space gets them with the route instead. 0 or a wfpr_err. */
+	int (*annotate)(int fd, const uint8_t *notes, size_t len);
 	/* A datagram from `from` arrived on fd: if it is the first of a
 	 * redirected flow, its records (and, when asked, context) are handed out
 	 * once, into the buffers (WFPR__BLOB_MAX each). */
@@ -91,6 +96,7 @@ typedef struct wfpr__backend {
 int wfpr__route_direct(wfpr__route *r);
 void wfpr__connect_done_nothing(void *pending, bool connected);
 void wfpr__socket_nothing(int fd, uint64_t cookie);
+int wfpr__annotate_with_route(int fd, const uint8_t *notes, size_t len);
 
 /* The attached backend (never NULL: wfpr__backend_none when none is). */
 const wfpr__backend *wfpr__backend_current(void);

@@ -499,7 +499,8 @@ int wfpr__layer_issue(wfpr_layer *layer, redirect_decision *d, const conn_info *
 
 	if (!records != !d->chain)
 		return WFPR_WSAEINVAL; /* not the records that were classified */
-	int rc = wfpr__record_append(out_record, out_record_len, d->chain, records, records_len, &hop, layer->key);
+	int rc = wfpr__record_append(out_record, out_record_len, d->chain, records, records_len, &hop, conn->notes,
+	                             conn->notes_len, layer->key);
 	if (rc != 0)
 		return rc;
 	memcpy(out_token, hop.token, WFPR_TOKEN_SIZE);

@@ -17,6 +17,8 @@ typedef struct conn_info {
 	struct sockaddr_storage local;
 	pid_t pid;
 	uid_t uid;
+	const uint8_t *notes; /* the annotations its socket carries (wire form), or NULL */
+	size_t notes_len;
 } conn_info;
 
 typedef struct redirect_decision {

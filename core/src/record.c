@@ -33,7 +33,8 @@ enum hop_attr {
 	HOP_ATTR_MAX = WFPR__WIRE_HOP_ATTR_MAX
 };
 
-_Static_assert(WFPR__WIRE_ID_SIZE == WFPR_REDIRECTOR_ID_SIZE && WFPR__WIRE_TOKEN_SIZE == WFPR_TOKEN_SIZE,
+_Static_assert(WFPR__WIRE_ID_SIZE == WFPR_REDIRECTOR_ID_SIZE && WFPR__WIRE_TOKEN_SIZE == WFPR_TOKEN_SIZE &&
+                   WFPR__WIRE_NOTES_MAX == WFPR_ANNOTATIONS_SIZE_MAX,
                "the wire's sizes are the API's");
 
 struct attr_policy {
@@ -123,10 +124,101 @@ static bool parse_process(cursor *value, wfpr_process *out)
 	return strlen(out->exe) == exe_len; /* a path with a NUL inside is not one */
 }
 
-static bool parse_hop(cursor *body, wfpr_hop *hop, const uint8_t **signed_data, size_t *signed_len)
+static bool key_char(char ch)
+{
+	return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
+	       ch == '.' || ch == '-';
+}
+
+static bool annotation_valid(const char *key, size_t key_len, const char *value, size_t value_len)
+{
+	if (key_len == 0 || key_len > WFPR_ANNOTATION_KEY_MAX || value_len > WFPR_ANNOTATION_VALUE_MAX)
+		return false;
+	for (size_t i = 0; i < key_len; i++)
+		if (!key_char(key[i]))
+			return false;
+	for (size_t i = 0; i < value_len; i++)
+		if (value[i] < 0x20 || value[i] > 0x7e)
+			return false;
+	return true;
+}
+
+/* NOTES into hop's annotations: every pair valid, keys distinct. */
+static bool parse_notes(cursor *value, wfpr_hop *hop)
+{
+	if (value->len == 0 || value->len > WFPR__WIRE_NOTES_MAX)
+		return false;
+	hop->annotation_count = 0;
+	while (value->len > 0) {
+		uint8_t klen, vlen;
+		const uint8_t *k, *v;
+		if (hop->annotation_count == WFPR_ANNOTATIONS_MAX || !cursor_get_u8(value, &klen) ||
+		    !cursor_get_bytes(value, &k, klen) || !cursor_get_u8(value, &vlen) || !cursor_get_bytes(value, &v, vlen) ||
+		    !annotation_valid((const char *)k, klen, (const char *)v, vlen))
+			return false;
+		for (size_t i = 0; i < hop->annotation_count; i++)
+			if (strlen(hop->annotations[i].key) == klen && memcmp(hop->annotations[i].key, k, klen) == 0)
+				return false;
+		wfpr_annotation *a = &hop->annotations[hop->annotation_count++];
+		memcpy(a->key, k, klen);
+		a->key[klen] = '\0';
+		memcpy(a->value, v, vlen);
+		a->value[vlen] = '\0';
+	}
+	return true;
+}
+
+int wfpr__notes_put(uint8_t *notes, size_t *len, const char *key, const char *value)
+{
+	if (!notes || !len || !key || !value)
+		return WFPR_WSAEFAULT;
+	size_t klen = strlen(key), vlen = strlen(value);
+	if (*len > WFPR__WIRE_NOTES_MAX || !annotation_valid(key, klen, value, vlen))
+		return WFPR_WSAEINVAL;
+	/* the pairs without key's, then key's new one */
+	uint8_t out[WFPR__WIRE_NOTES_MAX];
+	size_t n = 0, pairs = 0;
+	for (size_t at = 0; at + 1 < *len;) {
+		size_t kl = notes[at], vl = notes[at + 1 + kl], size = 2 + kl + vl;
+		if (!(kl == klen && memcmp(notes + at + 1, key, klen) == 0)) {
+			memcpy(out + n, notes + at, size);
+			n += size;
+			pairs++;
+		}
+		at += size;
+	}
+	if (pairs == WFPR_ANNOTATIONS_MAX || n + 2 + klen + vlen > WFPR__WIRE_NOTES_MAX)
+		return WFPR_WSAEMSGSIZE;
+	out[n++] = (uint8_t)klen;
+	memcpy(out + n, key, klen);
+	n += klen;
+	out[n++] = (uint8_t)vlen;
+	memcpy(out + n, value, vlen);
+	n += vlen;
+	memcpy(notes, out, n);
+	*len = n;
+	return 0;
+}
+
+size_t wfpr__notes_list(const uint8_t *notes, size_t len, wfpr_annotation *out, size_t max)
+{
+	wfpr_hop scratch;
+	cursor c;
+	if (!notes || len == 0)
+		return 0;
+	cursor_init(&c, notes, len);
+	if (!parse_notes(&c, &scratch))
+		return 0;
+	size_t n = scratch.annotation_count < max ? scratch.annotation_count : max;
+	memcpy(out, scratch.annotations, n * sizeof(*out));
+	return n;
+}
+
+/* prev: the hop before (NULL for the first), whose annotations a NOTES here carries. */
+static bool parse_hop(cursor *body, wfpr_hop *hop, wfpr_hop *prev, const uint8_t **signed_data, size_t *signed_len)
 {
 	uint32_t seen = 0;
-	bool process_seen = false;
+	bool process_seen = false, notes_seen = false;
 	const uint8_t *start = body->data;
 
 	memset(hop, 0, sizeof(*hop));
@@ -142,6 +234,12 @@ static bool parse_hop(cursor *body, wfpr_hop *hop, const uint8_t **signed_data, 
 			if (process_seen || !parse_process(&value, &hop->process))
 				return false;
 			process_seen = true;
+			continue;
+		}
+		if (type == WFPR__WIRE_NOTES) {
+			if (notes_seen || !prev || !parse_notes(&value, prev))
+				return false;
+			notes_seen = true;
 			continue;
 		}
 		if (type == 0 || type > HOP_ATTR_MAX) {
@@ -204,7 +302,8 @@ int wfpr__record_parse(record_view *out, const uint8_t *blob, size_t len)
 		size_t i = out->hop_count;
 		if (i == hop_count)
 			return WFPR_WSAEINVAL;
-		if (!parse_hop(&body, &out->hops[i], &out->signed_data[i], &out->signed_len[i]))
+		if (!parse_hop(&body, &out->hops[i], i ? &out->hops[i - 1] : NULL, &out->signed_data[i],
+		               &out->signed_len[i]))
 			return WFPR_WSAEINVAL;
 		out->hop_count++;
 	}
@@ -335,16 +434,29 @@ static bool add_process(builder *b, const wfpr_process *p)
 	       builder_add_bytes(b, comm, sizeof(comm)) && builder_add_bytes(b, p->exe, exe_len);
 }
 
+/* NOTES, when the connecting socket carries annotations (checked). */
+static bool add_notes(builder *b, const uint8_t *notes, size_t len)
+{
+	if (len == 0)
+		return true;
+	wfpr_hop scratch;
+	cursor c;
+	cursor_init(&c, notes, len);
+	return parse_notes(&c, &scratch) && add_fixed(b, WFPR__WIRE_NOTES, notes, (uint16_t)len);
+}
+
 int wfpr__record_append(uint8_t **out, size_t *out_len, const record_view *prev_view, const uint8_t *prev,
-                  size_t prev_len, wfpr_hop *hop, const uint8_t key[RECORD_KEY_SIZE])
+                  size_t prev_len, wfpr_hop *hop, const uint8_t *notes, size_t notes_len,
+                  const uint8_t key[RECORD_KEY_SIZE])
 {
 	static const uint8_t zero[WFPR_TOKEN_SIZE];
 	const uint8_t *prev_token = zero;
 	size_t hop_count = 0;
 	builder b;
 
-	if (!prev != !prev_view || (prev && (prev_len <= RECORD_HEADER_SIZE || prev_view->hop_count == 0)))
-		return WFPR_WSAEINVAL;
+	if (!prev != !prev_view || (prev && (prev_len <= RECORD_HEADER_SIZE || prev_view->hop_count == 0)) ||
+	    (notes_len && !prev))
+		return WFPR_WSAEINVAL; /* annotations come from a proxy, which passes records on */
 	if (prev) {
 		hop_count = prev_view->hop_count;
 		prev_token = prev_view->hops[hop_count - 1].token;
@@ -352,7 +464,7 @@ int wfpr__record_append(uint8_t **out, size_t *out_len, const record_view *prev_
 			return WFPR_WSAELOOP;
 	}
 
-	wfpr__builder_init(&b, WFPR_RECORD_MAX_SIZE, (prev ? prev_len : RECORD_HEADER_SIZE) + 480);
+	wfpr__builder_init(&b, WFPR_RECORD_MAX_SIZE, (prev ? prev_len : RECORD_HEADER_SIZE) + 560);
 	builder_add_bytes(&b, WFPR__WIRE_MAGIC, WFPR__WIRE_MAGIC_SIZE);
 	builder_add_u8(&b, WFPR__WIRE_VERSION);
 	builder_add_u8(&b, 0);
@@ -375,7 +487,7 @@ int wfpr__record_append(uint8_t **out, size_t *out_len, const record_view *prev_
 	     add_addr(&b, HOP_ORIGINAL_LOCAL, &hop->original_local) &&
 	     add_addr(&b, HOP_TARGET, &hop->target) &&
 	     add_u64_attr(&b, HOP_TIME, hop->time_ns) &&
-	     add_process(&b, &hop->process);
+	     add_process(&b, &hop->process) && add_notes(&b, notes, notes_len);
 	ok = ok && hop_token(hop->token, key, prev_token, hop_count, b.data + attrs_start, b.len - attrs_start);
 	ok = ok && add_fixed(&b, HOP_TOKEN, hop->token, WFPR_TOKEN_SIZE) && wfpr__builder_close_u16(&b, slot);
 	if (!ok) {

@@ -47,6 +47,14 @@ enum wfpr__wire_hop_attr {
 #define WFPR__WIRE_EXE_MAX 255
 #define WFPR__WIRE_PROCESS_SIZE(exe_len) (1 + 4 + 4 + WFPR__WIRE_COMM_SIZE + (exe_len))
 
+/* Optional, after PROCESS and before TOKEN, non-critical, never in the
+ * first hop: the annotations of the proxy the connection comes from (the
+ * previous hop's), which it attached to the socket that made this hop.
+ * Value: pairs of key length (u8, 1..32), key, value length (u8, 0..48),
+ * value; 3..64 bytes in all. */
+#define WFPR__WIRE_NOTES (WFPR__WIRE_NONCRITICAL | 11u)
+#define WFPR__WIRE_NOTES_MAX 64
+
 #define WFPR__WIRE_ID_SIZE 16
 #define WFPR__WIRE_TOKEN_SIZE 16
 /* An address: family (4 or 6), port (u16), then 4 or 16 address bytes. */

@@ -11,6 +11,7 @@
 #include "addr.h"
 #include "backend.h"
 #include "sockutil.h"
+#include "record.h"
 #include "socktab.h"
 #include "wfpr/error.h"
 #include "wfpr/socket.h"
@@ -59,6 +60,8 @@ static int errno_of(int err)
 	case WFPR_WSAEACCES: return EACCES;
 	case WFPR_WSAENOBUFS: return ENOMEM;
 	case WFPR_WSAENETDOWN: return ENETDOWN;
+	case WFPR_WSAEISCONN: return EISCONN;
+	case WFPR_WSAEMSGSIZE: return EMSGSIZE;
 	default: return EINVAL;
 	}
 }
@@ -74,14 +77,21 @@ static int route(const wfpr__backend *b, int fd, int protocol, const struct sock
 	wfpr__sock *s = wfpr__socktab_find(fd);
 	size_t records_len = s ? s->records_len : 0;
 	uint8_t *records = s ? dup_bytes(s->records, s->records_len) : NULL;
+	uint8_t notes[WFPR__WIRE_NOTES_MAX];
+	size_t notes_len = s ? s->notes_len : 0;
+	if (notes_len)
+		memcpy(notes, s->notes, notes_len);
 	pthread_mutex_unlock(&wfpr__socktab_lock);
 	if (records_len && !records)
 		return fail(WFPR_WSAENOBUFS, ENOMEM);
 	r->records = records;
 	r->records_len = records_len;
+	r->notes = notes_len ? notes : NULL;
+	r->notes_len = notes_len;
 	int rc = b->route(r);
 	free(records);
 	r->records = NULL;
+	r->notes = NULL;
 	return rc == 0 ? 0 : fail(rc, r->errnum ? r->errnum : errno_of(rc));
 }
 
@@ -397,6 +407,46 @@ int wfpr__set_records(int fd, const uint8_t *blob, size_t len)
 	if (!s)
 		free(copy);
 	return s ? 0 : WFPR_WSAENOBUFS;
+}
+
+int wfpr_annotate(wfpr_socket_t fd, const char *key, const char *value)
+{
+	if (!key || !value)
+		return fail(WFPR_WSAEFAULT, EFAULT);
+	int protocol = wfpr__socket_protocol(fd);
+	if (protocol < 0)
+		return fail_errno();
+	struct sockaddr_storage peer;
+	socklen_t peer_len = sizeof(peer);
+	if (protocol == IPPROTO_TCP && getpeername(fd, (struct sockaddr *)&peer, &peer_len) == 0)
+		return fail(WFPR_WSAEISCONN, EISCONN);
+	uint8_t notes[WFPR__WIRE_NOTES_MAX];
+	size_t len = 0;
+	int rc = 0;
+	pthread_mutex_lock(&wfpr__socktab_lock);
+	wfpr__sock *s = wfpr__socktab_find(fd);
+	if (!s || !s->records)
+		rc = WFPR_WSAEINVAL; /* a proxy annotates what it passes on: SET the records first */
+	else if (s->connect_pending || s->n_flows)
+		rc = WFPR_WSAEISCONN;
+	else {
+		len = s->notes_len;
+		memcpy(notes, s->notes, len);
+		rc = wfpr__notes_put(notes, &len, key, value);
+	}
+	pthread_mutex_unlock(&wfpr__socktab_lock);
+	if (rc == 0)
+		rc = wfpr__backend_current()->annotate(fd, notes, len);
+	if (rc != 0)
+		return fail(rc, errno_of(rc));
+	pthread_mutex_lock(&wfpr__socktab_lock);
+	s = wfpr__socktab_find(fd);
+	if (s) {
+		memcpy(s->notes, notes, len);
+		s->notes_len = len;
+	}
+	pthread_mutex_unlock(&wfpr__socktab_lock);
+	return 0;
 }
 
 ssize_t wfpr_sendmsg(wfpr_socket_t fd, const struct msghdr *msg, int flags)

@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 #include "backend.h"
+#include "record_wire.h"
 
 extern pthread_mutex_t wfpr__socktab_lock;
 
@@ -32,6 +33,8 @@ typedef struct wfpr__sock {
 	bool want_context;
 	uint8_t *records; /* SET on this socket, checked */
 	size_t records_len;
+	uint8_t notes[WFPR__WIRE_NOTES_MAX]; /* wfpr_annotate: what the proxy says, wire form */
+	size_t notes_len;
 	bool connect_pending;                   /* a non-blocking connect in progress... */
 	struct sockaddr_storage connect_target; /* ...to here (the proxy, if redirected) */
 	const wfpr__backend *routed_by;         /* ...routed by this backend, */

@@ -20,7 +20,8 @@ from .proxy import ProxiedConnection, Proxy
 from .records import Hop, Process, RedirectRecords, RedirectState
 from .sockets import (
     SIO_FLUSH, SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT, SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS,
-    SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, Datagram, SocketLike, close, connect, decode_context, flush, ioctl,
+    SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, Datagram, SocketLike, annotate, close, connect, decode_context, flush,
+    ioctl,
     original_destination, query_redirect_context, query_redirect_records, recvfrom, recvmsg, sendmsg, sendto,
     set_overlapped, set_redirect_records, want_context)
 
@@ -72,7 +73,7 @@ __all__ = [
     "SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS", "SIO_FLUSH", "SocketLike", "Overlapped", "Datagram", "ioctl",
     "query_redirect_records", "query_redirect_context", "set_redirect_records", "original_destination",
     "decode_context", "connect", "sendto", "sendmsg", "recvmsg", "recvfrom", "want_context", "set_overlapped",
-    "flush", "close", "aio",
+    "annotate", "flush", "close", "aio",
     # the backends
     "ebpf_attach", "ebpf_available", "add_redirector", "remove_redirector",
     # errors: one class per code

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Optional, Tuple
 
 from . import _wfpr
 
@@ -60,6 +60,9 @@ class Hop:
     time_ns: int
     token: bytes
     process: Optional[Process] = None
+    #: what this hop's proxy said when it passed the connection on
+    #: (``wfpr.annotate``; empty for the newest hop)
+    annotations: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     @classmethod
     def _from_dict(cls, d: Dict[str, Any]) -> "Hop":
@@ -67,7 +70,8 @@ class Hop:
                    protocol={6: "tcp", 17: "udp"}.get(d["protocol"], str(d["protocol"])),
                    original_remote=d["original_remote"], original_local=d["original_local"],
                    target=d["target"], time_ns=d["time_ns"], token=d["token"],
-                   process=Process(**d["process"]) if d.get("process") else None)
+                   process=Process(**d["process"]) if d.get("process") else None,
+                   annotations=dict(d.get("annotations") or {}))
 
     @property
     def redirector(self) -> str:
@@ -129,9 +133,11 @@ class RedirectRecords:
         rows = "".join(
             "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
                 i + 1, h.redirector, h.protocol, _fmt(h.original_local), _fmt(h.original_remote),
-                _fmt(h.target), h.proxy_pid or "", h.time.strftime("%H:%M:%S.%f")[:-3]))
+                _fmt(h.target), h.proxy_pid or "", h.time.strftime("%H:%M:%S.%f")[:-3],
+                " ".join(f"{k}={v}" for k, v in h.annotations.items())))
             + "</tr>" for i, h in enumerate(self.hops))
         head = "".join(f"<th>{c}</th>" for c in
-                       ("hop", "redirector", "proto", "from", "original destination", "sent to", "proxy pid", "time (UTC)"))
+                       ("hop", "redirector", "proto", "from", "original destination", "sent to", "proxy pid", "time (UTC)",
+                        "annotations"))
         return (f"<table><caption>redirect record: {len(self.hops)} hop(s), {len(self.blob)} bytes</caption>"
                 f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")

@@ -78,6 +78,16 @@ def set_redirect_records(sock: SocketLike, blob: bytes) -> None:
     ioctl(sock, SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, 0, bytes(blob))
 
 
+def annotate(sock: SocketLike, key: str, value: str) -> None:
+    """Annotate the connection this proxy passes on: after
+    ``set_redirect_records`` and before the connect, ``key=value`` goes into
+    the record of the redirect the connect makes, where later proxies read
+    it as ``hop.annotations`` of this proxy's hop. A key is 1 to 32 of
+    ``A-Za-z0-9_.-``, a value at most 48 printable ASCII characters; at most 8
+    pairs and 64 bytes (2 + key + value each)."""
+    _wfpr.annotate(_fd(sock), key, value)
+
+
 def flush(sock: SocketLike) -> None:
     """SIO_FLUSH: abort the socket's pending overlapped operations."""
     ioctl(sock, SIO_FLUSH, 0)

@@ -423,7 +423,7 @@ static void row_set_bad_blobs(void)
 	CHECK_EQ(wfpr__record_parse(&view, blob, len), 0);
 	uint8_t key[RECORD_KEY_SIZE] = {42}, *forged = NULL;
 	size_t forged_len = 0;
-	CHECK_EQ(wfpr__record_append(&forged, &forged_len, NULL, NULL, 0, &view.hops[0], key), 0);
+	CHECK_EQ(wfpr__record_append(&forged, &forged_len, NULL, NULL, 0, &view.hops[0], NULL, 0, key), 0);
 	CHECK_EQ(forged_len, len);
 	CHECK_FAILS_WITH(wfpr_ioctl(out, SET_RECORDS, forged, (uint32_t)forged_len, NULL, 0, &bytes, NULL, NULL), WFPR_WSAEINVAL);
 	free(forged);
@@ -473,6 +473,33 @@ static void row_set_single_use(void)
 	wfpr_closesocket(first);
 	wfpr_closesocket(second);
 	wfpr_closesocket(third);
+	close(sink);
+	close_pair(p);
+}
+
+/* wfpr_annotate: after SET, before the connect, within the limits */
+static void row_annotate(void)
+{
+	pair p = redirected();
+	uint8_t blob[1024];
+	uint32_t len = 0, bytes = 0;
+	CHECK_EQ(query_into(p.accepted, blob, sizeof(blob), &len), 0);
+	struct sockaddr_storage sink_addr = loopback_port(0);
+	int sink = tcp_listen(&sink_addr);
+	int s = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+	CHECK_FAILS_WITH(wfpr_annotate(s, NULL, "x"), WFPR_WSAEFAULT);
+	CHECK_FAILS_WITH(wfpr_annotate(s, "av", "inline"), WFPR_WSAEINVAL); /* no records SET */
+	CHECK_FAILS_WITH(wfpr_annotate(-1, "av", "inline"), WFPR_WSAENOTSOCK);
+	CHECK_EQ(wfpr_ioctl(s, SET_RECORDS, blob, len, NULL, 0, &bytes, NULL, NULL), 0);
+	CHECK_FAILS_WITH(wfpr_annotate(s, "a b", "x"), WFPR_WSAEINVAL);
+	CHECK_FAILS_WITH(wfpr_annotate(s, "av", "tab\there"), WFPR_WSAEINVAL);
+	CHECK_EQ(wfpr_annotate(s, "av", "clean"), 0);
+	CHECK_EQ(wfpr_annotate(s, "av", "inline"), 0);
+	CHECK_FAILS_WITH(wfpr_annotate(s, "kkkkkk", "012345678901234567890123456789012345678901234567"),
+	                 WFPR_WSAEMSGSIZE); /* 10 + 2 + 6 + 48 > 64 */
+	CHECK_EQ(wfpr_connect(s, (struct sockaddr *)&sink_addr, sizeof(struct sockaddr_in)), 0);
+	CHECK_FAILS_WITH(wfpr_annotate(s, "late", "x"), WFPR_WSAEISCONN);
+	wfpr_closesocket(s);
 	close(sink);
 	close_pair(p);
 }
@@ -623,6 +650,7 @@ static const row rows[] = {
 	{ROW(row_set_bad_blobs), 0, NULL},
 	{ROW(row_set_after_connect), 0, NULL},
 	{ROW(row_set_single_use), 0, NULL},
+	{ROW(row_annotate), 0, NULL},
 	{ROW(row_overlapped_at_once), 0, NULL},
 	{ROW(row_ov_on_plain_socket), 0, NULL},
 	{ROW(row_in_callback), PRELOAD | EBPF,

@@ -40,7 +40,7 @@ static int append(uint8_t **out, size_t *out_len, const uint8_t *prev, size_t pr
 	static record_view view;
 	if (prev && wfpr__record_parse(&view, prev, prev_len) != 0)
 		return WFPR_WSAEINVAL;
-	return wfpr__record_append(out, out_len, prev ? &view : NULL, prev, prev_len, hop, key);
+	return wfpr__record_append(out, out_len, prev ? &view : NULL, prev, prev_len, hop, NULL, 0, key);
 }
 
 /* A chain of n hops, built as the layer builds it: one append per redirect. */
@@ -287,6 +287,102 @@ static void bpf_writer_decodes(void)
 	CHECK_EQ(wfpr__record_parse(&view, blob, off), WFPR_WSAEINVAL);
 }
 
+/* Annotations: the codec's limits, the hop they land on, the token over
+ * them, and the BPF writer's NOTES read back the same. */
+static void annotations(void)
+{
+	uint8_t notes[WFPR__WIRE_NOTES_MAX];
+	size_t n = 0;
+	CHECK_EQ(wfpr__notes_put(notes, &n, "av", "clean"), 0);
+	CHECK_EQ(wfpr__notes_put(notes, &n, "av", "inline"), 0); /* replaces */
+	CHECK_EQ(wfpr__notes_put(notes, &n, "dlp.v", "2"), 0);
+	CHECK_EQ(n, 2 + 2 + 6 + 2 + 5 + 1);
+	CHECK_EQ(wfpr__notes_put(notes, &n, "", "x"), WFPR_WSAEINVAL);
+	CHECK_EQ(wfpr__notes_put(notes, &n, "a b", "x"), WFPR_WSAEINVAL);
+	CHECK_EQ(wfpr__notes_put(notes, &n, "k", "line\nbreak"), WFPR_WSAEINVAL);
+	CHECK_EQ(wfpr__notes_put(notes, &n, "0123456789abcdef0123456789abcdefX", "x"), WFPR_WSAEINVAL); /* 33 */
+	char long_value[WFPR_ANNOTATION_VALUE_MAX + 2];
+	memset(long_value, 'v', sizeof(long_value) - 1);
+	long_value[sizeof(long_value) - 1] = '\0';
+	CHECK_EQ(wfpr__notes_put(notes, &n, "k", long_value), WFPR_WSAEINVAL); /* 49 */
+	long_value[WFPR_ANNOTATION_VALUE_MAX] = '\0';
+	CHECK_EQ(wfpr__notes_put(notes, &n, "k", long_value), WFPR_WSAEMSGSIZE); /* 18 + 51 > 64 */
+	CHECK_EQ(n, 18); /* a refused put leaves them as they were */
+	size_t small = 0;
+	char k[2] = "a";
+	for (int i = 0; i < WFPR_ANNOTATIONS_MAX; i++, k[0]++)
+		CHECK_EQ(wfpr__notes_put(notes, &small, k, ""), 0);
+	CHECK_EQ(wfpr__notes_put(notes, &small, "z", ""), WFPR_WSAEMSGSIZE); /* a ninth pair */
+	n = 0;
+	CHECK_EQ(wfpr__notes_put(notes, &n, "av", "inline"), 0);
+
+	/* the second hop carries them; decoded, they are the first hop's */
+	wfpr_hop hops[3];
+	size_t one_len;
+	uint8_t *one = chain(1, &one_len, hops);
+	static record_view view;
+	uint8_t *two = NULL, *three = NULL;
+	size_t two_len = 0, three_len = 0;
+	hops[1] = random_hop(1);
+	CHECK_EQ(wfpr__record_append(&two, &two_len, NULL, NULL, 0, &hops[1], notes, n, key), WFPR_WSAEINVAL); /* no chain */
+	CHECK_EQ(wfpr__record_parse(&view, one, one_len), 0);
+	CHECK_EQ(wfpr__record_append(&two, &two_len, &view, one, one_len, &hops[1], notes, n, key), 0);
+	CHECK(accepted(two, two_len));
+	wfpr_records *r = NULL;
+	CHECK_EQ(wfpr_records_decode(&r, two, two_len), 0);
+	CHECK_EQ(r->hops[0].annotation_count, 1);
+	CHECK(strcmp(r->hops[0].annotations[0].key, "av") == 0 && strcmp(r->hops[0].annotations[0].value, "inline") == 0);
+	CHECK_EQ(r->hops[1].annotation_count, 0); /* the newest hop's proxy has not passed it on */
+	wfpr_records_free(r);
+	/* a third hop without: the first hop keeps its annotation */
+	CHECK_EQ(wfpr__record_parse(&view, two, two_len), 0);
+	hops[2] = random_hop(2);
+	CHECK_EQ(wfpr__record_append(&three, &three_len, &view, two, two_len, &hops[2], NULL, 0, key), 0);
+	CHECK_EQ(wfpr_records_decode(&r, three, three_len), 0);
+	CHECK_EQ(r->hops[0].annotation_count, 1);
+	CHECK_EQ(r->hops[1].annotation_count, 0);
+	wfpr_records_free(r);
+	/* the token covers them: any change to the annotation's bytes is refused */
+	uint8_t *at = memmem(two, two_len, "inline", 6);
+	CHECK(at != NULL);
+	at[0] = 'I';
+	CHECK(!accepted(two, two_len));
+	at[0] = 'i';
+	CHECK(accepted(two, two_len));
+	/* malformed notes are refused at append */
+	uint8_t bad[] = {2, 'a', 'v', 9, 'x'};
+	uint8_t *none = NULL;
+	size_t none_len = 0;
+	CHECK_EQ(wfpr__record_parse(&view, one, one_len), 0);
+	CHECK_EQ(wfpr__record_append(&none, &none_len, &view, one, one_len, &hops[1], bad, sizeof(bad), key), WFPR_WSAEINVAL);
+	CHECK(none == NULL);
+	free(one);
+	free(two);
+	free(three);
+
+	/* the BPF writer: NOTES before TOKEN, read back as the hop before's; never in the first hop */
+	__u8 blob[WFPR__WIRE_HEADER_SIZE + 2 * (WFPR__WIRE_HOP_SIZE(4) + WFPR__WIRE_NOTES_TLV_SIZE(WFPR__WIRE_NOTES_MAX))];
+	__u8 id[16] = {1}, token[16] = {2}, ip[16] = {0};
+	ip[10] = ip[11] = 0xff, ip[12] = 127, ip[15] = 1;
+	struct wfpr__hop_args a = {.id = id, .target = ip, .original = ip, .local = ip, .protocol = IPPROTO_TCP,
+	                           .process_comm = (const __u8 *)"haproxy\0\0\0\0\0\0\0\0", .token = token,
+	                           .notes = notes, .notes_len = 0};
+	__u32 off = WFPR__WIRE_HEADER_SIZE;
+	off += wfpr__write_hop(blob + off, 4, &a);
+	a.notes_len = (__u32)n;
+	__u32 second = wfpr__write_hop(blob + off, 4, &a);
+	CHECK_EQ(second, WFPR__WIRE_HOP_SIZE(4) + 4 + n);
+	off += second;
+	wfpr__write_header(blob, 2, off);
+	CHECK_EQ(wfpr__record_parse(&view, blob, off), 0);
+	CHECK_EQ(view.hops[0].annotation_count, 1);
+	CHECK(strcmp(view.hops[0].annotations[0].value, "inline") == 0);
+	off = WFPR__WIRE_HEADER_SIZE;
+	off += wfpr__write_hop(blob + off, 4, &a); /* NOTES in the first hop */
+	wfpr__write_header(blob, 1, off);
+	CHECK_EQ(wfpr__record_parse(&view, blob, off), WFPR_WSAEINVAL);
+}
+
 int main(void)
 {
 	RAND_bytes(key, sizeof(key));
@@ -299,5 +395,6 @@ int main(void)
 	RUN(unknown_types);
 	RUN(wrong_key_refused);
 	RUN(decode_arguments);
+	RUN(annotations);
 	TEST_MAIN_END();
 }

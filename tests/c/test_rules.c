@@ -167,6 +167,49 @@ static void host_objects_expire(void)
 	wfpr_rules_free(r);
 }
 
+/* conn:annotate in on_connect: kept for the host, replaced by key, limited;
+ * refused with a reason elsewhere; gone after a failed call. `return pass`
+ * passes a chunk (it is not the string "pass"). */
+static void annotations_and_pass(void)
+{
+	wfpr_rules *r = host("function on_connect(c)\n"
+	                     "  assert(c:annotate('av', 'clean'))\n"
+	                     "  assert(c:annotate('av', 'inline'))\n"
+	                     "  assert(c:annotate('engine', 'e1'))\n"
+	                     "  local ok, why = c:annotate('x', string.rep('v', 49))\n"
+	                     "  assert(not ok and why:find('printable'))\n"
+	                     "  ok, why = c:annotate('kkkkkkkk', string.rep('v', 48))\n"
+	                     "  assert(not ok and why:find('too many'))\n"
+	                     "  return inspect\n"
+	                     "end\n"
+	                     "function on_data(c, dir, chunk)\n"
+	                     "  local ok, why = c:annotate('late', 'x')\n"
+	                     "  if ok or not why:find('on_connect only') then error('annotated in on_data') end\n"
+	                     "  return pass\n"
+	                     "end\n", 0);
+	wfpr_rule_conn c = conn_to(80, 7);
+	CHECK_EQ(wfpr_rules_on_connect(r, &c), WFPR_VERDICT_INSPECT);
+	wfpr_annotation got[WFPR_ANNOTATIONS_MAX];
+	CHECK_EQ(wfpr_rules_annotations(r, got, WFPR_ANNOTATIONS_MAX), 2);
+	CHECK(strcmp(got[0].key, "av") == 0 && strcmp(got[0].value, "inline") == 0);
+	CHECK(strcmp(got[1].key, "engine") == 0 && strcmp(got[1].value, "e1") == 0);
+	CHECK_EQ(wfpr_rules_annotations(r, got, 1), 1);
+	CHECK_EQ(wfpr_rules_annotations(r, NULL, 1), 0);
+	const void *out = NULL;
+	size_t out_len = 0;
+	CHECK_EQ(wfpr_rules_on_data(r, &c, 0, "hello", 5, &out, &out_len), WFPR_DATA_PASS);
+	CHECK(out == NULL);
+	wfpr_rules_stats st;
+	wfpr_rules_get_stats(&st, r);
+	CHECK_EQ(st.errors, 0);
+	wfpr_rules_free(r);
+
+	r = host("function on_connect(c) c:annotate('av', 'inline') error('boom') end", 0);
+	CHECK_EQ(wfpr_rules_on_connect(r, &c), WFPR_VERDICT_PASS);
+	CHECK_EQ(wfpr_rules_annotations(r, got, WFPR_ANNOTATIONS_MAX), 0);
+	wfpr_rules_free(r);
+}
+
 /* conn.process: the client's pid, uid, name and exe; nil when unknown. */
 static void rule_sees_the_process(void)
 {
@@ -519,6 +562,7 @@ int main(void)
 	RUN(memory_bombs_are_capped);
 	RUN(an_error_logs_once_and_gets_the_default);
 	RUN(host_objects_expire);
+	RUN(annotations_and_pass);
 	RUN(rule_sees_the_process);
 	RUN(library_stalls_are_stopped);
 	RUN(libraries_are_read_only_and_finalizers_refused);

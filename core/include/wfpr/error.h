@@ -25,6 +25,7 @@ WFPR_BEGIN_DECL
 	XX(WSAEWOULDBLOCK, 10035, "the operation would block on a non-blocking socket")     \
 	XX(WSAEINPROGRESS, 10036, "called while a callout or completion routine is running") \
 	XX(WSAENOTSOCK, 10038, "the descriptor is not a socket")                            \
+	XX(WSAEMSGSIZE, 10040, "too long: past the size limit (of an annotation, say)")     \
 	XX(WSAENOPROTOOPT, 10042, "the option is not supported on this protocol")           \
 	XX(WSAEOPNOTSUPP, 10045, "the operation is not supported by this socket or backend") \
 	XX(WSAEAFNOSUPPORT, 10047, "the address family is not supported")                   \

@@ -28,6 +28,21 @@ typedef struct wfpr_process {
 	char exe[256]; /* the executable's path; "" when the layer could not name it */
 } wfpr_process;
 
+/* Hop annotations: short key/value pairs a proxy attaches to the
+ * connection it passes on (wfpr_annotate), carried in the next hop and
+ * covered by its token (docs/record-format.md). A key is 1..32 of
+ * [A-Za-z0-9_.-], a value 0..48 printable ASCII bytes; at most 8 pairs and
+ * WFPR_ANNOTATIONS_SIZE_MAX encoded bytes per hop. */
+#define WFPR_ANNOTATIONS_MAX 8
+#define WFPR_ANNOTATION_KEY_MAX 32
+#define WFPR_ANNOTATION_VALUE_MAX 48
+#define WFPR_ANNOTATIONS_SIZE_MAX 64 /* each pair costs 2 + key + value bytes */
+
+typedef struct wfpr_annotation {
+	char key[WFPR_ANNOTATION_KEY_MAX + 1];
+	char value[WFPR_ANNOTATION_VALUE_MAX + 1];
+} wfpr_annotation;
+
 typedef struct wfpr_hop {
 	uint8_t redirector_id[WFPR_REDIRECTOR_ID_SIZE];
 	uint64_t handle_id;
@@ -39,6 +54,10 @@ typedef struct wfpr_hop {
 	uint64_t time_ns;                        /* CLOCK_REALTIME of the redirect */
 	uint8_t token[WFPR_TOKEN_SIZE];          /* issuing token (keyed MAC) */
 	wfpr_process process;                    /* who connected */
+	/* what this hop's proxy said when it passed the connection on (empty
+	 * for the newest hop: its proxy has not passed it on yet) */
+	size_t annotation_count;
+	wfpr_annotation annotations[WFPR_ANNOTATIONS_MAX];
 } wfpr_hop;
 
 typedef struct wfpr_records {

@@ -123,6 +123,12 @@ WFPR_EXTERN wfpr_data_verdict wfpr_rules_on_datagram(wfpr_rules *rules, const wf
  * 127 bytes), "rule error: the default verdict" (timeout, out of memory)
  * when the call failed, or "". Valid until the next call. */
 WFPR_EXTERN const char *wfpr_rules_reason(const wfpr_rules *rules);
+/* The annotations the last on_connect made with conn:annotate(key, value),
+ * into out (at most max of them, WFPR_ANNOTATIONS_MAX in all); their
+ * number. A host puts them on the socket that passes the connection on
+ * (wfpr_annotate), so that later proxies read them as this proxy's hop's.
+ * None after a failed call. */
+WFPR_EXTERN size_t wfpr_rules_annotations(const wfpr_rules *rules, wfpr_annotation *out, size_t max);
 /* The bytes a host holds at most for need_more, per connection and direction. */
 #define WFPR_RULES_HOLD_MAX 65536
 /* The verdict for bytes a rule cannot be asked about (held bytes past

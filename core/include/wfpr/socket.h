@@ -62,6 +62,16 @@ WFPR_EXTERN ssize_t wfpr_sendmsg(wfpr_socket_t s, const struct msghdr *msg, int 
  * nonzero) asks for the context control message, WFPR_IP_WFP_REDIRECT_RECORDS
  * (the blob) sets the records as a SET does. Anything else goes to setsockopt(2). */
 WFPR_EXTERN int wfpr_setsockopt(wfpr_socket_t s, int level, int name, const void *value, socklen_t len);
+/* Annotate the connection a proxy passes on (a wfpr extension): key=value
+ * goes into the record of the redirect this socket's connect (or first
+ * datagram) makes, covered by its token, where later proxies read it as
+ * the annotations of this proxy's hop. Call it after SET and before the
+ * connect; setting a key again replaces its value (docs/record-format.md
+ * gives the limits). 0, or WFPR_SOCKET_ERROR with WSAEFAULT (NULL),
+ * WSAEINVAL (a bad key or value, or no records SET), WSAEISCONN (already
+ * connected), WSAEMSGSIZE (past WFPR_ANNOTATIONS_MAX or
+ * WFPR_ANNOTATIONS_SIZE_MAX). */
+WFPR_EXTERN int wfpr_annotate(wfpr_socket_t s, const char *key, const char *value);
 /* closesocket: aborts the socket's pending overlapped operations. */
 WFPR_EXTERN int wfpr_closesocket(wfpr_socket_t s);
 

@@ -19,6 +19,7 @@ static int from_errno(int err)
 	switch (err) {
 	case ENOENT: return WFPR_FWP_E_NOT_FOUND;     /* never redirected, or already delivered */
 	case ENOTCONN: return WFPR_WSAENOTCONN;
+	case EISCONN: return WFPR_WSAEISCONN;
 	case EPROTONOSUPPORT: return WFPR_WSAEOPNOTSUPP; /* neither TCP nor UDP */
 	case ENOSPC: return WFPR_ERROR_INSUFFICIENT_BUFFER;
 	case EINVAL: return WFPR_WSAEINVAL;           /* SET: not a live record the kernel issued */
@@ -56,6 +57,14 @@ static int ebpf_check_set(int fd, const uint8_t *blob, size_t len)
 	return 0;
 }
 
+/* The kernel writes them into the hop this socket's connect makes. */
+static int ebpf_annotate(int fd, const uint8_t *notes, size_t len)
+{
+	if (setsockopt(fd, WFPR_EBPF_SOL, WFPR_EBPF_OPT_NOTES, notes, (socklen_t)len) != 0)
+		return from_errno(errno);
+	return 0;
+}
+
 static void ebpf_first_datagram(int fd, const struct sockaddr_storage *local, const struct sockaddr_storage *from,
                                 bool want_context, uint8_t *records, size_t *records_len, uint8_t *context,
                                 size_t *context_len)
@@ -72,6 +81,7 @@ const wfpr__backend wfpr__backend_ebpf = {
 	.connect_done = wfpr__connect_done_nothing,
 	.query = ebpf_query,
 	.check_set = ebpf_check_set,
+	.annotate = ebpf_annotate,
 	.first_datagram = ebpf_first_datagram,
 	.flush = wfpr__socket_nothing, /* nothing ever pends */
 	.closed = wfpr__socket_nothing,

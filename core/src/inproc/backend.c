@@ -65,7 +65,8 @@ static int consume(int fd, const uint8_t *records, size_t len)
 
 static int inproc_route(wfpr__route *r)
 {
-	conn_info info = {.protocol = r->protocol, .remote = r->remote, .pid = getpid(), .uid = getuid()};
+	conn_info info = {.protocol = r->protocol, .remote = r->remote, .pid = getpid(), .uid = getuid(),
+	                  .notes = r->notes, .notes_len = r->notes_len};
 	redirect_decision d;
 
 	r->target = r->remote;
@@ -285,6 +286,7 @@ const wfpr__backend wfpr__backend_inproc = {
 	.connect_done = inproc_connect_done,
 	.query = inproc_query,
 	.check_set = inproc_check_set,
+	.annotate = wfpr__annotate_with_route,
 	.first_datagram = inproc_first_datagram,
 	.flush = inproc_flush,
 	.closed = inproc_closed,

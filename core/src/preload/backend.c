@@ -19,7 +19,8 @@ static int preload_route(wfpr__route *r)
 {
 	bool redirected;
 	int connect_result = 0;
-	int rc = wfpr__client_route(r->fd, r->protocol, &r->remote, r->records, r->records_len, &r->target, &redirected,
+	int rc = wfpr__client_route(r->fd, r->protocol, &r->remote, r->records, r->records_len, r->notes, r->notes_len,
+	                            &r->target, &redirected,
 	                      r->may_connect ? connect : NULL, &connect_result);
 	if (rc == 0 && redirected && r->may_connect && r->protocol == IPPROTO_TCP) {
 		r->connected = true;
@@ -69,6 +70,7 @@ const wfpr__backend wfpr__backend_preload = {
 	.connect_done = wfpr__connect_done_nothing, /* the broker was told at ISSUE */
 	.query = preload_query,
 	.check_set = preload_check_set,
+	.annotate = wfpr__annotate_with_route,
 	.first_datagram = preload_first_datagram,
 	.flush = wfpr__socket_nothing, /* nothing ever pends */
 	.closed = preload_closed,

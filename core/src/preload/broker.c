@@ -64,6 +64,7 @@ typedef struct client {
 	conn_info info;
 	uint8_t *records;
 	size_t records_len;
+	uint8_t notes[WFPR__WIRE_NOTES_MAX]; /* the socket's annotations (info.notes points here) */
 } client;
 
 /* A TCP QUERY that came before the ISSUE it needs: the client connects to
@@ -338,8 +339,12 @@ static int route(wfpr_broker *b, client *c, const wire_request *rq, const uint8_
 	addr_unmap(&info.local);
 	if (!is_inet(&info.remote) || !is_inet(&info.local))
 		return WFPR_WSAEINVAL; /* an IPv6 socket may talk IPv4 (mapped): the families can differ */
-	if (rq->blob_len) {
-		wfpr__entry *e = entry_issued(b, blob, rq->blob_len);
+	if (rq->notes_len > WFPR__WIRE_NOTES_MAX || rq->notes_len > rq->blob_len ||
+	    (rq->notes_len && rq->notes_len == rq->blob_len))
+		return WFPR_WSAEINVAL; /* annotations come with the records they go after */
+	size_t records_len = rq->blob_len - rq->notes_len;
+	if (records_len) {
+		wfpr__entry *e = entry_issued(b, blob, records_len);
 		if (!e || !own_record(e, c, rq->socket)) {
 			wfpr__layer_count_bad_record(b->layer);
 			return WFPR_WSAEINVAL; /* forged, altered, gone, another's, or used */
@@ -355,11 +360,11 @@ static int route(wfpr_broker *b, client *c, const wire_request *rq, const uint8_
 	 * SETs its records, whose first hop names the client (checked above) */
 	b->origin = (wfpr_process){.pid = (uint32_t)c->pid, .uid = (uint32_t)c->uid};
 	wfpr_records *chain = NULL;
-	if (rq->blob_len && wfpr_records_decode(&chain, blob, rq->blob_len) == 0 && chain->hops[0].process.pid)
+	if (records_len && wfpr_records_decode(&chain, blob, records_len) == 0 && chain->hops[0].process.pid)
 		b->origin = chain->hops[0].process;
 	wfpr_records_free(chain);
 	b->routing = c->id;
-	int rc = wfpr__layer_classify(b->layer, &info, rq->blob_len ? blob : NULL, rq->blob_len, &c->decision);
+	int rc = wfpr__layer_classify(b->layer, &info, records_len ? blob : NULL, records_len, &c->decision);
 	memset(&b->origin, 0, sizeof(b->origin));
 	b->routing = 0;
 	if (rc != 0)
@@ -377,14 +382,17 @@ static int route(wfpr_broker *b, client *c, const wire_request *rq, const uint8_
 		b->stats.over_quota++;
 		return WFPR_WSAENOBUFS; /* this user's programs hold their share of the table */
 	}
-	if (rq->blob_len && !(c->records = malloc(rq->blob_len))) {
+	if (records_len && !(c->records = malloc(records_len))) {
 		wfpr__redirect_decision_cleanup(&c->decision);
 		return WFPR_WSAENOBUFS;
 	}
-	if (rq->blob_len)
-		memcpy(c->records, blob, rq->blob_len);
-	c->records_len = rq->blob_len;
+	if (records_len)
+		memcpy(c->records, blob, records_len);
+	c->records_len = records_len;
+	memcpy(c->notes, blob + records_len, rq->notes_len);
 	c->info = info;
+	c->info.notes = rq->notes_len ? c->notes : NULL;
+	c->info.notes_len = rq->notes_len;
 	c->deciding = true;
 	rp->target = c->decision.target;
 	if (rq->a.ss_family == AF_INET6 && rp->target.ss_family == AF_INET)

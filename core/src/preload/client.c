@@ -169,12 +169,20 @@ static int call(wire_request *rq, const void *blob, wire_reply *rp, uint8_t *blo
 }
 
 int wfpr__client_route(int fd, int protocol, const struct sockaddr_storage *remote, const uint8_t *records,
-                 size_t records_len, struct sockaddr_storage *target, bool *redirected, client_connect_fn connect_fn,
-                 int *connect_result)
+                 size_t records_len, const uint8_t *notes, size_t notes_len, struct sockaddr_storage *target,
+                 bool *redirected, client_connect_fn connect_fn, int *connect_result)
 {
+	if (records_len > WIRE_BLOB_MAX - WFPR__WIRE_NOTES_MAX || notes_len > WFPR__WIRE_NOTES_MAX)
+		return WFPR_WSAEINVAL;
 	wire_request rq = {.type = WIRE_ROUTE, .protocol = (uint32_t)protocol, .a = *remote,
-	                   .blob_len = (uint32_t)records_len, .socket = wfpr__socket_cookie(fd)};
+	                   .blob_len = (uint32_t)(records_len + notes_len), .notes_len = (uint32_t)notes_len,
+	                   .socket = wfpr__socket_cookie(fd)};
 	wire_reply rp;
+	uint8_t blob[WIRE_BLOB_MAX];
+	if (records_len)
+		memcpy(blob, records, records_len);
+	if (notes_len)
+		memcpy(blob + records_len, notes, notes_len);
 	*redirected = false;
 	*target = *remote;
 	wfpr__socket_local(fd, &rq.b);
@@ -182,7 +190,7 @@ int wfpr__client_route(int fd, int protocol, const struct sockaddr_storage *remo
 	/* ROUTE and its ISSUE go out on one connection, under the lock: the
 	 * broker keeps the decision between them. */
 	pthread_mutex_lock(&lock);
-	int rc = exchange(&rq, records, NULL, 0, &rp, NULL, 0);
+	int rc = exchange(&rq, blob, NULL, 0, &rp, NULL, 0);
 	if (rc == 0)
 		rc = rp.err;
 	if (records_len)

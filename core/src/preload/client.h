@@ -22,7 +22,8 @@ bool wfpr__client_enabled(void);
 typedef int (*client_connect_fn)(int fd, const struct sockaddr *addr, socklen_t len);
 
 /* Classify a connect or a new UDP flow on fd to remote, carrying the
- * records SET on fd (NULL if none). *target is where to send (remote
+ * records SET on fd (NULL if none) and its annotations (notes, wire form,
+ * NULL if none). *target is where to send (remote
  * itself when permitted). A block comes back as its error (WSAEACCES,
  * WSAELOOP). On a TCP redirect with connect_fn, this connects (through
  * connect_fn, result in *connect_result, errno kept) and then has the
@@ -30,8 +31,8 @@ typedef int (*client_connect_fn)(int fd, const struct sockaddr *addr, socklen_t 
  * connect again. Otherwise (UDP, or connect_fn NULL) a redirected socket
  * is bound and the record issued before this returns. */
 int wfpr__client_route(int fd, int protocol, const struct sockaddr_storage *remote, const uint8_t *records,
-                 size_t records_len, struct sockaddr_storage *target, bool *redirected, client_connect_fn connect_fn,
-                 int *connect_result);
+                 size_t records_len, const uint8_t *notes, size_t notes_len, struct sockaddr_storage *target,
+                 bool *redirected, client_connect_fn connect_fn, int *connect_result);
 /* The record (or context) of the connection a proxy's socket (its
  * SO_COOKIE, local, peer) belongs to, whole, into out (cap >= WIRE_BLOB_MAX). */
 int wfpr__client_query(uint64_t socket, int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer,

@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 #include "wfpr/layer.h"
 #include "wfpr/record.h"
+#include "../record_wire.h"
 
 #define WIRE_MAGIC 0x57465052u /* "WFPR" */
 #define WIRE_NAME_MAX 64
@@ -26,7 +27,8 @@
 #define WIRE_REPLY_BLOB_MAX (WFPR_RECORD_MAX_SIZE + WFPR_CONTEXT_MAX_SIZE)
 
 enum wire_type {
-	WIRE_ROUTE = 1, /* a: remote, b: local, blob: the socket's SET records -> action, target */
+	WIRE_ROUTE = 1, /* a: remote, b: local, blob: the socket's SET records, then its annotations
+	                 * (notes_len bytes) -> action, target */
 	WIRE_ISSUE,     /* b: the local address now bound (after a REDIRECT), fd: that socket; no reply */
 	WIRE_QUERY,     /* a: the proxy socket's local, b: its peer -> records then context; action: records' length */
 	WIRE_CHECK,     /* blob: records to SET -> ok, or WSAEINVAL */
@@ -52,6 +54,7 @@ typedef struct wire_request {
 	char name[WIRE_NAME_MAX];
 	uint32_t weight; /* REGISTER: its filter's (highest first; equal ones in registration order) */
 	uint8_t key[WIRE_KEY_SIZE]; /* REGISTER: the broker's registration key */
+	uint32_t notes_len;         /* ROUTE: the blob ends with this many bytes of annotations */
 	uint32_t blob_len;
 } wire_request;
 

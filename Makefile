@@ -117,7 +117,7 @@ soak: build
 		|| [ $$? -eq 77 ]
 
 bench: build $(PY)
-	bash .ci/bootstrap.sh iperf3 haproxy nginx-light wrk socat nftables iproute2
+	bash .ci/bootstrap.sh iperf3 haproxy nginx-light wrk socat nftables iproute2 dnsmasq dnsperf redis-server redis-tools
 	python3 bench/bench_proxies.py
 	python3 bench/bench_ebpf.py
 	./build/bench-records

@@ -1,13 +1,16 @@
-"""The service engine's speed with real programs (the service-engine issue).
+"""The service engine's speed with real programs.
 
-Single-stream iperf3 and wrk against nginx, direct and through `wfpr run`
-(one proxy, two cooperating proxies, a Lua on_data rule), against haproxy
-and socat measured in the same run, rounds interleaved so that the shared
+Single-stream iperf3, wrk against nginx, dnsperf against dnsmasq and
+redis-benchmark against redis-server: direct and through `wfpr run` (one
+proxy, two cooperating proxies, a Lua on_data rule; the preload and the
+eBPF backend), against haproxy (one, and two chained), socat and a bare C
+relay (bench/bare_relay.c: the user-space limit of a relay that passes
+bytes on) measured in the same run, rounds interleaved so that the shared
 machine's noise falls on all alike; medians of the rounds. Also the memory
 each idle relayed connection costs the proxy and the broker. Prints the
-table and writes it into bench/README.md between the proxies markers.
+tables and writes them into bench/README.md between the proxies markers.
 
-    python3 bench/bench_proxies.py [--rounds 5] [--seconds 3]
+    python3 bench/bench_proxies.py [--rounds 3] [--seconds 3]
 """
 import argparse
 import atexit
@@ -25,6 +28,7 @@ from readme_block import write_block
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WFPR = os.path.join(ROOT, "build", "wfpr")
+BARE = os.path.join(ROOT, "build", "bare-relay")
 PASS = "function on_connect(conn) return pass end\n"
 SCAN = ('local EICAR = "X5O!P%@AP[4\\\\PZX54(P^)7CC)7}$EICAR"\n'
         "function on_connect(conn) return inspect end\n"
@@ -93,9 +97,38 @@ class Bench:
                     "listen iperf\n  bind 127.0.0.1:%d\n  server s 127.0.0.1:%d\n"
                     "listen web\n  bind 127.0.0.1:%d\n  server s 127.0.0.1:%d\n"
                     % (self.haproxy_iperf, self.iperf, self.haproxy_web, self.nginx))
-        self.start(["haproxy", "-f", hconf, "-db"])
+        # haproxy chained twice: a second process in front of the first
+        self.haproxy2_iperf, self.haproxy2_web, self.haproxy2_redis = free_port(), free_port(), free_port()
+        self.haproxy_redis = free_port()
+        hconf2 = os.path.join(self.work, "haproxy2.cfg")
+        with open(hconf2, "w") as f:
+            f.write("global\n  nbthread 2\n  maxconn 8000\ndefaults\n  mode tcp\n  timeout connect 5s\n"
+                    "  timeout client 60s\n  timeout server 60s\n"
+                    "listen iperf\n  bind 127.0.0.1:%d\n  server s 127.0.0.1:%d\n"
+                    "listen web\n  bind 127.0.0.1:%d\n  server s 127.0.0.1:%d\n"
+                    "listen redis\n  bind 127.0.0.1:%d\n  server s 127.0.0.1:%d\n"
+                    % (self.haproxy2_iperf, self.haproxy_iperf, self.haproxy2_web, self.haproxy_web,
+                       self.haproxy2_redis, self.haproxy_redis))
         self.start(["socat", "-b65536", "TCP-LISTEN:%d,reuseaddr,fork" % self.socat, "TCP:127.0.0.1:%d" % self.iperf])
-        for port in (self.iperf, self.nginx, self.haproxy_iperf, self.haproxy_web, self.socat):
+        self.bare, self.bare2 = free_port(), free_port()
+        self.start([BARE, str(self.bare), str(self.iperf)])
+        self.start([BARE, str(self.bare2), str(self.bare)])
+        self.dns = free_port()
+        self.start(["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--listen-address=127.0.0.1", "--bind-interfaces",
+                    "--port=%d" % self.dns, "--no-resolv", "--no-hosts", "--host-record=bench.test,10.9.8.7",
+                    "--cache-size=10000", "--dns-forward-max=1000", "--pid-file="])
+        self.queries = os.path.join(self.work, "queries.txt")
+        with open(self.queries, "w") as f:
+            f.write("bench.test A\n" * 100)
+        self.redis = free_port()
+        self.start(["redis-server", "--port", str(self.redis), "--bind", "127.0.0.1", "--save", "",
+                    "--appendonly", "no", "--dir", self.work])
+        with open(hconf, "a") as f:
+            f.write("listen redis\n  bind 127.0.0.1:%d\n  server s 127.0.0.1:%d\n" % (self.haproxy_redis, self.redis))
+        self.start(["haproxy", "-f", hconf, "-db"])
+        self.start(["haproxy", "-f", hconf2, "-db"])
+        for port in (self.iperf, self.nginx, self.haproxy_iperf, self.haproxy_web, self.socat, self.bare, self.bare2,
+                     self.haproxy2_iperf, self.haproxy2_web, self.redis, self.haproxy_redis, self.haproxy2_redis):
             wait_port(port)
 
     def through(self, chain, backend="preload"):
@@ -110,7 +143,10 @@ class Bench:
     def iperf3(self, prefix, port):
         out = subprocess.run(prefix + ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(self.seconds), "-J"],
                              capture_output=True, text=True, timeout=self.seconds + 60)
-        return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+        result = json.loads(out.stdout)
+        if "error" in result:
+            raise RuntimeError("iperf3 through %s to %d: %s" % (prefix[:4] or "nothing", port, result["error"]))
+        return result["end"]["sum_received"]["bits_per_second"] / 1e9
 
     def wrk(self, prefix, port, close):
         args = ["wrk", "-c", "50", "-t", "2", "-d", "%ds" % self.seconds]
@@ -119,6 +155,20 @@ class Bench:
         out = subprocess.run(prefix + args + ["http://127.0.0.1:%d/small.txt" % port],
                              capture_output=True, text=True, timeout=self.seconds + 60).stdout
         return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def dnsperf(self, prefix):
+        """Queries per second from one dnsperf client (UDP) for a name dnsmasq answers itself."""
+        out = subprocess.run(prefix + ["dnsperf", "-s", "127.0.0.1", "-p", str(self.dns), "-d", self.queries,
+                                       "-l", str(self.seconds), "-c", "1", "-q", "64"],
+                             capture_output=True, text=True, timeout=self.seconds + 60).stdout
+        return float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))
+
+    def redis_bench(self, prefix, port):
+        """GET requests per second, `redis-benchmark -c 50` (keep-alive, one request in flight per connection)."""
+        out = subprocess.run(prefix + ["redis-benchmark", "-p", str(port), "-c", "50", "-n", "60000", "-t", "get",
+                                       "--csv"], capture_output=True, text=True, timeout=120).stdout
+        row = [line for line in out.splitlines() if line.startswith('"GET"')][0]
+        return float(row.split(",")[1].strip('"'))
 
     def idle_memory(self, n=1000):
         """KiB of proxy + broker RSS per idle relayed connection."""
@@ -186,9 +236,14 @@ def ebpf_available():
     return probe.returncode == 0
 
 
+def median_ratio(num, den):
+    """The median of per-round ratios (each round's pair measured close in time)."""
+    return statistics.median(a / b for a, b in zip(num, den))
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=3)
     ap.add_argument("--no-write", action="store_true", help="print only; leave bench/README.md alone")
     args = ap.parse_args()
@@ -197,51 +252,75 @@ def main():
     b = Bench(args.seconds, work)
     atexit.register(b.stop)  # the servers go, whatever happens
     b.servers()
-    iperf_cases = {
-        "direct": ([], b.iperf), "one proxy, pass": (b.through(["one"]), b.iperf),
-        "two cooperating proxies, pass": (b.through(["one", "two"]), b.iperf),
-        "one proxy, Lua on_data scanning every chunk": (b.through(["scan"]), b.iperf),
-        "haproxy (tcp, 2 threads)": ([], b.haproxy_iperf), "socat -b65536": ([], b.socat),
-    }
-    if ebpf:
-        iperf_cases["eBPF backend: one proxy, pass"] = (b.through(["one"], "ebpf"), b.iperf)
-        iperf_cases["eBPF backend: two cooperating proxies, pass"] = (b.through(["one", "two"], "ebpf"), b.iperf)
-    wrk_cases = {"direct": ([], b.nginx), "one proxy, pass": (b.through(["one"]), b.nginx),
-                 "two cooperating proxies, pass": (b.through(["one", "two"]), b.nginx),
-                 "haproxy (tcp, 2 threads)": ([], b.haproxy_web)}
-    if ebpf:
-        wrk_cases["eBPF backend: one proxy, pass"] = (b.through(["one"], "ebpf"), b.nginx)
-        wrk_cases["eBPF backend: two cooperating proxies, pass"] = (b.through(["one", "two"], "ebpf"), b.nginx)
-    gbps = {k: [] for k in iperf_cases}
-    rps = {(k, c): [] for k in wrk_cases for c in (False, True)}
+    backends = ["preload"] + (["ebpf"] if ebpf else [])
+    # (measure, path) -> a function of nothing giving one figure
+    cases = {}
+    for path, prefix, port in [("direct", [], b.iperf), ("bare relay", [], b.bare), ("two bare relays", [], b.bare2),
+                               ("haproxy", [], b.haproxy_iperf), ("two haproxy", [], b.haproxy2_iperf),
+                               ("socat", [], b.socat)]:
+        cases[("iperf3", path)] = (lambda prefix=prefix, port=port: b.iperf3(prefix, port))
+    for be in backends:
+        cases[("iperf3", "wfpr %s" % be)] = lambda be=be: b.iperf3(b.through(["one"], be), b.iperf)
+        cases[("iperf3", "two wfpr %s" % be)] = lambda be=be: b.iperf3(b.through(["one", "two"], be), b.iperf)
+        cases[("iperf3", "wfpr %s, Lua on_data" % be)] = lambda be=be: b.iperf3(b.through(["scan"], be), b.iperf)
+    web = [("direct", [], b.nginx), ("haproxy", [], b.haproxy_web), ("two haproxy", [], b.haproxy2_web)]
+    web += [(("wfpr %s" % be), b.through(["one"], be), b.nginx) for be in backends]
+    web += [(("two wfpr %s" % be), b.through(["one", "two"], be), b.nginx) for be in backends]
+    for path, prefix, port in web:
+        for close in (False, True):
+            cases[("wrk close" if close else "wrk keep-alive", path)] = (
+                lambda prefix=prefix, port=port, close=close: b.wrk(prefix, port, close))
+    cases[("dnsperf", "direct")] = lambda: b.dnsperf([])
+    cases[("redis", "direct")] = lambda: b.redis_bench([], b.redis)
+    cases[("redis", "two haproxy")] = lambda: b.redis_bench([], b.haproxy2_redis)
+    for be in backends:
+        cases[("dnsperf", "two wfpr %s" % be)] = lambda be=be: b.dnsperf(b.through(["one", "two"], be))
+        cases[("redis", "two wfpr %s" % be)] = lambda be=be: b.redis_bench(b.through(["one", "two"], be), b.redis)
+    got = {k: [] for k in cases}
     for r in range(args.rounds):
-        for name, (prefix, port) in iperf_cases.items():
-            gbps[name].append(b.iperf3(prefix, port))
-        for (name, close) in rps:
-            prefix, port = wrk_cases[name]
-            rps[(name, close)].append(b.wrk(prefix, port, close))
+        for k, run in cases.items():
+            got[k].append(run())
         print("round %d of %d done" % (r + 1, args.rounds), file=sys.stderr)
     memory = statistics.median(b.idle_memory() for _ in range(3))
     b.stop()
 
-    med = {k: statistics.median(v) for k, v in gbps.items()}
-    lines = ["Single TCP stream, `iperf3 -t %d`, medians of %d interleaved rounds:" % (args.seconds, args.rounds), "",
-             "| path | Gbit/s | ratio to direct | target |", "|---|---|---|---|"]
-    targets = {"one proxy, pass": "≥ 0.90", "two cooperating proxies, pass": "≥ 0.75",
-               "one proxy, Lua on_data scanning every chunk": "≥ 0.50",
-               "eBPF backend: one proxy, pass": "≥ 0.90", "eBPF backend: two cooperating proxies, pass": "≥ 0.75"}
-    for k, v in med.items():
-        lines.append("| %s | %.1f | %.2f | %s |" % (k, v, v / med["direct"], targets.get(k, "")))
-    lines += ["", "nginx, 100-byte file, `wrk -c 50 -t 2 -d %ds`, medians:" % args.seconds, "",
-              "| path | keep-alive req/s | ratio | `Connection: close` req/s | ratio |", "|---|---|---|---|---|"]
-    ka = {k: statistics.median(rps[(k, False)]) for k in wrk_cases}
-    cl = {k: statistics.median(rps[(k, True)]) for k in wrk_cases}
-    for k in wrk_cases:
-        lines.append("| %s | %.0f | %.2f | %.0f | %.2f |" % (k, ka[k], ka[k] / ka["direct"], cl[k], cl[k] / cl["direct"]))
-    lines += ["", "Targets: keep-alive ≥ 0.80 and new connection per request ≥ 0.60 of direct through one proxy.", "",
-              "Memory per idle relayed connection (proxy + broker RSS growth over 1,000 connections, median of 3): "
+    def ratio(measure, path, to="direct"):
+        if (measure, path) not in got or (measure, to) not in got:
+            return None
+        return median_ratio(got[(measure, path)], got[(measure, to)])
+
+    def cell(measure, path, to="direct"):
+        r = ratio(measure, path, to)
+        return "—" if r is None else "%.2f" % r
+
+    rows = [  # (label, measure, haproxy path, wfpr path template, goal)
+        ("iperf3, one `pass` proxy", "iperf3", "haproxy", "wfpr %s", "≥ 0.95 × the bare relay"),
+        ("iperf3, two cooperating `pass` proxies", "iperf3", "two haproxy", "two wfpr %s", "≥ 0.95 × two bare relays"),
+        ("iperf3, Lua `on_data` over every chunk", "iperf3", None, "wfpr %s, Lua on_data", "≥ 0.60"),
+        ("wrk keep-alive, one proxy", "wrk keep-alive", "haproxy", "wfpr %s", "≥ 0.85"),
+        ("wrk `Connection: close`, one proxy", "wrk close", "haproxy", "wfpr %s", "≥ 0.70 and above haproxy"),
+        ("wrk keep-alive, two proxies", "wrk keep-alive", "two haproxy", "two wfpr %s", ""),
+        ("wrk `Connection: close`, two proxies", "wrk close", "two haproxy", "two wfpr %s", "≥ 0.55"),
+        ("dnsperf UDP queries, two proxies", "dnsperf", None, "two wfpr %s", "≥ 0.60"),
+        ("redis-benchmark `-c 50` GET, two proxies", "redis", "two haproxy", "two wfpr %s", "≥ 0.80"),
+    ]
+    lines = ["Ratios to direct, medians of the per-round ratios of %d interleaved rounds (`-t %d` / `-d %ds` / `-l %d`):"
+             % (args.rounds, args.seconds, args.seconds, args.seconds), "",
+             "| measure | haproxy | wfpr preload | wfpr eBPF | limit: bare C relay | goal |", "|---|---|---|---|---|---|"]
+    for label, measure, hap, tmpl, goal in rows:
+        limit = {"iperf3, one `pass` proxy": cell("iperf3", "bare relay"),
+                 "iperf3, two cooperating `pass` proxies": cell("iperf3", "two bare relays")}.get(label, "")
+        lines.append("| %s | %s | %s | %s | %s | %s |" % (label, cell(measure, hap) if hap else "—",
+                                                          cell(measure, tmpl % "preload"), cell(measure, tmpl % "ebpf"),
+                                                          limit, goal))
+    lines += ["", "The single streams against the bare relay in the same rounds (wfpr ÷ bare relay): "
+              + ", ".join("%s %s" % (be, cell("iperf3", path % be, to))
+                          for be in backends for path, to in (("wfpr %s", "bare relay"), ("two wfpr %s", "two bare relays"))),
+              "", "Memory per idle relayed connection (proxy + broker RSS growth over 1,000 connections, median of 3): "
               "**%.1f KiB** (target ≤ 64 KiB)." % memory, "",
-              "All rounds (Gbit/s): " + "; ".join("%s: %s" % (k, ", ".join("%.1f" % x for x in v)) for k, v in gbps.items())]
+              "Rounds (Gbit/s, req/s, queries/s): " + "; ".join(
+                  "%s %s: %s" % (m, p, ", ".join(("%.1f" if m == "iperf3" else "%.0f") % x for x in v))
+                  for (m, p), v in got.items())]
     table = "\n".join(lines)
     print(table)
     if not args.no_write:

@@ -27,6 +27,11 @@
 #include "wfpr/socket.h"
 
 #define DEFAULT_BUFFER (1u << 20)
+/* A connection starts with buffers this big (or opts.buffer_size, if
+ * smaller); a direction whose buffer fills while its source has more grows
+ * to opts.buffer_size. Short exchanges (a request, a reply) never pay for
+ * the big buffers; a stream gets them after its first read. */
+#define START_BUFFER (16u << 10)
 #define FIRST_RECORD_TRY 1024
 
 enum phase { PHASE_QUERY, PHASE_CONNECT, PHASE_RELAY };
@@ -104,7 +109,7 @@ typedef struct conn {
 	wfpr_verdict verdict;
 	rules_use *ru;  /* the rules it started under (once announced) */
 	FILE *transcript; /* opts.record_dir: what the rules see, for `wfpr rules test` */
-	int reserve;    /* a descriptor kept for the upstream socket, -1 once used */
+	int reserve;    /* its upstream socket, made before the accept (-1 once in use as c->upstream) */
 	bool announced; /* its connect line is out and the rules saw it: a close line and on_close follow */
 	half up, down; /* up: client to upstream */
 	struct timespec started, last;
@@ -114,6 +119,7 @@ struct wfpr_engine {
 	wfpr_engine_options opts;
 	char *name;
 	int epoll_fd, listen_fd, stop_fd, reload_fd;
+	int spare; /* the next connection's upstream socket (-1: none yet) */
 	watch w_listener, w_stop, w_reload;
 	rules_use *current, *retired;
 	pthread_mutex_t pending_lock;
@@ -649,14 +655,12 @@ static void records_ready(conn *c)
 	/* done at once still signals the event: stop watching it */
 	if (c->overlapped)
 		epoll_ctl(e->epoll_fd, EPOLL_CTL_DEL, c->ov.event_fd, NULL);
-	socklen_t len = sizeof(c->info.client);
 	if (wfpr_ioctl(c->client, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT, NULL, 0, c->context,
 	               sizeof(c->context), &bytes, NULL, NULL) != 0 ||
 	    bytes != sizeof(c->context)) {
 		close_conn(c, true, "no default redirect context");
 		return;
 	}
-	getpeername(c->client, (struct sockaddr *)&c->info.client, &len);
 	c->info.original_dst = c->context[0];
 	c->info.records = c->record;
 	c->info.records_len = c->record_len;
@@ -742,9 +746,12 @@ static void start_connect(conn *c)
 	wfpr_engine *e = c->engine;
 	struct sockaddr_storage *dst = &c->context[0];
 	uint32_t bytes;
-	close(c->reserve); /* its descriptor is the upstream socket's now */
+	c->upstream = c->reserve;
 	c->reserve = -1;
-	c->upstream = wfpr_socket(dst->ss_family, SOCK_STREAM | SOCK_NONBLOCK, 0, 0);
+	if (dst->ss_family != e->address.ss_family) { /* made for the listener's family: remade for this one */
+		close(c->upstream);
+		c->upstream = wfpr_socket(dst->ss_family, SOCK_STREAM | SOCK_NONBLOCK, 0, 0);
+	}
 	if (c->upstream < 0 ||
 	    wfpr_ioctl(c->upstream, WFPR_SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, c->record, c->record_len, NULL, 0,
 	               &bytes, NULL, NULL) != 0) {
@@ -853,6 +860,20 @@ static bool emit(half *h, const void *out, size_t len)
 	return true;
 }
 
+/* A full buffer whose source has more: to the full size, once. False when
+ * it is that big already (or out of memory: it keeps the one it has). */
+static bool grow(half *h, size_t full)
+{
+	if (h->cap >= full)
+		return false;
+	uint8_t *grown = realloc(h->buf, full);
+	if (!grown)
+		return false;
+	h->buf = grown;
+	h->cap = full;
+	return true;
+}
+
 /* One verdict on chunk: false to stop (closed by the rule: *closed_by_rule;
  * or out of memory). */
 static bool apply(conn *c, half *h, int direction, const uint8_t *chunk, size_t len, const char *no_more,
@@ -877,7 +898,7 @@ static bool apply(conn *c, half *h, int direction, const uint8_t *chunk, size_t 
 static bool fill(conn *c, int src, half *h, int direction, bool *closed_by_rule, size_t *moved)
 {
 	wfpr_engine *e = c->engine;
-	while (h->ready && !h->eof && h->len < h->cap) {
+	while (h->ready && !h->eof && (h->len < h->cap || grow(h, e->opts.buffer_size))) {
 		bool inspect = c->verdict == WFPR_VERDICT_INSPECT && has_data_hook(e, c->ru);
 		uint8_t *into = inspect ? e->scratch : h->buf + h->len;
 		size_t room = h->cap - h->len;
@@ -898,6 +919,8 @@ static bool fill(conn *c, int src, half *h, int direction, bool *closed_by_rule,
 		/* a short read emptied the socket: edge-triggered, the next byte brings an event */
 		h->ready = (size_t)n == room || h->hup;
 		*moved += (size_t)n;
+		if ((size_t)n == room && inspect)
+			grow(h, e->opts.buffer_size); /* a stream: the rule sees it in big chunks (the relay grows at the top) */
 		if (!inspect) {
 			h->len += (size_t)n;
 			continue;
@@ -924,9 +947,11 @@ static bool fill(conn *c, int src, half *h, int direction, bool *closed_by_rule,
 }
 
 /* Write h to dst, adding what it wrote to *moved; pass the half-close on
- * once it is empty. A buffer a long replacement grew goes back to its
- * normal size once empty. False on a reset. */
-static bool drain(int dst, half *h, size_t normal_cap, size_t *moved)
+ * once it is empty (unless the other direction is done too: the close
+ * that follows sends the FIN, dst having nothing left unread). A buffer a
+ * long replacement grew goes back to its normal size once empty. False on
+ * a reset. */
+static bool drain(int dst, half *h, const half *other, size_t normal_cap, size_t *moved)
 {
 	size_t off = 0;
 	while (off < h->len) {
@@ -951,7 +976,8 @@ static bool drain(int dst, half *h, size_t normal_cap, size_t *moved)
 		malloc_trim(0); /* rare: hand the freed megabytes back to the system now */
 	}
 	if (h->eof && h->len == 0 && !h->shut) {
-		shutdown(dst, SHUT_WR);
+		if (!other->shut)
+			shutdown(dst, SHUT_WR);
 		h->shut = true;
 	}
 	return true;
@@ -964,9 +990,9 @@ static void pump(conn *c)
 	for (;;) {
 		size_t moved = 0;
 		bool ok = fill(c, c->client, &c->up, 0, &closed_by_rule, &moved) && !closed_by_rule &&
-		          drain(c->upstream, &c->up, c->engine->opts.buffer_size, &moved) &&
+		          drain(c->upstream, &c->up, &c->down, c->engine->opts.buffer_size, &moved) &&
 		          fill(c, c->upstream, &c->down, 1, &closed_by_rule, &moved) && !closed_by_rule &&
-		          drain(c->client, &c->down, c->engine->opts.buffer_size, &moved);
+		          drain(c->client, &c->down, &c->up, c->engine->opts.buffer_size, &moved);
 		if (closed_by_rule) {
 			close_conn(c, true, NULL);
 			return;
@@ -1030,24 +1056,26 @@ static bool out_of_resources(int err)
 static void accept_all(wfpr_engine *e)
 {
 	for (;;) {
-		/* a descriptor held for the connection's upstream socket: a connection
-		 * is accepted only when it can be relayed, never to be reset later */
-		int reserve = fcntl(e->listen_fd, F_DUPFD_CLOEXEC, 0);
-		if (reserve < 0) {
+		/* the connection's upstream socket first: a connection is accepted
+		 * only when it can be relayed, never to be reset later */
+		if (e->spare < 0 && (e->spare = wfpr_socket(e->address.ss_family, SOCK_STREAM | SOCK_NONBLOCK, 0, 0)) < 0) {
 			if (out_of_resources(errno))
 				shed_load(e, errno);
 			return;
 		}
-		int fd = accept4(e->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		struct sockaddr_storage peer;
+		socklen_t peer_len = sizeof(peer);
+		int fd = accept4(e->listen_fd, (struct sockaddr *)&peer, &peer_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
 			int err = errno;
-			close(reserve);
 			if (out_of_resources(err))
 				shed_load(e, err);
-			return;
+			return; /* the spare waits for the next connection */
 		}
+		int reserve = e->spare;
+		e->spare = -1;
 		conn *c = calloc(1, sizeof(*c));
-		size_t cap = e->opts.buffer_size;
+		size_t cap = e->opts.buffer_size < START_BUFFER ? e->opts.buffer_size : START_BUFFER;
 		if (!c || !(c->up.buf = malloc(cap)) || !(c->down.buf = malloc(cap)) ||
 		    !(c->record = malloc(FIRST_RECORD_TRY))) {
 			if (c) {
@@ -1071,6 +1099,7 @@ static void accept_all(wfpr_engine *e)
 		c->info.version = WFPR_RULE_CONN_VERSION;
 		c->info.id = next_id();
 		c->info.protocol = IPPROTO_TCP;
+		c->info.client = peer;
 		c->w_client = (watch){KIND_CLIENT, c, NULL};
 		c->w_upstream = (watch){KIND_UPSTREAM, c, NULL};
 		c->w_query = (watch){KIND_QUERY, c, NULL};
@@ -1343,7 +1372,7 @@ int wfpr_engine_new(wfpr_engine **out, const wfpr_engine_options *opts)
 	wfpr_engine *e = calloc(1, sizeof(*e));
 	if (!e)
 		return WFPR_WSAENOBUFS;
-	e->epoll_fd = e->listen_fd = e->stop_fd = e->udp_fd = e->reload_fd = -1;
+	e->epoll_fd = e->listen_fd = e->stop_fd = e->udp_fd = e->reload_fd = e->spare = -1;
 	/* a version-1 caller's options end before record_dir */
 	memcpy(&e->opts, opts, opts->version == 1 ? offsetof(wfpr_engine_options, record_dir) : sizeof(*opts));
 	pthread_mutex_init(&e->pending_lock, NULL);
@@ -1554,6 +1583,8 @@ void wfpr_engine_free(wfpr_engine *e)
 		close(e->udp_fd);
 	if (e->listen_fd >= 0)
 		close(e->listen_fd);
+	if (e->spare >= 0)
+		close(e->spare);
 	if (e->stop_fd >= 0)
 		close(e->stop_fd);
 	if (e->epoll_fd >= 0)

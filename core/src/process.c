@@ -48,7 +48,8 @@ int wfpr_process_fill(wfpr_process *p)
 	struct timespec now;
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	pthread_mutex_lock(&cache_lock);
-	bool cached = cache.pid == p->pid && now.tv_sec - cache_time < 1;
+	/* the same pid and, where the hop names it, the same command */
+	bool cached = cache.pid == p->pid && now.tv_sec - cache_time < 1 && (want_name || strcmp(cache.name, p->name) == 0);
 	if (cached) {
 		if (want_name)
 			memcpy(p->name, cache.name, sizeof(p->name));
@@ -62,7 +63,7 @@ int wfpr_process_fill(wfpr_process *p)
 		read_name((pid_t)p->pid, p->name, sizeof(p->name));
 	if (want_exe)
 		read_exe((pid_t)p->pid, p->exe, sizeof(p->exe));
-	if (want_name && want_exe) {
+	if (want_exe) { /* a hop from the eBPF backend names its command, never its path */
 		pthread_mutex_lock(&cache_lock);
 		cache = *p;
 		cache_time = now.tv_sec;

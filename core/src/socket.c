@@ -68,13 +68,13 @@ static int errno_of(int err)
 
 /* Route a connect or a new flow through backend b, with the records SET
  * on the socket. On 0, r->target is where to send. */
-static int route(const wfpr__backend *b, int fd, int protocol, const struct sockaddr *addr, bool may_connect,
-                 wfpr__route *r)
+static int route(const wfpr__backend *b, int fd, uint64_t cookie, int protocol, const struct sockaddr *addr,
+                 bool may_connect, wfpr__route *r)
 {
 	*r = (wfpr__route){.fd = fd, .protocol = protocol, .may_connect = may_connect};
 	to_storage(&r->remote, addr);
 	pthread_mutex_lock(&wfpr__socktab_lock);
-	wfpr__sock *s = wfpr__socktab_find(fd);
+	wfpr__sock *s = wfpr__socktab_find_as(fd, cookie);
 	size_t records_len = s ? s->records_len : 0;
 	uint8_t *records = s ? dup_bytes(s->records, s->records_len) : NULL;
 	uint8_t notes[WFPR__WIRE_NOTES_MAX];
@@ -124,7 +124,7 @@ int wfpr_socket_set_overlapped(wfpr_socket_t fd, int on)
 
 /* A second connect on a non-blocking socket whose connect is in progress:
  * finish it (a redirected one publishes its record now), never route again. */
-static int finish_connect(int fd, const struct sockaddr_storage *target)
+static int finish_connect(int fd, uint64_t cookie, const struct sockaddr_storage *target)
 {
 	int rc = connect(fd, (const struct sockaddr *)target, addr_len(target));
 	int e = errno;
@@ -132,7 +132,7 @@ static int finish_connect(int fd, const struct sockaddr_storage *target)
 	const wfpr__backend *b = NULL;
 	void *pending = NULL;
 	pthread_mutex_lock(&wfpr__socktab_lock);
-	wfpr__sock *s = wfpr__socktab_find(fd);
+	wfpr__sock *s = wfpr__socktab_find_as(fd, cookie);
 	if (s && s->connect_pending && ended) {
 		b = s->routed_by;
 		pending = s->connecting;
@@ -151,32 +151,34 @@ int wfpr_connect(wfpr_socket_t fd, const struct sockaddr *addr, socklen_t len)
 {
 	if (!addr)
 		return fail(WFPR_WSAEFAULT, EFAULT);
-	int protocol = wfpr__socket_protocol(fd);
-	if (protocol < 0)
-		return fail_errno();
-	if (!is_inet(addr, len) || (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP))
-		return connect(fd, addr, len) == 0 ? 0 : fail_errno();
-
+	/* one SO_COOKIE for this call's lookups; the protocol is kept with the socket's state */
+	uint64_t cookie = wfpr__socket_cookie(fd);
 	pthread_mutex_lock(&wfpr__socktab_lock);
-	wfpr__sock *s = wfpr__socktab_find(fd);
+	wfpr__sock *s = cookie ? wfpr__socktab_find_as(fd, cookie) : NULL;
+	int protocol = s ? s->protocol : 0;
 	bool in_progress = s && s->connect_pending;
 	struct sockaddr_storage pending_target;
 	if (in_progress)
 		pending_target = s->connect_target;
 	pthread_mutex_unlock(&wfpr__socktab_lock);
+	if (!protocol && (protocol = wfpr__socket_protocol(fd)) < 0)
+		return fail_errno();
+	if (!is_inet(addr, len) || (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP))
+		return connect(fd, addr, len) == 0 ? 0 : fail_errno();
 	if (in_progress)
-		return finish_connect(fd, &pending_target);
+		return finish_connect(fd, cookie, &pending_target);
 
 	const wfpr__backend *b = wfpr__backend_current();
 	wfpr__route r;
-	if (route(b, fd, protocol, addr, true, &r) < 0)
+	if (route(b, fd, cookie, protocol, addr, true, &r) < 0)
 		return WFPR_SOCKET_ERROR;
 	int rc = r.connected ? r.connect_result : connect(fd, (struct sockaddr *)&r.target, addr_len(&r.target));
 	int e = r.connected ? r.connect_errno : errno;
 	if (rc != 0 && e == EINPROGRESS) {
 		pthread_mutex_lock(&wfpr__socktab_lock);
-		s = wfpr__socktab_get(fd);
+		s = wfpr__socktab_get_as(fd, cookie);
 		if (s) {
+			s->protocol = protocol;
 			s->connect_pending = true;
 			s->connect_target = r.target;
 			s->routed_by = b;
@@ -238,7 +240,7 @@ static int route_datagram(int fd, const struct sockaddr *to, struct sockaddr_sto
 
 	const wfpr__backend *b = wfpr__backend_current();
 	wfpr__route r;
-	if (route(b, fd, IPPROTO_UDP, to, false, &r) < 0)
+	if (route(b, fd, 0, IPPROTO_UDP, to, false, &r) < 0)
 		return WFPR_SOCKET_ERROR;
 	if (r.pending)
 		b->connect_done(r.pending, true); /* a datagram needs no handshake */

@@ -25,14 +25,14 @@ static wfpr__sock **slot_of(int fd)
 	return &buckets[(unsigned int)fd % SOCKTAB_BUCKETS];
 }
 
-wfpr__sock *wfpr__socktab_find(int fd)
+wfpr__sock *wfpr__socktab_find_as(int fd, uint64_t cookie)
 {
 	for (wfpr__sock **p = slot_of(fd); *p; p = &(*p)->next) {
 		wfpr__sock *s = *p;
 		if (s->fd != fd)
 			continue;
 		/* a descriptor number reused by a later socket is not the same socket */
-		if (s->cookie == wfpr__socket_cookie(fd))
+		if (s->cookie == (cookie ? cookie : wfpr__socket_cookie(fd)))
 			return s;
 		*p = s->next;
 		sock_free(s);
@@ -41,12 +41,18 @@ wfpr__sock *wfpr__socktab_find(int fd)
 	return NULL;
 }
 
-wfpr__sock *wfpr__socktab_get(int fd)
+wfpr__sock *wfpr__socktab_find(int fd)
 {
-	wfpr__sock *s = wfpr__socktab_find(fd);
+	return wfpr__socktab_find_as(fd, 0);
+}
+
+wfpr__sock *wfpr__socktab_get_as(int fd, uint64_t cookie)
+{
+	wfpr__sock *s = wfpr__socktab_find_as(fd, cookie);
 	if (s)
 		return s;
-	uint64_t cookie = wfpr__socket_cookie(fd);
+	if (!cookie)
+		cookie = wfpr__socket_cookie(fd);
 	if (cookie == 0 || !(s = calloc(1, sizeof(*s))))
 		return NULL;
 	s->fd = fd;
@@ -54,6 +60,11 @@ wfpr__sock *wfpr__socktab_get(int fd)
 	s->next = *slot_of(fd);
 	*slot_of(fd) = s;
 	return s;
+}
+
+wfpr__sock *wfpr__socktab_get(int fd)
+{
+	return wfpr__socktab_get_as(fd, 0);
 }
 
 void wfpr__socktab_remove(int fd)

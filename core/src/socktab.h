@@ -29,6 +29,7 @@ typedef struct wfpr__sock {
 	struct wfpr__sock *next;
 	int fd;
 	uint64_t cookie;
+	int protocol; /* IPPROTO_TCP or IPPROTO_UDP once known (0: not yet) */
 	bool overlapped;
 	bool want_context;
 	uint8_t *records; /* SET on this socket, checked */
@@ -45,6 +46,10 @@ typedef struct wfpr__sock {
 
 wfpr__sock *wfpr__socktab_find(int fd); /* locked; NULL if none or stale */
 wfpr__sock *wfpr__socktab_get(int fd);  /* locked; creates; NULL when out of memory or not a socket */
+/* The same, with fd's SO_COOKIE already read (one getsockopt per call of
+ * the API, however many lookups it makes); 0: read it here. */
+wfpr__sock *wfpr__socktab_find_as(int fd, uint64_t cookie);
+wfpr__sock *wfpr__socktab_get_as(int fd, uint64_t cookie);
 void wfpr__socktab_remove(int fd);      /* locked */
 
 /* SET (the IOCTL, the control message, the socket option): the backend

@@ -26,11 +26,10 @@ static int none_check_set(int fd, const uint8_t *blob, size_t len)
 	return WFPR_WSAENETDOWN;
 }
 
-static void none_first_datagram(int fd, const struct sockaddr_storage *local, const struct sockaddr_storage *from,
-                                bool want_context, uint8_t *records, size_t *records_len, uint8_t *context,
-                                size_t *context_len)
+static void none_first_datagram(int fd, const struct sockaddr_storage *from, bool want_context, uint8_t *records,
+                                size_t *records_len, uint8_t *context, size_t *context_len)
 {
-	(void)fd, (void)local, (void)from, (void)want_context, (void)records, (void)records_len, (void)context,
+	(void)fd, (void)from, (void)want_context, (void)records, (void)records_len, (void)context,
 		(void)context_len;
 }
 

@@ -81,8 +81,9 @@ typedef struct wfpr__backend {
 	int (*annotate)(int fd, const uint8_t *notes, size_t len);
 	/* A datagram from `from` arrived on fd: if it is the first of a
 	 * redirected flow, its records (and, when asked, context) are handed out
-	 * once, into the buffers (WFPR__BLOB_MAX each). */
-	void (*first_datagram)(int fd, const struct sockaddr_storage *local, const struct sockaddr_storage *from,
+	 * once, into the buffers (WFPR__BLOB_MAX each). It runs for every
+	 * datagram, so fd's local address is read only by a backend that needs it. */
+	void (*first_datagram)(int fd, const struct sockaddr_storage *from,
 	                       bool want_context, uint8_t *records, size_t *records_len, uint8_t *context,
 	                       size_t *context_len);
 	/* Complete fd's pending operations with WSA_OPERATION_ABORTED. */

@@ -323,9 +323,6 @@ static void append_cmsg(struct msghdr *msg, size_t capacity, int type, const uin
  * datagram (once, even when there is no room for them). */
 static void after_receive(int fd, struct msghdr *msg, size_t capacity, struct sockaddr_storage *from)
 {
-	struct sockaddr_storage local;
-	wfpr__socket_local(fd, &local);
-
 	pthread_mutex_lock(&wfpr__socktab_lock);
 	wfpr__sock *s = wfpr__socktab_find(fd);
 	for (wfpr__flow *f = s ? s->flows : NULL; f; f = f->next) {
@@ -341,8 +338,7 @@ static void after_receive(int fd, struct msghdr *msg, size_t capacity, struct so
 
 	static _Thread_local uint8_t records[WFPR__BLOB_MAX], context[WFPR__BLOB_MAX];
 	size_t records_len = 0, context_len = 0;
-	wfpr__backend_current()->first_datagram(fd, &local, from, want_context, records, &records_len, context,
-	                                        &context_len);
+	wfpr__backend_current()->first_datagram(fd, from, want_context, records, &records_len, context, &context_len);
 	if (records_len && capacity) {
 		append_cmsg(msg, capacity, WFPR_IP_WFP_REDIRECT_RECORDS, records, records_len);
 		if (context_len)

@@ -65,11 +65,10 @@ static int ebpf_annotate(int fd, const uint8_t *notes, size_t len)
 	return 0;
 }
 
-static void ebpf_first_datagram(int fd, const struct sockaddr_storage *local, const struct sockaddr_storage *from,
-                                bool want_context, uint8_t *records, size_t *records_len, uint8_t *context,
-                                size_t *context_len)
+static void ebpf_first_datagram(int fd, const struct sockaddr_storage *from, bool want_context, uint8_t *records,
+                                size_t *records_len, uint8_t *context, size_t *context_len)
 {
-	(void)local, (void)from;
+	(void)from;
 	if (kernel_query(fd, false, records, records_len) == 0 && want_context)
 		kernel_query(fd, true, context, context_len);
 }

@@ -233,12 +233,13 @@ static int inproc_check_set(int fd, const uint8_t *blob, size_t len)
 	return rc;
 }
 
-static void inproc_first_datagram(int fd, const struct sockaddr_storage *local, const struct sockaddr_storage *from,
-                                  bool want_context, uint8_t *records, size_t *records_len, uint8_t *context,
-                                  size_t *context_len)
+static void inproc_first_datagram(int fd, const struct sockaddr_storage *from, bool want_context, uint8_t *records,
+                                  size_t *records_len, uint8_t *context, size_t *context_len)
 {
+	struct sockaddr_storage local;
+	wfpr__socket_local(fd, &local);
 	pthread_mutex_lock(&lock);
-	wfpr__entry *e = store ? wfpr__store_find(store, IPPROTO_UDP, local, from, wfpr__socket_cookie(fd)) : NULL;
+	wfpr__entry *e = store ? wfpr__store_find(store, IPPROTO_UDP, &local, from, wfpr__socket_cookie(fd)) : NULL;
 	if (e && e->committed && !e->delivered) {
 		e->delivered = true;
 		memcpy(records, e->record, *records_len = e->record_len);

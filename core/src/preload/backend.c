@@ -39,14 +39,15 @@ static int preload_query(const wfpr__query *q, uint8_t *blob, size_t *len)
 	                    blob, WFPR__BLOB_MAX, len);
 }
 
-static void preload_first_datagram(int fd, const struct sockaddr_storage *local, const struct sockaddr_storage *from,
-                                   bool want_context, uint8_t *records, size_t *records_len, uint8_t *context,
-                                   size_t *context_len)
+static void preload_first_datagram(int fd, const struct sockaddr_storage *from, bool want_context, uint8_t *records,
+                                   size_t *records_len, uint8_t *context, size_t *context_len)
 {
 	uint64_t cookie = wfpr__socket_cookie(fd);
-	if (wfpr__client_query(cookie, IPPROTO_UDP, local, from, WIRE_QUERY_FIRST_DATAGRAM, records, WFPR__BLOB_MAX,
+	struct sockaddr_storage local;
+	wfpr__socket_local(fd, &local);
+	if (wfpr__client_query(cookie, IPPROTO_UDP, &local, from, WIRE_QUERY_FIRST_DATAGRAM, records, WFPR__BLOB_MAX,
 	                 records_len) == 0 && want_context)
-		wfpr__client_query(cookie, IPPROTO_UDP, local, from, WIRE_QUERY_CONTEXT, context, WFPR__BLOB_MAX, context_len);
+		wfpr__client_query(cookie, IPPROTO_UDP, &local, from, WIRE_QUERY_CONTEXT, context, WFPR__BLOB_MAX, context_len);
 }
 
 static int preload_check_set(int fd, const uint8_t *blob, size_t len)

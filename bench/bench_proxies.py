@@ -89,26 +89,14 @@ class Bench:
                     "  server { listen 127.0.0.1:%d; root %s; } }\n"
                     % ((self.work,) * 7 + (self.nginx, www)))
         self.start(["nginx", "-c", conf, "-p", self.work])
-        self.haproxy_iperf, self.haproxy_web, self.socat = free_port(), free_port(), free_port()
-        hconf = os.path.join(self.work, "haproxy.cfg")
-        with open(hconf, "w") as f:
-            f.write("global\n  nbthread 2\n  maxconn 8000\ndefaults\n  mode tcp\n  timeout connect 5s\n"
-                    "  timeout client 60s\n  timeout server 60s\n"
-                    "listen iperf\n  bind 127.0.0.1:%d\n  server s 127.0.0.1:%d\n"
-                    "listen web\n  bind 127.0.0.1:%d\n  server s 127.0.0.1:%d\n"
-                    % (self.haproxy_iperf, self.iperf, self.haproxy_web, self.nginx))
-        # haproxy chained twice: a second process in front of the first
-        self.haproxy2_iperf, self.haproxy2_web, self.haproxy2_redis = free_port(), free_port(), free_port()
-        self.haproxy_redis = free_port()
-        hconf2 = os.path.join(self.work, "haproxy2.cfg")
-        with open(hconf2, "w") as f:
-            f.write("global\n  nbthread 2\n  maxconn 8000\ndefaults\n  mode tcp\n  timeout connect 5s\n"
-                    "  timeout client 60s\n  timeout server 60s\n"
-                    "listen iperf\n  bind 127.0.0.1:%d\n  server s 127.0.0.1:%d\n"
-                    "listen web\n  bind 127.0.0.1:%d\n  server s 127.0.0.1:%d\n"
-                    "listen redis\n  bind 127.0.0.1:%d\n  server s 127.0.0.1:%d\n"
-                    % (self.haproxy2_iperf, self.haproxy_iperf, self.haproxy2_web, self.haproxy_web,
-                       self.haproxy2_redis, self.haproxy_redis))
+        # haproxy (2 threads), and a second one in front of it: haproxy chained twice
+        self.haproxy_iperf, self.haproxy_web, self.haproxy_redis, self.socat = (free_port() for _ in range(4))
+        self.haproxy2_iperf, self.haproxy2_web, self.haproxy2_redis = (free_port() for _ in range(3))
+        self.redis = free_port()
+        self.haproxy(("iperf", self.haproxy_iperf, self.iperf), ("web", self.haproxy_web, self.nginx),
+                     ("redis", self.haproxy_redis, self.redis))
+        self.haproxy(("iperf", self.haproxy2_iperf, self.haproxy_iperf), ("web", self.haproxy2_web, self.haproxy_web),
+                     ("redis", self.haproxy2_redis, self.haproxy_redis))
         self.start(["socat", "-b65536", "TCP-LISTEN:%d,reuseaddr,fork" % self.socat, "TCP:127.0.0.1:%d" % self.iperf])
         self.bare, self.bare2 = free_port(), free_port()
         self.start([BARE, str(self.bare), str(self.iperf)])
@@ -120,16 +108,21 @@ class Bench:
         self.queries = os.path.join(self.work, "queries.txt")
         with open(self.queries, "w") as f:
             f.write("bench.test A\n" * 100)
-        self.redis = free_port()
         self.start(["redis-server", "--port", str(self.redis), "--bind", "127.0.0.1", "--save", "",
                     "--appendonly", "no", "--dir", self.work])
-        with open(hconf, "a") as f:
-            f.write("listen redis\n  bind 127.0.0.1:%d\n  server s 127.0.0.1:%d\n" % (self.haproxy_redis, self.redis))
-        self.start(["haproxy", "-f", hconf, "-db"])
-        self.start(["haproxy", "-f", hconf2, "-db"])
         for port in (self.iperf, self.nginx, self.haproxy_iperf, self.haproxy_web, self.socat, self.bare, self.bare2,
                      self.haproxy2_iperf, self.haproxy2_web, self.redis, self.haproxy_redis, self.haproxy2_redis):
             wait_port(port)
+
+    def haproxy(self, *listens):
+        """An haproxy (tcp mode, 2 threads) with a `listen` per (name, port, server port)."""
+        conf = os.path.join(self.work, "haproxy-%d.cfg" % listens[0][1])
+        with open(conf, "w") as f:
+            f.write("global\n  nbthread 2\n  maxconn 8000\ndefaults\n  mode tcp\n  timeout connect 5s\n"
+                    "  timeout client 60s\n  timeout server 60s\n")
+            for name, port, server in listens:
+                f.write("listen %s\n  bind 127.0.0.1:%d\n  server s 127.0.0.1:%d\n" % (name, port, server))
+        self.start(["haproxy", "-f", conf, "-db"])
 
     def through(self, chain, backend="preload"):
         """The `wfpr run` prefix for a chain of rules names ([] for direct)."""

@@ -1,7 +1,6 @@
 /* The wfpr command. Exit status: 0 all good, 1 a problem found, 2 a usage
  * error (a wrong option, a missing file); wfpr run exits with COMMAND's. */
 #include <arpa/inet.h>
-#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,10 +126,6 @@ int main(int argc, char **argv)
 		{"run", cmd_run}, {"broker", cmd_broker}, {"proxy", cmd_proxy}, {"inspect", cmd_inspect},
 		{"ebpf", cmd_ebpf}, {"daemon", cmd_daemon}, {"redirector", cmd_redirector},
 	};
-	/* A stream's relay buffers (1 MiB) are mapped for it and unmapped when it
-	 * ends: glibc's adaptive threshold would otherwise move them into the
-	 * heap after the first one, where a long-running proxy keeps them. */
-	mallopt(M_MMAP_THRESHOLD, 256 << 10);
 	if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
 		fputs(cli_usage, stdout);
 		return 0;

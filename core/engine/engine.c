@@ -1,12 +1,12 @@
-/* The service engine: one epoll loop, non-blocking sockets, a fixed buffer
- * per direction. A connection moves through three phases: QUERY (at once
+/* The service engine: one epoll loop, non-blocking sockets, a buffer
+ * per direction (small, grown for a stream). A connection moves through
+ * three phases: QUERY (at once
  * when the record is there, else overlapped with its event fd in the
  * epoll set), CONNECT (a
  * non-blocking connect to the original destination, with the record SET),
  * RELAY (both directions pumped edge-triggered, half-close passed on). */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <malloc.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stdbool.h>
@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -81,6 +82,7 @@ typedef struct flow {
 typedef struct half {
 	uint8_t *buf;
 	size_t len, cap;
+	bool mapped;   /* buf is a mapping of its own (a stream's), not heap memory */
 	bool ready;    /* the source may have bytes: an event came, and no read since came up short */
 	bool hup;      /* the source's end came (RDHUP/HUP): read to the end whatever the sizes */
 	bool eof;      /* the source said it is done */
@@ -629,14 +631,55 @@ static void close_conn(conn *c, bool reset, const char *error)
 	RETIRE(e->conns, e->dead, c);
 }
 
+#define PAGES(n) (((n) + 4095) & ~(size_t)4095)
+
+/* Give h's buffer size bytes, keeping its h->len bytes. One past
+ * START_BUFFER (a stream's) is a mapping of its own rather than heap memory,
+ * so that it goes back to the system when the stream ends, whatever the
+ * allocator would keep. False when out of memory (h is as it was). */
+static bool buf_resize(half *h, size_t size)
+{
+	uint8_t *p;
+	if (size <= START_BUFFER && !h->mapped) {
+		if (!(p = realloc(h->buf, size)))
+			return false;
+	} else if (size <= START_BUFFER) {
+		if (!(p = malloc(size)))
+			return false;
+		memcpy(p, h->buf, h->len);
+		munmap(h->buf, PAGES(h->cap));
+	} else if (h->mapped) {
+		if ((p = mremap(h->buf, PAGES(h->cap), PAGES(size), MREMAP_MAYMOVE)) == MAP_FAILED)
+			return false;
+	} else {
+		if ((p = mmap(NULL, PAGES(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)) == MAP_FAILED)
+			return false;
+		memcpy(p, h->buf, h->len);
+		free(h->buf);
+	}
+	h->buf = p;
+	h->cap = size;
+	h->mapped = size > START_BUFFER;
+	return true;
+}
+
+static void buf_free(half *h)
+{
+	if (h->mapped)
+		munmap(h->buf, PAGES(h->cap));
+	else
+		free(h->buf);
+	h->buf = NULL;
+}
+
 static void bury_dead(wfpr_engine *e)
 {
 	for (conn *c = e->dead, *next; c; c = next) {
 		next = c->next;
 		free(c->record);
 		free(c->notes);
-		free(c->up.buf);
-		free(c->down.buf);
+		buf_free(&c->up);
+		buf_free(&c->down);
 		free(c->up.held);
 		free(c->down.held);
 		free(c);
@@ -848,13 +891,8 @@ static int inspect_chunk(conn *c, half *h, int direction, const uint8_t *chunk, 
 /* out (len bytes) goes on to h's reader. False when out of memory. */
 static bool emit(half *h, const void *out, size_t len)
 {
-	if (len > h->cap - h->len) { /* a longer replacement, or held bytes: grow for it */
-		uint8_t *grown = realloc(h->buf, h->len + len);
-		if (!grown)
-			return false;
-		h->buf = grown;
-		h->cap = h->len + len;
-	}
+	if (len > h->cap - h->len && !buf_resize(h, h->len + len)) /* a longer replacement, or held bytes */
+		return false;
 	memcpy(h->buf + h->len, out, len);
 	h->len += len;
 	return true;
@@ -864,14 +902,7 @@ static bool emit(half *h, const void *out, size_t len)
  * it is that big already (or out of memory: it keeps the one it has). */
 static bool grow(half *h, size_t full)
 {
-	if (h->cap >= full)
-		return false;
-	uint8_t *grown = realloc(h->buf, full);
-	if (!grown)
-		return false;
-	h->buf = grown;
-	h->cap = full;
-	return true;
+	return h->cap < full && buf_resize(h, full);
 }
 
 /* One verdict on chunk: false to stop (closed by the rule: *closed_by_rule;
@@ -967,14 +998,8 @@ static bool drain(int dst, half *h, const half *other, size_t normal_cap, size_t
 	*moved += off;
 	memmove(h->buf, h->buf + off, h->len - off);
 	h->len -= off;
-	if (h->len == 0 && h->cap > normal_cap) {
-		uint8_t *shrunk = realloc(h->buf, normal_cap);
-		if (shrunk) {
-			h->buf = shrunk;
-			h->cap = normal_cap;
-		}
-		malloc_trim(0); /* rare: hand the freed megabytes back to the system now */
-	}
+	if (h->len == 0 && h->cap > normal_cap)
+		buf_resize(h, normal_cap);
 	if (h->eof && h->len == 0 && !h->shut) {
 		if (!other->shut)
 			shutdown(dst, SHUT_WR);

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from itsupport import PASS_RULE, PY, WFPR, sha256_file
+from test_udp import CLIENT as UDP_CLIENT, udp_echo  # noqa: F401 - fixture
 
 AV = """
 function on_connect(conn)
@@ -61,6 +62,19 @@ def test_dlp_trusts_the_antivirus_annotation(backend, http_server, rules, wfpr_r
     assert dlp[0]["hops"] == ["av", "dlp"] and dlp[0]["verdict"] == "pass"
     assert dlp[0]["annotations"] == [{"av": "inline", "av.engine": "eicar-1"}, {}]
     assert run.summary()["av"]["rule_errors"] == 0  # the asserts in the rule held
+
+
+def test_a_udp_flow_carries_the_annotation(backend, udp_echo, rules, wfpr_run):
+    """UDP: the antivirus's annotation goes with the flow's first datagram."""
+    host, port = udp_echo
+    av = 'function on_connect(conn) assert(conn:annotate("av", "inline")) return pass end\n'
+    run = wfpr_run([("av", rules("av", av)), ("dlp", rules("dlp", DLP))], [PY, "-c", UDP_CLIENT, host, str(port)],
+                   extra=["--backend", backend])
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["%s:%d" % (host, port)] * 5
+    dlp = [e for e in run.events("connect", "udp") if e["proxy"] == "dlp"]
+    assert [(e["verdict"], e["annotations"]) for e in dlp] == [("pass", [{"av": "inline"}, {}])]
+    assert [e["annotated"] for e in run.events("connect", "udp") if e["proxy"] == "av"] == [{"av": "inline"}]
 
 
 def test_dlp_blocks_without_the_annotation(backend, http_server, rules, wfpr_run):

@@ -45,7 +45,8 @@ typedef struct wfpr_engine_options {
 	const struct sockaddr_storage *listen_address; /* NULL: 127.0.0.1, any port */
 	const wfpr_redirect_handle *handle;           /* this proxy's redirector, for conn.state */
 	wfpr_rules *rules;                            /* NULL: pass everything; used by the loop's thread only */
-	size_t buffer_size;                           /* per direction; 0: 1 MiB (resident only as used) */
+	size_t buffer_size;                           /* per direction, at most; 0: 1 MiB. A connection starts
+	                                               * with 16 KiB and grows to it once a stream fills that */
 	int log_fd;                                   /* JSON lines, one write each; -1: none.
 	                                                 Open it O_APPEND when engines share it. */
 	int udp;                                      /* also serve UDP flows on the same port */

@@ -320,21 +320,26 @@ static void append_cmsg(struct msghdr *msg, size_t capacity, int type, const uin
 
 /* After a datagram arrived from `from`: a client sees replies from the
  * original destination; a proxy gets the records with a flow's first
- * datagram (once, even when there is no room for them). */
+ * datagram (once, even when there is no room for them). A reply, from
+ * where one of the socket's own flows goes, starts no flow: the layer is
+ * not asked (a broker round trip per datagram on preload). */
 static void after_receive(int fd, struct msghdr *msg, size_t capacity, struct sockaddr_storage *from)
 {
 	pthread_mutex_lock(&wfpr__socktab_lock);
 	wfpr__sock *s = wfpr__socktab_find(fd);
-	for (wfpr__flow *f = s ? s->flows : NULL; f; f = f->next) {
-		if (addr_equal(&f->target, from) && !addr_equal(&f->target, &f->dest)) {
+	bool reply = false;
+	for (wfpr__flow *f = s ? s->flows : NULL; f && !reply; f = f->next) {
+		reply = addr_equal(&f->target, from);
+		if (reply && !addr_equal(&f->target, &f->dest)) {
 			if (msg->msg_name)
 				memcpy(msg->msg_name, &f->dest, msg->msg_namelen < addr_len(&f->dest) ? msg->msg_namelen : addr_len(&f->dest));
 			msg->msg_namelen = addr_len(&f->dest);
-			break;
 		}
 	}
 	bool want_context = s && s->want_context;
 	pthread_mutex_unlock(&wfpr__socktab_lock);
+	if (reply)
+		return;
 
 	static _Thread_local uint8_t records[WFPR__BLOB_MAX], context[WFPR__BLOB_MAX];
 	size_t records_len = 0, context_len = 0;

@@ -20,6 +20,7 @@
 #include "wfpr/wfpr.h"
 
 #define MAX_WORKERS 16
+#define KEY_FILE_WAIT_MS 5000 /* for the key file of a broker that is starting */
 
 /* One engine (and its own Lua state) per worker, all on one address. */
 typedef struct worker {
@@ -310,8 +311,16 @@ int proxy_serve(const proxy_config *cfg)
 			memcpy(id, wfpr_daemon_link_id(link), WFPR_REDIRECTOR_ID_SIZE);
 		}
 	} else if (rc == 0 && !cfg->ebpf) {
-		rc = wfpr_preload_register_filtered(id, cfg->name, &address, address6.ss_family == AF_INET6 ? &address6 : NULL,
-		                                    cfg->weight ? cfg->weight : WFPR_DEFAULT_WEIGHT, cfg->match);
+		/* a broker that has just started listens first and writes its key
+		 * file next: a key read from that file gets a few seconds to appear */
+		for (int tries = 0;; tries++) {
+			rc = wfpr_preload_register_filtered(id, cfg->name, &address,
+			                                    address6.ss_family == AF_INET6 ? &address6 : NULL,
+			                                    cfg->weight ? cfg->weight : WFPR_DEFAULT_WEIGHT, cfg->match);
+			if (rc != WFPR_WSAEACCES || cfg->broker_key || tries == KEY_FILE_WAIT_MS / 50)
+				break;
+			usleep(50 * 1000);
+		}
 		if (rc == WFPR_WSAEACCES) {
 			fprintf(stderr, "wfpr proxy %s: the broker refused the registration key %s; give --key-file with the "
 			                "file that `wfpr broker` wrote (default: %s.key)\n", cfg->name,

@@ -17,9 +17,10 @@ descriptors of each wfpr process. It prints a table, writes a JSON report
 (--report), and exits 1 if any request failed, any byte was lost, or a
 process's memory or descriptors did not end flat: within 10% of the value
 after warm-up (the first sample after a minute, or after half the run when
-it is shorter, and never before every load ran once: a proxy's buffers
-reach their size with the first bulk transfer), plus 2 MiB or 8
-descriptors of slack.
+it is shorter, and never before the end of the first round of every load
+that the process served whole: a proxy's buffers reach their size with its
+first bulk transfer), plus 2 MiB or 8 descriptors of slack. A restarted
+process is a series of its own.
 """
 import argparse
 import hashlib
@@ -181,7 +182,7 @@ def drive(servers, env, minutes, restart=None):
     end = time.time() + minutes * 60
     restarted = restart is None
     rounds = 0
-    first_round_end = None
+    round_ends = []
     while time.time() < end or rounds == 0:
         for name, load in LOADS:
             ok, bad, out = load(servers, env)
@@ -190,11 +191,11 @@ def drive(servers, env, minutes, restart=None):
             if bad:
                 failures.append("%s: %d failed\n%s" % (name, bad, out[-1500:]))
         rounds += 1
-        first_round_end = first_round_end or time.time()
+        round_ends.append(time.time())
         if not restarted and time.time() > end - minutes * 30:
             restart()
             restarted = True
-    return totals, failures, rounds, first_round_end
+    return totals, failures, rounds, round_ends
 
 
 # ---- sampling ------------------------------------------------------------------
@@ -235,13 +236,16 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.every, self.samples, self.stop = every, {}, threading.Event()
         self.t0 = time.time()
+        self.pids = {}
 
     def run(self):
         while not self.stop.wait(self.every):
             for label, pid in wfpr_processes().items():
                 got = sample(pid)
                 if got:
-                    self.samples.setdefault(label, []).append((round(time.time() - self.t0), *got))
+                    first = self.pids.setdefault(label, pid)
+                    series = label if pid == first else "%s (restarted, pid %d)" % (label, pid)
+                    self.samples.setdefault(series, []).append((round(time.time() - self.t0), *got))
 
 
 def after_warmup(series, warmup):
@@ -305,14 +309,14 @@ def preload(args, work, servers):
     sampler = Sampler(args.sample)
     sampler.start()
     try:
-        totals, failures, rounds, first_round_end = drive(servers, env, args.minutes, restart)
+        totals, failures, rounds, round_ends = drive(servers, env, args.minutes, restart)
     finally:
         sampler.stop.set()
         for p in reversed(started):
             if p.poll() is None:
                 p.terminate()
                 p.wait(timeout=10)
-    return totals, failures, rounds, sampler.samples, first_round_end - sampler.t0
+    return totals, failures, rounds, sampler.samples, [t - sampler.t0 for t in round_ends]
 
 
 def ebpf(args, work, servers):
@@ -336,7 +340,7 @@ def ebpf(args, work, servers):
             sys.exit(77)
         raise RuntimeError("wfpr run failed (%d):\n%s" % (run.returncode, run.stderr[-3000:]))
     got = json.loads(report.read_text())
-    return got["totals"], got["failures"], got["rounds"], sampler.samples, got["first_round_end"] - sampler.t0
+    return got["totals"], got["failures"], got["rounds"], sampler.samples, [t - sampler.t0 for t in got["round_ends"]]
 
 
 class Known:
@@ -356,10 +360,9 @@ def main():
     ap.add_argument("--servers", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.drive:  # inside wfpr run --backend ebpf
-        totals, failures, rounds, first_round_end = drive(Known(*json.loads(args.servers)), dict(os.environ),
-                                                          args.minutes)
+        totals, failures, rounds, round_ends = drive(Known(*json.loads(args.servers)), dict(os.environ), args.minutes)
         Path(args.drive).write_text(json.dumps({"totals": totals, "failures": failures, "rounds": rounds,
-                                                "first_round_end": first_round_end}))
+                                                "round_ends": round_ends}))
         return 0
     missing = [t for t in ("nginx", "redis-server", "redis-benchmark", "dnsmasq", "dnsperf", "ab", "wrk", "curl")
                if not shutil.which(t)]
@@ -371,7 +374,7 @@ def main():
         os.chmod(work, 0o755)
         servers = Servers(work)
         try:
-            totals, failures, rounds, samples, first_round = (preload if args.backend == "preload" else ebpf)(
+            totals, failures, rounds, samples, round_ends = (preload if args.backend == "preload" else ebpf)(
                 args, work, servers)
         finally:
             servers.stop()
@@ -379,15 +382,19 @@ def main():
     print("| load | requests (or transfers) | failed |\n|---|---|---|")
     for name, (ok, bad) in totals.items():
         print("| %s | %d | %d |" % (name, ok, bad))
-    warmup = max(min(60, args.minutes * 30), first_round)
+    def warmup(series):
+        """The end of the first round that began after the process's first sample."""
+        whole = [r for r in round_ends if r > series[0][0]]
+        return max(min(60, args.minutes * 30), whole[0] if whole else float("inf"))
+
     print("\n| process | samples | RSS after warm-up → last (MiB) | descriptors after warm-up → last | flat |\n"
           "|---|---|---|---|---|")
     all_flat = True
     for label, series in sorted(samples.items()):
         judge_memory = label != "wfpr broker" or args.minutes * 60 >= 2 * BROKER_RECORD_LIFETIME_S
-        ok = flat(series, warmup, judge_memory)
+        ok = flat(series, warmup(series), judge_memory)
         all_flat &= ok
-        base = after_warmup(series, warmup)[0]
+        base = after_warmup(series, warmup(series))[0]
         verdict = ("yes" if ok else "**no**") + ("" if judge_memory else " (descriptors; memory: the run is shorter "
                                                   "than twice the broker's %d s record lifetime)"
                                                   % BROKER_RECORD_LIFETIME_S)

@@ -386,16 +386,18 @@ static bool valid_target(const struct sockaddr_storage *t)
 
 /* One callout's REDIRECT, checked against the state rules and limits.
  * Returns false when the layer refuses it (the callout counts as PERMIT). */
-static bool accept_redirect(wfpr_layer *layer, const callout *c, const wfpr_connect_request *req,
+static bool accept_redirect(wfpr_layer *layer, const callout *c, const wfpr_connect_request *req, bool probe,
                             redirect_decision *out)
 {
 	if (!c->handle || !wfpr_redirect_state_allows_redirect(req->state) || !valid_target(&req->redirect_to) || req->context_len > WFPR_CONTEXT_MAX_SIZE ||
 	    (req->context_len && !req->context)) {
-		count(&layer->stats.refused_redirects);
+		if (!probe)
+			count(&layer->stats.refused_redirects);
 		return false;
 	}
 	if (req->hop_count >= WFPR_RECORD_MAX_HOPS) {
-		count(&layer->stats.hop_limit);
+		if (!probe)
+			count(&layer->stats.hop_limit);
 		out->action = WFPR_ACTION_BLOCK;
 		out->err = WFPR_WSAELOOP;
 		return true;
@@ -433,7 +435,8 @@ int wfpr__layer_classify(wfpr_layer *layer, const conn_info *conn, const uint8_t
 			return WFPR_WSAEINVAL;
 		}
 	}
-	count(&layer->stats.classified);
+	if (!conn->probe)
+		count(&layer->stats.classified);
 
 	pthread_rwlock_rdlock(&layer->lock);
 	for (size_t i = 0; i < layer->n_filters && out->action == WFPR_ACTION_PERMIT; i++) {
@@ -460,7 +463,7 @@ int wfpr__layer_classify(wfpr_layer *layer, const conn_info *conn, const uint8_t
 			out->action = WFPR_ACTION_BLOCK;
 			out->err = WFPR_WSAEACCES;
 		} else if (action == WFPR_ACTION_REDIRECT) {
-			accept_redirect(layer, c, &req, out);
+			accept_redirect(layer, c, &req, conn->probe, out);
 		}
 	}
 	pthread_rwlock_unlock(&layer->lock);
@@ -469,7 +472,7 @@ int wfpr__layer_classify(wfpr_layer *layer, const conn_info *conn, const uint8_t
 	else
 		free(view);
 
-	if (out->action == WFPR_ACTION_BLOCK)
+	if (out->action == WFPR_ACTION_BLOCK && !conn->probe)
 		count(&layer->stats.blocked);
 	return 0;
 }

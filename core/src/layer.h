@@ -19,6 +19,7 @@ typedef struct conn_info {
 	uid_t uid;
 	const uint8_t *notes; /* the annotations its socket carries (wire form), or NULL */
 	size_t notes_len;
+	bool probe; /* a look ahead at a connect still to come: the stats count nothing */
 } conn_info;
 
 typedef struct redirect_decision {

@@ -6,8 +6,10 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -94,6 +96,8 @@ struct wfpr_broker {
 	struct waiting *waiting; /* QUERYs that came before their ISSUE */
 	uint8_t key[WIRE_KEY_SIZE];
 	char key_hex[WFPR__KEY_HEX + 1];
+	wire_page *page; /* NULL: none could be made, and proxies ask every time */
+	int page_fd;     /* sealed against new writable mappings: what REGISTER hands out */
 	size_t user_quota;
 	struct user_count {
 		uid_t uid;
@@ -110,6 +114,39 @@ struct wfpr_broker {
 static bool is_inet(const struct sockaddr_storage *a)
 {
 	return a->ss_family == AF_INET || a->ss_family == AF_INET6;
+}
+
+/* ---- the page ---- */
+
+static void page_open(wfpr_broker *b)
+{
+	b->page_fd = memfd_create("wfpr-broker-page", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	void *m = MAP_FAILED;
+	if (b->page_fd >= 0 && ftruncate(b->page_fd, sizeof(wire_page)) == 0)
+		m = mmap(NULL, sizeof(wire_page), PROT_READ | PROT_WRITE, MAP_SHARED, b->page_fd, 0);
+	/* the broker's mapping stays writable; nobody can make another */
+	if (m != MAP_FAILED && fcntl(b->page_fd, F_ADD_SEALS,
+	                             F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) == 0) {
+		b->page = m;
+		return;
+	}
+	if (m != MAP_FAILED)
+		munmap(m, sizeof(wire_page));
+	if (b->page_fd >= 0)
+		close(b->page_fd);
+	b->page_fd = -1;
+}
+
+static void page_bump(uint64_t *counter)
+{
+	__atomic_add_fetch(counter, 1, __ATOMIC_RELEASE);
+}
+
+/* A proxy came or went: every onward decision handed out is stale. */
+static void proxies_changed(wfpr_broker *b)
+{
+	if (b->page)
+		page_bump(&b->page->generation);
 }
 
 /* ---- records ---- */
@@ -309,6 +346,7 @@ static int register_proxy(wfpr_broker *b, client *c, const wire_request *rq, con
 	p->live = true;
 	p->owner = c->id;
 	c->proxy = true;
+	proxies_changed(b);
 	if (fresh) {
 		p->next = b->proxies;
 		b->proxies = p;
@@ -329,6 +367,27 @@ static void forget_decision(client *c)
 	c->records = NULL;
 	c->records_len = 0;
 	c->deciding = false;
+}
+
+/* Classify client c's connect (info) that carries records (chain: them
+ * decoded, or NULL). The filters test the process of the records' first
+ * hop (a proxy passing a connection on), else c's. */
+static int classify_for(wfpr_broker *b, const client *c, const conn_info *info, const uint8_t *records,
+                        size_t records_len, const wfpr_records *chain, redirect_decision *out)
+{
+	if (is_proxy_address(b, &info->remote)) {
+		memset(out, 0, sizeof(*out));
+		out->action = WFPR_ACTION_PERMIT;
+		return 0;
+	}
+	b->origin = (wfpr_process){.pid = (uint32_t)c->pid, .uid = (uint32_t)c->uid};
+	if (chain && chain->hop_count && chain->hops[0].process.pid)
+		b->origin = chain->hops[0].process;
+	b->routing = c->id;
+	int rc = wfpr__layer_classify(b->layer, info, records_len ? records : NULL, records_len, out);
+	memset(&b->origin, 0, sizeof(b->origin));
+	b->routing = 0;
+	return rc;
 }
 
 static int route(wfpr_broker *b, client *c, const wire_request *rq, const uint8_t *blob, wire_reply *rp)
@@ -352,21 +411,12 @@ static int route(wfpr_broker *b, client *c, const wire_request *rq, const uint8_
 		e->used_ns = wfpr__now_ns();
 		e->consumed_by = rq->socket;
 	}
-	if (is_proxy_address(b, &info.remote)) {
-		rp->action = WFPR_ACTION_PERMIT;
-		return 0;
-	}
-	/* the filters test the client process: a proxy passing a connection on
-	 * SETs its records, whose first hop names the client (checked above) */
-	b->origin = (wfpr_process){.pid = (uint32_t)c->pid, .uid = (uint32_t)c->uid};
+	/* the records were checked above: their first hop names the client */
 	wfpr_records *chain = NULL;
-	if (records_len && wfpr_records_decode(&chain, blob, records_len) == 0 && chain->hops[0].process.pid)
-		b->origin = chain->hops[0].process;
+	if (records_len && wfpr_records_decode(&chain, blob, records_len) != 0)
+		chain = NULL;
+	int rc = classify_for(b, c, &info, blob, records_len, chain, &c->decision);
 	wfpr_records_free(chain);
-	b->routing = c->id;
-	int rc = wfpr__layer_classify(b->layer, &info, records_len ? blob : NULL, records_len, &c->decision);
-	memset(&b->origin, 0, sizeof(b->origin));
-	b->routing = 0;
 	if (rc != 0)
 		return rc;
 	if (c->decision.action == WFPR_ACTION_BLOCK) {
@@ -453,6 +503,8 @@ static int issue(wfpr_broker *b, client *c, const wire_request *rq)
 		rc = e ? 0 : WFPR_WSAENOBUFS;
 		if (e)
 			count_record(b, c, e);
+		if (e && e->protocol == IPPROTO_UDP && b->page)
+			page_bump(&b->page->udp_issued); /* before the reply: the flow's first datagram comes after it */
 	}
 	forget_decision(c);
 	if (e && b->waiting)
@@ -480,6 +532,32 @@ static bool proxy_of(const wfpr_broker *b, const client *c, const struct sockadd
 		if (p->live && p->owner == c->id && (addr_listens_on(&p->address, a) || addr_listens_on(&p->address6, a)))
 			return true;
 	return false;
+}
+
+/* Would the proxy c's ROUTE of e's records, without annotations, from an
+ * unbound socket to the original destination be permitted? It is the same
+ * classification ROUTE makes, ahead of time; WIRE_ONWARD_PERMIT tells the
+ * proxy that it may connect without asking while the generation holds. */
+static void decide_onward(wfpr_broker *b, const client *c, const wfpr__entry *e, wire_reply *rp)
+{
+	wfpr_records *chain = NULL;
+	if (!b->page || wfpr_records_decode(&chain, e->record, e->record_len) != 0 || !chain->hop_count) {
+		wfpr_records_free(chain);
+		return;
+	}
+	conn_info info = {.protocol = e->protocol, .remote = chain->hops[chain->hop_count - 1].original_remote,
+	                  .pid = c->pid, .uid = c->uid, .probe = true};
+	info.local.ss_family = info.remote.ss_family; /* the unbound socket's: any address, port 0 */
+	redirect_decision d;
+	rp->generation = __atomic_load_n(&b->page->generation, __ATOMIC_ACQUIRE);
+	if (is_inet(&info.remote) && classify_for(b, c, &info, e->record, e->record_len, chain, &d) == 0) {
+		if (d.action == WFPR_ACTION_PERMIT) {
+			rp->onward = WIRE_ONWARD_PERMIT;
+			rp->target = info.remote;
+		}
+		wfpr__redirect_decision_cleanup(&d);
+	}
+	wfpr_records_free(chain);
 }
 
 static int query(wfpr_broker *b, client *c, const wire_request *rq, wire_reply *rp, uint8_t *out, bool may_wait)
@@ -515,6 +593,7 @@ static int query(wfpr_broker *b, client *c, const wire_request *rq, wire_reply *
 	memcpy(out + e->record_len, e->context, e->context_len);
 	rp->action = (uint32_t)e->record_len;
 	rp->blob_len = (uint32_t)(e->record_len + e->context_len);
+	decide_onward(b, c, e, rp);
 	return 0;
 }
 
@@ -553,11 +632,22 @@ static void answer_waiting(wfpr_broker *b, const wfpr__entry *issued)
 	}
 }
 
-static void release(wfpr_broker *b, client *c, const wire_request *rq)
+/* A batch of RELEASEs; false if it is malformed. */
+static bool release(wfpr_broker *b, client *c, const wire_request *rq, const uint8_t *blob)
 {
-	wfpr__entry *e = entry_of(b, rq);
-	if (e && e->holder == c->id)
-		wfpr__store_remove(b->store, e);
+	if (rq->blob_len % sizeof(wire_release))
+		return false;
+	for (size_t off = 0; off < rq->blob_len; off += sizeof(wire_release)) {
+		wire_release r;
+		memcpy(&r, blob + off, sizeof(r));
+		if (r.protocol != IPPROTO_TCP && r.protocol != IPPROTO_UDP)
+			return false;
+		wire_request one = {.protocol = r.protocol, .a = r.local, .b = r.peer, .socket = r.socket};
+		wfpr__entry *e = entry_of(b, &one);
+		if (e && e->holder == c->id)
+			wfpr__store_remove(b->store, e);
+	}
+	return true;
 }
 
 static int name_of(wfpr_broker *b, const wire_request *rq, wire_reply *rp)
@@ -603,24 +693,42 @@ static bool serve(wfpr_broker *b, client *c, size_t n)
 		b->stats.bad_requests++;
 		return false; /* not our protocol: hang up */
 	}
+	int page_fd = -1; /* a REGISTER's reply hands out the page */
 	switch (rq.type) {
 	case WIRE_ROUTE: rp.err = route(b, c, &rq, in, &rp); break;
-	case WIRE_ISSUE: issue(b, c, &rq); return true;
-	case WIRE_QUERY: return answer_query(b, c, &rq, true);
+	case WIRE_ISSUE:
+		rp.err = issue(b, c, &rq);
+		if (rq.protocol == IPPROTO_TCP)
+			return true; /* no reply: the client is connecting; a QUERY waits for this */
+		break;
+	case WIRE_QUERY:
+		if (!release(b, c, &rq, in)) {
+			b->stats.bad_requests++;
+			return false;
+		}
+		return answer_query(b, c, &rq, true);
 	case WIRE_CHECK:
 		e = rq.blob_len ? entry_issued(b, in, rq.blob_len) : NULL;
 		rp.err = e && own_record(e, c, rq.socket) ? 0 : WFPR_WSAEINVAL;
 		if (rp.err)
 			wfpr__layer_count_bad_record(b->layer);
 		break;
-	case WIRE_REGISTER: rp.err = register_proxy(b, c, &rq, in, &rp); break;
-	case WIRE_RELEASE: release(b, c, &rq); return true;
+	case WIRE_REGISTER:
+		rp.err = register_proxy(b, c, &rq, in, &rp);
+		page_fd = rp.err ? -1 : b->page_fd;
+		break;
+	case WIRE_RELEASE:
+		if (release(b, c, &rq, in))
+			return true;
+		b->stats.bad_requests++;
+		return false; /* not our protocol: hang up */
 	case WIRE_NAME: rp.err = name_of(b, &rq, &rp); break;
 	}
 	if (rp.err)
 		rp.blob_len = 0;
 	memcpy(reply, &rp, sizeof(rp));
-	return send(c->fd, reply, sizeof(rp) + rp.blob_len, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)(sizeof(rp) + rp.blob_len);
+	return wfpr__wire_send(c->fd, reply, sizeof(rp) + rp.blob_len, &page_fd, page_fd >= 0, MSG_DONTWAIT) ==
+	       (ssize_t)(sizeof(rp) + rp.blob_len);
 }
 
 static void drop_client(wfpr_broker *b, client *c)
@@ -634,6 +742,7 @@ static void drop_client(wfpr_broker *b, client *c)
 		if (p->live && p->owner == c->id) {
 			wfpr_filter_remove(b->layer, p->filter);
 			p->live = false;
+			proxies_changed(b);
 		}
 	wfpr__store_drop_if(b->store, held_by, c->id);
 	for (waiting **p = &b->waiting; *p;) {
@@ -684,32 +793,7 @@ static void accept_clients(wfpr_broker *b)
  * length, or -1 with errno. */
 static ssize_t receive(wfpr_broker *b, client *c)
 {
-	struct iovec iov = {.iov_base = b->msg, .iov_len = sizeof(b->msg)};
-	union {
-		struct cmsghdr align;
-		char buf[CMSG_SPACE(sizeof(int) * WIRE_MAX_FDS)];
-	} control;
-	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof(control.buf)};
-	ssize_t n = recvmsg(c->fd, &mh, MSG_TRUNC | MSG_CMSG_CLOEXEC);
-	b->n_fds = 0;
-	if (n < 0)
-		return n;
-	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
-		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-			continue;
-		size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-		for (size_t i = 0; i < k; i++) {
-			int fd;
-			memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof(fd));
-			if (b->n_fds < WIRE_MAX_FDS)
-				b->fds[b->n_fds++] = fd;
-			else
-				close(fd);
-		}
-	}
-	if (mh.msg_flags & MSG_CTRUNC)
-		b->n_fds = WIRE_MAX_FDS + 1; /* more than a request may bring: refused below */
-	return n;
+	return wfpr__wire_receive(c->fd, b->msg, sizeof(b->msg), b->fds, &b->n_fds, MSG_TRUNC);
 }
 
 static void close_fds(wfpr_broker *b)
@@ -752,6 +836,7 @@ int wfpr_broker_new(wfpr_broker **out, const wfpr_broker_options *opts)
 	if (!b)
 		return WFPR_WSAENOBUFS;
 	b->listen_fd = b->epoll_fd = b->stop_fd = -1;
+	page_open(b);
 	b->user_quota = opts->version >= 2 && opts->user_quota ? opts->user_quota : USER_QUOTA;
 	if (key)
 		memcpy(b->key, given, WIRE_KEY_SIZE);
@@ -875,6 +960,10 @@ void wfpr_broker_free(wfpr_broker *b)
 		close(b->epoll_fd);
 	if (b->stop_fd >= 0)
 		close(b->stop_fd);
+	if (b->page)
+		munmap(b->page, sizeof(wire_page));
+	if (b->page_fd >= 0)
+		close(b->page_fd);
 	wfpr_layer_free(b->layer);
 	free(b->path);
 	free(b);

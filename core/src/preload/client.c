@@ -4,6 +4,8 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 #include "../addr.h"
@@ -22,17 +24,46 @@ static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 static uint8_t key[WIRE_KEY_SIZE];
 static bool have_key;
 
+/* The broker's page (wire.h), mapped read-only once this process has
+ * registered a proxy; NULL before. */
+static const wire_page *page;
+
 /* The last QUERY's answer (records and context): a proxy QUERYs the
  * records, then the context, then SETs the same records on its outbound
- * socket; the second and third need no trip to the broker. */
+ * socket and connects; the second and third need no trip to the broker,
+ * nor does the fourth while the broker's onward answer holds. */
 static struct {
 	bool valid;
 	uint64_t socket; /* the proxy socket's SO_COOKIE: a later one with the same tuple is another connection */
 	int protocol;
 	struct sockaddr_storage local, peer;
 	size_t record_len, context_len;
+	bool onward_permitted;                   /* WIRE_ONWARD_PERMIT ... */
+	struct sockaddr_storage onward_remote;   /* ... toward this address ... */
+	uint64_t generation;                     /* ... while the page's generation is this */
 	uint8_t blob[WFPR_RECORD_MAX_SIZE + WFPR_CONTEXT_MAX_SIZE];
 } last;
+
+/* Closed proxy sockets not yet told to the broker: they ride along with
+ * the next QUERY, go just before any other request, or go alone when
+ * WIRE_RELEASE_MAX are kept (a wakeup of the broker per connection saved).
+ * Only this process could ask about their records (it holds them), and
+ * every request of its comes after them: to the broker they are gone from
+ * the moment of the close. */
+static wire_release releases[WIRE_RELEASE_MAX];
+static size_t n_releases;
+
+/* The UDP sources a proxy socket asked about, each with the page's
+ * udp_issued as it was before the question: while the count has not
+ * moved, no record was issued since, so no new flow can have started from
+ * that source, and its next datagram needs no question. A slot that
+ * another source takes only costs a question. */
+#define SEEN_SLOTS 1024
+static struct seen {
+	uint64_t socket;
+	uint64_t issued;
+	struct sockaddr_in6 from; /* an IPv4 source as a sockaddr_in */
+} seen[SEEN_SLOTS];
 
 static void child_after_fork(void)
 {
@@ -42,6 +73,7 @@ static void child_after_fork(void)
 		close(broker);
 	broker = -1;
 	last.valid = false;
+	n_releases = 0; /* the parent's */
 }
 
 static void install_atfork(void)
@@ -59,6 +91,7 @@ int wfpr__client_set_path(const char *p)
 		close(broker);
 	broker = -1;
 	last.valid = false;
+	n_releases = 0; /* that broker dropped them with the connection */
 	if (p)
 		strcpy(path, p);
 	else
@@ -93,36 +126,22 @@ static int open_broker(void)
 	return 0;
 }
 
-/* Locked. Send one request, with n_fds descriptors (SCM_RIGHTS). */
-static ssize_t send_request(const void *msg, size_t len, const int *fds, size_t n_fds)
+/* Locked. Map the page that came with a REGISTER's reply (once; fd is closed). */
+static void map_page(int fd)
 {
-	struct iovec iov = {.iov_base = (void *)msg, .iov_len = len};
-	union {
-		struct cmsghdr align;
-		char buf[CMSG_SPACE(sizeof(int) * WIRE_MAX_FDS)];
-	} control;
-	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-	if (n_fds) {
-		memset(&control, 0, sizeof(control));
-		mh.msg_control = control.buf;
-		mh.msg_controllen = CMSG_SPACE(sizeof(int) * n_fds);
-		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-		cm->cmsg_level = SOL_SOCKET;
-		cm->cmsg_type = SCM_RIGHTS;
-		cm->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
-		memcpy(CMSG_DATA(cm), fds, sizeof(int) * n_fds);
+	struct stat st;
+	if (!page && fstat(fd, &st) == 0 && (size_t)st.st_size >= sizeof(wire_page)) {
+		void *m = mmap(NULL, sizeof(wire_page), PROT_READ, MAP_SHARED, fd, 0);
+		if (m != MAP_FAILED)
+			page = m;
 	}
-	ssize_t n;
-	do
-		n = sendmsg(broker, &mh, MSG_NOSIGNAL);
-	while (n < 0 && errno == EINTR);
-	return n;
+	close(fd);
 }
 
 /* Locked. One request (carrying n_fds descriptors), then (unless rp is
- * NULL) its reply; blob_out gets the reply's blob (cap bytes at most). Any
- * failure drops the connection, so a late reply can never be taken for the
- * next one's. */
+ * NULL) its reply; blob_out gets the reply's blob (cap bytes at most), and
+ * a page that comes with it is mapped. Any failure drops the connection, so
+ * a late reply can never be taken for the next one's. */
 static int exchange(wire_request *rq, const void *blob, const int *fds, size_t n_fds, wire_reply *rp,
                     uint8_t *blob_out, size_t cap)
 {
@@ -134,18 +153,35 @@ static int exchange(wire_request *rq, const void *blob, const int *fds, size_t n
 	int rc = open_broker();
 	if (rc != 0)
 		return rc;
+	if (n_releases && (rq->type == WIRE_QUERY || rq->type == WIRE_RELEASE) && !rq->blob_len) {
+		blob = releases; /* they ride along */
+		rq->blob_len = (uint32_t)(n_releases * sizeof(wire_release));
+		n_releases = 0;
+	} else if (n_releases) {
+		/* before anything else: to the broker, the records are gone from the moment of the close */
+		wire_request release = {.type = WIRE_RELEASE, .protocol = IPPROTO_TCP};
+		int sent = exchange(&release, NULL, NULL, 0, NULL, NULL, 0);
+		if (sent != 0)
+			return sent;
+	}
 	rq->magic = WIRE_MAGIC;
 	memcpy(msg, rq, sizeof(*rq));
 	if (rq->blob_len)
 		memcpy(msg + sizeof(*rq), blob, rq->blob_len);
 	size_t len = sizeof(*rq) + rq->blob_len;
-	ssize_t n = send_request(msg, len, fds, n_fds);
+	ssize_t n = wfpr__wire_send(broker, msg, len, fds, n_fds, 0);
 	if (n == (ssize_t)len && !rp)
 		return 0;
 	if (n == (ssize_t)len) {
-		do
-			n = recv(broker, msg, sizeof(msg), 0);
-		while (n < 0 && errno == EINTR);
+		int got[WIRE_MAX_FDS];
+		size_t n_got;
+		n = wfpr__wire_receive(broker, msg, sizeof(msg), got, &n_got, 0);
+		for (size_t i = 0; i < n_got && i < WIRE_MAX_FDS; i++) {
+			if (i == 0 && n_got == 1 && rq->type == WIRE_REGISTER)
+				map_page(got[0]);
+			else
+				close(got[i]);
+		}
 		if (n >= (ssize_t)sizeof(*rp)) {
 			memcpy(rp, msg, sizeof(*rp));
 			if (rp->blob_len == (size_t)n - sizeof(*rp) && rp->blob_len <= cap) {
@@ -168,6 +204,41 @@ static int call(wire_request *rq, const void *blob, wire_reply *rp, uint8_t *blo
 	return rc != 0 ? rc : rp ? rp->err : 0;
 }
 
+static bool is_last(uint64_t socket, int protocol, const struct sockaddr_storage *local,
+                    const struct sockaddr_storage *peer)
+{
+	return last.valid && last.socket == socket && last.protocol == protocol && addr_equal(&last.local, local) && addr_equal(&last.peer, peer);
+}
+
+/* Locked. Is this ROUTE the one the last QUERY's onward answer was about,
+ * and does that answer still hold? The records just QUERYed, without
+ * annotations, from an unbound socket, to the original destination, with
+ * no proxy come or gone since. */
+static bool onward_permitted(int protocol, const struct sockaddr_storage *remote, uint16_t bound,
+                             const uint8_t *records, size_t records_len, size_t notes_len)
+{
+	struct sockaddr_storage to = *remote;
+	addr_unmap(&to);
+	return page && last.valid && last.onward_permitted && last.protocol == protocol && !notes_len && !bound &&
+	       records_len && last.record_len == records_len && memcmp(last.blob, records, records_len) == 0 &&
+	       addr_equal(&to, &last.onward_remote) &&
+	       __atomic_load_n(&page->generation, __ATOMIC_ACQUIRE) == last.generation;
+}
+
+static struct seen *seen_slot(uint64_t socket, const struct sockaddr_storage *from)
+{
+	uint64_t h = 1469598103934665603ull ^ socket;
+	const uint8_t *p = (const uint8_t *)from;
+	for (size_t i = 0; i < addr_len(from); i++)
+		h = (h ^ p[i]) * 1099511628211ull;
+	return &seen[h % SEEN_SLOTS];
+}
+
+static bool seen_is(const struct seen *s, uint64_t socket, const struct sockaddr_storage *from)
+{
+	return s->socket == socket && memcmp(&s->from, from, addr_len(from)) == 0;
+}
+
 int wfpr__client_route(int fd, int protocol, const struct sockaddr_storage *remote, const uint8_t *records,
                  size_t records_len, const uint8_t *notes, size_t notes_len, struct sockaddr_storage *target,
                  bool *redirected, client_connect_fn connect_fn, int *connect_result)
@@ -185,11 +256,16 @@ int wfpr__client_route(int fd, int protocol, const struct sockaddr_storage *remo
 		memcpy(blob + records_len, notes, notes_len);
 	*redirected = false;
 	*target = *remote;
-	wfpr__socket_local(fd, &rq.b);
+	uint16_t bound = wfpr__socket_local(fd, &rq.b);
 
 	/* ROUTE and its ISSUE go out on one connection, under the lock: the
 	 * broker keeps the decision between them. */
 	pthread_mutex_lock(&lock);
+	if (onward_permitted(protocol, remote, bound, records, records_len, notes_len)) {
+		last.valid = false; /* the record is used now */
+		pthread_mutex_unlock(&lock);
+		return 0;
+	}
 	int rc = exchange(&rq, blob, NULL, 0, &rp, NULL, 0);
 	if (rc == 0)
 		rc = rp.err;
@@ -212,18 +288,19 @@ int wfpr__client_route(int fd, int protocol, const struct sockaddr_storage *remo
 		} else if (wfpr__socket_bind_for_redirect(fd, protocol, target, &issue.b) < 0) {
 			rc = wfpr_err_from_errno(errno);
 		} else {
-			/* no reply: it is queued before anything this socket sends to the proxy */
-			exchange(&issue, NULL, &fd, 1, NULL, NULL, 0);
+			/* UDP: answered once the record is stored and counted in the page's
+			 * udp_issued, which the proxy reads when this socket's first datagram
+			 * comes; TCP (bound, not connected here): no reply, it is queued
+			 * before anything this socket sends to the proxy */
+			wire_reply done = {.err = 0};
+			bool udp = protocol == IPPROTO_UDP;
+			int sent = exchange(&issue, NULL, &fd, 1, udp ? &done : NULL, NULL, 0);
+			if (udp)
+				rc = sent != 0 ? sent : done.err;
 		}
 	}
 	pthread_mutex_unlock(&lock);
 	return rc;
-}
-
-static bool is_last(uint64_t socket, int protocol, const struct sockaddr_storage *local,
-                    const struct sockaddr_storage *peer)
-{
-	return last.valid && last.socket == socket && last.protocol == protocol && addr_equal(&last.local, local) && addr_equal(&last.peer, peer);
 }
 
 int wfpr__client_query(uint64_t socket, int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer,
@@ -234,10 +311,24 @@ int wfpr__client_query(uint64_t socket, int protocol, const struct sockaddr_stor
 	wire_reply rp;
 	int rc = 0;
 	*len = 0;
+	bool first = flags & WIRE_QUERY_FIRST_DATAGRAM;
+	if (first && addr_len(peer) > sizeof(seen[0].from))
+		return WFPR_WSAEINVAL;
 	pthread_mutex_lock(&lock);
-	if (flags & WIRE_QUERY_FIRST_DATAGRAM || !is_last(socket, protocol, local, peer)) {
+	struct seen *slot = first && page ? seen_slot(socket, peer) : NULL;
+	uint64_t issued = page ? __atomic_load_n(&page->udp_issued, __ATOMIC_ACQUIRE) : 0;
+	if (slot && seen_is(slot, socket, peer) && slot->issued == issued) {
+		pthread_mutex_unlock(&lock);
+		return WFPR_FWP_E_NOT_FOUND; /* nothing issued since this source was asked about */
+	}
+	if (first || !is_last(socket, protocol, local, peer)) {
 		last.valid = false;
 		rc = exchange(&rq, NULL, NULL, 0, &rp, last.blob, sizeof(last.blob));
+		if (rc == 0 && slot) {
+			slot->socket = socket;
+			slot->issued = issued;
+			memcpy(&slot->from, peer, addr_len(peer));
+		}
 		if (rc == 0)
 			rc = rp.err;
 		if (rc == 0 && rp.action <= rp.blob_len) {
@@ -248,6 +339,9 @@ int wfpr__client_query(uint64_t socket, int protocol, const struct sockaddr_stor
 			last.peer = *peer;
 			last.record_len = rp.action;
 			last.context_len = rp.blob_len - rp.action;
+			last.onward_permitted = rp.onward & WIRE_ONWARD_PERMIT;
+			last.onward_remote = rp.target;
+			last.generation = rp.generation;
 		} else if (rc == 0) {
 			rc = WFPR_WSAENETDOWN; /* not what the broker says */
 		}
@@ -280,12 +374,15 @@ int wfpr__client_check(uint64_t socket, const uint8_t *blob, size_t len)
 
 void wfpr__client_release(uint64_t socket, int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer)
 {
-	wire_request rq = {.type = WIRE_RELEASE, .protocol = (uint32_t)protocol, .a = *local, .b = *peer,
-	                   .socket = socket};
 	pthread_mutex_lock(&lock);
 	if (is_last(socket, protocol, local, peer))
 		last.valid = false;
-	exchange(&rq, NULL, NULL, 0, NULL, NULL, 0);
+	releases[n_releases++] = (wire_release){.socket = socket, .protocol = (uint32_t)protocol, .local = *local,
+	                                        .peer = *peer};
+	if (n_releases == WIRE_RELEASE_MAX) {
+		wire_request rq = {.type = WIRE_RELEASE, .protocol = IPPROTO_TCP};
+		exchange(&rq, NULL, NULL, 0, NULL, NULL, 0); /* takes the kept RELEASEs along */
+	}
 	pthread_mutex_unlock(&lock);
 }
 

@@ -13,6 +13,7 @@
 
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 #include "wfpr/layer.h"
 #include "wfpr/record.h"
 #include "../record_wire.h"
@@ -29,13 +30,16 @@
 enum wire_type {
 	WIRE_ROUTE = 1, /* a: remote, b: local, blob: the socket's SET records, then its annotations
 	                 * (notes_len bytes) -> action, target */
-	WIRE_ISSUE,     /* b: the local address now bound (after a REDIRECT), fd: that socket; no reply */
-	WIRE_QUERY,     /* a: the proxy socket's local, b: its peer -> records then context; action: records' length */
+	WIRE_ISSUE,     /* b: the local address now bound (after a REDIRECT), fd: that socket; a reply for UDP
+	                 * only (sent once the record is stored and the page's udp_issued bumped), none for TCP */
+	WIRE_QUERY,     /* a: the proxy socket's local, b: its peer, blob: RELEASEs that ride along (wire_release
+	                 * entries) -> records then context; action: records' length; onward, generation: the
+	                 * proxy's own connect onward (below) */
 	WIRE_CHECK,     /* blob: records to SET -> ok, or WSAEINVAL */
 	WIRE_REGISTER,  /* key, name, a: the proxy's address, b: the same on IPv6 (or AF_UNSPEC), weight,
 	                 * blob: its match (wfpr/match.h text, NUL-terminated),
-	                 * fds: a socket listening on a, and one on b -> id */
-	WIRE_RELEASE,   /* a, b as for QUERY: the proxy closed it; no reply */
+	                 * fds: a socket listening on a, and one on b -> id, and fd: the broker's page */
+	WIRE_RELEASE,   /* blob: wire_release entries, the proxy sockets that closed; no reply */
 	WIRE_NAME,      /* id -> name */
 };
 
@@ -58,13 +62,47 @@ typedef struct wire_request {
 	uint32_t blob_len;
 } wire_request;
 
+/* A proxy socket that closed (its cookie, local and peer as for QUERY):
+ * its record may go. A proxy sends them in batches. */
+typedef struct wire_release {
+	uint64_t socket;
+	uint32_t protocol;
+	struct sockaddr_storage local, peer;
+} wire_release;
+
+#define WIRE_RELEASE_MAX (WIRE_BLOB_MAX / sizeof(wire_release))
+
+/* QUERY's onward: a ROUTE of these very records, without annotations, to
+ * the original destination, as the querying proxy will pass the connection
+ * on, is permitted (nothing more is known otherwise). It holds while the
+ * page's generation is the reply's: the proxy then connects without asking. */
+#define WIRE_ONWARD_PERMIT 0x1u
+
 typedef struct wire_reply {
 	int32_t err; /* 0 or a wfpr_err */
 	uint32_t action; /* ROUTE: wfpr_action; QUERY: the records' length */
+	uint32_t onward; /* QUERY: WIRE_ONWARD_* */
+	uint64_t generation; /* QUERY: the page's generation that onward was decided at */
 	struct sockaddr_storage target;
 	uint8_t id[WFPR_REDIRECTOR_ID_SIZE];
 	char name[WIRE_NAME_MAX];
 	uint32_t blob_len;
 } wire_reply;
+
+/* The broker's page: a sealed memfd that the broker writes and every
+ * registered proxy maps read-only, so that a proxy learns without a round
+ * trip that nothing it has asked about has changed. */
+typedef struct wire_page {
+	uint64_t generation; /* bumped whenever a proxy comes or goes (the layer's filters change) */
+	uint64_t udp_issued; /* bumped with every UDP record issued, before the ISSUE's reply */
+} wire_page;
+
+/* Send one message with n_fds descriptors (at most WIRE_MAX_FDS); sendmsg's
+ * result. flags: MSG_DONTWAIT or 0 (MSG_NOSIGNAL always). */
+ssize_t wfpr__wire_send(int fd, const void *msg, size_t len, const int *fds, size_t n_fds, int flags);
+/* Receive one message (at most cap bytes) and its descriptors, into fds,
+ * *n_fds of them: WIRE_MAX_FDS + 1 when more came than fit (those that
+ * fit are still in fds; the rest are closed). recvmsg's result. */
+ssize_t wfpr__wire_receive(int fd, void *buf, size_t cap, int fds[WIRE_MAX_FDS], size_t *n_fds, int flags);
 
 #endif

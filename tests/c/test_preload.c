@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -427,6 +428,125 @@ static void test_broker_gone(void)
 	close(listener);
 }
 
+/* Run test in a child process: what it registers goes when the child's
+ * connection to the broker does. */
+static void in_child(void (*test)(void))
+{
+	pid_t pid = fork();
+	if (pid == 0) {
+		test();
+		_exit(test_failures ? 1 : 0);
+	}
+	int status = -1;
+	waitpid(pid, &status, 0);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+static bool readable(int fd, int timeout_ms)
+{
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+	return poll(&p, 1, timeout_ms) == 1;
+}
+
+/* A QUERY tells the proxy that its connect onward is permitted (nobody is
+ * left to redirect it), so the connect goes without asking the broker
+ * again; a proxy that registers in between must still get the connection. */
+static void onward_sees_a_new_proxy(void)
+{
+	struct sockaddr_storage server, first, late;
+	int dest = tcp_listen(&server), l1 = tcp_listen(&first), l2 = tcp_listen(&late);
+	uint8_t id[WFPR_REDIRECTOR_ID_SIZE], records[WFPR_RECORD_MAX_SIZE];
+	CHECK_EQ(wfpr_preload_register_filtered(id, "onward-first", &first, NULL, 1000, NULL), 0);
+	int client = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+	CHECK_EQ(wfpr_connect(client, (struct sockaddr *)&server, addr_size(&server)), 0);
+	int accepted = accept(l1, NULL, NULL);
+	uint32_t len = 0;
+	CHECK_EQ(wfpr_ioctl(accepted, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, records, sizeof(records),
+	                    &len, NULL, NULL), 0);
+	CHECK_EQ(wfpr_preload_register_filtered(id, "onward-late", &late, NULL, 999, NULL), 0);
+	int out = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+	uint32_t bytes;
+	CHECK_EQ(wfpr_ioctl(out, WFPR_SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, records, len, NULL, 0, &bytes, NULL, NULL),
+	         0);
+	CHECK_EQ(wfpr_connect(out, (struct sockaddr *)&server, addr_size(&server)), 0);
+	CHECK(readable(l2, 5000)); /* the late proxy has it ... */
+	CHECK(!readable(dest, 0)); /* ... and the destination nothing */
+	int second = accept(l2, NULL, NULL);
+	wfpr_records *r = NULL;
+	CHECK_EQ(wfpr_ioctl(second, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, records, sizeof(records),
+	                    &len, NULL, NULL), 0);
+	CHECK_EQ(wfpr_records_decode(&r, records, len), 0);
+	CHECK_EQ(r ? r->hop_count : 0, 2);
+	wfpr_records_free(r);
+	wfpr_closesocket(second);
+	wfpr_closesocket(out);
+	wfpr_closesocket(accepted);
+	wfpr_closesocket(client);
+	close(dest);
+	close(l1);
+	close(l2);
+}
+
+/* Records come with a UDP flow's first datagram only, and the flow's
+ * later datagrams need no question to the broker; a new socket on the same
+ * port is a new flow, whose first datagram has its own records. */
+static void udp_first_datagrams(void)
+{
+	struct sockaddr_storage server, me, local = {0};
+	int dest = udp_bind(&server), proxy = udp_bind(&me);
+	uint8_t id[WFPR_REDIRECTOR_ID_SIZE];
+	CHECK_EQ(wfpr_preload_register_filtered(id, "udp-first", &me, NULL, 1000, NULL), 0);
+	uint8_t first_token[WFPR_TOKEN_SIZE] = {0};
+	for (int flow = 0; flow < 2; flow++) {
+		int c = wfpr_socket(AF_INET, SOCK_DGRAM, 0, 0);
+		if (flow == 0) {
+			local.ss_family = AF_INET;
+			((struct sockaddr_in *)&local)->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		}
+		CHECK_EQ(bind(c, (struct sockaddr *)&local, addr_size(&local)), 0);
+		socklen_t n = sizeof(local);
+		getsockname(c, (struct sockaddr *)&local, &n);
+		for (int i = 0; i < 3; i++) {
+			CHECK_EQ(wfpr_sendto(c, "x", 1, 0, (struct sockaddr *)&server, addr_size(&server)), 1);
+			CHECK(readable(proxy, 5000));
+			char data[8];
+			union {
+				struct cmsghdr align;
+				uint8_t buf[CMSG_SPACE(WFPR_RECORD_MAX_SIZE) + CMSG_SPACE(WFPR_CONTEXT_MAX_SIZE)];
+			} control;
+			struct iovec iov = {.iov_base = data, .iov_len = sizeof(data)};
+			struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+			                     .msg_controllen = sizeof(control.buf)};
+			CHECK_EQ(wfpr_recvmsg(proxy, &msg, 0), 1);
+			struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+			bool has = cm && cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == WFPR_IP_WFP_REDIRECT_RECORDS;
+			CHECK_EQ(has, i == 0);
+			wfpr_records *r = NULL;
+			if (has && wfpr_records_decode(&r, CMSG_DATA(cm), cm->cmsg_len - CMSG_LEN(0)) == 0) {
+				/* the second flow's record is its own */
+				CHECK(flow == 0 || memcmp(first_token, r->hops[0].token, WFPR_TOKEN_SIZE) != 0);
+				memcpy(first_token, r->hops[0].token, WFPR_TOKEN_SIZE);
+			}
+			CHECK(!has || r);
+			wfpr_records_free(r);
+		}
+		wfpr_closesocket(c);
+	}
+	CHECK(!readable(dest, 0));
+	close(dest);
+	close(proxy);
+}
+
+static void test_onward_sees_a_new_proxy(void)
+{
+	in_child(onward_sees_a_new_proxy);
+}
+
+static void test_udp_first_datagrams(void)
+{
+	in_child(udp_first_datagrams);
+}
+
 int main(void)
 {
 	snprintf(broker_path, sizeof(broker_path), "/tmp/wfpr-test-broker-%d.sock", (int)getpid());
@@ -434,6 +554,9 @@ int main(void)
 		fprintf(stderr, "cannot start the broker\n");
 		return 1;
 	}
+	/* first: registrations of their own, with no other proxy yet */
+	RUN(test_onward_sees_a_new_proxy);
+	RUN(test_udp_first_datagrams);
 	proxy_start(&alpha, "alpha");
 	proxy_start(&beta, "beta");
 	RUN(test_chain_of_two);

@@ -213,14 +213,14 @@ wfpr_socket_t wfpr_accept(wfpr_socket_t fd, struct sockaddr *addr, socklen_t *le
 
 /* Where a datagram to `to` goes: the flow's target, routed the first time
  * and again after the flow was idle too long (a new flow, a fresh record). */
-static int route_datagram(int fd, const struct sockaddr *to, struct sockaddr_storage *target)
+static int route_datagram(int fd, uint64_t cookie, const struct sockaddr *to, struct sockaddr_storage *target)
 {
 	struct sockaddr_storage dest;
 	to_storage(&dest, to);
 	int64_t now = wfpr__now_ns();
 
 	pthread_mutex_lock(&wfpr__socktab_lock);
-	wfpr__sock *s = wfpr__socktab_find(fd);
+	wfpr__sock *s = wfpr__socktab_find_as(fd, cookie);
 	for (wfpr__flow **p = s ? &s->flows : NULL; p && *p; p = &(*p)->next) {
 		wfpr__flow *f = *p;
 		if (!addr_equal(&f->dest, &dest))
@@ -240,14 +240,16 @@ static int route_datagram(int fd, const struct sockaddr *to, struct sockaddr_sto
 
 	const wfpr__backend *b = wfpr__backend_current();
 	wfpr__route r;
-	if (route(b, fd, 0, IPPROTO_UDP, to, false, &r) < 0)
+	if (route(b, fd, cookie, IPPROTO_UDP, to, false, &r) < 0)
 		return WFPR_SOCKET_ERROR;
 	if (r.pending)
 		b->connect_done(r.pending, true); /* a datagram needs no handshake */
 	*target = r.target;
 	pthread_mutex_lock(&wfpr__socktab_lock);
-	s = wfpr__socktab_get(fd);
+	s = wfpr__socktab_get_as(fd, cookie);
 	wfpr__flow *f = s ? calloc(1, sizeof(*f)) : NULL;
+	if (s)
+		s->protocol = IPPROTO_UDP;
 	if (f) {
 		f->dest = dest;
 		f->target = r.target;
@@ -273,13 +275,18 @@ static int datagram_target(int fd, const struct sockaddr *to, socklen_t to_len, 
 	*routed = false;
 	if (!to || !is_inet(to, to_len))
 		return 0;
-	int protocol = wfpr__socket_protocol(fd);
-	if (protocol < 0)
+	/* one SO_COOKIE for the datagram; the protocol is kept with the socket's flows */
+	uint64_t cookie = wfpr__socket_cookie(fd);
+	pthread_mutex_lock(&wfpr__socktab_lock);
+	wfpr__sock *s = cookie ? wfpr__socktab_find_as(fd, cookie) : NULL;
+	int protocol = s ? s->protocol : 0;
+	pthread_mutex_unlock(&wfpr__socktab_lock);
+	if (!protocol && (protocol = wfpr__socket_protocol(fd)) < 0)
 		return fail_errno();
 	if (protocol != IPPROTO_UDP)
 		return 0;
 	*routed = true;
-	return route_datagram(fd, to, target);
+	return route_datagram(fd, cookie, to, target);
 }
 
 ssize_t wfpr_sendto(wfpr_socket_t fd, const void *buf, size_t len, int flags, const struct sockaddr *to,
@@ -318,12 +325,10 @@ static void append_cmsg(struct msghdr *msg, size_t capacity, int type, const uin
 	msg->msg_controllen = used + CMSG_SPACE(len);
 }
 
-/* After a datagram arrived from `from`: a client sees replies from the
- * original destination; a proxy gets the records with a flow's first
- * datagram (once, even when there is no room for them). A reply, from
- * where one of the socket's own flows goes, starts no flow: the layer is
- * not asked (a broker round trip per datagram on preload). */
-static void after_receive(int fd, struct msghdr *msg, size_t capacity, struct sockaddr_storage *from)
+/* after_receive where routing is done here: false for a reply (its source
+ * rewritten), else the layer was asked. */
+static bool user_space_receive(int fd, struct msghdr *msg, const struct sockaddr_storage *from, uint8_t *records,
+                               size_t *records_len, uint8_t *context, size_t *context_len)
 {
 	pthread_mutex_lock(&wfpr__socktab_lock);
 	wfpr__sock *s = wfpr__socktab_find(fd);
@@ -339,11 +344,36 @@ static void after_receive(int fd, struct msghdr *msg, size_t capacity, struct so
 	bool want_context = s && s->want_context;
 	pthread_mutex_unlock(&wfpr__socktab_lock);
 	if (reply)
-		return;
+		return false;
+	wfpr__backend_current()->first_datagram(fd, from, want_context, records, records_len, context, context_len);
+	return true;
+}
 
+/* After a datagram arrived from `from`: a client sees replies from the
+ * original destination; a proxy gets the records with a flow's first
+ * datagram (once, even when there is no room for them). Where routing is
+ * done here, a reply, from where one of the socket's own flows goes,
+ * starts no flow: the layer is not asked (a broker round trip per
+ * datagram on preload). Where the kernel routes, it also gives replies
+ * their source, and asking it is one system call, as the socket's state
+ * would be: that is looked up only for a first datagram. */
+static void after_receive(int fd, struct msghdr *msg, size_t capacity, struct sockaddr_storage *from)
+{
 	static _Thread_local uint8_t records[WFPR__BLOB_MAX], context[WFPR__BLOB_MAX];
 	size_t records_len = 0, context_len = 0;
-	wfpr__backend_current()->first_datagram(fd, from, want_context, records, &records_len, context, &context_len);
+	const wfpr__backend *b = wfpr__backend_current();
+	if (b->kernel_routes) {
+		b->first_datagram(fd, from, true, records, &records_len, context, &context_len);
+		if (!records_len)
+			return;
+		pthread_mutex_lock(&wfpr__socktab_lock);
+		wfpr__sock *s = wfpr__socktab_find(fd);
+		if (!s || !s->want_context)
+			context_len = 0;
+		pthread_mutex_unlock(&wfpr__socktab_lock);
+	} else if (!user_space_receive(fd, msg, from, records, &records_len, context, &context_len)) {
+		return;
+	}
 	if (records_len && capacity) {
 		append_cmsg(msg, capacity, WFPR_IP_WFP_REDIRECT_RECORDS, records, records_len);
 		if (context_len)

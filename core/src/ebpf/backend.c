@@ -76,6 +76,7 @@ static void ebpf_first_datagram(int fd, const struct sockaddr_storage *from, boo
 const wfpr__backend wfpr__backend_ebpf = {
 	.name = "ebpf",
 	.checks_sockets = true,
+	.kernel_routes = true,
 	.route = wfpr__route_direct, /* the kernel decides at connect and sendmsg */
 	.connect_done = wfpr__connect_done_nothing,
 	.query = ebpf_query,

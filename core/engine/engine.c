@@ -143,7 +143,7 @@ struct wfpr_engine {
 	uint64_t unflowed;               /* datagrams dropped since the last "drop" line */
 	struct timespec unflowed_logged;
 	wfpr_engine_stats stats;
-	uint8_t *scratch; /* one chunk, for inspected reads */
+	uint8_t *scratch; /* one chunk, out of the way of held bytes that go on before it */
 };
 
 /* Unlink x (a conn or a flow) from the live list at head and put it on the
@@ -891,9 +891,13 @@ static int inspect_chunk(conn *c, half *h, int direction, const uint8_t *chunk, 
 /* out (len bytes) goes on to h's reader. False when out of memory. */
 static bool emit(half *h, const void *out, size_t len)
 {
+	if (out == h->buf + h->len && len <= h->cap - h->len) {
+		h->len += len; /* read in place, and passed as it is */
+		return true;
+	}
 	if (len > h->cap - h->len && !buf_resize(h, h->len + len)) /* a longer replacement, or held bytes */
 		return false;
-	memcpy(h->buf + h->len, out, len);
+	memmove(h->buf + h->len, out, len); /* it may be part of the chunk read in place */
 	h->len += len;
 	return true;
 }
@@ -930,8 +934,10 @@ static bool fill(conn *c, int src, half *h, int direction, bool *closed_by_rule,
 {
 	wfpr_engine *e = c->engine;
 	while (h->ready && !h->eof && (h->len < h->cap || grow(h, e->opts.buffer_size))) {
+		/* inspected or not, the bytes are read in place: a chunk the rule
+		 * passes as it is goes on with no copy */
 		bool inspect = c->verdict == WFPR_VERDICT_INSPECT && has_data_hook(e, c->ru);
-		uint8_t *into = inspect ? e->scratch : h->buf + h->len;
+		uint8_t *into = h->buf + h->len;
 		size_t room = h->cap - h->len;
 		if (inspect && room > e->opts.buffer_size)
 			room = e->opts.buffer_size;
@@ -950,8 +956,6 @@ static bool fill(conn *c, int src, half *h, int direction, bool *closed_by_rule,
 		/* a short read emptied the socket: edge-triggered, the next byte brings an event */
 		h->ready = (size_t)n == room || h->hup;
 		*moved += (size_t)n;
-		if ((size_t)n == room && inspect)
-			grow(h, e->opts.buffer_size); /* a stream: the rule sees it in big chunks (the relay grows at the top) */
 		if (!inspect) {
 			h->len += (size_t)n;
 			continue;
@@ -959,7 +963,10 @@ static bool fill(conn *c, int src, half *h, int direction, bool *closed_by_rule,
 		record_chunk(c, direction, into, (size_t)n);
 		bool ok = true;
 		if (h->held_len && h->held_len + (size_t)n > WFPR_RULES_HOLD_MAX) {
-			/* past the cap: the held bytes get the default verdict, then these are asked about */
+			/* past the cap: the held bytes get the default verdict, then these
+			 * are asked about (moved aside first: the held bytes go where they lie) */
+			memcpy(e->scratch, into, (size_t)n);
+			into = e->scratch;
 			if (!apply(c, h, direction, h->held, h->held_len, PAST_CAP, closed_by_rule, &ok))
 				return ok;
 		}

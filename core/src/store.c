@@ -82,7 +82,7 @@ void wfpr__store_remove(wfpr__store *s, wfpr__entry *e)
 	free(e->record);
 	free(e->context);
 	free(e);
-	s->n--;
+	__atomic_sub_fetch(&s->n, 1, __ATOMIC_RELAXED); /* wfpr__store_count may read it from another thread */
 }
 
 void wfpr__store_free(wfpr__store *s)
@@ -161,7 +161,7 @@ wfpr__entry *wfpr__store_add(wfpr__store *s, int protocol, const struct sockaddr
 	slot = token_slot(s, token);
 	e->next_token = *slot;
 	*slot = e;
-	s->n++;
+	__atomic_add_fetch(&s->n, 1, __ATOMIC_RELAXED);
 	return e;
 }
 
@@ -193,7 +193,7 @@ wfpr__entry *wfpr__store_find_issued(wfpr__store *s, const uint8_t *blob, size_t
 
 size_t wfpr__store_count(const wfpr__store *s)
 {
-	return s->n;
+	return __atomic_load_n(&s->n, __ATOMIC_RELAXED);
 }
 
 void wfpr__store_wait(wfpr__store *s, wfpr__waiter *w, const wfpr__entry *e)

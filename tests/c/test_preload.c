@@ -7,6 +7,7 @@
 #include <string.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include "wfpr/broker.h"
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -537,6 +538,69 @@ static void udp_first_datagrams(void)
 	close(proxy);
 }
 
+static uint64_t broker_requests(void)
+{
+	wfpr_broker_stats st;
+	CHECK_EQ(wfpr_broker_get_stats(&st, broker), 0);
+	return st.requests;
+}
+
+/* The broker pushes a record to the proxy it goes to as it issues it: the
+ * proxy's QUERY then asks nothing, and its connect onward, with those
+ * records, is still its own to make (the proxy's notice that it holds the
+ * record reaches the broker first). Proxies of their own, for connections
+ * to one port, in this process: the broker's counters are at hand. */
+static void test_push_answers_a_query(void)
+{
+	struct sockaddr_storage server, first, second;
+	int dest = tcp_listen(&server), l1 = tcp_listen(&first), l2 = tcp_listen(&second);
+	char match[64];
+	snprintf(match, sizeof(match), "proto=tcp dport=%u", (unsigned)addr_port(&server));
+	uint8_t id1[WFPR_REDIRECTOR_ID_SIZE], id2[WFPR_REDIRECTOR_ID_SIZE], records[WFPR_RECORD_MAX_SIZE];
+	CHECK_EQ(wfpr_preload_register_filtered(id1, "pushed-first", &first, NULL, 1000, match), 0);
+	CHECK_EQ(wfpr_preload_register_filtered(id2, "pushed-second", &second, NULL, 900, match), 0);
+	int client = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+	CHECK_EQ(wfpr_connect(client, (struct sockaddr *)&server, addr_size(&server)), 0);
+	char name[65];
+	/* answered after the client's ISSUE, and after the push it made, on this same connection */
+	CHECK_EQ(wfpr_preload_redirector_name(name, sizeof(name), id1), 0);
+	uint64_t before = broker_requests();
+	int accepted = accept(l1, NULL, NULL);
+	uint32_t len = 0, context_len = 0;
+	struct sockaddr_storage context[2];
+	CHECK_EQ(wfpr_ioctl(accepted, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, records, sizeof(records),
+	                    &len, NULL, NULL), 0);
+	CHECK_EQ(wfpr_ioctl(accepted, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT, NULL, 0, context, sizeof(context),
+	                    &context_len, NULL, NULL), 0);
+	CHECK_EQ(broker_requests(), before); /* nothing asked */
+	CHECK_EQ(addr_port(&context[0]), addr_port(&server));
+	wfpr_records *r = NULL;
+	CHECK_EQ(wfpr_records_decode(&r, records, len), 0);
+	CHECK(r && r->hop_count == 1 && memcmp(r->hops[0].redirector_id, id1, WFPR_REDIRECTOR_ID_SIZE) == 0);
+	wfpr_records_free(r);
+
+	int out = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+	uint32_t bytes;
+	CHECK_EQ(wfpr_ioctl(out, WFPR_SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, records, len, NULL, 0, &bytes, NULL, NULL),
+	         0);
+	CHECK_EQ(wfpr_connect(out, (struct sockaddr *)&context[0], addr_size(&context[0])), 0);
+	CHECK(readable(l2, 5000));
+	CHECK(!readable(dest, 0));
+	int next = accept(l2, NULL, NULL);
+	CHECK_EQ(wfpr_ioctl(next, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, records, sizeof(records), &len,
+	                    NULL, NULL), 0);
+	CHECK_EQ(wfpr_records_decode(&r, records, len), 0);
+	CHECK_EQ(r ? r->hop_count : 0, 2);
+	wfpr_records_free(r);
+	wfpr_closesocket(next);
+	wfpr_closesocket(out);
+	wfpr_closesocket(accepted);
+	wfpr_closesocket(client);
+	close(dest);
+	close(l1);
+	close(l2);
+}
+
 static void test_onward_sees_a_new_proxy(void)
 {
 	in_child(onward_sees_a_new_proxy);
@@ -557,6 +621,7 @@ int main(void)
 	/* first: registrations of their own, with no other proxy yet */
 	RUN(test_onward_sees_a_new_proxy);
 	RUN(test_udp_first_datagrams);
+	RUN(test_push_answers_a_query);
 	proxy_start(&alpha, "alpha");
 	proxy_start(&beta, "beta");
 	RUN(test_chain_of_two);

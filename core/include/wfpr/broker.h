@@ -51,6 +51,7 @@ WFPR_EXTERN int wfpr_broker_new(wfpr_broker **out, const wfpr_broker_options *op
 WFPR_EXTERN int wfpr_broker_run(wfpr_broker *broker);
 /* From any thread or a signal handler. */
 WFPR_EXTERN void wfpr_broker_stop(wfpr_broker *broker);
+/* From any thread. */
 WFPR_EXTERN int wfpr_broker_get_stats(wfpr_broker_stats *out, const wfpr_broker *broker);
 /* The registration key, 64 hex digits (the broker owns the text). Give it
  * to the proxies, never to the programs they inspect. */

@@ -120,7 +120,8 @@ int wfpr_preload_register_filtered(uint8_t out_id[WFPR_REDIRECTOR_ID_SIZE], cons
 		return WFPR_WSAEINVAL;
 	if (!wfpr__client_enabled())
 		return WFPR_WSAENETDOWN;
-	return wfpr__client_register(name, address, address6, weight, match, 0, out_id);
+	/* this library QUERYs through the client, which takes the pushes */
+	return wfpr__client_register(name, address, address6, weight, match, WIRE_REGISTER_PUSH, out_id);
 }
 
 int wfpr_preload_redirector_name(char *out, size_t len, const uint8_t id[WFPR_REDIRECTOR_ID_SIZE])

@@ -49,6 +49,7 @@ typedef struct proxy {
 	wfpr_match match; /* the connections it takes */
 	bool match_process; /* match names the process: look it up per connection */
 	bool unmodified;    /* an unmodified proxy: its own fresh connects never come back to it */
+	bool push;          /* its records are pushed to its client as they are issued */
 	wfpr_broker *broker;
 } proxy;
 
@@ -60,6 +61,7 @@ typedef struct client {
 	uid_t uid;
 	bool failed; /* found broken while catching up: dropped by the loop */
 	bool proxy;  /* it presented the key and registered: its records count against no quota */
+	uint64_t pushed, drained; /* pushes sent to it, and taken off its socket (as its last request says) */
 	/* between a ROUTE that redirected and its ISSUE */
 	bool deciding;
 	redirect_decision decision;
@@ -81,6 +83,10 @@ typedef struct waiting {
 } waiting;
 
 #define WAIT_NS (2 * 1000000000LL)
+
+/* The stats are read from any thread (wfpr_broker_get_stats), as an array of counters. */
+_Static_assert(sizeof(wfpr_broker_stats) % sizeof(uint64_t) == 0, "the stats are counters");
+#define COUNT(counter) __atomic_add_fetch(&(counter), 1, __ATOMIC_RELAXED)
 
 struct wfpr_broker {
 	wfpr_layer *layer;
@@ -283,7 +289,7 @@ static int register_proxy(wfpr_broker *b, client *c, const wire_request *rq, con
 	struct sockaddr_storage address = rq->a, address6 = rq->b;
 	wfpr_match match;
 	if (!wfpr__key_equal(rq->key, b->key)) {
-		b->stats.refused_registrations++;
+		COUNT(b->stats.refused_registrations);
 		return WFPR_WSAEACCES; /* not given the key by whoever started the broker */
 	}
 	if (rq->blob_len && (!memchr(blob, '\0', rq->blob_len) || wfpr_match_parse(&match, (const char *)blob, NULL, 0) != 0))
@@ -297,7 +303,7 @@ static int register_proxy(wfpr_broker *b, client *c, const wire_request *rq, con
 	if (address6.ss_family != AF_INET6)
 		memset(&address6, 0, sizeof(address6));
 	if (!holds_listener(b, &rq->a) || (address6.ss_family && !holds_listener(b, &address6))) {
-		b->stats.refused_registrations++;
+		COUNT(b->stats.refused_registrations);
 		return WFPR_WSAEADDRNOTAVAIL; /* it does not listen there: the address is not its to claim */
 	}
 	if (is_proxy_address(b, &address) || (address6.ss_family && is_proxy_address(b, &address6)))
@@ -320,6 +326,7 @@ static int register_proxy(wfpr_broker *b, client *c, const wire_request *rq, con
 	p->broker = b;
 	p->match_process = match.n_uids || match.n_comms || match.n_exes || match.n_cgroups;
 	p->unmodified = rq->flags & WIRE_REGISTER_UNMODIFIED;
+	p->push = (rq->flags & WIRE_REGISTER_PUSH) && !p->unmodified;
 	int rc = 0;
 	if (fresh) {
 		wfpr_callout_options co = WFPR_CALLOUT_OPTIONS_INIT;
@@ -351,7 +358,7 @@ static int register_proxy(wfpr_broker *b, client *c, const wire_request *rq, con
 		p->next = b->proxies;
 		b->proxies = p;
 	}
-	b->stats.proxies++;
+	COUNT(b->stats.proxies);
 	memcpy(rp->id, wfpr_redirect_handle_id(p->handle), WFPR_REDIRECTOR_ID_SIZE);
 	return 0;
 }
@@ -429,7 +436,7 @@ static int route(wfpr_broker *b, client *c, const wire_request *rq, const uint8_
 		return 0;
 	if (!within_quota(b, c)) {
 		wfpr__redirect_decision_cleanup(&c->decision);
-		b->stats.over_quota++;
+		COUNT(b->stats.over_quota);
 		return WFPR_WSAENOBUFS; /* this user's programs hold their share of the table */
 	}
 	if (records_len && !(c->records = malloc(records_len))) {
@@ -450,7 +457,8 @@ static int route(wfpr_broker *b, client *c, const wire_request *rq, const uint8_
 	return 0;
 }
 
-static void answer_waiting(wfpr_broker *b, const wfpr__entry *issued);
+static bool answer_waiting(wfpr_broker *b, const wfpr__entry *issued);
+static void push(wfpr_broker *b, const wfpr__entry *e);
 
 /* Is the socket that came with an ISSUE the caller's socket that ROUTE
  * redirected: of its protocol, bound at the address the ISSUE names, and
@@ -507,8 +515,8 @@ static int issue(wfpr_broker *b, client *c, const wire_request *rq)
 			page_bump(&b->page->udp_issued); /* before the reply: the flow's first datagram comes after it */
 	}
 	forget_decision(c);
-	if (e && b->waiting)
-		answer_waiting(b, e);
+	if (e && !(b->waiting && answer_waiting(b, e)) && e->protocol == IPPROTO_TCP)
+		push(b, e);
 	return rc;
 }
 
@@ -560,6 +568,17 @@ static void decide_onward(wfpr_broker *b, const client *c, const wfpr__entry *e,
 	wfpr_records_free(chain);
 }
 
+/* The proxy c's socket took e: e lives while c holds it (or until it
+ * releases it), and belongs to that socket's connection. */
+static void hold(wfpr__entry *e, const client *c, uint64_t socket)
+{
+	e->used_ns = wfpr__now_ns();
+	if (!e->holder) {
+		e->holder = c->id;
+		e->holder_socket = socket;
+	}
+}
+
 static int query(wfpr_broker *b, client *c, const wire_request *rq, wire_reply *rp, uint8_t *out, bool may_wait)
 {
 	struct sockaddr_storage local = rq->a;
@@ -584,11 +603,7 @@ static int query(wfpr_broker *b, client *c, const wire_request *rq, wire_reply *
 			return WFPR_FWP_E_NOT_FOUND;
 		e->delivered = true;
 	}
-	e->used_ns = wfpr__now_ns();
-	if (!e->holder) {
-		e->holder = c->id;
-		e->holder_socket = rq->socket;
-	}
+	hold(e, c, rq->socket);
 	memcpy(out, e->record, e->record_len);
 	memcpy(out + e->record_len, e->context, e->context_len);
 	rp->action = (uint32_t)e->record_len;
@@ -614,10 +629,12 @@ static bool answer_query(wfpr_broker *b, client *c, const wire_request *rq, bool
 }
 
 /* Answer the parked QUERYs that can be answered: all of them once due
- * (FWP_E_NOT_FOUND if their ISSUE never came), else those of `issued`. */
-static void answer_waiting(wfpr_broker *b, const wfpr__entry *issued)
+ * (FWP_E_NOT_FOUND if their ISSUE never came), else those of `issued`.
+ * True if one was about `issued`. */
+static bool answer_waiting(wfpr_broker *b, const wfpr__entry *issued)
 {
 	int64_t now = wfpr__now_ns();
+	bool answered = false;
 	for (waiting **p = &b->waiting; *p;) {
 		waiting *w = *p;
 		bool ready = now >= w->deadline || (issued && entry_of(b, &w->rq) == issued);
@@ -626,26 +643,71 @@ static void answer_waiting(wfpr_broker *b, const wfpr__entry *issued)
 			continue;
 		}
 		*p = w->next;
+		answered |= issued && entry_of(b, &w->rq) == issued;
 		if (!answer_query(b, w->c, &w->rq, false))
 			w->c->failed = true;
 		free(w);
 	}
+	return answered;
 }
 
-/* A batch of RELEASEs; false if it is malformed. */
-static bool release(wfpr_broker *b, client *c, const wire_request *rq, const uint8_t *blob)
+static client *client_by_id(const wfpr_broker *b, uint64_t id)
 {
-	if (rq->blob_len % sizeof(wire_release))
+	for (client *c = b->clients; c; c = c->next)
+		if (c->id == id)
+			return c;
+	return NULL;
+}
+
+/* Push e, just issued, to the client of the proxy it goes to, if that one
+ * takes pushes and has room for one more: its QUERY then needs no round
+ * trip. The record is not held until the proxy says so (a HOLD notice): a
+ * connection it never accepts leaves nothing behind. */
+static void push(wfpr_broker *b, const wfpr__entry *e)
+{
+	client *to = NULL;
+	for (const proxy *p = b->proxies; p && !to; p = p->next)
+		if (p->live && p->push && (addr_listens_on(&p->address, &e->target) || addr_listens_on(&p->address6, &e->target)))
+			to = client_by_id(b, p->owner);
+	if (!to || to->failed || to->pushed - to->drained >= WIRE_PUSH_WINDOW)
+		return;
+	wire_reply rp;
+	uint8_t msg[sizeof(rp) + WIRE_REPLY_BLOB_MAX];
+	memset(&rp, 0, sizeof(rp));
+	rp.push = 1;
+	rp.to = e->target;
+	rp.from = e->client;
+	rp.action = (uint32_t)e->record_len;
+	rp.blob_len = (uint32_t)(e->record_len + e->context_len);
+	decide_onward(b, to, e, &rp);
+	memcpy(msg, &rp, sizeof(rp));
+	memcpy(msg + sizeof(rp), e->record, e->record_len);
+	memcpy(msg + sizeof(rp) + e->record_len, e->context, e->context_len);
+	size_t len = sizeof(rp) + rp.blob_len;
+	if (send(to->fd, msg, len, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)len)
+		to->pushed++;
+}
+
+/* A batch of notices, in order; false if it is malformed. */
+static bool notices(wfpr_broker *b, client *c, const wire_request *rq, const uint8_t *blob)
+{
+	if (rq->blob_len % sizeof(wire_notice))
 		return false;
-	for (size_t off = 0; off < rq->blob_len; off += sizeof(wire_release)) {
-		wire_release r;
-		memcpy(&r, blob + off, sizeof(r));
-		if (r.protocol != IPPROTO_TCP && r.protocol != IPPROTO_UDP)
+	for (size_t off = 0; off < rq->blob_len; off += sizeof(wire_notice)) {
+		wire_notice n;
+		memcpy(&n, blob + off, sizeof(n));
+		if ((n.protocol != IPPROTO_TCP && n.protocol != IPPROTO_UDP) ||
+		    (n.kind != WIRE_NOTICE_RELEASE && n.kind != WIRE_NOTICE_HOLD))
 			return false;
-		wire_request one = {.protocol = r.protocol, .a = r.local, .b = r.peer, .socket = r.socket};
+		wire_request one = {.protocol = n.protocol, .a = n.local, .b = n.peer, .socket = n.socket};
 		wfpr__entry *e = entry_of(b, &one);
-		if (e && e->holder == c->id)
+		struct sockaddr_storage local = n.local;
+		addr_unmap(&local);
+		if (e && n.kind == WIRE_NOTICE_RELEASE && e->holder == c->id)
 			wfpr__store_remove(b->store, e);
+		else if (e && n.kind == WIRE_NOTICE_HOLD && proxy_of(b, c, &local) && wfpr__store_alive(b->store, e) &&
+		         (!e->holder || e->holder == c->id))
+			hold(e, c, n.socket); /* as a QUERY would: only the proxy that accepted it */
 	}
 	return true;
 }
@@ -668,7 +730,7 @@ static bool valid_request(const wire_request *rq, size_t n)
 	case WIRE_ROUTE:
 	case WIRE_ISSUE:
 	case WIRE_QUERY:
-	case WIRE_RELEASE:
+	case WIRE_NOTICE:
 		return rq->protocol == IPPROTO_TCP || rq->protocol == IPPROTO_UDP;
 	case WIRE_CHECK:
 	case WIRE_REGISTER:
@@ -688,11 +750,13 @@ static bool serve(wfpr_broker *b, client *c, size_t n)
 	uint8_t reply[sizeof(rp)];
 	wfpr__entry *e;
 	memset(&rp, 0, sizeof(rp));
-	b->stats.requests++;
+	COUNT(b->stats.requests);
 	if (!valid_request(&rq, n)) {
-		b->stats.bad_requests++;
+		COUNT(b->stats.bad_requests);
 		return false; /* not our protocol: hang up */
 	}
+	if (rq.drained <= c->pushed)
+		c->drained = rq.drained;
 	int page_fd = -1; /* a REGISTER's reply hands out the page */
 	switch (rq.type) {
 	case WIRE_ROUTE: rp.err = route(b, c, &rq, in, &rp); break;
@@ -702,8 +766,8 @@ static bool serve(wfpr_broker *b, client *c, size_t n)
 			return true; /* no reply: the client is connecting; a QUERY waits for this */
 		break;
 	case WIRE_QUERY:
-		if (!release(b, c, &rq, in)) {
-			b->stats.bad_requests++;
+		if (!notices(b, c, &rq, in)) {
+			COUNT(b->stats.bad_requests);
 			return false;
 		}
 		return answer_query(b, c, &rq, true);
@@ -717,10 +781,10 @@ static bool serve(wfpr_broker *b, client *c, size_t n)
 		rp.err = register_proxy(b, c, &rq, in, &rp);
 		page_fd = rp.err ? -1 : b->page_fd;
 		break;
-	case WIRE_RELEASE:
-		if (release(b, c, &rq, in))
+	case WIRE_NOTICE:
+		if (notices(b, c, &rq, in))
 			return true;
-		b->stats.bad_requests++;
+		COUNT(b->stats.bad_requests);
 		return false; /* not our protocol: hang up */
 	case WIRE_NAME: rp.err = name_of(b, &rq, &rp); break;
 	}
@@ -785,7 +849,7 @@ static void accept_clients(wfpr_broker *b)
 			continue;
 		}
 		b->clients = c;
-		b->stats.clients++;
+		COUNT(b->stats.clients);
 	}
 }
 
@@ -925,7 +989,10 @@ int wfpr_broker_get_stats(wfpr_broker_stats *out, const wfpr_broker *b)
 {
 	if (!out || !b)
 		return WFPR_WSAEFAULT;
-	*out = b->stats;
+	const uint64_t *from = (const uint64_t *)&b->stats;
+	uint64_t *to = (uint64_t *)out;
+	for (size_t i = 0; i < sizeof(*out) / sizeof(uint64_t); i++)
+		to[i] = __atomic_load_n(&from[i], __ATOMIC_RELAXED);
 	out->records_live = wfpr__store_count(b->store);
 	return 0;
 }

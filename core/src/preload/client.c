@@ -44,14 +44,30 @@ static struct {
 	uint8_t blob[WFPR_RECORD_MAX_SIZE + WFPR_CONTEXT_MAX_SIZE];
 } last;
 
-/* Closed proxy sockets not yet told to the broker: they ride along with
- * the next QUERY, go just before any other request, or go alone when
- * WIRE_RELEASE_MAX are kept (a wakeup of the broker per connection saved).
- * Only this process could ask about their records (it holds them), and
- * every request of its comes after them: to the broker they are gone from
- * the moment of the close. */
-static wire_release releases[WIRE_RELEASE_MAX];
-static size_t n_releases;
+/* Notices not yet told to the broker (a socket that closed, or that took
+ * its record from a push): they ride along with the next QUERY, go just
+ * before any other request, or go alone when WIRE_NOTICE_MAX are kept (a
+ * wakeup of the broker per connection saved). Only this process could ask
+ * about their records, and every request of its comes after them: to the
+ * broker they take effect when they happened. */
+static wire_notice notices[WIRE_NOTICE_MAX];
+static size_t n_notices;
+
+/* Records the broker pushed (wire.h), until this process's QUERY for
+ * their connection takes them: PUSHED_MAX at most, the oldest make room,
+ * and none is taken after PUSHED_TTL_NS (the QUERY asks the broker then,
+ * as it does when the push has not come yet). A connection on a tuple the
+ * kernel reuses comes a second later at the soonest (TIME_WAIT reuse),
+ * long after its predecessor's push is stale. */
+#define PUSHED_MAX 16
+#define PUSHED_TTL_NS (500 * 1000000LL)
+typedef struct pushed {
+	int64_t at_ns;
+	wire_reply rp;
+	uint8_t blob[]; /* rp.blob_len bytes: the record, then the context */
+} pushed;
+static pushed *stash[PUSHED_MAX];
+static uint64_t drained; /* pushes taken off the socket, told with every request */
 
 /* The UDP sources a proxy socket asked about, each with the page's
  * udp_issued as it was before the question: while the count has not
@@ -65,6 +81,18 @@ static struct seen {
 	struct sockaddr_in6 from; /* an IPv4 source as a sockaddr_in */
 } seen[SEEN_SLOTS];
 
+/* What this process keeps of a broker connection that is gone. */
+static void forget_broker_state(void)
+{
+	last.valid = false;
+	n_notices = 0;
+	drained = 0;
+	for (size_t i = 0; i < PUSHED_MAX; i++) {
+		free(stash[i]);
+		stash[i] = NULL;
+	}
+}
+
 static void child_after_fork(void)
 {
 	/* a forked child opens its own connection; another thread may have held the lock at fork */
@@ -72,8 +100,7 @@ static void child_after_fork(void)
 	if (broker >= 0)
 		close(broker);
 	broker = -1;
-	last.valid = false;
-	n_releases = 0; /* the parent's */
+	forget_broker_state(); /* the parent's */
 }
 
 static void install_atfork(void)
@@ -90,8 +117,7 @@ int wfpr__client_set_path(const char *p)
 	if (broker >= 0)
 		close(broker);
 	broker = -1;
-	last.valid = false;
-	n_releases = 0; /* that broker dropped them with the connection */
+	forget_broker_state(); /* that broker dropped them with the connection */
 	if (p)
 		strcpy(path, p);
 	else
@@ -110,6 +136,7 @@ static int open_broker(void)
 {
 	if (broker >= 0)
 		return 0;
+	forget_broker_state(); /* a new connection: a new client to the broker */
 	broker = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 	if (broker < 0)
 		return WFPR_WSAENETDOWN;
@@ -124,6 +151,77 @@ static int open_broker(void)
 		return WFPR_WSAENETDOWN;
 	}
 	return 0;
+}
+
+/* Locked. If msg (n bytes) is a push, keep it (true); else false. */
+static bool keep_push(const uint8_t *msg, size_t n)
+{
+	wire_reply rp;
+	memcpy(&rp, msg, sizeof(rp));
+	if (!rp.push)
+		return false;
+	drained++;
+	if (rp.blob_len != n - sizeof(rp) || rp.action > rp.blob_len || rp.err)
+		return true; /* not what the broker sends: dropped */
+	addr_unmap(&rp.to);
+	addr_unmap(&rp.from);
+	size_t at = 0;
+	for (size_t i = 0; i < PUSHED_MAX; i++) {
+		if (!stash[i] || (addr_equal(&stash[i]->rp.to, &rp.to) && addr_equal(&stash[i]->rp.from, &rp.from))) {
+			at = i; /* free, or the same tuple's (a later connection's) */
+			break;
+		}
+		if (stash[i]->at_ns < stash[at]->at_ns)
+			at = i;
+	}
+	pushed *p = malloc(sizeof(*p) + rp.blob_len);
+	if (!p)
+		return true;
+	p->at_ns = wfpr__now_ns();
+	p->rp = rp;
+	memcpy(p->blob, msg + sizeof(rp), rp.blob_len);
+	free(stash[at]);
+	stash[at] = p;
+	return true;
+}
+
+/* Locked. Take the pushes waiting on the socket, without blocking. */
+static void drain_pushes(void)
+{
+	uint8_t msg[sizeof(wire_reply) + WIRE_REPLY_BLOB_MAX];
+	while (broker >= 0) {
+		int got[WIRE_MAX_FDS];
+		size_t n_got;
+		ssize_t n = wfpr__wire_receive(broker, msg, sizeof(msg), got, &n_got, MSG_DONTWAIT);
+		for (size_t i = 0; i < n_got && i < WIRE_MAX_FDS; i++)
+			close(got[i]);
+		if (n < 0 && errno == EAGAIN)
+			return;
+		if (n < (ssize_t)sizeof(wire_reply) || !keep_push(msg, (size_t)n)) {
+			close(broker); /* gone, or a reply nobody waits for: the connection is not sound */
+			broker = -1;
+			forget_broker_state();
+		}
+	}
+}
+
+/* Locked. The push for the connection from peer to local, fresh enough, taken out of the stash; else NULL. */
+static pushed *take_push(const struct sockaddr_storage *local, const struct sockaddr_storage *peer)
+{
+	struct sockaddr_storage l = *local, p = *peer;
+	addr_unmap(&l);
+	addr_unmap(&p);
+	int64_t now = wfpr__now_ns();
+	for (size_t i = 0; i < PUSHED_MAX; i++) {
+		pushed *got = stash[i];
+		if (!got || !addr_equal(&got->rp.to, &l) || !addr_equal(&got->rp.from, &p))
+			continue;
+		stash[i] = NULL;
+		if (now - got->at_ns < PUSHED_TTL_NS)
+			return got;
+		free(got);
+	}
+	return NULL;
 }
 
 /* Locked. Map the page that came with a REGISTER's reply (once; fd is closed). */
@@ -153,18 +251,19 @@ static int exchange(wire_request *rq, const void *blob, const int *fds, size_t n
 	int rc = open_broker();
 	if (rc != 0)
 		return rc;
-	if (n_releases && (rq->type == WIRE_QUERY || rq->type == WIRE_RELEASE) && !rq->blob_len) {
-		blob = releases; /* they ride along */
-		rq->blob_len = (uint32_t)(n_releases * sizeof(wire_release));
-		n_releases = 0;
-	} else if (n_releases) {
-		/* before anything else: to the broker, the records are gone from the moment of the close */
-		wire_request release = {.type = WIRE_RELEASE, .protocol = IPPROTO_TCP};
-		int sent = exchange(&release, NULL, NULL, 0, NULL, NULL, 0);
+	if (n_notices && (rq->type == WIRE_QUERY || rq->type == WIRE_NOTICE) && !rq->blob_len) {
+		blob = notices; /* they ride along */
+		rq->blob_len = (uint32_t)(n_notices * sizeof(wire_notice));
+		n_notices = 0;
+	} else if (n_notices) {
+		/* before anything else: they take effect when they happened */
+		wire_request notice = {.type = WIRE_NOTICE, .protocol = IPPROTO_TCP};
+		int sent = exchange(&notice, NULL, NULL, 0, NULL, NULL, 0);
 		if (sent != 0)
 			return sent;
 	}
 	rq->magic = WIRE_MAGIC;
+	rq->drained = drained;
 	memcpy(msg, rq, sizeof(*rq));
 	if (rq->blob_len)
 		memcpy(msg + sizeof(*rq), blob, rq->blob_len);
@@ -172,7 +271,7 @@ static int exchange(wire_request *rq, const void *blob, const int *fds, size_t n
 	ssize_t n = wfpr__wire_send(broker, msg, len, fds, n_fds, 0);
 	if (n == (ssize_t)len && !rp)
 		return 0;
-	if (n == (ssize_t)len) {
+	while (n == (ssize_t)len) {
 		int got[WIRE_MAX_FDS];
 		size_t n_got;
 		n = wfpr__wire_receive(broker, msg, sizeof(msg), got, &n_got, 0);
@@ -182,6 +281,10 @@ static int exchange(wire_request *rq, const void *blob, const int *fds, size_t n
 			else
 				close(got[i]);
 		}
+		if (n >= (ssize_t)sizeof(*rp) && keep_push(msg, (size_t)n)) {
+			n = (ssize_t)len; /* a push came first: the reply is still to come */
+			continue;
+		}
 		if (n >= (ssize_t)sizeof(*rp)) {
 			memcpy(rp, msg, sizeof(*rp));
 			if (rp->blob_len == (size_t)n - sizeof(*rp) && rp->blob_len <= cap) {
@@ -190,10 +293,23 @@ static int exchange(wire_request *rq, const void *blob, const int *fds, size_t n
 				return 0;
 			}
 		}
+		break;
 	}
 	close(broker);
 	broker = -1;
 	return WFPR_WSAENETDOWN;
+}
+
+/* Locked. A notice for the broker, sent with the next request (alone, once WIRE_NOTICE_MAX wait). */
+static void notify(uint32_t kind, uint64_t socket, int protocol, const struct sockaddr_storage *local,
+                   const struct sockaddr_storage *peer)
+{
+	notices[n_notices++] = (wire_notice){.kind = kind, .socket = socket, .protocol = (uint32_t)protocol,
+	                                     .local = *local, .peer = *peer};
+	if (n_notices == WIRE_NOTICE_MAX) {
+		wire_request rq = {.type = WIRE_NOTICE, .protocol = IPPROTO_TCP};
+		exchange(&rq, NULL, NULL, 0, NULL, NULL, 0); /* takes the kept ones along */
+	}
 }
 
 static int call(wire_request *rq, const void *blob, wire_reply *rp, uint8_t *blob_out, size_t cap)
@@ -321,9 +437,20 @@ int wfpr__client_query(uint64_t socket, int protocol, const struct sockaddr_stor
 		pthread_mutex_unlock(&lock);
 		return WFPR_FWP_E_NOT_FOUND; /* nothing issued since this source was asked about */
 	}
-	if (first || !is_last(socket, protocol, local, peer)) {
+	pushed *got = NULL;
+	if (!first && page && !is_last(socket, protocol, local, peer) && protocol == IPPROTO_TCP) {
+		drain_pushes();
+		if ((got = take_push(local, peer))) {
+			rp = got->rp; /* the broker's answer, before the question */
+			memcpy(last.blob, got->blob, got->rp.blob_len);
+			free(got);
+			notify(WIRE_NOTICE_HOLD, socket, protocol, local, peer);
+		}
+	}
+	if (got || first || !is_last(socket, protocol, local, peer)) {
 		last.valid = false;
-		rc = exchange(&rq, NULL, NULL, 0, &rp, last.blob, sizeof(last.blob));
+		if (!got)
+			rc = exchange(&rq, NULL, NULL, 0, &rp, last.blob, sizeof(last.blob));
 		if (rc == 0 && slot) {
 			slot->socket = socket;
 			slot->issued = issued;
@@ -377,12 +504,7 @@ void wfpr__client_release(uint64_t socket, int protocol, const struct sockaddr_s
 	pthread_mutex_lock(&lock);
 	if (is_last(socket, protocol, local, peer))
 		last.valid = false;
-	releases[n_releases++] = (wire_release){.socket = socket, .protocol = (uint32_t)protocol, .local = *local,
-	                                        .peer = *peer};
-	if (n_releases == WIRE_RELEASE_MAX) {
-		wire_request rq = {.type = WIRE_RELEASE, .protocol = IPPROTO_TCP};
-		exchange(&rq, NULL, NULL, 0, NULL, NULL, 0); /* takes the kept RELEASEs along */
-	}
+	notify(WIRE_NOTICE_RELEASE, socket, protocol, local, peer);
 	pthread_mutex_unlock(&lock);
 }
 

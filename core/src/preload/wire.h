@@ -32,18 +32,20 @@ enum wire_type {
 	                 * (notes_len bytes) -> action, target */
 	WIRE_ISSUE,     /* b: the local address now bound (after a REDIRECT), fd: that socket; a reply for UDP
 	                 * only (sent once the record is stored and the page's udp_issued bumped), none for TCP */
-	WIRE_QUERY,     /* a: the proxy socket's local, b: its peer, blob: RELEASEs that ride along (wire_release
+	WIRE_QUERY,     /* a: the proxy socket's local, b: its peer, blob: notices that ride along (wire_notice
 	                 * entries) -> records then context; action: records' length; onward, generation: the
 	                 * proxy's own connect onward (below) */
 	WIRE_CHECK,     /* blob: records to SET -> ok, or WSAEINVAL */
 	WIRE_REGISTER,  /* key, name, a: the proxy's address, b: the same on IPv6 (or AF_UNSPEC), weight,
 	                 * blob: its match (wfpr/match.h text, NUL-terminated),
 	                 * fds: a socket listening on a, and one on b -> id, and fd: the broker's page */
-	WIRE_RELEASE,   /* blob: wire_release entries, the proxy sockets that closed; no reply */
+	WIRE_NOTICE,    /* blob: wire_notice entries; no reply */
 	WIRE_NAME,      /* id -> name */
 };
 
 #define WIRE_REGISTER_UNMODIFIED 0x1u /* REGISTER: an unmodified proxy (its fresh connects never come to itself) */
+#define WIRE_REGISTER_PUSH 0x2u       /* REGISTER: push each TCP record issued toward this proxy to its client,
+                                       * which takes the pushes off its socket when it QUERYs */
 #define WIRE_QUERY_CONTEXT 0x1u
 #define WIRE_QUERY_FIRST_DATAGRAM 0x2u /* UDP: only once, with the flow's first datagram */
 
@@ -59,18 +61,29 @@ typedef struct wire_request {
 	uint32_t weight; /* REGISTER: its filter's (highest first; equal ones in registration order) */
 	uint8_t key[WIRE_KEY_SIZE]; /* REGISTER: the broker's registration key */
 	uint32_t notes_len;         /* ROUTE: the blob ends with this many bytes of annotations */
+	uint64_t drained;           /* every request: how many pushes this client has taken off its socket */
 	uint32_t blob_len;
 } wire_request;
 
-/* A proxy socket that closed (its cookie, local and peer as for QUERY):
- * its record may go. A proxy sends them in batches. */
-typedef struct wire_release {
-	uint64_t socket;
-	uint32_t protocol;
-	struct sockaddr_storage local, peer;
-} wire_release;
+/* What a proxy tells the broker about one of its sockets (cookie, local
+ * and peer as for QUERY), without waiting; a proxy sends them in batches. */
+enum wire_notice_kind {
+	WIRE_NOTICE_RELEASE = 1, /* the socket closed: its record may go */
+	WIRE_NOTICE_HOLD,        /* the socket took its record from a push: it holds it, as after a QUERY */
+};
 
-#define WIRE_RELEASE_MAX (WIRE_BLOB_MAX / sizeof(wire_release))
+typedef struct wire_notice {
+	uint32_t kind;
+	uint32_t protocol;
+	uint64_t socket;
+	struct sockaddr_storage local, peer;
+} wire_notice;
+
+#define WIRE_NOTICE_MAX (WIRE_BLOB_MAX / sizeof(wire_notice))
+
+/* The pushes a client may have on its socket, not yet taken off: more
+ * would crowd the replies it waits for. */
+#define WIRE_PUSH_WINDOW 8
 
 /* QUERY's onward: a ROUTE of these very records, without annotations, to
  * the original destination, as the querying proxy will pass the connection
@@ -83,6 +96,9 @@ typedef struct wire_reply {
 	uint32_t action; /* ROUTE: wfpr_action; QUERY: the records' length */
 	uint32_t onward; /* QUERY: WIRE_ONWARD_* */
 	uint64_t generation; /* QUERY: the page's generation that onward was decided at */
+	uint32_t push; /* 1: no reply, but a push: a QUERY's answer before it was asked, for the
+	                * connection from `from` to `to` (the proxy socket's peer and local) */
+	struct sockaddr_storage from, to;
 	struct sockaddr_storage target;
 	uint8_t id[WFPR_REDIRECTOR_ID_SIZE];
 	char name[WIRE_NAME_MAX];

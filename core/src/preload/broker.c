@@ -579,6 +579,17 @@ static void hold(wfpr__entry *e, const client *c, uint64_t socket)
 	}
 }
 
+/* What a QUERY of the proxy c's about e answers (a push too): records
+ * then context into out, their lengths in rp, and the onward answer. */
+static void answer_of(wfpr_broker *b, const client *c, const wfpr__entry *e, wire_reply *rp, uint8_t *out)
+{
+	memcpy(out, e->record, e->record_len);
+	memcpy(out + e->record_len, e->context, e->context_len);
+	rp->action = (uint32_t)e->record_len;
+	rp->blob_len = (uint32_t)(e->record_len + e->context_len);
+	decide_onward(b, c, e, rp);
+}
+
 static int query(wfpr_broker *b, client *c, const wire_request *rq, wire_reply *rp, uint8_t *out, bool may_wait)
 {
 	struct sockaddr_storage local = rq->a;
@@ -604,11 +615,7 @@ static int query(wfpr_broker *b, client *c, const wire_request *rq, wire_reply *
 		e->delivered = true;
 	}
 	hold(e, c, rq->socket);
-	memcpy(out, e->record, e->record_len);
-	memcpy(out + e->record_len, e->context, e->context_len);
-	rp->action = (uint32_t)e->record_len;
-	rp->blob_len = (uint32_t)(e->record_len + e->context_len);
-	decide_onward(b, c, e, rp);
+	answer_of(b, c, e, rp, out);
 	return 0;
 }
 
@@ -677,12 +684,8 @@ static void push(wfpr_broker *b, const wfpr__entry *e)
 	rp.push = 1;
 	rp.to = e->target;
 	rp.from = e->client;
-	rp.action = (uint32_t)e->record_len;
-	rp.blob_len = (uint32_t)(e->record_len + e->context_len);
-	decide_onward(b, to, e, &rp);
+	answer_of(b, to, e, &rp, msg + sizeof(rp));
 	memcpy(msg, &rp, sizeof(rp));
-	memcpy(msg + sizeof(rp), e->record, e->record_len);
-	memcpy(msg + sizeof(rp) + e->record_len, e->context, e->context_len);
 	size_t len = sizeof(rp) + rp.blob_len;
 	if (send(to->fd, msg, len, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)len)
 		to->pushed++;

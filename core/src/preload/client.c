@@ -81,7 +81,9 @@ static struct seen {
 	struct sockaddr_in6 from; /* an IPv4 source as a sockaddr_in */
 } seen[SEEN_SLOTS];
 
-/* What this process keeps of a broker connection that is gone. */
+/* What this process keeps of a broker connection that is gone: the
+ * registrations went with it, and the page with them (a broker started
+ * again has another). */
 static void forget_broker_state(void)
 {
 	last.valid = false;
@@ -91,6 +93,11 @@ static void forget_broker_state(void)
 		free(stash[i]);
 		stash[i] = NULL;
 	}
+	if (page) {
+		munmap((void *)page, sizeof(wire_page));
+		memset(seen, 0, sizeof(seen)); /* used only with a page */
+	}
+	page = NULL;
 }
 
 static void child_after_fork(void)

@@ -601,6 +601,85 @@ static void test_push_answers_a_query(void)
 	close(l2);
 }
 
+/* A client in a process of its own (its own broker connection), from
+ * this fixed local address to dest: it says when its record is issued
+ * (ready), and closes once told to (go), after the proxy did. */
+static pid_t client_from(const struct sockaddr_storage *local, const struct sockaddr_storage *dest, int ready, int go)
+{
+	pid_t pid = fork();
+	if (pid != 0)
+		return pid;
+	int c = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+	int one = 1;
+	char name[65], byte;
+	uint8_t id[WFPR_REDIRECTOR_ID_SIZE] = {0};
+	setsockopt(c, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	bool ok = bind(c, (const struct sockaddr *)local, addr_size(local)) == 0 &&
+	          wfpr_connect(c, (const struct sockaddr *)dest, addr_size(dest)) == 0;
+	wfpr_preload_redirector_name(name, sizeof(name), id); /* answered after this connection's ISSUE */
+	ok = ok && write(ready, "x", 1) == 1 && read(go, &byte, 1) == 1 && read(c, &byte, 1) == 0;
+	_exit(ok ? 0 : 1);
+}
+
+/* A proxy's notices about a connection (it took the record from a push,
+ * then closed) reach the broker late, after the next connection on the
+ * same tuple has its record: they must leave that one alone. The proxy
+ * closes first, so the client can take the same port again at once. */
+static void reused_tuple_and_late_notices(void)
+{
+	struct sockaddr_storage server, first, second, local = {.ss_family = AF_INET};
+	int dest = tcp_listen(&server), l1 = tcp_listen(&first), l2 = tcp_listen(&second);
+	int taken = tcp_listen(&local); /* a free port for the client, then let go */
+	close(taken);
+	char match[64];
+	snprintf(match, sizeof(match), "proto=tcp dport=%u", (unsigned)addr_port(&server));
+	uint8_t id[WFPR_REDIRECTOR_ID_SIZE], records[WFPR_RECORD_MAX_SIZE];
+	CHECK_EQ(wfpr_preload_register_filtered(id, "reuse-first", &first, NULL, 1000, match), 0);
+	CHECK_EQ(wfpr_preload_register_filtered(id, "reuse-second", &second, NULL, 900, match), 0);
+	char name[65], byte;
+	uint32_t len;
+	for (int round = 0; round < 2; round++) {
+		int ready[2], go[2];
+		CHECK_EQ(pipe(ready), 0);
+		CHECK_EQ(pipe(go), 0);
+		pid_t client = client_from(&local, &server, ready[1], go[0]);
+		CHECK_EQ(read(ready[0], &byte, 1), 1);
+		/* after the client's ISSUE: the first round's notices go now, and this one's push comes */
+		CHECK_EQ(wfpr_preload_redirector_name(name, sizeof(name), id), 0);
+		int accepted = accept(l1, NULL, NULL);
+		CHECK_EQ(wfpr_ioctl(accepted, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, records,
+		                    sizeof(records), &len, NULL, NULL), 0);
+		if (round == 1) {
+			/* the record is still the broker's: passing it on to the next proxy works */
+			int out = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+			uint32_t bytes;
+			CHECK_EQ(wfpr_ioctl(out, WFPR_SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, records, len, NULL, 0, &bytes,
+			                    NULL, NULL), 0);
+			CHECK_EQ(wfpr_connect(out, (struct sockaddr *)&server, addr_size(&server)), 0);
+			CHECK(readable(l2, 5000));
+			close(accept(l2, NULL, NULL));
+			wfpr_closesocket(out);
+		}
+		wfpr_closesocket(accepted); /* the proxy first: its side keeps the TIME_WAIT */
+		CHECK_EQ(write(go[1], "x", 1), 1);
+		int status = -1;
+		waitpid(client, &status, 0);
+		CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+		close(ready[0]);
+		close(ready[1]);
+		close(go[0]);
+		close(go[1]);
+	}
+	close(dest);
+	close(l1);
+	close(l2);
+}
+
+static void test_reused_tuple_and_late_notices(void)
+{
+	in_child(reused_tuple_and_late_notices);
+}
+
 static void test_onward_sees_a_new_proxy(void)
 {
 	in_child(onward_sees_a_new_proxy);
@@ -622,6 +701,7 @@ int main(void)
 	RUN(test_onward_sees_a_new_proxy);
 	RUN(test_udp_first_datagrams);
 	RUN(test_push_answers_a_query);
+	RUN(test_reused_tuple_and_late_notices);
 	proxy_start(&alpha, "alpha");
 	proxy_start(&beta, "beta");
 	RUN(test_chain_of_two);

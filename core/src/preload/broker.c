@@ -585,6 +585,7 @@ static void answer_of(wfpr_broker *b, const client *c, const wfpr__entry *e, wir
 {
 	memcpy(out, e->record, e->record_len);
 	memcpy(out + e->record_len, e->context, e->context_len);
+	memcpy(rp->token, e->token, WFPR_TOKEN_SIZE);
 	rp->action = (uint32_t)e->record_len;
 	rp->blob_len = (uint32_t)(e->record_len + e->context_len);
 	decide_onward(b, c, e, rp);
@@ -702,14 +703,14 @@ static bool notices(wfpr_broker *b, client *c, const wire_request *rq, const uin
 		if ((n.protocol != IPPROTO_TCP && n.protocol != IPPROTO_UDP) ||
 		    (n.kind != WIRE_NOTICE_RELEASE && n.kind != WIRE_NOTICE_HOLD))
 			return false;
-		wire_request one = {.protocol = n.protocol, .a = n.local, .b = n.peer, .socket = n.socket};
+		wire_request one = {.protocol = n.protocol, .a = n.local, .b = n.peer}; /* no socket: a lookup only */
 		wfpr__entry *e = entry_of(b, &one);
 		struct sockaddr_storage local = n.local;
 		addr_unmap(&local);
-		if (e && n.kind == WIRE_NOTICE_RELEASE && e->holder == c->id)
+		if (e && n.kind == WIRE_NOTICE_RELEASE && e->holder == c->id && e->holder_socket == n.socket)
 			wfpr__store_remove(b->store, e);
-		else if (e && n.kind == WIRE_NOTICE_HOLD && proxy_of(b, c, &local) && wfpr__store_alive(b->store, e) &&
-		         (!e->holder || e->holder == c->id))
+		else if (e && n.kind == WIRE_NOTICE_HOLD && memcmp(e->token, n.token, WFPR_TOKEN_SIZE) == 0 &&
+		         proxy_of(b, c, &local) && wfpr__store_alive(b->store, e) && (!e->holder || e->holder == c->id))
 			hold(e, c, n.socket); /* as a QUERY would: only the proxy that accepted it */
 	}
 	return true;

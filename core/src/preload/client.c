@@ -56,9 +56,16 @@ static size_t n_notices;
 /* Records the broker pushed (wire.h), until this process's QUERY for
  * their connection takes them: PUSHED_MAX at most, the oldest make room,
  * and none is taken after PUSHED_TTL_NS (the QUERY asks the broker then,
- * as it does when the push has not come yet). A connection on a tuple the
- * kernel reuses comes a second later at the soonest (TIME_WAIT reuse),
- * long after its predecessor's push is stale. */
+ * as it does when the push has not come yet).
+ *
+ * A push must never answer for a later connection on the same tuple (the
+ * kernel reuses one at once when the proxy's side holds the TIME_WAIT).
+ * The broker pushes a connection's record before it answers any QUERY of
+ * it, and a tuple has one connection at a time, which the proxy accepts,
+ * QUERYs and closes before the next can exist. So every push for a tuple
+ * goes when the broker answers a QUERY for it (what is kept is that
+ * connection's, or older), and when the proxy closes a socket of that
+ * tuple; what is left is the next connection's. */
 #define PUSHED_MAX 16
 #define PUSHED_TTL_NS (500 * 1000000LL)
 typedef struct pushed {
@@ -212,23 +219,26 @@ static void drain_pushes(void)
 	}
 }
 
-/* Locked. The push for the connection from peer to local, fresh enough, taken out of the stash; else NULL. */
+/* Locked. The push for the connection from peer to local, fresh enough,
+ * taken out of the stash; else NULL. Any other for that tuple goes. */
 static pushed *take_push(const struct sockaddr_storage *local, const struct sockaddr_storage *peer)
 {
 	struct sockaddr_storage l = *local, p = *peer;
 	addr_unmap(&l);
 	addr_unmap(&p);
 	int64_t now = wfpr__now_ns();
+	pushed *taken = NULL;
 	for (size_t i = 0; i < PUSHED_MAX; i++) {
 		pushed *got = stash[i];
 		if (!got || !addr_equal(&got->rp.to, &l) || !addr_equal(&got->rp.from, &p))
 			continue;
 		stash[i] = NULL;
-		if (now - got->at_ns < PUSHED_TTL_NS)
-			return got;
-		free(got);
+		if (!taken && now - got->at_ns < PUSHED_TTL_NS)
+			taken = got;
+		else
+			free(got);
 	}
-	return NULL;
+	return taken;
 }
 
 /* Locked. Map the page that came with a REGISTER's reply (once; fd is closed). */
@@ -309,10 +319,12 @@ static int exchange(wire_request *rq, const void *blob, const int *fds, size_t n
 
 /* Locked. A notice for the broker, sent with the next request (alone, once WIRE_NOTICE_MAX wait). */
 static void notify(uint32_t kind, uint64_t socket, int protocol, const struct sockaddr_storage *local,
-                   const struct sockaddr_storage *peer)
+                   const struct sockaddr_storage *peer, const uint8_t *token)
 {
-	notices[n_notices++] = (wire_notice){.kind = kind, .socket = socket, .protocol = (uint32_t)protocol,
-	                                     .local = *local, .peer = *peer};
+	wire_notice *n = &notices[n_notices++];
+	*n = (wire_notice){.kind = kind, .socket = socket, .protocol = (uint32_t)protocol, .local = *local, .peer = *peer};
+	if (token)
+		memcpy(n->token, token, WFPR_TOKEN_SIZE);
 	if (n_notices == WIRE_NOTICE_MAX) {
 		wire_request rq = {.type = WIRE_NOTICE, .protocol = IPPROTO_TCP};
 		exchange(&rq, NULL, NULL, 0, NULL, NULL, 0); /* takes the kept ones along */
@@ -451,13 +463,15 @@ int wfpr__client_query(uint64_t socket, int protocol, const struct sockaddr_stor
 			rp = got->rp; /* the broker's answer, before the question */
 			memcpy(last.blob, got->blob, got->rp.blob_len);
 			free(got);
-			notify(WIRE_NOTICE_HOLD, socket, protocol, local, peer);
+			notify(WIRE_NOTICE_HOLD, socket, protocol, local, peer, rp.token);
 		}
 	}
 	if (got || first || !is_last(socket, protocol, local, peer)) {
 		last.valid = false;
 		if (!got)
 			rc = exchange(&rq, NULL, NULL, 0, &rp, last.blob, sizeof(last.blob));
+		if (!got && rc == 0 && protocol == IPPROTO_TCP)
+			free(take_push(local, peer)); /* answered: a push for it that came first is stale */
 		if (rc == 0 && slot) {
 			slot->socket = socket;
 			slot->issued = issued;
@@ -511,7 +525,9 @@ void wfpr__client_release(uint64_t socket, int protocol, const struct sockaddr_s
 	pthread_mutex_lock(&lock);
 	if (is_last(socket, protocol, local, peer))
 		last.valid = false;
-	notify(WIRE_NOTICE_RELEASE, socket, protocol, local, peer);
+	if (protocol == IPPROTO_TCP)
+		free(take_push(local, peer)); /* one for this tuple that no QUERY took: the next connection's must not be it */
+	notify(WIRE_NOTICE_RELEASE, socket, protocol, local, peer, NULL);
 	pthread_mutex_unlock(&lock);
 }
 

@@ -66,7 +66,10 @@ typedef struct wire_request {
 } wire_request;
 
 /* What a proxy tells the broker about one of its sockets (cookie, local
- * and peer as for QUERY), without waiting; a proxy sends them in batches. */
+ * and peer as for QUERY), without waiting; a proxy sends them in batches.
+ * Other clients' ISSUEs come in between, a later connection's on the same
+ * tuple among them: a notice touches only the record it is about (a
+ * RELEASE the one its socket holds, a HOLD the one with its token). */
 enum wire_notice_kind {
 	WIRE_NOTICE_RELEASE = 1, /* the socket closed: its record may go */
 	WIRE_NOTICE_HOLD,        /* the socket took its record from a push: it holds it, as after a QUERY */
@@ -77,6 +80,8 @@ typedef struct wire_notice {
 	uint32_t protocol;
 	uint64_t socket;
 	struct sockaddr_storage local, peer;
+	uint8_t token[WFPR_TOKEN_SIZE]; /* HOLD: the last token of the record it took (a later connection on the
+	                                * tuple has another) */
 } wire_notice;
 
 #define WIRE_NOTICE_MAX (WIRE_BLOB_MAX / sizeof(wire_notice))
@@ -99,6 +104,7 @@ typedef struct wire_reply {
 	uint32_t push; /* 1: no reply, but a push: a QUERY's answer before it was asked, for the
 	                * connection from `from` to `to` (the proxy socket's peer and local) */
 	struct sockaddr_storage from, to;
+	uint8_t token[WFPR_TOKEN_SIZE]; /* QUERY, push: the record's last token, which a HOLD names */
 	struct sockaddr_storage target;
 	uint8_t id[WFPR_REDIRECTOR_ID_SIZE];
 	char name[WIRE_NAME_MAX];

@@ -449,6 +449,31 @@ static bool readable(int fd, int timeout_ms)
 	return poll(&p, 1, timeout_ms) == 1;
 }
 
+/* SET records on a new socket and connect it to `to`: the connection must
+ * land on the proxy listening on `next`, not at dest, and its QUERY there
+ * find `hops` hops. */
+static void passes_on_to(const uint8_t *records, uint32_t len, const struct sockaddr_storage *to, int next, int dest,
+                         size_t hops)
+{
+	int out = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+	uint32_t bytes;
+	uint8_t got[WFPR_RECORD_MAX_SIZE];
+	CHECK_EQ(wfpr_ioctl(out, WFPR_SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, records, len, NULL, 0, &bytes, NULL, NULL),
+	         0);
+	CHECK_EQ(wfpr_connect(out, (const struct sockaddr *)to, addr_size(to)), 0);
+	CHECK(readable(next, 5000));
+	CHECK(!readable(dest, 0));
+	int accepted = accept(next, NULL, NULL);
+	wfpr_records *r = NULL;
+	CHECK_EQ(wfpr_ioctl(accepted, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, got, sizeof(got), &bytes,
+	                    NULL, NULL), 0);
+	CHECK_EQ(wfpr_records_decode(&r, got, bytes), 0);
+	CHECK_EQ(r ? r->hop_count : 0, hops);
+	wfpr_records_free(r);
+	wfpr_closesocket(accepted);
+	wfpr_closesocket(out);
+}
+
 /* A QUERY tells the proxy that its connect onward is permitted (nobody is
  * left to redirect it), so the connect goes without asking the broker
  * again; a proxy that registers in between must still get the connection. */
@@ -465,22 +490,7 @@ static void onward_sees_a_new_proxy(void)
 	CHECK_EQ(wfpr_ioctl(accepted, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, records, sizeof(records),
 	                    &len, NULL, NULL), 0);
 	CHECK_EQ(wfpr_preload_register_filtered(id, "onward-late", &late, NULL, 999, NULL), 0);
-	int out = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
-	uint32_t bytes;
-	CHECK_EQ(wfpr_ioctl(out, WFPR_SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, records, len, NULL, 0, &bytes, NULL, NULL),
-	         0);
-	CHECK_EQ(wfpr_connect(out, (struct sockaddr *)&server, addr_size(&server)), 0);
-	CHECK(readable(l2, 5000)); /* the late proxy has it ... */
-	CHECK(!readable(dest, 0)); /* ... and the destination nothing */
-	int second = accept(l2, NULL, NULL);
-	wfpr_records *r = NULL;
-	CHECK_EQ(wfpr_ioctl(second, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, records, sizeof(records),
-	                    &len, NULL, NULL), 0);
-	CHECK_EQ(wfpr_records_decode(&r, records, len), 0);
-	CHECK_EQ(r ? r->hop_count : 0, 2);
-	wfpr_records_free(r);
-	wfpr_closesocket(second);
-	wfpr_closesocket(out);
+	passes_on_to(records, len, &server, l2, dest, 2); /* the late proxy has it, and the destination nothing */
 	wfpr_closesocket(accepted);
 	wfpr_closesocket(client);
 	close(dest);
@@ -578,22 +588,7 @@ static void test_push_answers_a_query(void)
 	CHECK_EQ(wfpr_records_decode(&r, records, len), 0);
 	CHECK(r && r->hop_count == 1 && memcmp(r->hops[0].redirector_id, id1, WFPR_REDIRECTOR_ID_SIZE) == 0);
 	wfpr_records_free(r);
-
-	int out = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
-	uint32_t bytes;
-	CHECK_EQ(wfpr_ioctl(out, WFPR_SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, records, len, NULL, 0, &bytes, NULL, NULL),
-	         0);
-	CHECK_EQ(wfpr_connect(out, (struct sockaddr *)&context[0], addr_size(&context[0])), 0);
-	CHECK(readable(l2, 5000));
-	CHECK(!readable(dest, 0));
-	int next = accept(l2, NULL, NULL);
-	CHECK_EQ(wfpr_ioctl(next, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, records, sizeof(records), &len,
-	                    NULL, NULL), 0);
-	CHECK_EQ(wfpr_records_decode(&r, records, len), 0);
-	CHECK_EQ(r ? r->hop_count : 0, 2);
-	wfpr_records_free(r);
-	wfpr_closesocket(next);
-	wfpr_closesocket(out);
+	passes_on_to(records, len, &context[0], l2, dest, 2);
 	wfpr_closesocket(accepted);
 	wfpr_closesocket(client);
 	close(dest);
@@ -649,17 +644,8 @@ static void reused_tuple_and_late_notices(void)
 		int accepted = accept(l1, NULL, NULL);
 		CHECK_EQ(wfpr_ioctl(accepted, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, records,
 		                    sizeof(records), &len, NULL, NULL), 0);
-		if (round == 1) {
-			/* the record is still the broker's: passing it on to the next proxy works */
-			int out = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
-			uint32_t bytes;
-			CHECK_EQ(wfpr_ioctl(out, WFPR_SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, records, len, NULL, 0, &bytes,
-			                    NULL, NULL), 0);
-			CHECK_EQ(wfpr_connect(out, (struct sockaddr *)&server, addr_size(&server)), 0);
-			CHECK(readable(l2, 5000));
-			close(accept(l2, NULL, NULL));
-			wfpr_closesocket(out);
-		}
+		if (round == 1) /* the record is still the broker's: passing it on to the next proxy works */
+			passes_on_to(records, len, &server, l2, dest, 2);
 		wfpr_closesocket(accepted); /* the proxy first: its side keeps the TIME_WAIT */
 		CHECK_EQ(write(go[1], "x", 1), 1);
 		int status = -1;

@@ -47,9 +47,10 @@ static struct {
 /* Notices not yet told to the broker (a socket that closed, or that took
  * its record from a push): they ride along with the next QUERY, go just
  * before any other request, or go alone when WIRE_NOTICE_MAX are kept (a
- * wakeup of the broker per connection saved). Only this process could ask
- * about their records, and every request of its comes after them: to the
- * broker they take effect when they happened. */
+ * wakeup of the broker per connection saved). Every request of this
+ * process comes after them, and a notice touches only its own record
+ * (wire.h): the next connection on the same tuple, whose ISSUE may come
+ * in between, is left alone. */
 static wire_notice notices[WIRE_NOTICE_MAX];
 static size_t n_notices;
 

@@ -645,13 +645,14 @@ static bool answer_waiting(wfpr_broker *b, const wfpr__entry *issued)
 	bool answered = false;
 	for (waiting **p = &b->waiting; *p;) {
 		waiting *w = *p;
-		bool ready = now >= w->deadline || (issued && entry_of(b, &w->rq) == issued);
+		bool its = issued && entry_of(b, &w->rq) == issued;
+		bool ready = now >= w->deadline || its;
 		if (!ready) {
 			p = &w->next;
 			continue;
 		}
 		*p = w->next;
-		answered |= issued && entry_of(b, &w->rq) == issued;
+		answered |= its;
 		if (!answer_query(b, w->c, &w->rq, false))
 			w->c->failed = true;
 		free(w);
@@ -673,6 +674,8 @@ static client *client_by_id(const wfpr_broker *b, uint64_t id)
  * connection it never accepts leaves nothing behind. */
 static void push(wfpr_broker *b, const wfpr__entry *e)
 {
+	if (!b->page)
+		return; /* without a page its proxies ask every time, and take no pushes */
 	client *to = NULL;
 	for (const proxy *p = b->proxies; p && !to; p = p->next)
 		if (p->live && p->push && (addr_listens_on(&p->address, &e->target) || addr_listens_on(&p->address6, &e->target)))

@@ -69,6 +69,8 @@ const char cli_usage[] =
 	"  --rule-time-limit MS   stop a rule call after MS of wall clock, library functions included\n"
 	"                         (default 100; the connection gets the default verdict)\n"
 	"  --idle-timeout MS      reset a TCP connection idle this long (default: never)\n"
+	"  --workers N            threads per proxy, each with its own rule host (default: one per\n"
+	"                         CPU, at most 16; a rule's locals belong to one worker)\n"
 	"  --record DIR           a transcript of each inspected TCP connection, for wfpr rules test\n"
 	"  --udp-idle-timeout MS  a UDP flow silent this long ends; the sender's next datagram starts a\n"
 	"                         new flow with a fresh record (default 30000; the proxy keeps its side\n"

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <stdbool.h>
@@ -242,6 +243,14 @@ static int start_worker(const proxy_config *cfg, unsigned int i, const struct so
 	return 0;
 }
 
+/* One worker per CPU this process may run on, as haproxy's threads. */
+static unsigned int default_workers(void)
+{
+	cpu_set_t set;
+	int n = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+	return n < 1 ? 1 : n > MAX_WORKERS ? MAX_WORKERS : (unsigned int)n;
+}
+
 int proxy_serve(const proxy_config *cfg)
 {
 	if (cfg->record_dir && mkdir(cfg->record_dir, 0700) != 0 && errno != EEXIST) {
@@ -252,7 +261,12 @@ int proxy_serve(const proxy_config *cfg)
 	static name_cache names;
 	static uint8_t id[WFPR_REDIRECTOR_ID_SIZE];
 	cli_raise_fd_limit();
-	unsigned int count = cfg->workers ? cfg->workers : 1;
+	static proxy_config resolved; /* the reloader thread reads it to the end */
+	resolved = *cfg;
+	if (!resolved.workers)
+		resolved.workers = default_workers();
+	cfg = &resolved;
+	unsigned int count = cfg->workers;
 	struct sockaddr_storage address = cfg->listen;
 	char why[512];
 	int rc = 0;

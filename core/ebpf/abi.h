@@ -170,7 +170,9 @@ struct wfpr_ebpf_entry {
 	__u8 record[WFPR_EBPF_RECORD_CAP];
 };
 
-/* Per socket (SK_STORAGE): the chain SET on it, and a redirect to finish. */
+/* Per socket (SK_STORAGE): what the chain SET on it says, and a redirect
+ * to finish. The chain's bytes are apart (wfpr_ebpf_chain), so that each
+ * redirected client's socket holds a few hundred bytes, not a page. */
 struct wfpr_ebpf_sock {
 	__u32 chain_len;
 	__u8 hops;
@@ -191,7 +193,12 @@ struct wfpr_ebpf_sock {
 	__u8 notes[WFPR__WIRE_NOTES_MAX];
 	struct wfpr_ebpf_key chain_key;   /* where the record SET on it is */
 	__u8 from[16];
-	__u8 chain[WFPR_EBPF_RECORD_CAP];
+};
+
+/* Per socket that passes a connection on (SK_STORAGE, made at SET or when
+ * it carries one): the bytes of the chain SET on it. */
+struct wfpr_ebpf_chain {
+	__u8 record[WFPR_EBPF_RECORD_CAP];
 };
 
 /* Counters (a per-CPU array, summed by `wfpr ebpf status`). */

@@ -130,6 +130,13 @@ struct {
 	__type(value, struct wfpr_ebpf_sock);
 } socks SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct wfpr_ebpf_chain);
+} chains SEC(".maps");
+
 /* Unmodified proxies: the connections each accepted, per original
  * destination, whose records its connects there carry (abi.h). */
 struct {
@@ -507,11 +514,12 @@ __noinline int wfpr_carry(struct bpf_sock_addr *ctx, const struct dest *d, __u32
 		if (!e || e->used_by || e->len > CAP)
 			continue; /* its connection closed, or its record passed one on already */
 		struct wfpr_ebpf_sock *st = bpf_sk_storage_get(&socks, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (!st)
+		struct wfpr_ebpf_chain *ch = bpf_sk_storage_get(&chains, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!st || !ch)
 			return 0;
 		if (!st->id)
 			st->id = ((__u64)bpf_get_prandom_u32() << 32 | bpf_get_prandom_u32()) | 1;
-		if (bpf_probe_read_kernel(st->chain, AT_MOST(e->len, CAP), e->record) != 0)
+		if (bpf_probe_read_kernel(ch->record, AT_MOST(e->len, CAP), e->record) != 0)
 			return 0;
 		st->chain_key = key;
 		st->chain_len = e->len;
@@ -587,12 +595,20 @@ static __always_inline void put_sockaddr(__u8 *p, int v4, const __u8 *ip, __u16 
 	}
 }
 
+/* The bytes of the chain SET on sk (st its storage), or NULL when none is. */
+static __always_inline const __u8 *chain_of(void *sk, const struct wfpr_ebpf_sock *st)
+{
+	struct wfpr_ebpf_chain *ch = st && st->hops ? bpf_sk_storage_get(&chains, sk, 0, 0) : 0;
+	return ch ? ch->record : 0;
+}
+
 /*
  * Issue the record of a redirect to slot r under key into map: the chain
- * SET on the socket (st, may be NULL) plus one hop. v4: the socket's family.
+ * SET on the socket (st, may be NULL; its bytes in chain) plus one hop.
+ * v4: the socket's family.
  */
 static __always_inline int issue(void *map, const struct wfpr_ebpf_key *key, __u64 sock, const struct wfpr_ebpf_sock *st,
-                                 __u32 slot, const struct wfpr_ebpf_redirector *r, int v4, const __u8 *original,
+                                 const __u8 *chain, __u32 slot, const struct wfpr_ebpf_redirector *r, int v4, const __u8 *original,
                                  __u16 original_port, const struct wfpr_ebpf_process *who,
                                  const struct wfpr_ebpf_origin *origin)
 {
@@ -606,9 +622,9 @@ static __always_inline int issue(void *map, const struct wfpr_ebpf_key *key, __u
 	if (st && st->hops) {
 		off = st->chain_len;
 		hops = st->hops;
-		if (off < HEADER || off > CAP - HOP6 - NOTES_TLV_MAX || hops >= WFPR_EBPF_HOPS)
+		if (!chain || off < HEADER || off > CAP - HOP6 - NOTES_TLV_MAX || hops >= WFPR_EBPF_HOPS)
 			return -1;
-		bpf_probe_read_kernel(e->record, AT_MOST(off, CAP - HOP6), st->chain);
+		bpf_probe_read_kernel(e->record, AT_MOST(off, CAP - HOP6), chain);
 		__builtin_memcpy(e->slots, st->slots, WFPR_EBPF_HOPS);
 	}
 	__u32 t[4] = {bpf_get_prandom_u32(), bpf_get_prandom_u32(), bpf_get_prandom_u32(), bpf_get_prandom_u32()};
@@ -820,10 +836,11 @@ int wfpr_sockops(struct bpf_sock_ops *skops)
 		__u8 peer[16];
 		sock_ends(sk, key.client, peer);
 		key.client_port = sk->src_port;
+		int v4 = sk->family == AF_INET;
 		__builtin_memcpy(key.proxy, target_ip(r, st->target6), 16);
 		key.proxy_port = target_port(r, st->target6);
 		key.protocol = IPPROTO_TCP;
-		issue(&records, &key, 0, st, slot, r, sk->family == AF_INET, st->original, st->original_port, &st->process,
+		issue(&records, &key, 0, st, chain_of(sk, st), slot, r, v4, st->original, st->original_port, &st->process,
 		      &st->origin);
 		break;
 	}
@@ -1022,6 +1039,18 @@ static __always_inline struct wfpr_ebpf_entry *issued(struct wfpr_ebpf_entry *bl
 	return e;
 }
 
+/* Did this UDP socket already send a datagram with the record SET on it
+ * (its flow's hop made, annotations or not)? */
+static __always_inline int sent_with(const struct wfpr_ebpf_sock *st)
+{
+	if (!st || !st->hops)
+		return 0;
+	struct wfpr_ebpf_key key = st->chain_key;
+	struct wfpr_ebpf_entry *e = key.protocol == IPPROTO_UDP ? bpf_map_lookup_elem(&flows, &key)
+	                                                        : bpf_map_lookup_elem(&records, &key);
+	return e && e->used_by == st->id;
+}
+
 SEC("cgroup/setsockopt")
 int wfpr_setsockopt(struct bpf_sockopt *ctx)
 {
@@ -1043,12 +1072,13 @@ int wfpr_setsockopt(struct bpf_sockopt *ctx)
 			struct wfpr_ebpf_key where = {};
 			struct wfpr_ebpf_entry *e = issued(blob, (__u32)optlen, &where);
 			struct wfpr_ebpf_sock *st = e ? bpf_sk_storage_get(&socks, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE) : 0;
+			struct wfpr_ebpf_chain *ch = st ? bpf_sk_storage_get(&chains, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE) : 0;
 			if (st && !st->id)
 				st->id = ((__u64)bpf_get_prandom_u32() << 32 | bpf_get_prandom_u32()) | 1;
 			/* single-use: once another socket connected with it, refused */
 			if (st && e->used_by && e->used_by != st->id)
 				st = 0;
-			if (st && bpf_probe_read_kernel(st->chain, AT_MOST(optlen, CAP), e->record) == 0) {
+			if (st && ch && bpf_probe_read_kernel(ch->record, AT_MOST(optlen, CAP), e->record) == 0) {
 				st->chain_key = where;
 				st->chain_len = optlen;
 				st->hops = e->hops;
@@ -1066,7 +1096,8 @@ int wfpr_setsockopt(struct bpf_sockopt *ctx)
 		struct bpf_sock *sk = ctx->sk;
 		struct wfpr_ebpf_sock *st = bpf_sk_storage_get(&socks, ctx->sk, 0, 0);
 		err = EINVAL;
-		if ((sk->protocol == IPPROTO_TCP && sk->state != BPF_TCP_CLOSE) || (sk->protocol == IPPROTO_UDP && sk->dst_port))
+		if ((sk->protocol == IPPROTO_TCP && sk->state != BPF_TCP_CLOSE) || (sk->protocol == IPPROTO_UDP && sk->dst_port) ||
+		    (sk->protocol == IPPROTO_UDP && sent_with(st)))
 			err = EISCONN;
 		else if (st && st->hops && optlen > 0 && optlen <= WFPR__WIRE_NOTES_MAX &&
 		         bpf_probe_read_kernel(st->notes, AT_MOST(optlen, WFPR__WIRE_NOTES_MAX), ctx->optval) == 0) {
@@ -1136,7 +1167,7 @@ static __always_inline int on_sendmsg(struct bpf_sock_addr *ctx, int v4)
 	    (cfg && now - e->last_ns >= cfg->udp_idle_ns)) {
 		struct wfpr_ebpf_process sender = {};
 		current_process(&sender);
-		issue(&flows, &key, sock, st, slot, r, v4, d.ip, d.port, &sender, who_get(&w, WHO_ALL));
+		issue(&flows, &key, sock, st, chain_of(sk, st), slot, r, v4, d.ip, d.port, &sender, who_get(&w, WHO_ALL));
 	} else {
 		e->last_ns = now;
 	}
@@ -1193,7 +1224,7 @@ static __always_inline void connected_flow(struct bpf_sock_addr *ctx, int v4, co
 		struct wfpr_ebpf_redirector *r = redirector(slot);
 		if (r && target_port(r, st->target6) == local_port) {
 			st->pending = 0;
-			issue(&flows, &key, 0, st, slot, r, client->family == AF_INET, st->original, st->original_port,
+			issue(&flows, &key, 0, st, chain_of(client, st), slot, r, client->family == AF_INET, st->original, st->original_port,
 			      &st->process, &st->origin);
 		}
 	}

@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 #include "addr.h"
@@ -151,6 +152,12 @@ int wfpr_connect(wfpr_socket_t fd, const struct sockaddr *addr, socklen_t len)
 {
 	if (!addr)
 		return fail(WFPR_WSAEFAULT, EFAULT);
+	const wfpr__backend *b = wfpr__backend_current();
+	/* where the kernel routes, it also keeps the records SET and finishes a
+	 * connect in progress (a second call: EALREADY, then 0 once it is
+	 * established): the front end keeps nothing, and asks nothing */
+	if (b->kernel_routes)
+		return connect(fd, addr, len) == 0 ? 0 : fail_errno();
 	/* one SO_COOKIE for this call's lookups; the protocol is kept with the socket's state */
 	uint64_t cookie = wfpr__socket_cookie(fd);
 	pthread_mutex_lock(&wfpr__socktab_lock);
@@ -168,7 +175,6 @@ int wfpr_connect(wfpr_socket_t fd, const struct sockaddr *addr, socklen_t len)
 	if (in_progress)
 		return finish_connect(fd, cookie, &pending_target);
 
-	const wfpr__backend *b = wfpr__backend_current();
 	wfpr__route r;
 	if (route(b, fd, cookie, protocol, addr, true, &r) < 0)
 		return WFPR_SOCKET_ERROR;
@@ -273,8 +279,8 @@ static int datagram_target(int fd, const struct sockaddr *to, socklen_t to_len, 
                            bool *routed)
 {
 	*routed = false;
-	if (!to || !is_inet(to, to_len))
-		return 0;
+	if (!to || !is_inet(to, to_len) || wfpr__backend_current()->kernel_routes)
+		return 0; /* where the kernel routes, it routes each datagram itself */
 	/* one SO_COOKIE for the datagram; the protocol is kept with the socket's flows */
 	uint64_t cookie = wfpr__socket_cookie(fd);
 	pthread_mutex_lock(&wfpr__socktab_lock);
@@ -425,9 +431,10 @@ int wfpr__set_records(int fd, const uint8_t *blob, size_t len)
 		return WFPR_WSAEFAULT;
 	if (len == 0 || len > WFPR_RECORD_MAX_SIZE)
 		return WFPR_WSAEINVAL;
-	int rc = wfpr__backend_current()->check_set(fd, blob, len);
-	if (rc != 0)
-		return rc;
+	const wfpr__backend *b = wfpr__backend_current();
+	int rc = b->check_set(fd, blob, len);
+	if (rc != 0 || b->kernel_routes)
+		return rc; /* the kernel keeps them (and routes with them) */
 	uint8_t *copy = dup_bytes(blob, len);
 	pthread_mutex_lock(&wfpr__socktab_lock);
 	wfpr__sock *s = copy ? wfpr__socktab_get(fd) : NULL;
@@ -456,10 +463,15 @@ int wfpr_annotate(wfpr_socket_t fd, const char *key, const char *value)
 	uint8_t notes[WFPR__WIRE_NOTES_MAX];
 	size_t len = 0;
 	int rc = 0;
+	const wfpr__backend *b = wfpr__backend_current();
 	pthread_mutex_lock(&wfpr__socktab_lock);
-	wfpr__sock *s = wfpr__socktab_find(fd);
-	if (!s || !s->records)
-		rc = WFPR_WSAEINVAL; /* a proxy annotates what it passes on: SET the records first */
+	/* a proxy annotates what it passes on: SET the records first (where
+	 * the kernel keeps them, it checks that itself) */
+	wfpr__sock *s = b->kernel_routes ? wfpr__socktab_get(fd) : wfpr__socktab_find(fd);
+	if (!s)
+		rc = b->kernel_routes ? WFPR_WSAENOBUFS : WFPR_WSAEINVAL;
+	else if (!b->kernel_routes && !s->records)
+		rc = WFPR_WSAEINVAL;
 	else if (s->connect_pending || s->n_flows)
 		rc = WFPR_WSAEISCONN;
 	else {
@@ -469,7 +481,7 @@ int wfpr_annotate(wfpr_socket_t fd, const char *key, const char *value)
 	}
 	pthread_mutex_unlock(&wfpr__socktab_lock);
 	if (rc == 0)
-		rc = wfpr__backend_current()->annotate(fd, notes, len);
+		rc = b->annotate(fd, notes, len);
 	if (rc != 0)
 		return fail(rc, errno_of(rc));
 	pthread_mutex_lock(&wfpr__socktab_lock);
@@ -563,12 +575,21 @@ int wfpr_setsockopt(wfpr_socket_t fd, int level, int name, const void *value, so
 
 int wfpr_closesocket(wfpr_socket_t fd)
 {
-	uint64_t cookie = wfpr__socket_cookie(fd);
-	if (cookie == 0)
-		return fail(WFPR_WSAENOTSOCK, ENOTSOCK);
-	/* the backend forgets the socket's records, and a record still waiting
-	 * for this socket's connect */
-	wfpr__backend_current()->closed(fd, cookie);
+	const wfpr__backend *b = wfpr__backend_current();
+	if (b->closed == wfpr__socket_nothing) {
+		/* nothing to forget by cookie: is it a socket at all (a cheaper
+		 * question than SO_COOKIE, which the eBPF backend's programs see) */
+		struct stat st;
+		if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode))
+			return fail(WFPR_WSAENOTSOCK, ENOTSOCK);
+	} else {
+		uint64_t cookie = wfpr__socket_cookie(fd);
+		if (cookie == 0)
+			return fail(WFPR_WSAENOTSOCK, ENOTSOCK);
+		/* the backend forgets the socket's records, and a record still
+		 * waiting for this socket's connect */
+		b->closed(fd, cookie);
+	}
 	pthread_mutex_lock(&wfpr__socktab_lock);
 	wfpr__socktab_remove(fd);
 	pthread_mutex_unlock(&wfpr__socktab_lock);

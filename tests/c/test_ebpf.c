@@ -333,6 +333,39 @@ static void test_udp(void)
 	udp_echo_stop(&echo);
 }
 
+/* Annotations on a UDP socket go with its first datagram: the kernel takes
+ * them after SET and refuses them once that datagram made the flow's hop
+ * (the front end keeps no flows of its own on this backend). */
+static void test_udp_annotate(void)
+{
+	udp_echo echo;
+	CHECK_EQ(udp_echo_start(&echo), 0);
+	int client = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	int fwd = wfpr_socket(AF_INET, SOCK_DGRAM, 0, 0);
+	proxy_slot *p = &slots[0];
+	CHECK_EQ(sendto(client, "noted", 5, 0, (struct sockaddr *)&echo.addr, addr_size(&echo.addr)), 5);
+	CHECK(readable(p->udp_fd, 2000));
+	char buf[64];
+	uint8_t control[4096];
+	struct iovec iov = {buf, sizeof(buf)};
+	struct msghdr h = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof(control)};
+	CHECK_EQ(wfpr_recvmsg(p->udp_fd, &h, 0), 5);
+	struct cmsghdr *c = CMSG_FIRSTHDR(&h);
+	CHECK(c && c->cmsg_type == WFPR_IP_WFP_REDIRECT_RECORDS);
+	if (c) {
+		CHECK_FAILS_WITH(wfpr_annotate(fwd, "dlp", "seen"), WFPR_WSAEINVAL); /* no records SET yet */
+		CHECK_EQ(wfpr_setsockopt(fwd, IPPROTO_IP, WFPR_IP_WFP_REDIRECT_RECORDS, CMSG_DATA(c),
+		                         (socklen_t)(c->cmsg_len - CMSG_LEN(0))), 0);
+		CHECK_EQ(wfpr_annotate(fwd, "dlp", "seen"), 0);
+		CHECK_EQ(wfpr_sendto(fwd, "noted", 5, 0, (struct sockaddr *)&echo.addr, addr_size(&echo.addr)), 5);
+		CHECK_FAILS_WITH(wfpr_annotate(fwd, "dlp", "late"), WFPR_WSAEISCONN);
+		CHECK(readable(fwd, 2000)); /* reached the server, not redirected again */
+	}
+	close(fwd);
+	close(client);
+	udp_echo_stop(&echo);
+}
+
 /* Filters: a higher-weight redirector for one /32 prefix, one port and TCP
  * only goes first there; the catch-all redirector comes after it in the
  * chain, and alone everywhere else. */
@@ -407,6 +440,7 @@ static int child(void)
 	RUN(test_ioctl_rows);
 	RUN(test_ipv6);
 	RUN(test_udp);
+	RUN(test_udp_annotate);
 	RUN(test_filters);
 	for (unsigned int i = 1; i < 16; i++)
 		add_slot(i);

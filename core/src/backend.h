@@ -66,10 +66,11 @@ typedef struct wfpr__backend {
 	const char *name;
 	/* the kernel checks the socket's kind and state itself (one syscall less) */
 	bool checks_sockets;
-	/* the kernel routes datagrams and gives replies the original source
-	 * itself: the front end asks about every datagram it receives (one
-	 * syscall, as looking up the socket would be) and keeps flows only for
-	 * its own checks */
+	/* the kernel routes every connect and datagram, keeps the records SET
+	 * and gives replies the original source itself: the front end keeps no
+	 * state for a socket's connect, SET or flows (so it reads no SO_COOKIE
+	 * for them), and asks about every datagram it receives (one syscall, as
+	 * looking up the socket would be) */
 	bool kernel_routes;
 
 	/* Classify; fill target (and pending, connected). 0 or a wfpr_err. */

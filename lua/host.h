@@ -60,6 +60,7 @@ struct wfpr_rules {
 	struct wfpr_rules *watch_next;
 	pthread_t thread;
 	_Atomic int64_t deadline_ns; /* of the call in progress; 0: none */
+	_Atomic uint64_t calls;      /* calls entered: the watchdog rests while none come */
 	volatile sig_atomic_t in_call, in_alloc, abort_pending; /* this thread and its signal handler */
 	_Atomic int signalled; /* by the watchdog, once per call */
 	sigjmp_buf abort_to;

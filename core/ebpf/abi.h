@@ -171,8 +171,9 @@ struct wfpr_ebpf_entry {
 };
 
 /* Per socket (SK_STORAGE): what the chain SET on it says, and a redirect
- * to finish. The chain's bytes are apart (wfpr_ebpf_chain), so that each
- * redirected client's socket holds a few hundred bytes, not a page. */
+ * to finish. The chain's bytes are not copied here: they are the live
+ * record at chain_key, whose last token is chain_token, so that a socket
+ * holds a few hundred bytes, not a page. */
 struct wfpr_ebpf_sock {
 	__u32 chain_len;
 	__u8 hops;
@@ -192,13 +193,8 @@ struct wfpr_ebpf_sock {
 	__u32 notes_len;                  /* its annotations (OPT_NOTES), which its redirect's hop carries */
 	__u8 notes[WFPR__WIRE_NOTES_MAX];
 	struct wfpr_ebpf_key chain_key;   /* where the record SET on it is */
+	__u8 chain_token[WFPR_EBPF_TOKEN]; /* its last token: still that record, not a later one's */
 	__u8 from[16];
-};
-
-/* Per socket that passes a connection on (SK_STORAGE, made at SET or when
- * it carries one): the bytes of the chain SET on it. */
-struct wfpr_ebpf_chain {
-	__u8 record[WFPR_EBPF_RECORD_CAP];
 };
 
 /* Counters (a per-CPU array, summed by `wfpr ebpf status`). */

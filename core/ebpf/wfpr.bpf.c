@@ -130,13 +130,6 @@ struct {
 	__type(value, struct wfpr_ebpf_sock);
 } socks SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct wfpr_ebpf_chain);
-} chains SEC(".maps");
-
 /* Unmodified proxies: the connections each accepted, per original
  * destination, whose records its connects there carry (abi.h). */
 struct {
@@ -514,14 +507,12 @@ __noinline int wfpr_carry(struct bpf_sock_addr *ctx, const struct dest *d, __u32
 		if (!e || e->used_by || e->len > CAP)
 			continue; /* its connection closed, or its record passed one on already */
 		struct wfpr_ebpf_sock *st = bpf_sk_storage_get(&socks, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		struct wfpr_ebpf_chain *ch = bpf_sk_storage_get(&chains, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (!st || !ch)
+		if (!st)
 			return 0;
 		if (!st->id)
 			st->id = ((__u64)bpf_get_prandom_u32() << 32 | bpf_get_prandom_u32()) | 1;
-		if (bpf_probe_read_kernel(ch->record, AT_MOST(e->len, CAP), e->record) != 0)
-			return 0;
 		st->chain_key = key;
+		__builtin_memcpy(st->chain_token, e->token, WFPR_EBPF_TOKEN);
 		st->chain_len = e->len;
 		st->hops = e->hops;
 		st->origin = e->origin;
@@ -595,11 +586,21 @@ static __always_inline void put_sockaddr(__u8 *p, int v4, const __u8 *ip, __u16 
 	}
 }
 
-/* The bytes of the chain SET on sk (st its storage), or NULL when none is. */
-static __always_inline const __u8 *chain_of(void *sk, const struct wfpr_ebpf_sock *st)
+/* The bytes of the chain SET on a socket (st its storage): the record it
+ * was SET from, while that record lives (its connection or flow); NULL
+ * when none was SET or that record is gone. */
+static __always_inline const __u8 *chain_of(const struct wfpr_ebpf_sock *st)
 {
-	struct wfpr_ebpf_chain *ch = st && st->hops ? bpf_sk_storage_get(&chains, sk, 0, 0) : 0;
-	return ch ? ch->record : 0;
+	if (!st || !st->hops)
+		return 0;
+	struct wfpr_ebpf_entry *e = st->chain_key.protocol == IPPROTO_UDP ? bpf_map_lookup_elem(&flows, &st->chain_key)
+	                                                                  : bpf_map_lookup_elem(&records, &st->chain_key);
+	if (!e || e->len != st->chain_len)
+		return 0;
+	return *(const __u64 *)e->token == *(const __u64 *)st->chain_token &&
+	               *(const __u64 *)(e->token + 8) == *(const __u64 *)(st->chain_token + 8)
+	           ? e->record
+	           : 0;
 }
 
 /*
@@ -840,7 +841,7 @@ int wfpr_sockops(struct bpf_sock_ops *skops)
 		__builtin_memcpy(key.proxy, target_ip(r, st->target6), 16);
 		key.proxy_port = target_port(r, st->target6);
 		key.protocol = IPPROTO_TCP;
-		issue(&records, &key, 0, st, chain_of(sk, st), slot, r, v4, st->original, st->original_port, &st->process,
+		issue(&records, &key, 0, st, chain_of(st), slot, r, v4, st->original, st->original_port, &st->process,
 		      &st->origin);
 		break;
 	}
@@ -1072,14 +1073,14 @@ int wfpr_setsockopt(struct bpf_sockopt *ctx)
 			struct wfpr_ebpf_key where = {};
 			struct wfpr_ebpf_entry *e = issued(blob, (__u32)optlen, &where);
 			struct wfpr_ebpf_sock *st = e ? bpf_sk_storage_get(&socks, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE) : 0;
-			struct wfpr_ebpf_chain *ch = st ? bpf_sk_storage_get(&chains, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE) : 0;
 			if (st && !st->id)
 				st->id = ((__u64)bpf_get_prandom_u32() << 32 | bpf_get_prandom_u32()) | 1;
 			/* single-use: once another socket connected with it, refused */
 			if (st && e->used_by && e->used_by != st->id)
 				st = 0;
-			if (st && ch && bpf_probe_read_kernel(ch->record, AT_MOST(optlen, CAP), e->record) == 0) {
+			if (st) {
 				st->chain_key = where;
+				__builtin_memcpy(st->chain_token, e->token, WFPR_EBPF_TOKEN);
 				st->chain_len = optlen;
 				st->hops = e->hops;
 				st->origin = e->origin;
@@ -1167,7 +1168,7 @@ static __always_inline int on_sendmsg(struct bpf_sock_addr *ctx, int v4)
 	    (cfg && now - e->last_ns >= cfg->udp_idle_ns)) {
 		struct wfpr_ebpf_process sender = {};
 		current_process(&sender);
-		issue(&flows, &key, sock, st, chain_of(sk, st), slot, r, v4, d.ip, d.port, &sender, who_get(&w, WHO_ALL));
+		issue(&flows, &key, sock, st, chain_of(st), slot, r, v4, d.ip, d.port, &sender, who_get(&w, WHO_ALL));
 	} else {
 		e->last_ns = now;
 	}
@@ -1224,7 +1225,7 @@ static __always_inline void connected_flow(struct bpf_sock_addr *ctx, int v4, co
 		struct wfpr_ebpf_redirector *r = redirector(slot);
 		if (r && target_port(r, st->target6) == local_port) {
 			st->pending = 0;
-			issue(&flows, &key, 0, st, chain_of(client, st), slot, r, client->family == AF_INET, st->original, st->original_port,
+			issue(&flows, &key, 0, st, chain_of(st), slot, r, client->family == AF_INET, st->original, st->original_port,
 			      &st->process, &st->origin);
 		}
 	}

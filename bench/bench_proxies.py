@@ -75,20 +75,7 @@ class Bench:
     def servers(self):
         self.iperf = free_port()
         self.start(["iperf3", "-s", "-p", str(self.iperf)])
-        www = os.path.join(self.work, "www")
-        os.makedirs(www, exist_ok=True)
-        with open(os.path.join(www, "small.txt"), "w") as f:
-            f.write("x" * 99 + "\n")
-        self.nginx = free_port()
-        conf = os.path.join(self.work, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write("daemon off; worker_processes 1; pid %s/nginx.pid; error_log %s/nginx.err;\n"
-                    "events { worker_connections 4096; }\n"
-                    "http { access_log off; client_body_temp_path %s; proxy_temp_path %s; fastcgi_temp_path %s;\n"
-                    "  uwsgi_temp_path %s; scgi_temp_path %s;\n"
-                    "  server { listen 127.0.0.1:%d; root %s; } }\n"
-                    % ((self.work,) * 7 + (self.nginx, www)))
-        self.start(["nginx", "-c", conf, "-p", self.work])
+        self.nginx = self.start_nginx()
         # haproxy (2 threads), and a second one in front of it: haproxy chained twice
         self.haproxy_iperf, self.haproxy_web, self.haproxy_redis, self.socat = (free_port() for _ in range(4))
         self.haproxy2_iperf, self.haproxy2_web, self.haproxy2_redis = (free_port() for _ in range(3))
@@ -113,6 +100,25 @@ class Bench:
         for port in (self.iperf, self.nginx, self.haproxy_iperf, self.haproxy_web, self.socat, self.bare, self.bare2,
                      self.haproxy2_iperf, self.haproxy2_web, self.redis, self.haproxy_redis, self.haproxy2_redis):
             wait_port(port)
+
+    def start_nginx(self):
+        """nginx (one worker) serving /small.txt (100 bytes); its port."""
+        www = os.path.join(self.work, "www")
+        os.makedirs(www, exist_ok=True)
+        with open(os.path.join(www, "small.txt"), "w") as f:
+            f.write("x" * 99 + "\n")
+        port = free_port()
+        conf = os.path.join(self.work, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write("daemon off; worker_processes 1; pid %s/nginx.pid; error_log %s/nginx.err;\n"
+                    "events { worker_connections 4096; }\n"
+                    "http { access_log off; client_body_temp_path %s; proxy_temp_path %s; fastcgi_temp_path %s;\n"
+                    "  uwsgi_temp_path %s; scgi_temp_path %s;\n"
+                    "  server { listen 127.0.0.1:%d; root %s; } }\n"
+                    % ((self.work,) * 7 + (port, www)))
+        self.start(["nginx", "-c", conf, "-p", self.work])
+        wait_port(port)
+        return port
 
     def haproxy(self, *listens):
         """An haproxy (tcp mode, 2 threads) with a `listen` per (name, port, server port)."""

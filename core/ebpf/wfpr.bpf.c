@@ -443,6 +443,13 @@ __noinline int wfpr_proxy_alive(__u32 slot, __u32 protocol)
 	return 1;
 }
 
+/* The live entry at the key of the record SET on st (a socket with hops). */
+static __always_inline struct wfpr_ebpf_entry *set_entry(const struct wfpr_ebpf_sock *st)
+{
+	return st->chain_key.protocol == IPPROTO_UDP ? bpf_map_lookup_elem(&flows, &st->chain_key)
+	                                             : bpf_map_lookup_elem(&records, &st->chain_key);
+}
+
 /* A socket with records SET connects (or sends its flow's first
  * datagram): the record is this socket's now. 0 when another socket used
  * it already. A global function: the verifier checks it once. */
@@ -450,9 +457,7 @@ __noinline int wfpr_claim(struct wfpr_ebpf_sock *st)
 {
 	if (!st || !st->hops)
 		return 1;
-	struct wfpr_ebpf_key key = st->chain_key;
-	struct wfpr_ebpf_entry *e = key.protocol == IPPROTO_UDP ? bpf_map_lookup_elem(&flows, &key)
-	                                                        : bpf_map_lookup_elem(&records, &key);
+	struct wfpr_ebpf_entry *e = set_entry(st);
 	if (!e)
 		return 1; /* its connection is gone since the SET: nothing left to claim */
 	if (e->used_by && e->used_by != st->id)
@@ -593,8 +598,7 @@ static __always_inline const __u8 *chain_of(const struct wfpr_ebpf_sock *st)
 {
 	if (!st || !st->hops)
 		return 0;
-	struct wfpr_ebpf_entry *e = st->chain_key.protocol == IPPROTO_UDP ? bpf_map_lookup_elem(&flows, &st->chain_key)
-	                                                                  : bpf_map_lookup_elem(&records, &st->chain_key);
+	struct wfpr_ebpf_entry *e = set_entry(st);
 	if (!e || e->len != st->chain_len)
 		return 0;
 	return *(const __u64 *)e->token == *(const __u64 *)st->chain_token &&
@@ -1046,9 +1050,7 @@ static __always_inline int sent_with(const struct wfpr_ebpf_sock *st)
 {
 	if (!st || !st->hops)
 		return 0;
-	struct wfpr_ebpf_key key = st->chain_key;
-	struct wfpr_ebpf_entry *e = key.protocol == IPPROTO_UDP ? bpf_map_lookup_elem(&flows, &key)
-	                                                        : bpf_map_lookup_elem(&records, &key);
+	struct wfpr_ebpf_entry *e = set_entry(st);
 	return e && e->used_by == st->id;
 }
 

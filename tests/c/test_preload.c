@@ -7,6 +7,7 @@
 #include <string.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include "wfpr/broker.h"
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -596,6 +597,68 @@ static void test_push_answers_a_query(void)
 	close(l2);
 }
 
+/* A worker thread's QUERY of its connection, made while another thread is
+ * between its own QUERY and its SET (a proxy with several workers). */
+typedef struct other_query {
+	int accepted;
+	int rc;
+} other_query;
+
+static void *query_on_another_thread(void *arg)
+{
+	other_query *q = arg;
+	uint8_t records[WFPR_RECORD_MAX_SIZE];
+	uint32_t len = 0;
+	q->rc = wfpr_ioctl(q->accepted, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, records,
+	                   sizeof(records), &len, NULL, NULL);
+	return NULL;
+}
+
+/* Each thread keeps its own last answer: another worker's QUERY in
+ * between does not make this one's context QUERY, SET and connect onward
+ * ask the broker again. */
+static void test_answers_per_thread(void)
+{
+	struct sockaddr_storage server, first;
+	int dest = tcp_listen(&server), l1 = tcp_listen(&first);
+	char match[64];
+	snprintf(match, sizeof(match), "proto=tcp dport=%u", (unsigned)addr_port(&server));
+	uint8_t id[WFPR_REDIRECTOR_ID_SIZE], records[WFPR_RECORD_MAX_SIZE];
+	CHECK_EQ(wfpr_preload_register_filtered(id, "per-thread", &first, NULL, 1000, match), 0);
+	int clients[2], accepted[2];
+	for (int i = 0; i < 2; i++) {
+		clients[i] = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+		CHECK_EQ(wfpr_connect(clients[i], (struct sockaddr *)&server, addr_size(&server)), 0);
+		accepted[i] = accept(l1, NULL, NULL);
+	}
+	uint32_t len = 0, context_len = 0, bytes = 0;
+	CHECK_EQ(wfpr_ioctl(accepted[0], WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, records,
+	                    sizeof(records), &len, NULL, NULL), 0);
+	other_query q = {accepted[1], -1};
+	pthread_t t;
+	CHECK_EQ(pthread_create(&t, NULL, query_on_another_thread, &q), 0);
+	pthread_join(t, NULL);
+	CHECK_EQ(q.rc, 0);
+	uint64_t before = broker_requests();
+	struct sockaddr_storage context[2];
+	CHECK_EQ(wfpr_ioctl(accepted[0], WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT, NULL, 0, context,
+	                    sizeof(context), &context_len, NULL, NULL), 0);
+	int out = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+	CHECK_EQ(wfpr_ioctl(out, WFPR_SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS, records, len, NULL, 0, &bytes, NULL, NULL),
+	         0);
+	CHECK_EQ(wfpr_connect(out, (const struct sockaddr *)&context[0], addr_size(&context[0])), 0);
+	CHECK_EQ(broker_requests(), before); /* nothing asked */
+	CHECK(readable(dest, 5000)); /* the proxy was the last: onward to the destination */
+	close(accept(dest, NULL, NULL));
+	wfpr_closesocket(out);
+	for (int i = 0; i < 2; i++) {
+		wfpr_closesocket(accepted[i]);
+		wfpr_closesocket(clients[i]);
+	}
+	close(dest);
+	close(l1);
+}
+
 /* A client in a process of its own (its own broker connection), from
  * this fixed local address to dest: it says when its record is issued
  * (ready), and closes once told to (go), after the proxy did. */
@@ -687,6 +750,7 @@ int main(void)
 	RUN(test_onward_sees_a_new_proxy);
 	RUN(test_udp_first_datagrams);
 	RUN(test_push_answers_a_query);
+	RUN(test_answers_per_thread);
 	RUN(test_reused_tuple_and_late_notices);
 	proxy_start(&alpha, "alpha");
 	proxy_start(&beta, "beta");

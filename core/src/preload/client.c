@@ -28,12 +28,19 @@ static bool have_key;
  * registered a proxy; NULL before. */
 static const wire_page *page;
 
-/* The last QUERY's answer (records and context): a proxy QUERYs the
- * records, then the context, then SETs the same records on its outbound
- * socket and connects; the second and third need no trip to the broker,
- * nor does the fourth while the broker's onward answer holds. */
-static struct {
+/* Counts the broker connections this process has lost: a thread's last
+ * answer (below) from an earlier one is not used. */
+static uint64_t broker_epoch;
+
+/* The last QUERY's answer (records and context) of this thread: a proxy
+ * QUERYs the records, then the context, then SETs the same records on its
+ * outbound socket and connects, all on one worker's thread; the second and
+ * third need no trip to the broker, nor does the fourth while the broker's
+ * onward answer holds. One per thread, so that the workers of one proxy do
+ * not take each other's answer away. Read and written under the lock. */
+static _Thread_local struct {
 	bool valid;
+	uint64_t epoch; /* broker_epoch when the answer came */
 	uint64_t socket; /* the proxy socket's SO_COOKIE: a later one with the same tuple is another connection */
 	int protocol;
 	struct sockaddr_storage local, peer;
@@ -95,6 +102,7 @@ static struct seen {
 static void forget_broker_state(void)
 {
 	last.valid = false;
+	broker_epoch++; /* the other threads' last answers too */
 	n_notices = 0;
 	drained = 0;
 	for (size_t i = 0; i < PUSHED_MAX; i++) {
@@ -340,10 +348,17 @@ static int call(wire_request *rq, const void *blob, wire_reply *rp, uint8_t *blo
 	return rc != 0 ? rc : rp ? rp->err : 0;
 }
 
+/* Locked. */
+static bool last_valid(void)
+{
+	return last.valid && last.epoch == broker_epoch;
+}
+
 static bool is_last(uint64_t socket, int protocol, const struct sockaddr_storage *local,
                     const struct sockaddr_storage *peer)
 {
-	return last.valid && last.socket == socket && last.protocol == protocol && addr_equal(&last.local, local) && addr_equal(&last.peer, peer);
+	return last_valid() && last.socket == socket && last.protocol == protocol && addr_equal(&last.local, local) &&
+	       addr_equal(&last.peer, peer);
 }
 
 /* Locked. Is this ROUTE the one the last QUERY's onward answer was about,
@@ -355,7 +370,7 @@ static bool onward_permitted(int protocol, const struct sockaddr_storage *remote
 {
 	struct sockaddr_storage to = *remote;
 	addr_unmap(&to);
-	return page && last.valid && last.onward_permitted && last.protocol == protocol && !notes_len && !bound &&
+	return page && last_valid() && last.onward_permitted && last.protocol == protocol && !notes_len && !bound &&
 	       records_len && last.record_len == records_len && memcmp(last.blob, records, records_len) == 0 &&
 	       addr_equal(&to, &last.onward_remote) &&
 	       __atomic_load_n(&page->generation, __ATOMIC_ACQUIRE) == last.generation;
@@ -482,6 +497,7 @@ int wfpr__client_query(uint64_t socket, int protocol, const struct sockaddr_stor
 			rc = rp.err;
 		if (rc == 0 && rp.action <= rp.blob_len) {
 			last.valid = true; /* exchange wrote the blob in place */
+			last.epoch = broker_epoch;
 			last.socket = socket;
 			last.protocol = protocol;
 			last.local = *local;
@@ -512,7 +528,7 @@ int wfpr__client_check(uint64_t socket, const uint8_t *blob, size_t len)
 	if (len > WIRE_BLOB_MAX)
 		return WFPR_WSAEINVAL;
 	pthread_mutex_lock(&lock);
-	bool known = last.valid && last.record_len == len && memcmp(last.blob, blob, len) == 0;
+	bool known = last_valid() && last.record_len == len && memcmp(last.blob, blob, len) == 0;
 	pthread_mutex_unlock(&lock);
 	if (known)
 		return 0; /* just QUERYed, unused yet: the broker checks it again when it routes */

@@ -237,3 +237,57 @@ def test_connected_udp_ipv4(backend, dnsmasq, rules, wfpr_run):
     assert all(e["original_dst"] == "127.0.0.1:%d" % dnsmasq for e in connects)
     assert all(e["process"]["name"] == "dig" for e in connects), connects
     assert "went direct" not in run.stderr, run.stderr
+
+
+BURST_CLIENT = r"""
+import hashlib, os, socket, sys
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+s.settimeout(5)
+sent, got = hashlib.sha256(), hashlib.sha256()
+replies = []
+# in windows of 32 datagrams: the echo's replies come back to the proxies in bursts
+for start in range(0, count, 32):
+    window = [os.urandom(1 + (start + i) * 37 % 1400) for i in range(min(32, count - start))]
+    for data in window:
+        sent.update(b"echo:" + data)
+        s.sendto(data, (host, port))
+    for _ in window:
+        replies.append(s.recvfrom(65536)[0])
+for r in replies:
+    got.update(r)
+print(len(replies), sent.hexdigest() == got.hexdigest())
+"""
+
+UPPER_CLIENT = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+for i in range(40):
+    s.sendto(b"x%d" % i, (sys.argv[1], int(sys.argv[2])))
+    print(s.recvfrom(100)[0].decode())
+"""
+
+UPPER_REPLIES = ("function on_connect(flow) return inspect end\n"
+                 "function on_datagram(flow, dir, data) if dir == 'down' then return data:upper() end end\n")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_burst_of_replies_arrives_intact(backend, udp_echo, rules, wfpr_run):
+    """Replies that reach a proxy in bursts (taken several to a system call
+    where no rule reads them) all reach the client, intact and in order;
+    where an on_datagram rule rewrites them, each is rewritten."""
+    host, port = udp_echo
+    run = wfpr_run([("alpha", rules("alpha")), ("beta", rules("beta"))], [PY, "-c", BURST_CLIENT, host, str(port),
+                                                                          "640"], extra=list(backend))
+    needs(backend, run)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["640", "True"], run.stdout
+    down = sum(len(b"echo:") + 1 + i * 37 % 1400 for i in range(640))
+    assert {e["proxy"]: e["bytes_down"] for e in run.events("close", "udp")} == {"alpha": down, "beta": down}
+
+    upper = wfpr_run([("alpha", rules("alpha", UPPER_REPLIES))], [PY, "-c", UPPER_CLIENT, host, str(port)],
+                     extra=list(backend))
+    assert upper.returncode == 0, upper.stderr
+    assert upper.stdout.split() == ["ECHO:X%d" % i for i in range(40)]

@@ -3,9 +3,9 @@
 Single-stream iperf3, wrk against nginx, dnsperf against dnsmasq and
 redis-benchmark against redis-server: direct and through `wfpr run` (one
 proxy, two cooperating proxies, a Lua on_data rule; the preload and the
-eBPF backend), against haproxy (one, and two chained), socat and a bare C
-relay (bench/bare_relay.c: the user-space limit of a relay that passes
-bytes on) measured in the same run, rounds interleaved so that the shared
+eBPF backend), against haproxy (one, and two chained), socat and bare C
+relays (bench/bare_relay.c, and bench/bare_udp_relay.c for dnsperf: the
+user-space limit of a relay that passes bytes on) measured in the same run, rounds interleaved so that the shared
 machine's noise falls on all alike; medians of the rounds. Also the memory
 each idle relayed connection costs the proxy and the broker. Prints the
 tables and writes them into bench/README.md between the proxies markers.
@@ -29,6 +29,7 @@ from readme_block import write_block
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WFPR = os.path.join(ROOT, "build", "wfpr")
 BARE = os.path.join(ROOT, "build", "bare-relay")
+BARE_UDP = os.path.join(ROOT, "build", "bare-udp-relay")
 PASS = "function on_connect(conn) return pass end\n"
 SCAN = ('local EICAR = "X5O!P%@AP[4\\\\PZX54(P^)7CC)7}$EICAR"\n'
         "function on_connect(conn) return inspect end\n"
@@ -92,6 +93,9 @@ class Bench:
         self.start(["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--listen-address=127.0.0.1", "--bind-interfaces",
                     "--port=%d" % self.dns, "--no-resolv", "--no-hosts", "--host-record=bench.test,10.9.8.7",
                     "--cache-size=10000", "--dns-forward-max=1000", "--pid-file="])
+        self.bare_udp, self.bare_udp2 = free_port(), free_port()
+        self.start([BARE_UDP, str(self.bare_udp), str(self.dns)])
+        self.start([BARE_UDP, str(self.bare_udp2), str(self.bare_udp)])
         self.queries = os.path.join(self.work, "queries.txt")
         with open(self.queries, "w") as f:
             f.write("bench.test A\n" * 100)
@@ -155,9 +159,9 @@ class Bench:
                              capture_output=True, text=True, timeout=self.seconds + 60).stdout
         return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
-    def dnsperf(self, prefix):
+    def dnsperf(self, prefix, port=None):
         """Queries per second from one dnsperf client (UDP) for a name dnsmasq answers itself."""
-        out = subprocess.run(prefix + ["dnsperf", "-s", "127.0.0.1", "-p", str(self.dns), "-d", self.queries,
+        out = subprocess.run(prefix + ["dnsperf", "-s", "127.0.0.1", "-p", str(port or self.dns), "-d", self.queries,
                                        "-l", str(self.seconds), "-c", "1", "-q", "64"],
                              capture_output=True, text=True, timeout=self.seconds + 60).stdout
         return float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))
@@ -270,6 +274,7 @@ def main():
             cases[("wrk close" if close else "wrk keep-alive", path)] = (
                 lambda prefix=prefix, port=port, close=close: b.wrk(prefix, port, close))
     cases[("dnsperf", "direct")] = lambda: b.dnsperf([])
+    cases[("dnsperf", "two bare relays")] = lambda: b.dnsperf([], b.bare_udp2)
     cases[("redis", "direct")] = lambda: b.redis_bench([], b.redis)
     cases[("redis", "two haproxy")] = lambda: b.redis_bench([], b.haproxy2_redis)
     for be in backends:
@@ -308,7 +313,8 @@ def main():
              "| measure | haproxy | wfpr preload | wfpr eBPF | limit: bare C relay | goal |", "|---|---|---|---|---|---|"]
     for label, measure, hap, tmpl, goal in rows:
         limit = {"iperf3, one `pass` proxy": cell("iperf3", "bare relay"),
-                 "iperf3, two cooperating `pass` proxies": cell("iperf3", "two bare relays")}.get(label, "")
+                 "iperf3, two cooperating `pass` proxies": cell("iperf3", "two bare relays"),
+                 "dnsperf UDP queries, two proxies": cell("dnsperf", "two bare relays")}.get(label, "")
         lines.append("| %s | %s | %s | %s | %s | %s |" % (label, cell(measure, hap) if hap else "—",
                                                           cell(measure, tmpl % "preload"), cell(measure, tmpl % "ebpf"),
                                                           limit, goal))

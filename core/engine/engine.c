@@ -75,7 +75,6 @@ typedef struct flow {
 	wfpr_rule_conn info;
 	wfpr_verdict verdict;
 	rules_use *ru; /* the rules it started under */
-	bool forwarded; /* the records went on with the first datagram */
 	uint64_t up, down;
 	struct timespec started, last;
 } flow;
@@ -1193,6 +1192,36 @@ static bool datagram_rule(wfpr_engine *e, flow *f, int direction, const uint8_t 
 	return false;
 }
 
+/* Connect the flow's socket toward the original destination, with the
+ * flow's records SET and the rule's annotations: the backend takes it on to
+ * the next proxy or to the destination, and the kernel then takes replies
+ * from there only, so that a datagram any other socket sends to this port
+ * never reaches the client as the destination's. A flow that cannot go on
+ * keeps no socket: its datagrams are dropped, and the log says why. */
+static void connect_flow(wfpr_engine *e, flow *f)
+{
+	const struct sockaddr_storage *dst = &f->context[0];
+	socklen_t dst_len = dst->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+	char why[96];
+	int err = wfpr_setsockopt(f->upstream, IPPROTO_IP, WFPR_IP_WFP_REDIRECT_RECORDS, f->record,
+	                          (socklen_t)f->record_len) != 0 ? wfpr_get_last_error() : 0;
+	if (!err && f->notes && (err = annotate(f->upstream, f->notes, f->n_notes)) != 0) {
+		log_line(e, &f->info, "udp", f->record, f->record_len, 0, 0, "error", NULL,
+		         annotate_error(why, sizeof(why), err), NULL, NULL, f->notes, f->n_notes);
+		err = 0; /* the flow goes on without them */
+	}
+	if (!err && wfpr_connect(f->upstream, (const struct sockaddr *)dst, dst_len) != 0)
+		err = wfpr_get_last_error();
+	if (!err)
+		return;
+	const char *name = wfpr_err_name(err);
+	snprintf(why, sizeof(why), "cannot send on: %s", name ? name : "error");
+	log_line(e, &f->info, "udp", f->record, f->record_len, 0, 0, "error", NULL, why, NULL, NULL, f->notes, f->n_notes);
+	e->stats.failed++;
+	wfpr_closesocket(f->upstream);
+	f->upstream = -1;
+}
+
 static flow *new_flow(wfpr_engine *e, const struct sockaddr_storage *client, const struct cmsghdr *records,
                       const struct cmsghdr *context)
 {
@@ -1237,41 +1266,22 @@ static flow *new_flow(wfpr_engine *e, const struct sockaddr_storage *client, con
 	f->blocked = f->verdict == WFPR_VERDICT_BLOCK;
 	if (f->blocked)
 		e->stats.blocked++;
-	if (!f->blocked && (f->notes = take_annotations(e, f->ru, &f->n_notes))) {
-		/* SET now (the first datagram SETs again), so that the socket takes them */
-		int err = wfpr_setsockopt(f->upstream, IPPROTO_IP, WFPR_IP_WFP_REDIRECT_RECORDS, f->record,
-		                          (socklen_t)f->record_len) == 0 ? annotate(f->upstream, f->notes, f->n_notes)
-		                                                        : wfpr_get_last_error();
-		char why[96];
-		if (err)
-			log_line(e, &f->info, "udp", f->record, f->record_len, 0, 0, "error", NULL,
-			         annotate_error(why, sizeof(why), err), NULL, NULL, f->notes, f->n_notes);
+	if (!f->blocked) {
+		f->notes = take_annotations(e, f->ru, &f->n_notes);
+		connect_flow(e, f);
 	}
 	log_line(e, &f->info, "udp", f->record, f->record_len, 0, 0, "connect", verdict_name(f->verdict), NULL,
 	         f->blocked ? "on_connect" : NULL, f->blocked ? rule_reason(e, f->ru) : NULL, f->notes, f->n_notes);
 	return f;
 }
 
-/* Toward the original destination; the flow's first datagram carries the records on. */
-static void forward_up(flow *f, const uint8_t *data, size_t len)
+/* Toward the original destination, on the flow's connected socket. */
+static void forward_up(wfpr_engine *e, flow *f, const uint8_t *data, size_t len)
 {
-	const struct sockaddr_storage *dst = &f->context[0];
-	socklen_t dst_len = dst->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-	if (f->forwarded) {
-		wfpr_sendto(f->upstream, data, len, 0, (const struct sockaddr *)dst, dst_len);
+	if (f->upstream < 0 || send(f->upstream, data, len, 0) < 0)
 		return;
-	}
-	uint8_t control[CMSG_SPACE(WFPR_RECORD_MAX_SIZE)];
-	struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
-	struct msghdr msg = {.msg_name = (void *)dst, .msg_namelen = dst_len, .msg_iov = &iov, .msg_iovlen = 1,
-	                     .msg_control = control, .msg_controllen = CMSG_SPACE(f->record_len)};
-	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-	c->cmsg_level = IPPROTO_IP;
-	c->cmsg_type = WFPR_IP_WFP_REDIRECT_RECORDS;
-	c->cmsg_len = CMSG_LEN(f->record_len);
-	memcpy(CMSG_DATA(c), f->record, f->record_len);
-	if (wfpr_sendmsg(f->upstream, &msg, 0) >= 0)
-		f->forwarded = true;
+	f->up += len;
+	e->stats.datagrams_up++;
 }
 
 /* A datagram that starts no flow and belongs to none: dropped, and said in
@@ -1330,9 +1340,7 @@ static void udp_receive(wfpr_engine *e)
 		size_t len = (size_t)n;
 		if (f->blocked || !datagram_rule(e, f, 0, &out, &len))
 			continue;
-		forward_up(f, out, len);
-		f->up += len;
-		e->stats.datagrams_up++;
+		forward_up(e, f, out, len);
 	}
 }
 

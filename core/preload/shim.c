@@ -67,6 +67,16 @@ typedef struct route {
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static route *routes[BUCKETS];
 
+/* The address each UDP socket last heard from, by fd (a slot that another
+ * fd takes only costs a question): a datagram back to it is a reply, sent
+ * as addressed and never redirected, as on the eBPF backend. An fd reused
+ * by another socket grants that socket nothing the program could not do
+ * with the first one. */
+static struct heard {
+	int fd_plus_one; /* 0: empty */
+	struct sockaddr_in6 from; /* an IPv4 address as a sockaddr_in */
+} heard[BUCKETS];
+
 static void init(void)
 {
 	real_connect = (connect_fn)dlsym(RTLD_NEXT, "connect");
@@ -257,11 +267,37 @@ static bool live_flow(int fd, const struct sockaddr_storage *dest, struct sockad
 	return live;
 }
 
-/* Where a datagram to dest goes: the flow's route, classified once per flow. */
+static void hear(int fd, const struct sockaddr *from, socklen_t from_len)
+{
+	struct sockaddr_storage addr;
+	if (fd < 0 || !inet_addr_of(from, from_len, &addr))
+		return;
+	struct heard *h = &heard[(unsigned int)fd % BUCKETS];
+	pthread_mutex_lock(&lock);
+	h->fd_plus_one = fd + 1;
+	memcpy(&h->from, &addr, addr_len(&addr));
+	pthread_mutex_unlock(&lock);
+}
+
+static bool is_reply(int fd, const struct sockaddr_storage *dest)
+{
+	const struct heard *h = &heard[(unsigned int)fd % BUCKETS];
+	pthread_mutex_lock(&lock);
+	bool reply = h->fd_plus_one == fd + 1 && memcmp(&h->from, dest, addr_len(dest)) == 0;
+	pthread_mutex_unlock(&lock);
+	return reply;
+}
+
+/* Where a datagram to dest goes: the flow's route, classified once per
+ * flow; a reply goes where it is addressed. */
 static int datagram_target(int fd, const struct sockaddr_storage *dest, struct sockaddr_storage *target)
 {
 	if (live_flow(fd, dest, target))
 		return 0;
+	if (is_reply(fd, dest)) {
+		*target = *dest;
+		return 0;
+	}
 	bool redirected, connected;
 	if (classify(fd, IPPROTO_UDP, dest, NULL, 0, target, &redirected, NULL, &connected) < 0)
 		return -1;
@@ -325,6 +361,8 @@ SHIM_EXPORT ssize_t recvfrom(int fd, void *buf, size_t len, int flags, struct so
 	ssize_t n = real_recvfrom(fd, buf, len, flags, from, from_len);
 	if (n >= 0) {
 		int saved = errno;
+		if (from && from_len)
+			hear(fd, from, *from_len); /* as it came: a proxy's address is never one the program sends to */
 		unredirect(fd, from, from_len);
 		errno = saved;
 	}
@@ -337,6 +375,7 @@ SHIM_EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 	ssize_t n = real_recvmsg(fd, msg, flags);
 	if (n >= 0 && msg) {
 		int saved = errno;
+		hear(fd, msg->msg_name, msg->msg_namelen);
 		unredirect(fd, msg->msg_name, &msg->msg_namelen);
 		errno = saved;
 	}

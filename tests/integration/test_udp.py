@@ -291,3 +291,40 @@ def test_burst_of_replies_arrives_intact(backend, udp_echo, rules, wfpr_run):
                      extra=list(backend))
     assert upper.returncode == 0, upper.stderr
     assert upper.stdout.split() == ["ECHO:X%d" % i for i in range(40)]
+
+
+INJECT_CLIENT = r"""
+import socket
+server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a UDP server in the same program
+server.bind(("127.0.0.1", 0))
+server.settimeout(5)
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(5)
+c.sendto(b"hello", server.getsockname())
+data, flow = server.recvfrom(100)  # from the proxy's socket for this flow
+server.sendto(b"reply", flow)
+print(c.recvfrom(100)[0].decode())
+intruder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+intruder.sendto(b"INJECTED", flow)
+server.sendto(b"second", flow)
+print(c.recvfrom(100)[0].decode())
+c.settimeout(0.5)
+try:
+    print(c.recvfrom(100)[0].decode())
+except socket.timeout:
+    print("nothing-more")
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flow_takes_replies_only_from_its_destination(backend, rules, wfpr_run):
+    """A proxy's socket for a flow takes datagrams only from where the flow
+    goes: another socket that sends to it reaches nobody, where it used to
+    reach the client as if from the destination (the intruder here is
+    inspected too: its datagram goes through the proxy as a flow of its own,
+    and ends at the same socket). A server in the inspected program answers
+    straight back to the proxy: a reply is not redirected."""
+    run = wfpr_run([("alpha", rules("alpha"))], [PY, "-c", INJECT_CLIENT], extra=list(backend))
+    needs(backend, run)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["reply", "second", "nothing-more"], run.stdout

@@ -21,6 +21,7 @@
 #include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
+#include "addrmap.h"
 #include "wfpr/engine.h"
 #include "wfpr/error.h"
 #include "wfpr/ioctl.h"
@@ -133,6 +134,7 @@ struct wfpr_engine {
 	watch w_udp;
 	uint8_t *datagram; /* REPLY_BATCH * MAX_DATAGRAM bytes: this engine's own, as engines run on their own threads */
 	flow *flows, *dead_flows;
+	wfpr__addrmap flow_of; /* each live flow by its client's address */
 	struct {
 		char *buf;       /* lines waiting for a slow reader */
 		size_t len;
@@ -1161,6 +1163,7 @@ static void close_flow(wfpr_engine *e, flow *f, const char *error)
 	e->stats.bytes_down += f->down;
 	if (f->upstream >= 0)
 		wfpr_closesocket(f->upstream);
+	wfpr__addrmap_remove(&e->flow_of, &f->client);
 	RETIRE(e->flows, e->dead_flows, f);
 }
 
@@ -1249,7 +1252,8 @@ static flow *new_flow(wfpr_engine *e, const struct sockaddr_storage *client, con
 	process_of(&f->info);
 	clock_gettime(CLOCK_MONOTONIC, &f->started);
 	f->upstream = wfpr_socket(f->context[0].ss_family, SOCK_DGRAM | SOCK_NONBLOCK, 0, 0);
-	if (f->upstream < 0 || watch_fd(e, EPOLL_CTL_ADD, f->upstream, EPOLLIN, &f->w) < 0) {
+	if (f->upstream < 0 || watch_fd(e, EPOLL_CTL_ADD, f->upstream, EPOLLIN, &f->w) < 0 ||
+	    wfpr__addrmap_put(&e->flow_of, client, f) != 0) {
 		if (f->upstream >= 0)
 			wfpr_closesocket(f->upstream);
 		free(f->record);
@@ -1313,10 +1317,7 @@ static void udp_receive(wfpr_engine *e)
 		ssize_t n = wfpr_recvmsg(e->udp_fd, &msg, 0);
 		if (n < 0)
 			return;
-		flow *f = e->flows;
-		while (f && memcmp(&f->client, &from, from.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-		                                                                 : sizeof(struct sockaddr_in)) != 0)
-			f = f->next;
+		flow *f = wfpr__addrmap_get(&e->flow_of, &from);
 		const struct cmsghdr *records = NULL, *context = NULL;
 		for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
 			if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == WFPR_IP_WFP_REDIRECT_RECORDS)
@@ -1492,12 +1493,15 @@ int wfpr_engine_new(wfpr_engine **out, const wfpr_engine_options *opts)
 		e->udp_fd = socket(e->address.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 		e->datagram = malloc((size_t)REPLY_BATCH * MAX_DATAGRAM);
 		socklen_t alen = e->address.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-		if (!e->datagram || e->udp_fd < 0 ||
-		    (opts->reuse_port && setsockopt(e->udp_fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) < 0) ||
-		    bind(e->udp_fd, (struct sockaddr *)&e->address, alen) < 0 ||
-		    wfpr_setsockopt(e->udp_fd, IPPROTO_IP, WFPR_IP_WFP_REDIRECT_CONTEXT, &on, sizeof(on)) != 0 ||
-		    watch_fd(e, EPOLL_CTL_ADD, e->udp_fd, EPOLLIN, &e->w_udp) < 0)
+		if (!e->datagram || wfpr__addrmap_init(&e->flow_of) != 0) {
+			rc = WFPR_WSAENOBUFS;
+		} else if (e->udp_fd < 0 ||
+		           (opts->reuse_port && setsockopt(e->udp_fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) < 0) ||
+		           bind(e->udp_fd, (struct sockaddr *)&e->address, alen) < 0 ||
+		           wfpr_setsockopt(e->udp_fd, IPPROTO_IP, WFPR_IP_WFP_REDIRECT_CONTEXT, &on, sizeof(on)) != 0 ||
+		           watch_fd(e, EPOLL_CTL_ADD, e->udp_fd, EPOLLIN, &e->w_udp) < 0) {
 			rc = errno ? wfpr_err_from_errno(errno) : WFPR_WSAEADDRINUSE;
+		}
 	}
 	if (rc != 0) {
 		wfpr_engine_free(e);
@@ -1657,6 +1661,8 @@ void wfpr_engine_free(wfpr_engine *e)
 	free(e->log.buf);
 	free(e->scratch);
 	free(e->datagram);
+	if (e->flow_of.buckets)
+		wfpr__addrmap_free(&e->flow_of);
 	free(e->name);
 	free(e);
 }

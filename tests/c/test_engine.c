@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 #include <sys/time.h>
 #include <unistd.h>
+#include "../../core/engine/addrmap.h"
 #include "support.h"
 #include "test.h"
 #include "wfpr/engine.h"
@@ -583,8 +584,53 @@ static void c_hooks_decide(void)
 	wfpr_layer_free(layer);
 }
 
+/* The engine's map from a client's address to its UDP flow: every entry
+ * found again through growth, each family and port its own key, removal
+ * exact. */
+static void address_map_finds_each_flow(void)
+{
+	wfpr__addrmap m;
+	CHECK_EQ(wfpr__addrmap_init(&m), 0);
+	enum { N = 5000 };
+	static struct sockaddr_storage keys[2 * N];
+	for (int i = 0; i < N; i++) {
+		struct sockaddr_in *four = (struct sockaddr_in *)&keys[i];
+		four->sin_family = AF_INET;
+		four->sin_addr.s_addr = htonl(0x7f000001u + (uint32_t)(i / 1000));
+		four->sin_port = htons((uint16_t)(10000 + i % 1000));
+		struct sockaddr_in6 *six = (struct sockaddr_in6 *)&keys[N + i];
+		six->sin6_family = AF_INET6;
+		six->sin6_addr = in6addr_loopback;
+		six->sin6_addr.s6_addr[0] = (uint8_t)(i / 1000); /* another address, the same ports as the IPv4 ones */
+		six->sin6_port = four->sin_port;
+	}
+	for (int i = 0; i < 2 * N; i++) {
+		CHECK(wfpr__addrmap_get(&m, &keys[i]) == NULL);
+		CHECK_EQ(wfpr__addrmap_put(&m, &keys[i], &keys[i]), 0);
+	}
+	CHECK(m.n_buckets >= 2 * N / 2); /* it grew */
+	int found = 0;
+	for (int i = 0; i < 2 * N; i++)
+		found += wfpr__addrmap_get(&m, &keys[i]) == &keys[i];
+	CHECK_EQ(found, 2 * N);
+	/* an address it never had, and a port it never had */
+	struct sockaddr_storage other = keys[0];
+	((struct sockaddr_in *)&other)->sin_port = htons(9);
+	CHECK(wfpr__addrmap_get(&m, &other) == NULL);
+	for (int i = 0; i < 2 * N; i += 2)
+		wfpr__addrmap_remove(&m, &keys[i]);
+	wfpr__addrmap_remove(&m, &other); /* not there: nothing happens */
+	found = 0;
+	for (int i = 0; i < 2 * N; i++)
+		found += wfpr__addrmap_get(&m, &keys[i]) == (i % 2 ? &keys[i] : NULL);
+	CHECK_EQ(found, 2 * N);
+	CHECK_EQ(m.count, N);
+	wfpr__addrmap_free(&m);
+}
+
 int main(void)
 {
+	RUN(address_map_finds_each_flow);
 	RUN(c_hooks_decide);
 	RUN(udp_flows_through_two_engines);
 	RUN(a_large_one_way_stream);

@@ -25,6 +25,7 @@
 #define WFPR_EBPF_REDIRECTORS 16
 #define WFPR_EBPF_FILTERS 32
 #define WFPR_EBPF_HOPS 16
+#define WFPR_EBPF_FLOW_IDS 32768 /* UDP flows known at once (the flow_ids map) */
 #define WFPR_EBPF_RECORD_CAP 4096 /* 12 + 16 hops of 179 bytes (IPv6, with PROCESS), 15 of them with
                                     * 4 + 64 bytes of annotations, fit: 3896 */
 #define WFPR_EBPF_CONTEXT_SIZE 256 /* two struct sockaddr_storage */
@@ -161,13 +162,24 @@ struct wfpr_ebpf_entry {
 	__u16 original_port;
 	__u16 pad2;
 	__u32 pad3;
-	__u64 last_ns; /* UDP: the flow's last datagram out (CLOCK_MONOTONIC) */
-	__u64 sock;    /* UDP: the SO_COOKIE of the socket that sends it (a flow belongs to one socket) */
 	struct wfpr_ebpf_process process; /* that made the newest hop's connection */
 	struct wfpr_ebpf_origin origin;   /* the chain's client */
 	__u64 used_by; /* the id of the socket that connected with it SET (0: none): a record is single-use */
 	__u8 context[WFPR_EBPF_CONTEXT_SIZE];
 	__u8 record[WFPR_EBPF_RECORD_CAP];
+};
+
+/* A UDP flow as the sender's datagrams find it (the flow_ids map, by the
+ * flow's key): small, so that many more flows are known than records are
+ * kept, and a flow whose record went from the flows map goes on as the
+ * same flow. */
+struct wfpr_ebpf_flow_id {
+	__u64 sock;    /* the SO_COOKIE of the socket that sends it (a flow belongs to one socket) */
+	__u64 last_ns; /* its last datagram out (CLOCK_MONOTONIC) */
+	__u8 original[16];
+	__u16 original_port;
+	__u16 pad;
+	__u32 pad2;
 };
 
 /* Per socket (SK_STORAGE): what the chain SET on it says, and a redirect

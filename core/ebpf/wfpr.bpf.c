@@ -103,13 +103,25 @@ struct {
 	__type(value, struct wfpr_ebpf_entry);
 } records SEC(".maps");
 
-/* UDP records: a datagram flow has no close, so the least recently used go. */
+/* UDP records: a datagram flow has no close, so the least recently used
+ * go. A record is needed until the proxy has the flow's first datagram and
+ * has passed the flow on; flow_ids knows the flows for longer. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
 	__type(key, struct wfpr_ebpf_key);
 	__type(value, struct wfpr_ebpf_entry);
 } flows SEC(".maps");
+
+/* Which UDP flows go on: a sender's next datagram continues its flow (no
+ * new record) while the flow is known here, from the same socket, to the
+ * same destination, not idle. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WFPR_EBPF_FLOW_IDS);
+	__type(key, struct wfpr_ebpf_key);
+	__type(value, struct wfpr_ebpf_flow_id);
+} flow_ids SEC(".maps");
 
 struct token {
 	__u8 b[WFPR_EBPF_TOKEN];
@@ -612,7 +624,7 @@ static __always_inline const __u8 *chain_of(const struct wfpr_ebpf_sock *st)
  * SET on the socket (st, may be NULL; its bytes in chain) plus one hop.
  * v4: the socket's family.
  */
-static __always_inline int issue(void *map, const struct wfpr_ebpf_key *key, __u64 sock, const struct wfpr_ebpf_sock *st,
+static __always_inline int issue(void *map, const struct wfpr_ebpf_key *key, const struct wfpr_ebpf_sock *st,
                                  const __u8 *chain, __u32 slot, const struct wfpr_ebpf_redirector *r, int v4, const __u8 *original,
                                  __u16 original_port, const struct wfpr_ebpf_process *who,
                                  const struct wfpr_ebpf_origin *origin)
@@ -657,8 +669,6 @@ static __always_inline int issue(void *map, const struct wfpr_ebpf_key *key, __u
 	e->hops = hops + 1;
 	e->slots[hops & (WFPR_EBPF_HOPS - 1)] = slot;
 	e->delivered = 0;
-	e->last_ns = bpf_ktime_get_ns();
-	e->sock = sock;
 	__builtin_memcpy(e->original, original, 16);
 	e->original_port = original_port;
 
@@ -845,7 +855,7 @@ int wfpr_sockops(struct bpf_sock_ops *skops)
 		__builtin_memcpy(key.proxy, target_ip(r, st->target6), 16);
 		key.proxy_port = target_port(r, st->target6);
 		key.protocol = IPPROTO_TCP;
-		issue(&records, &key, 0, st, chain_of(st), slot, r, v4, st->original, st->original_port, &st->process,
+		issue(&records, &key, st, chain_of(st), slot, r, v4, st->original, st->original_port, &st->process,
 		      &st->origin);
 		break;
 	}
@@ -1162,17 +1172,22 @@ static __always_inline int on_sendmsg(struct bpf_sock_addr *ctx, int v4)
 	__builtin_memcpy(key.proxy, to, 16);
 	/* a flow belongs to one socket, to one destination, and ends when idle:
 	 * otherwise this datagram starts a new one, with a fresh record */
-	struct wfpr_ebpf_entry *e = bpf_map_lookup_elem(&flows, &key);
+	struct wfpr_ebpf_flow_id *id = bpf_map_lookup_elem(&flow_ids, &key);
 	__u64 now = bpf_ktime_get_ns(), sock = bpf_get_socket_cookie(ctx);
 	__u32 zero = 0;
 	struct wfpr_ebpf_config *cfg = bpf_map_lookup_elem(&settings, &zero);
-	if (!e || e->original_port != d.port || !same_ip(e->original, d.ip) || e->sock != sock ||
-	    (cfg && now - e->last_ns >= cfg->udp_idle_ns)) {
+	if (!id || id->original_port != d.port || !same_ip(id->original, d.ip) || id->sock != sock ||
+	    (cfg && now - id->last_ns >= cfg->udp_idle_ns)) {
 		struct wfpr_ebpf_process sender = {};
 		current_process(&sender);
-		issue(&flows, &key, sock, st, chain_of(st), slot, r, v4, d.ip, d.port, &sender, who_get(&w, WHO_ALL));
+		if (issue(&flows, &key, st, chain_of(st), slot, r, v4, d.ip, d.port, &sender,
+		          who_get(&w, WHO_ALL)) == 0) {
+			struct wfpr_ebpf_flow_id fresh = {.sock = sock, .last_ns = now, .original_port = d.port};
+			__builtin_memcpy(fresh.original, d.ip, 16);
+			bpf_map_update_elem(&flow_ids, &key, &fresh, BPF_ANY);
+		}
 	} else {
-		e->last_ns = now;
+		id->last_ns = now;
 	}
 	rewrite(ctx, v4, to, key.proxy_port);
 	if (unbound) {
@@ -1227,7 +1242,7 @@ static __always_inline void connected_flow(struct bpf_sock_addr *ctx, int v4, co
 		struct wfpr_ebpf_redirector *r = redirector(slot);
 		if (r && target_port(r, st->target6) == local_port) {
 			st->pending = 0;
-			issue(&flows, &key, 0, st, chain_of(st), slot, r, client->family == AF_INET, st->original, st->original_port,
+			issue(&flows, &key, st, chain_of(st), slot, r, client->family == AF_INET, st->original, st->original_port,
 			      &st->process, &st->origin);
 		}
 	}

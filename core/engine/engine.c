@@ -144,6 +144,7 @@ struct wfpr_engine {
 	struct timespec shed_since;
 	uint64_t unflowed;               /* datagrams dropped since the last "drop" line */
 	struct timespec unflowed_logged;
+	struct timespec swept;           /* the last look for idle flows and connections */
 	wfpr_engine_stats stats;
 	uint8_t *scratch; /* one chunk, out of the way of held bytes that go on before it */
 };
@@ -163,11 +164,16 @@ struct wfpr_engine {
 		(dead) = (x);                         \
 	} while (0)
 
+static int64_t ms_between(const struct timespec *since, const struct timespec *now)
+{
+	return (now->tv_sec - since->tv_sec) * 1000 + (now->tv_nsec - since->tv_nsec) / 1000000;
+}
+
 static int64_t elapsed_ms(const struct timespec *since)
 {
 	struct timespec now;
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	return (now.tv_sec - since->tv_sec) * 1000 + (now.tv_nsec - since->tv_nsec) / 1000000;
+	return ms_between(since, &now);
 }
 
 /* ---- the JSON-lines log ---- */
@@ -1055,6 +1061,7 @@ static void source_event(half *h, uint32_t events)
 }
 
 #define SHED_MS 100
+#define SWEEP_MS 50 /* idle flows and connections are looked for at most this often */
 
 /* accept failed for want of descriptors or memory: a listener left armed
  * would wake the loop at once, again and again (100% CPU, nobody served).
@@ -1385,23 +1392,27 @@ static void flow_receive(wfpr_engine *e, flow *f)
 	}
 }
 
-static void expire_flows(wfpr_engine *e)
+/* End the flows, and (with tcp_idle_ms) the connections, idle too long.
+ * A walk of them all, so at most every SWEEP_MS, not after every batch of
+ * events: with thousands of flows that walk cost more than the datagrams. */
+static void sweep_idle(wfpr_engine *e)
 {
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (e->swept.tv_sec && ms_between(&e->swept, &now) < SWEEP_MS)
+		return;
+	e->swept = now;
 	int64_t idle = e->opts.udp_idle_ms ? e->opts.udp_idle_ms : DEFAULT_UDP_IDLE_MS;
 	for (flow *f = e->flows, *next; f; f = next) {
 		next = f->next;
-		if (elapsed_ms(&f->last) >= idle) {
+		if (ms_between(&f->last, &now) >= idle) {
 			e->stats.flows_expired++;
 			close_flow(e, f, NULL);
 		}
 	}
-}
-
-static void expire_conns(wfpr_engine *e)
-{
-	for (conn *c = e->conns, *next; c; c = next) {
+	for (conn *c = e->opts.tcp_idle_ms ? e->conns : NULL, *next; c; c = next) {
 		next = c->next;
-		if (elapsed_ms(&c->last) >= (int64_t)e->opts.tcp_idle_ms) {
+		if (ms_between(&c->last, &now) >= (int64_t)e->opts.tcp_idle_ms) {
 			e->stats.timed_out++;
 			close_conn(c, true, "idle timeout");
 		}
@@ -1571,9 +1582,7 @@ int wfpr_engine_run(wfpr_engine *e)
 				break;
 			}
 		}
-		expire_flows(e);
-		if (e->opts.tcp_idle_ms)
-			expire_conns(e);
+		sweep_idle(e);
 		resume_accepting(e, e->dead != NULL);
 		bury_dead(e);
 		bury_dead_flows(e);

@@ -119,6 +119,7 @@ soak: build
 bench: build $(PY)
 	bash .ci/bootstrap.sh iperf3 haproxy nginx-light wrk socat nftables iproute2 dnsmasq dnsperf redis-server redis-tools
 	python3 bench/bench_proxies.py
+	python3 bench/udp_flows.py
 	python3 bench/bench_ebpf.py
 	./build/bench-records
 	./build/bench-rules

@@ -89,21 +89,25 @@ class Bench:
         self.bare, self.bare2 = free_port(), free_port()
         self.start([BARE, str(self.bare), str(self.iperf)])
         self.start([BARE, str(self.bare2), str(self.bare)])
-        self.dns = free_port()
-        self.start(["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--listen-address=127.0.0.1", "--bind-interfaces",
-                    "--port=%d" % self.dns, "--no-resolv", "--no-hosts", "--host-record=bench.test,10.9.8.7",
-                    "--cache-size=10000", "--dns-forward-max=1000", "--pid-file="])
+        self.start_dnsmasq()
         self.bare_udp, self.bare_udp2 = free_port(), free_port()
         self.start([BARE_UDP, str(self.bare_udp), str(self.dns)])
         self.start([BARE_UDP, str(self.bare_udp2), str(self.bare_udp)])
-        self.queries = os.path.join(self.work, "queries.txt")
-        with open(self.queries, "w") as f:
-            f.write("bench.test A\n" * 100)
         self.start(["redis-server", "--port", str(self.redis), "--bind", "127.0.0.1", "--save", "",
                     "--appendonly", "no", "--dir", self.work])
         for port in (self.iperf, self.nginx, self.haproxy_iperf, self.haproxy_web, self.socat, self.bare, self.bare2,
                      self.haproxy2_iperf, self.haproxy2_web, self.redis, self.haproxy_redis, self.haproxy2_redis):
             wait_port(port)
+
+    def start_dnsmasq(self):
+        """dnsmasq on self.dns, answering bench.test itself; self.queries: a dnsperf file of it."""
+        self.dns = free_port()
+        self.start(["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--listen-address=127.0.0.1", "--bind-interfaces",
+                    "--port=%d" % self.dns, "--no-resolv", "--no-hosts", "--host-record=bench.test,10.9.8.7",
+                    "--cache-size=10000", "--dns-forward-max=1000", "--pid-file="])
+        self.queries = os.path.join(self.work, "queries.txt")
+        with open(self.queries, "w") as f:
+            f.write("bench.test A\n" * 100)
 
     def start_nginx(self):
         """nginx (one worker) serving /small.txt (100 bytes); its port."""

@@ -89,12 +89,12 @@ static uint64_t drained; /* pushes taken off the socket, told with every request
  * moved, no record was issued since, so no new flow can have started from
  * that source, and its next datagram needs no question. A slot that
  * another source takes only costs a question. */
-#define SEEN_SLOTS 1024
+#define SEEN_SLOTS 65536 /* a few collide among ten thousand sources */
 static struct seen {
 	uint64_t socket;
 	uint64_t issued;
 	struct sockaddr_in6 from; /* an IPv4 source as a sockaddr_in */
-} seen[SEEN_SLOTS];
+} *seen; /* SEEN_SLOTS of them, made when a proxy first asks (never in the shim) */
 
 /* What this process keeps of a broker connection that is gone: the
  * registrations went with it, and the page with them (a broker started
@@ -111,7 +111,8 @@ static void forget_broker_state(void)
 	}
 	if (page) {
 		munmap((void *)page, sizeof(wire_page));
-		memset(seen, 0, sizeof(seen)); /* used only with a page */
+		if (seen) /* used only with a page */
+			memset(seen, 0, SEEN_SLOTS * sizeof(*seen));
 	}
 	page = NULL;
 }
@@ -376,8 +377,11 @@ static bool onward_permitted(int protocol, const struct sockaddr_storage *remote
 	       __atomic_load_n(&page->generation, __ATOMIC_ACQUIRE) == last.generation;
 }
 
+/* Locked. NULL without memory: the source is asked about. */
 static struct seen *seen_slot(uint64_t socket, const struct sockaddr_storage *from)
 {
+	if (!seen && !(seen = calloc(SEEN_SLOTS, sizeof(*seen))))
+		return NULL;
 	uint64_t h = 1469598103934665603ull ^ socket;
 	const uint8_t *p = (const uint8_t *)from;
 	for (size_t i = 0; i < addr_len(from); i++)
@@ -463,7 +467,7 @@ int wfpr__client_query(uint64_t socket, int protocol, const struct sockaddr_stor
 	int rc = 0;
 	*len = 0;
 	bool first = flags & WIRE_QUERY_FIRST_DATAGRAM;
-	if (first && addr_len(peer) > sizeof(seen[0].from))
+	if (first && addr_len(peer) > sizeof(struct sockaddr_in6))
 		return WFPR_WSAEINVAL;
 	pthread_mutex_lock(&lock);
 	struct seen *slot = first && page ? seen_slot(socket, peer) : NULL;

@@ -164,6 +164,12 @@ struct wfpr_engine {
 		(dead) = (x);                         \
 	} while (0)
 
+/* The length of a's sockaddr (IPv4 or IPv6). */
+static socklen_t sockaddr_len(const struct sockaddr_storage *a)
+{
+	return a->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+}
+
 static int64_t ms_between(const struct timespec *since, const struct timespec *now)
 {
 	return (now->tv_sec - since->tv_sec) * 1000 + (now->tv_nsec - since->tv_nsec) / 1000000;
@@ -814,7 +820,7 @@ static void start_connect(conn *c)
 	if (err)
 		log_event(e, c, "error", NULL, annotate_error(why, sizeof(why), err));
 	c->phase = PHASE_CONNECT;
-	socklen_t len = dst->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+	socklen_t len = sockaddr_len(dst);
 	int rc = wfpr_connect(c->upstream, (struct sockaddr *)dst, len);
 	if (rc != 0 && wfpr_get_last_error() != WFPR_WSAEWOULDBLOCK) {
 		close_conn(c, true, wfpr_err_name(wfpr_get_last_error()));
@@ -832,7 +838,7 @@ static void connect_progress(conn *c)
 {
 	wfpr_engine *e = c->engine;
 	struct sockaddr_storage *dst = &c->context[0];
-	socklen_t len = dst->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+	socklen_t len = sockaddr_len(dst);
 	/* completing the connect through the library publishes the next hop's record */
 	if (wfpr_connect(c->upstream, (struct sockaddr *)dst, len) != 0) {
 		int err = wfpr_get_last_error();
@@ -1211,7 +1217,7 @@ static bool datagram_rule(wfpr_engine *e, flow *f, int direction, const uint8_t 
 static void connect_flow(wfpr_engine *e, flow *f)
 {
 	const struct sockaddr_storage *dst = &f->context[0];
-	socklen_t dst_len = dst->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+	socklen_t dst_len = sockaddr_len(dst);
 	char why[96];
 	int err = wfpr_setsockopt(f->upstream, IPPROTO_IP, WFPR_IP_WFP_REDIRECT_RECORDS, f->record,
 	                          (socklen_t)f->record_len) != 0 ? wfpr_get_last_error() : 0;
@@ -1358,7 +1364,7 @@ static void udp_receive(wfpr_engine *e)
 static void flow_receive(wfpr_engine *e, flow *f)
 {
 	bool ruled = f->verdict == WFPR_VERDICT_INSPECT && has_data_hook(e, f->ru);
-	socklen_t client_len = f->client.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+	socklen_t client_len = sockaddr_len(&f->client);
 	for (;;) {
 		struct mmsghdr m[REPLY_BATCH];
 		struct iovec iov[REPLY_BATCH];
@@ -1475,7 +1481,7 @@ int wfpr_engine_new(wfpr_engine **out, const wfpr_engine_options *opts)
 		sin->sin_family = AF_INET;
 		sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	}
-	socklen_t len = addr.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+	socklen_t len = sockaddr_len(&addr);
 	e->listen_fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	int one = 1;
 	int rc = 0;
@@ -1503,7 +1509,7 @@ int wfpr_engine_new(wfpr_engine **out, const wfpr_engine_options *opts)
 		e->w_udp = (watch){KIND_UDP, NULL, NULL};
 		e->udp_fd = socket(e->address.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 		e->datagram = malloc((size_t)REPLY_BATCH * MAX_DATAGRAM);
-		socklen_t alen = e->address.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+		socklen_t alen = sockaddr_len(&e->address);
 		if (!e->datagram || wfpr__addrmap_init(&e->flow_of) != 0) {
 			rc = WFPR_WSAENOBUFS;
 		} else if (e->udp_fd < 0 ||

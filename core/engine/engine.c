@@ -762,7 +762,25 @@ static void query_records(conn *c)
 	if (err == WFPR_WSA_IO_PENDING)
 		return; /* the event fd is in the epoll set */
 	if (err == WFPR_WSAEWOULDBLOCK && !c->overlapped) {
-		if (wfpr_overlapped_init(&c->ov) != 0 || wfpr_socket_set_overlapped(c->client, 1) != 0) {
+		if (wfpr_overlapped_init(&c->ov) != 0) {
+			/* no descriptor for the event (at the limit): wait for it here */
+			int fl = fcntl(c->client, F_GETFL);
+			if (fl >= 0 && fcntl(c->client, F_SETFL, fl & ~O_NONBLOCK) == 0) {
+				int rc = wfpr_ioctl(c->client, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, c->record,
+				                    c->record_cap, &bytes, NULL, NULL);
+				err = rc == 0 ? 0 : wfpr_get_last_error();
+				fcntl(c->client, F_SETFL, fl);
+				if (rc == 0) {
+					c->record_len = bytes;
+					records_ready(c);
+					return;
+				}
+			}
+			close_conn(c, true, err != WFPR_WSAEWOULDBLOCK && wfpr_err_name(err) ? wfpr_err_name(err)
+			                                                                     : "cannot wait for the record");
+			return;
+		}
+		if (wfpr_socket_set_overlapped(c->client, 1) != 0) {
 			close_conn(c, true, "cannot wait for the record");
 			return;
 		}

@@ -11,6 +11,7 @@
 #include "wfpr/broker.h"
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include "../../core/src/preload/wire.h"
 #include "support.h"
@@ -729,6 +730,175 @@ static void test_reused_tuple_and_late_notices(void)
 	in_child(reused_tuple_and_late_notices);
 }
 
+/* The first hop of the record of a connection the test accepted at l. */
+static bool first_hop_is(int l, const uint8_t *id)
+{
+	uint8_t records[WFPR_RECORD_MAX_SIZE];
+	uint32_t len = 0;
+	wfpr_records *r = NULL;
+	if (!readable(l, 5000))
+		return false;
+	int accepted = accept(l, NULL, NULL);
+	bool ok = wfpr_ioctl(accepted, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, records,
+	                     sizeof(records), &len, NULL, NULL) == 0 &&
+	          wfpr_records_decode(&r, records, len) == 0 && r->hop_count == 1 &&
+	          memcmp(r->hops[0].redirector_id, id, WFPR_REDIRECTOR_ID_SIZE) == 0;
+	wfpr_records_free(r);
+	wfpr_closesocket(accepted);
+	return ok;
+}
+
+/* A program keeps the broker's answer for a destination (its later
+ * connects ask nothing, or only announce themselves) while no proxy comes
+ * or goes: a kept permit, then a kept redirect, give way to the proxy that
+ * registers next, and every announced connect has its record. */
+static void kept_routes_follow_the_proxies(void)
+{
+	struct sockaddr_storage server, first, second;
+	int dest = tcp_listen(&server), l1 = tcp_listen(&first), l2 = tcp_listen(&second);
+	char match[64], byte;
+	snprintf(match, sizeof(match), "proto=tcp dport=%u", (unsigned)addr_port(&server));
+	uint8_t id1[WFPR_REDIRECTOR_ID_SIZE], id2[WFPR_REDIRECTOR_ID_SIZE];
+	int ready[2], go[2];
+	CHECK_EQ(pipe(ready), 0);
+	CHECK_EQ(pipe(go), 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		/* the program: a broker client of its own that registered nothing */
+		bool ok = true;
+		for (int phase = 0; phase < 3 && ok; phase++) {
+			int s[3];
+			for (int i = 0; i < 3; i++) {
+				s[i] = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+				ok = ok && wfpr_connect(s[i], (const struct sockaddr *)&server, addr_size(&server)) == 0;
+			}
+			ok = ok && write(ready[1], "x", 1) == 1 && read(go[0], &byte, 1) == 1;
+			for (int i = 0; i < 3; i++)
+				wfpr_closesocket(s[i]);
+		}
+		_exit(ok ? 0 : 1);
+	}
+	CHECK_EQ(read(ready[0], &byte, 1), 1);
+	for (int i = 0; i < 3; i++) { /* no proxy takes them yet */
+		CHECK(readable(dest, 5000));
+		close(accept(dest, NULL, NULL));
+	}
+	CHECK_EQ(wfpr_preload_register_filtered(id1, "kept-first", &first, NULL, 1000, match), 0);
+	CHECK_EQ(write(go[1], "x", 1), 1);
+	CHECK_EQ(read(ready[0], &byte, 1), 1);
+	for (int i = 0; i < 3; i++)
+		CHECK(first_hop_is(l1, id1));
+	CHECK(!readable(dest, 0));
+	CHECK_EQ(wfpr_preload_register_filtered(id2, "kept-second", &second, NULL, 2000, match), 0);
+	CHECK_EQ(write(go[1], "x", 1), 1);
+	CHECK_EQ(read(ready[0], &byte, 1), 1);
+	for (int i = 0; i < 3; i++)
+		CHECK(first_hop_is(l2, id2));
+	CHECK(!readable(l1, 0));
+	/* the program still holds credit: a QUERY about a connection nobody
+	 * redirected waits only until the broker has read what was sent before
+	 * it, not the 2 s it gives an ISSUE that is on its way */
+	int direct = socket(AF_INET, SOCK_STREAM, 0);
+	CHECK_EQ(connect(direct, (const struct sockaddr *)&second, addr_size(&second)), 0);
+	int accepted = accept(l2, NULL, NULL);
+	uint8_t records[WFPR_RECORD_MAX_SIZE];
+	uint32_t len = 0;
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	CHECK_FAILS_WITH(wfpr_ioctl(accepted, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, records,
+	                            sizeof(records), &len, NULL, NULL), WFPR_FWP_E_NOT_FOUND);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	CHECK(t1.tv_sec - t0.tv_sec < 1);
+	CHECK_EQ(write(go[1], "x", 1), 1);
+	int status = -1;
+	waitpid(pid, &status, 0);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	wfpr_closesocket(accepted);
+	close(direct);
+	close(dest);
+	close(l1);
+	close(l2);
+	for (int i = 0; i < 2; i++) {
+		close(ready[i]);
+		close(go[i]);
+	}
+}
+
+static void test_kept_routes_follow_the_proxies(void)
+{
+	in_child(kept_routes_follow_the_proxies);
+}
+
+/* A client (raw, so the test decides when its ISSUE goes) redirected to
+ * the proxy at l and connected there, its ISSUE not sent yet; the
+ * connection as the proxy accepted it, and the client's socket in *c. */
+static int connected_before_issue(int raw, const struct sockaddr_storage *server, const struct sockaddr_storage *proxy,
+                                  int l, int *c, struct sockaddr_storage *local)
+{
+	wire_request rq = {.type = WIRE_ROUTE, .protocol = IPPROTO_TCP, .a = *server, .b = {.ss_family = AF_INET}};
+	wire_reply rp;
+	raw_call(raw, &rq, -1, &rp);
+	CHECK(rp.err == 0 && rp.action == WFPR_ACTION_REDIRECT);
+	*c = socket(AF_INET, SOCK_STREAM, 0);
+	CHECK_EQ(connect(*c, (const struct sockaddr *)proxy, addr_size(proxy)), 0);
+	socklen_t len = sizeof(*local);
+	getsockname(*c, (struct sockaddr *)local, &len);
+	int accepted = accept(l, NULL, NULL);
+	CHECK_EQ(wfpr_socket_set_overlapped(accepted, 1), 0);
+	return accepted;
+}
+
+/* A proxy may accept before the broker has its client's record: an
+ * overlapped QUERY then pends, no thread waits on the broker, and it
+ * completes when the record comes; closing the socket ends it instead. */
+static void overlapped_query_waits_for_its_record(void)
+{
+	struct sockaddr_storage server, first, local;
+	int dest = tcp_listen(&server), l1 = tcp_listen(&first), raw = raw_client(), c;
+	char match[64];
+	snprintf(match, sizeof(match), "proto=tcp dport=%u", (unsigned)addr_port(&server));
+	uint8_t id[WFPR_REDIRECTOR_ID_SIZE], records[WFPR_RECORD_MAX_SIZE];
+	CHECK_EQ(wfpr_preload_register_filtered(id, "waits", &first, NULL, 1000, match), 0);
+	wfpr_overlapped ov;
+	CHECK_EQ(wfpr_overlapped_init(&ov), 0);
+	struct pollfd done = {.fd = ov.event_fd, .events = POLLIN};
+	uint32_t len = 0;
+
+	int accepted = connected_before_issue(raw, &server, &first, l1, &c, &local);
+	CHECK_FAILS_WITH(wfpr_ioctl(accepted, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, records,
+	                            sizeof(records), &len, &ov, NULL), WFPR_WSA_IO_PENDING);
+	CHECK_EQ(poll(&done, 1, 100), 0);
+	wire_request issue = {.type = WIRE_ISSUE, .protocol = IPPROTO_TCP, .b = local};
+	raw_call(raw, &issue, c, NULL);
+	CHECK_EQ(poll(&done, 1, 5000), 1);
+	CHECK_EQ(wfpr_get_overlapped_result(accepted, &ov, &len, 0, NULL), 0);
+	wfpr_records *r = NULL;
+	CHECK_EQ(wfpr_records_decode(&r, records, len), 0);
+	CHECK(r && r->hop_count == 1 && memcmp(r->hops[0].redirector_id, id, WFPR_REDIRECTOR_ID_SIZE) == 0);
+	wfpr_records_free(r);
+	CHECK_EQ(original_port(accepted), addr_port(&server));
+	wfpr_closesocket(accepted);
+	close(c);
+
+	wfpr_overlapped_reset(&ov);
+	accepted = connected_before_issue(raw, &server, &first, l1, &c, &local);
+	CHECK_FAILS_WITH(wfpr_ioctl(accepted, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, records,
+	                            sizeof(records), &len, &ov, NULL), WFPR_WSA_IO_PENDING);
+	wfpr_closesocket(accepted);
+	CHECK_EQ(poll(&done, 1, 0), 1);
+	CHECK_FAILS_WITH(wfpr_get_overlapped_result(accepted, &ov, &len, 0, NULL), WFPR_WSA_OPERATION_ABORTED);
+	wfpr_overlapped_dispose(&ov);
+	close(c);
+	close(raw);
+	close(dest);
+	close(l1);
+}
+
+static void test_overlapped_query_waits_for_its_record(void)
+{
+	in_child(overlapped_query_waits_for_its_record);
+}
+
 static void test_onward_sees_a_new_proxy(void)
 {
 	in_child(onward_sees_a_new_proxy);
@@ -752,6 +922,8 @@ int main(void)
 	RUN(test_push_answers_a_query);
 	RUN(test_answers_per_thread);
 	RUN(test_reused_tuple_and_late_notices);
+	RUN(test_kept_routes_follow_the_proxies);
+	RUN(test_overlapped_query_waits_for_its_record);
 	proxy_start(&alpha, "alpha");
 	proxy_start(&beta, "beta");
 	RUN(test_chain_of_two);

@@ -2,10 +2,13 @@
  * process's sockets go through the broker (core/src/preload/client.c),
  * whose layer decides and keeps the records. */
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include "../backend.h"
+#include "../overlapped.h"
 #include "../sockutil.h"
 #include "client.h"
 #include "key.h"
@@ -32,11 +35,65 @@ static int preload_route(wfpr__route *r)
 	return rc;
 }
 
-/* Issued before the client's connect, so never pending. */
+/* An overlapped QUERY that waits for its record's push. */
+typedef struct waiting_query {
+	void *out;
+	uint32_t out_len;
+	wfpr__fill_fn fill;
+	wfpr_overlapped *ov;
+	wfpr_completion_routine routine;
+	apc_queue *queue;
+} waiting_query;
+
+static void query_done(void *arg, int rc, const uint8_t *blob, size_t len)
+{
+	waiting_query *w = arg;
+	uint32_t bytes = 0;
+	if (rc == 0)
+		rc = w->fill(w->out, w->out_len, blob, len, &bytes);
+	wfpr__overlapped_complete(w->ov, w->routine, w->queue, rc, bytes);
+	wfpr__apc_queue_unref(w->queue);
+	free(w);
+}
+
+static bool would_block(int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+	return fl >= 0 && (fl & O_NONBLOCK);
+}
+
+/* A TCP record is issued once the client has connected, and most often
+ * pushed before the proxy asks. Until it comes, an overlapped QUERY of the
+ * records pends (no worker waits on the broker), a non-blocking one would
+ * block, and a blocking one asks the broker, which answers once it has the
+ * record. */
 static int preload_query(const wfpr__query *q, uint8_t *blob, size_t *len)
 {
-	return wfpr__client_query(wfpr__socket_cookie(q->fd), q->protocol, &q->local, &q->peer, q->context ? WIRE_QUERY_CONTEXT : 0,
-	                    blob, WFPR__BLOB_MAX, len);
+	uint64_t cookie = q->cookie ? q->cookie : wfpr__socket_cookie(q->fd);
+	uint32_t flags = q->context ? WIRE_QUERY_CONTEXT : 0;
+	if (q->protocol != IPPROTO_TCP || q->context) /* the context comes after the records: it is there */
+		return wfpr__client_query(cookie, q->protocol, &q->local, &q->peer, flags, blob, WFPR__BLOB_MAX, len);
+	waiting_query *w = q->cookie ? calloc(1, sizeof(*w)) : NULL;
+	if (w) {
+		*w = (waiting_query){.out = q->out, .out_len = q->out_len, .fill = q->fill, .ov = q->ov,
+		                     .routine = q->routine, .queue = q->routine ? wfpr__apc_queue_self() : NULL};
+		if (q->routine && !w->queue) {
+			free(w);
+			return WFPR_WSAENOBUFS;
+		}
+		q->ov->status = (uint32_t)WFPR_WSA_IO_PENDING; /* before another thread can complete it */
+		q->ov->bytes = 0;
+	}
+	int rc = wfpr__client_query_async(cookie, IPPROTO_TCP, &q->local, &q->peer, flags, blob, WFPR__BLOB_MAX, len,
+	                                  w ? query_done : NULL, w);
+	if (w && rc != WFPR_WSA_IO_PENDING) {
+		q->ov->status = 0; /* ioctl.c completes it, or fails the call */
+		wfpr__apc_queue_unref(w->queue);
+		free(w);
+	}
+	if (rc == WFPR_WSAEWOULDBLOCK && !q->cookie && !would_block(q->fd))
+		rc = wfpr__client_query(cookie, IPPROTO_TCP, &q->local, &q->peer, flags, blob, WFPR__BLOB_MAX, len);
+	return rc;
 }
 
 static void preload_first_datagram(int fd, const struct sockaddr_storage *from, bool want_context, uint8_t *records,
@@ -55,9 +112,16 @@ static int preload_check_set(int fd, const uint8_t *blob, size_t len)
 	return wfpr__client_check(wfpr__socket_cookie(fd), blob, len);
 }
 
-/* A proxy's closed socket lets its record go. */
+static void preload_flush(int fd, uint64_t cookie)
+{
+	(void)fd;
+	wfpr__client_abort(cookie);
+}
+
+/* A proxy's closed socket lets its record go, and its QUERYs end. */
 static void preload_closed(int fd, uint64_t cookie)
 {
+	wfpr__client_abort(cookie);
 	struct sockaddr_storage local, peer;
 	socklen_t len = sizeof(peer);
 	if (wfpr__socket_protocol(fd) == IPPROTO_TCP && getpeername(fd, (struct sockaddr *)&peer, &len) == 0 &&
@@ -73,7 +137,7 @@ const wfpr__backend wfpr__backend_preload = {
 	.check_set = preload_check_set,
 	.annotate = wfpr__annotate_with_route,
 	.first_datagram = preload_first_datagram,
-	.flush = wfpr__socket_nothing, /* nothing ever pends */
+	.flush = preload_flush,
 	.closed = preload_closed,
 };
 

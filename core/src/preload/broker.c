@@ -49,6 +49,7 @@ typedef struct proxy {
 	wfpr_match match; /* the connections it takes */
 	bool match_process; /* match names the process: look it up per connection */
 	bool unmodified;    /* an unmodified proxy: its own fresh connects never come back to it */
+	bool mutable_match; /* match names what a process can change (its name, its cgroup): no ROUTE is kept */
 	bool push;          /* its records are pushed to its client as they are issued */
 	wfpr_broker *broker;
 } proxy;
@@ -62,6 +63,9 @@ typedef struct client {
 	bool failed; /* found broken while catching up: dropped by the loop */
 	bool proxy;  /* it presented the key and registered: its records count against no quota */
 	uint64_t pushed, drained; /* pushes sent to it, and taken off its socket (as its last request says) */
+	uint32_t credit;   /* announced ROUTEs it may still make (wire.h) ... */
+	uint32_t reserved; /* ... of them reserved in its user's quota (a proxy's are not) */
+	bool has_page;   /* a ROUTE's reply handed it the page */
 	/* between a ROUTE that redirected and its ISSUE */
 	bool deciding;
 	redirect_decision decision;
@@ -74,15 +78,28 @@ typedef struct client {
 /* A TCP QUERY that came before the ISSUE it needs: the client connects to
  * the proxy before it sends the ISSUE (the kernel picks the port at
  * connect), so the proxy can ask first. The reply waits for the ISSUE, or
- * WAIT_NS at most. */
+ * WAIT_NS at most.
+ *
+ * While some client has credit for announced ROUTEs, a QUERY that finds
+ * neither its record nor a client deciding toward its proxy also waits,
+ * until two whole passes over the ready sockets have ended: an announced
+ * ROUTE goes out before its client's connect, so before the proxy could
+ * accept and ask, and such a pass, which starts after the QUERY came, reads
+ * it. */
 typedef struct waiting {
 	struct waiting *next;
 	client *c;
 	wire_request rq;
 	int64_t deadline;
+	uint64_t until_pass; /* nonzero: waits until b->passes reaches it (above) */
 } waiting;
 
 #define WAIT_NS (2 * 1000000000LL)
+
+/* Room on a client's socket for WIRE_PUSH_WINDOW pushes and the replies
+ * it waits for: a push takes under 2 KiB of it (the kernel doubles this,
+ * up to its cap, net.core.wmem_max, 208 KiB by default). */
+#define PUSH_SNDBUF (WIRE_PUSH_WINDOW * 2048 + 65536)
 
 /* The stats are read from any thread (wfpr_broker_get_stats), as an array of counters. */
 _Static_assert(sizeof(wfpr_broker_stats) % sizeof(uint64_t) == 0, "the stats are counters");
@@ -100,6 +117,8 @@ struct wfpr_broker {
 	wfpr__store *store;
 	wfpr_broker_stats stats;
 	struct waiting *waiting; /* QUERYs that came before their ISSUE */
+	uint64_t passes;         /* the polls whose events were all the ready sockets */
+	uint64_t credited;       /* the clients' credit for announced ROUTEs, summed */
 	uint8_t key[WIRE_KEY_SIZE];
 	char key_hex[WFPR__KEY_HEX + 1];
 	wire_page *page; /* NULL: none could be made, and proxies ask every time */
@@ -108,7 +127,8 @@ struct wfpr_broker {
 	struct user_count {
 		uid_t uid;
 		size_t records;
-	} *users; /* records in the store per user, for the quota */
+		size_t reserved; /* its clients' credit: records they may have issued without asking */
+	} *users; /* records in the store per user, and reserved, for the quota */
 	size_t n_users;
 	/* the message being served and the descriptors that came with it */
 	int fds[WIRE_MAX_FDS];
@@ -220,7 +240,42 @@ static struct user_count *user_of(wfpr_broker *b, uid_t uid, bool add)
 static bool within_quota(wfpr_broker *b, const client *c)
 {
 	const struct user_count *u = c->proxy ? NULL : user_of(b, c->uid, false);
-	return !u || u->records < b->user_quota;
+	return !u || u->records + u->reserved < b->user_quota;
+}
+
+/* Client c's credit for announced ROUTEs goes back to its user's quota,
+ * all of it, or (spent) one. */
+static void credit_return(wfpr_broker *b, client *c, uint32_t n)
+{
+	uint32_t r = n < c->reserved ? n : c->reserved;
+	struct user_count *u = r ? user_of(b, c->uid, false) : NULL;
+	if (u)
+		u->reserved -= r < u->reserved ? r : u->reserved;
+	c->reserved -= r;
+	c->credit -= n;
+	b->credited -= n;
+}
+
+/* Grant client c credit for announced ROUTEs, out of its user's quota
+ * (half of what is left, so that the user's other programs keep some); how
+ * much. A proxy, which has no quota, gets the most. */
+static uint32_t credit_grant(wfpr_broker *b, client *c)
+{
+	struct user_count *u = c->proxy ? NULL : user_of(b, c->uid, true);
+	size_t room = WIRE_ROUTE_CREDIT_MAX;
+	if (!c->proxy && !u)
+		return 0;
+	if (u) {
+		size_t used = u->records + u->reserved + 1; /* the one this ROUTE is about to issue */
+		room = used < b->user_quota ? (b->user_quota - used) / 2 : 0;
+		if (room > WIRE_ROUTE_CREDIT_MAX)
+			room = WIRE_ROUTE_CREDIT_MAX;
+		u->reserved += room;
+		c->reserved = (uint32_t)room;
+	}
+	c->credit = (uint32_t)room;
+	b->credited += room;
+	return c->credit;
 }
 
 static void count_record(wfpr_broker *b, const client *c, wfpr__entry *e)
@@ -326,6 +381,7 @@ static int register_proxy(wfpr_broker *b, client *c, const wire_request *rq, con
 	p->broker = b;
 	p->match_process = match.n_uids || match.n_comms || match.n_exes || match.n_cgroups;
 	p->unmodified = rq->flags & WIRE_REGISTER_UNMODIFIED;
+	p->mutable_match = match.n_comms || match.n_cgroups;
 	p->push = (rq->flags & WIRE_REGISTER_PUSH) && !p->unmodified;
 	int rc = 0;
 	if (fresh) {
@@ -397,9 +453,31 @@ static int classify_for(wfpr_broker *b, const client *c, const conn_info *info, 
 	return rc;
 }
 
+/* May client c keep the answer to this ROUTE (WIRE_ROUTE_KEEP)? Asked
+ * again, it gets the same answer until a proxy comes or goes: a fresh TCP
+ * connect from an unbound socket, unless some proxy's match names what a
+ * process can change. Then say so, with credit for announced ROUTEs. */
+static void offer_keep(wfpr_broker *b, client *c, const wire_request *rq, const conn_info *info, wire_reply *rp)
+{
+	struct sockaddr_storage any = {.ss_family = info->local.ss_family};
+	if (!b->page || rq->protocol != IPPROTO_TCP || rq->blob_len || !addr_equal(&info->local, &any))
+		return;
+	for (const proxy *p = b->proxies; p; p = p->next)
+		if (p->live && p->mutable_match)
+			return;
+	rp->onward = WIRE_ROUTE_KEEP;
+	rp->generation = __atomic_load_n(&b->page->generation, __ATOMIC_ACQUIRE);
+	rp->credit = credit_grant(b, c);
+}
+
 static int route(wfpr_broker *b, client *c, const wire_request *rq, const uint8_t *blob, wire_reply *rp)
 {
+	bool announced = rq->flags & WIRE_ROUTE_ANNOUNCED;
 	forget_decision(c);
+	if (announced && (!c->credit || rq->protocol != IPPROTO_TCP || rq->blob_len))
+		return WFPR_WSAEINVAL; /* its ISSUE is refused, and its connection to the proxy reset */
+	/* one credit spent, or (the client asks) all it had back: the client keeps count alike */
+	credit_return(b, c, announced ? 1 : c->credit);
 	conn_info info = {.protocol = (int)rq->protocol, .remote = rq->a, .local = rq->b, .pid = c->pid, .uid = c->uid};
 	addr_unmap(&info.remote);
 	addr_unmap(&info.local);
@@ -432,8 +510,11 @@ static int route(wfpr_broker *b, client *c, const wire_request *rq, const uint8_
 		return rc;
 	}
 	rp->action = c->decision.action;
-	if (c->decision.action != WFPR_ACTION_REDIRECT)
+	if (c->decision.action != WFPR_ACTION_REDIRECT) {
+		if (!announced)
+			offer_keep(b, c, rq, &info, rp);
 		return 0;
+	}
 	if (!within_quota(b, c)) {
 		wfpr__redirect_decision_cleanup(&c->decision);
 		COUNT(b->stats.over_quota);
@@ -454,6 +535,8 @@ static int route(wfpr_broker *b, client *c, const wire_request *rq, const uint8_
 	rp->target = c->decision.target;
 	if (rq->a.ss_family == AF_INET6 && rp->target.ss_family == AF_INET)
 		addr_map_v6(&rp->target, &c->decision.target); /* an IPv6 socket reaches an IPv4 proxy mapped */
+	if (!announced)
+		offer_keep(b, c, rq, &info, rp);
 	return 0;
 }
 
@@ -600,11 +683,13 @@ static int query(wfpr_broker *b, client *c, const wire_request *rq, wire_reply *
 	if (!proxy_of(b, c, &local))
 		return WFPR_FWP_E_NOT_FOUND;
 	wfpr__entry *e = entry_of(b, rq);
-	if (!e && may_wait && rq->protocol == IPPROTO_TCP && deciding_toward(b, &local)) {
+	bool deciding = !e && may_wait && rq->protocol == IPPROTO_TCP && deciding_toward(b, &local);
+	if (!e && may_wait && rq->protocol == IPPROTO_TCP && (deciding || b->credited)) {
 		waiting *w = malloc(sizeof(*w));
 		if (!w)
 			return WFPR_WSAENOBUFS;
-		*w = (waiting){.next = b->waiting, .c = c, .rq = *rq, .deadline = wfpr__now_ns() + WAIT_NS};
+		*w = (waiting){.next = b->waiting, .c = c, .rq = *rq, .deadline = wfpr__now_ns() + WAIT_NS,
+		               .until_pass = deciding ? 0 : b->passes + 2};
 		b->waiting = w;
 		return QUERY_WAITS;
 	}
@@ -646,8 +731,14 @@ static bool answer_waiting(wfpr_broker *b, const wfpr__entry *issued)
 	for (waiting **p = &b->waiting; *p;) {
 		waiting *w = *p;
 		bool its = issued && entry_of(b, &w->rq) == issued;
-		bool ready = now >= w->deadline || its;
-		if (!ready) {
+		bool passed = w->until_pass && b->passes >= w->until_pass;
+		if (passed && !its && now < w->deadline) {
+			struct sockaddr_storage local = w->rq.a;
+			addr_unmap(&local);
+			w->until_pass = 0;
+			passed = !deciding_toward(b, &local); /* else its ISSUE is on its way */
+		}
+		if (!(now >= w->deadline || its || passed)) {
 			p = &w->next;
 			continue;
 		}
@@ -764,9 +855,15 @@ static bool serve(wfpr_broker *b, client *c, size_t n)
 	}
 	if (rq.drained <= c->pushed)
 		c->drained = rq.drained;
-	int page_fd = -1; /* a REGISTER's reply hands out the page */
+	int page_fd = -1; /* a REGISTER's reply hands out the page, and a ROUTE's that may be kept */
 	switch (rq.type) {
-	case WIRE_ROUTE: rp.err = route(b, c, &rq, in, &rp); break;
+	case WIRE_ROUTE:
+		rp.err = route(b, c, &rq, in, &rp);
+		if (rq.flags & WIRE_ROUTE_ANNOUNCED)
+			return true; /* no reply: the client connects to the target it kept */
+		if ((rp.onward & WIRE_ROUTE_KEEP) && !c->has_page)
+			page_fd = b->page_fd; /* it keeps the answer while the page's generation holds */
+		break;
 	case WIRE_ISSUE:
 		rp.err = issue(b, c, &rq);
 		if (rq.protocol == IPPROTO_TCP)
@@ -797,6 +894,8 @@ static bool serve(wfpr_broker *b, client *c, size_t n)
 	}
 	if (rp.err)
 		rp.blob_len = 0;
+	if (page_fd >= 0)
+		c->has_page = true;
 	memcpy(reply, &rp, sizeof(rp));
 	return wfpr__wire_send(c->fd, reply, sizeof(rp) + rp.blob_len, &page_fd, page_fd >= 0, MSG_DONTWAIT) ==
 	       (ssize_t)(sizeof(rp) + rp.blob_len);
@@ -826,6 +925,7 @@ static void drop_client(wfpr_broker *b, client *c)
 		}
 	}
 	forget_decision(c);
+	credit_return(b, c, c->credit);
 	/* out of the epoll set first: a forked child of a process that hosts
 	 * the broker may hold the socket open, and then closing the descriptor
 	 * would leave it watched, with events naming c after it is freed */
@@ -849,6 +949,8 @@ static void accept_clients(wfpr_broker *b)
 			continue;
 		}
 		*c = (client){.fd = fd, .id = ++b->next_client, .pid = cred.pid, .uid = cred.uid, .next = b->clients};
+		int sndbuf = PUSH_SNDBUF;
+		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf)); /* the kernel's cap is still room enough */
 		struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
 		if (epoll_ctl(b->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0) {
 			close(fd);
@@ -949,6 +1051,9 @@ int wfpr__broker_poll(wfpr_broker *b, int timeout_ms)
 	struct epoll_event events[64];
 	if (b->waiting && (timeout_ms < 0 || timeout_ms > 50))
 		timeout_ms = 50; /* wake to answer parked QUERYs that are due */
+	for (const waiting *w = b->waiting; w && timeout_ms; w = w->next)
+		if (w->until_pass)
+			timeout_ms = 0; /* a QUERY waits for whole passes (waiting, above) */
 	int n = epoll_wait(b->epoll_fd, events, 64, timeout_ms);
 	if (n < 0 && errno == EINTR)
 		return 0;
@@ -964,6 +1069,8 @@ int wfpr__broker_poll(wfpr_broker *b, int timeout_ms)
 		else if (!((client *)w)->failed)
 			client_ready(b, w);
 	}
+	if (n < 64)
+		b->passes++; /* every ready socket was served */
 	if (b->waiting)
 		answer_waiting(b, NULL);
 	for (client *c = b->clients, *next; c; c = next) {

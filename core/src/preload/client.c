@@ -1,7 +1,9 @@
 #include <dirent.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -74,15 +76,35 @@ static size_t n_notices;
  * goes when the broker answers a QUERY for it (what is kept is that
  * connection's, or older), and when the proxy closes a socket of that
  * tuple; what is left is the next connection's. */
-#define PUSHED_MAX 16
+#define PUSHED_MAX 64
 #define PUSHED_TTL_NS (500 * 1000000LL)
 typedef struct pushed {
 	int64_t at_ns;
+	bool held; /* a waiting QUERY took it (below), and the broker was told */
 	wire_reply rp;
 	uint8_t blob[]; /* rp.blob_len bytes: the record, then the context */
 } pushed;
 static pushed *stash[PUSHED_MAX];
+
+/* Overlapped TCP QUERYs of a proxy's sockets whose push has not come yet
+ * (wfpr__client_query_async): answered from the push once a thread takes it
+ * off the socket (the watcher, which polls the socket while any wait, or
+ * any other), or asked of the broker after PEND_ASK_NS without one. */
+#define PEND_ASK_NS (10 * 1000000LL)
+typedef struct pend {
+	struct pend *next;
+	uint64_t socket;
+	struct sockaddr_storage local, peer;
+	uint32_t flags;
+	int64_t since;
+	client_done_fn done;
+	void *arg;
+} pend;
+static pend *pends;
+static pthread_cond_t pend_added = PTHREAD_COND_INITIALIZER;
+static bool watching; /* the watcher thread runs */
 static uint64_t drained; /* pushes taken off the socket, told with every request */
+static uint64_t told;    /* drained as the broker last heard it */
 
 /* The UDP sources a proxy socket asked about, each with the page's
  * udp_issued as it was before the question: while the count has not
@@ -96,6 +118,21 @@ static struct seen {
 	struct sockaddr_in6 from; /* an IPv4 source as a sockaddr_in */
 } *seen; /* SEEN_SLOTS of them, made when a proxy first asks (never in the shim) */
 
+/* The ROUTE answers this process keeps (wire.h, WIRE_ROUTE_KEEP): a
+ * fresh TCP connect's, by the remote address as the program gave it, while
+ * the page's generation is kept_generation. A permit then connects without
+ * asking; a redirect, while credit lasts, tells the broker (an announced
+ * ROUTE) and connects to the kept target at once. A slot that another
+ * address takes only costs a question. */
+#define KEPT_SLOTS 64
+static struct kept_route {
+	struct sockaddr_storage remote; /* ss_family 0: free */
+	uint32_t action;
+	struct sockaddr_storage target;
+} kept[KEPT_SLOTS];
+static uint64_t kept_generation;
+static uint32_t credit; /* announced ROUTEs the broker allows this process, as it counts them */
+
 /* What this process keeps of a broker connection that is gone: the
  * registrations went with it, and the page with them (a broker started
  * again has another). */
@@ -104,10 +141,18 @@ static void forget_broker_state(void)
 	last.valid = false;
 	broker_epoch++; /* the other threads' last answers too */
 	n_notices = 0;
-	drained = 0;
+	credit = 0;
+	memset(kept, 0, sizeof(kept));
+	drained = told = 0;
 	for (size_t i = 0; i < PUSHED_MAX; i++) {
 		free(stash[i]);
 		stash[i] = NULL;
+	}
+	while (pends) { /* their pushes went with the connection */
+		pend *p = pends;
+		pends = p->next;
+		p->done(p->arg, WFPR_WSAENETDOWN, NULL, 0);
+		free(p);
 	}
 	if (page) {
 		munmap((void *)page, sizeof(wire_page));
@@ -121,6 +166,9 @@ static void child_after_fork(void)
 {
 	/* a forked child opens its own connection; another thread may have held the lock at fork */
 	pthread_mutex_init(&lock, NULL);
+	pthread_cond_init(&pend_added, NULL);
+	pends = NULL; /* the parent's: it answers them */
+	watching = false;
 	if (broker >= 0)
 		close(broker);
 	broker = -1;
@@ -202,6 +250,7 @@ static bool keep_push(const uint8_t *msg, size_t n)
 	if (!p)
 		return true;
 	p->at_ns = wfpr__now_ns();
+	p->held = false;
 	p->rp = rp;
 	memcpy(p->blob, msg + sizeof(rp), rp.blob_len);
 	free(stash[at]);
@@ -227,6 +276,21 @@ static void drain_pushes(void)
 			forget_broker_state();
 		}
 	}
+}
+
+/* Locked. The push for the connection from peer to local, fresh enough,
+ * left in the stash; else NULL. */
+static pushed *find_push(const struct sockaddr_storage *local, const struct sockaddr_storage *peer)
+{
+	struct sockaddr_storage l = *local, p = *peer;
+	addr_unmap(&l);
+	addr_unmap(&p);
+	int64_t now = wfpr__now_ns();
+	for (size_t i = 0; i < PUSHED_MAX; i++)
+		if (stash[i] && addr_equal(&stash[i]->rp.to, &l) && addr_equal(&stash[i]->rp.from, &p) &&
+		    now - stash[i]->at_ns < PUSHED_TTL_NS)
+			return stash[i];
+	return NULL;
 }
 
 /* Locked. The push for the connection from peer to local, fresh enough,
@@ -290,7 +354,7 @@ static int exchange(wire_request *rq, const void *blob, const int *fds, size_t n
 			return sent;
 	}
 	rq->magic = WIRE_MAGIC;
-	rq->drained = drained;
+	rq->drained = told = drained;
 	memcpy(msg, rq, sizeof(*rq));
 	if (rq->blob_len)
 		memcpy(msg + sizeof(*rq), blob, rq->blob_len);
@@ -303,7 +367,7 @@ static int exchange(wire_request *rq, const void *blob, const int *fds, size_t n
 		size_t n_got;
 		n = wfpr__wire_receive(broker, msg, sizeof(msg), got, &n_got, 0);
 		for (size_t i = 0; i < n_got && i < WIRE_MAX_FDS; i++) {
-			if (i == 0 && n_got == 1 && rq->type == WIRE_REGISTER)
+			if (i == 0 && n_got == 1 && (rq->type == WIRE_REGISTER || rq->type == WIRE_ROUTE))
 				map_page(got[0]);
 			else
 				close(got[i]);
@@ -341,11 +405,23 @@ static void notify(uint32_t kind, uint64_t socket, int protocol, const struct so
 	}
 }
 
+/* Locked. The broker pushes only while it knows of room on this socket
+ * (WIRE_PUSH_WINDOW): tell it of the pushes taken, with the notices kept. */
+static void tell_drained(void)
+{
+	if (drained - told >= WIRE_PUSH_WINDOW / 2) {
+		wire_request rq = {.type = WIRE_NOTICE, .protocol = IPPROTO_TCP};
+		exchange(&rq, NULL, NULL, 0, NULL, NULL, 0);
+	}
+}
+
+static void unlock(void);
+
 static int call(wire_request *rq, const void *blob, wire_reply *rp, uint8_t *blob_out, size_t cap)
 {
 	pthread_mutex_lock(&lock);
 	int rc = exchange(rq, blob, NULL, 0, rp, blob_out, cap);
-	pthread_mutex_unlock(&lock);
+	unlock();
 	return rc != 0 ? rc : rp ? rp->err : 0;
 }
 
@@ -394,6 +470,47 @@ static bool seen_is(const struct seen *s, uint64_t socket, const struct sockaddr
 	return s->socket == socket && memcmp(&s->from, from, addr_len(from)) == 0;
 }
 
+/* Locked. The slot where a fresh TCP connect's ROUTE to remote is kept, or
+ * NULL when this one cannot be kept (with records, annotations, or from a
+ * bound socket). */
+static struct kept_route *kept_slot(int protocol, const struct sockaddr_storage *remote,
+                                    const struct sockaddr_storage *local, size_t blob_len)
+{
+	struct sockaddr_storage any = {.ss_family = local->ss_family};
+	if (protocol != IPPROTO_TCP || blob_len || !addr_equal(local, &any) || addr_len(remote) > sizeof(struct sockaddr_in6))
+		return NULL;
+	uint64_t h = 1469598103934665603ull;
+	const uint8_t *p = (const uint8_t *)remote;
+	for (size_t i = 0; i < addr_len(remote); i++)
+		h = (h ^ p[i]) * 1099511628211ull;
+	return &kept[h % KEPT_SLOTS];
+}
+
+/* Locked. The kept answer for this slot's remote, if it still holds. */
+static const struct kept_route *kept_answer(const struct kept_route *k, const struct sockaddr_storage *remote)
+{
+	if (!k || !page || __atomic_load_n(&page->generation, __ATOMIC_ACQUIRE) != kept_generation ||
+	    k->remote.ss_family != remote->ss_family || memcmp(&k->remote, remote, addr_len(remote)) != 0)
+		return NULL;
+	return k->action == WFPR_ACTION_PERMIT || credit ? k : NULL;
+}
+
+/* Locked. Keep a ROUTE's answer the broker says may be kept. */
+static void keep_answer(struct kept_route *k, const struct sockaddr_storage *remote, const wire_reply *rp)
+{
+	credit = rp->err == 0 && (rp->onward & WIRE_ROUTE_KEEP) ? rp->credit : 0; /* the broker's count, from now */
+	if (!k || !page || rp->err || !(rp->onward & WIRE_ROUTE_KEEP))
+		return;
+	if (rp->generation != kept_generation) {
+		memset(kept, 0, sizeof(kept));
+		kept_generation = rp->generation;
+	}
+	memset(&k->remote, 0, sizeof(k->remote));
+	memcpy(&k->remote, remote, addr_len(remote));
+	k->action = rp->action;
+	k->target = rp->target;
+}
+
 int wfpr__client_route(int fd, int protocol, const struct sockaddr_storage *remote, const uint8_t *records,
                  size_t records_len, const uint8_t *notes, size_t notes_len, struct sockaddr_storage *target,
                  bool *redirected, client_connect_fn connect_fn, int *connect_result)
@@ -421,7 +538,23 @@ int wfpr__client_route(int fd, int protocol, const struct sockaddr_storage *remo
 		pthread_mutex_unlock(&lock);
 		return 0;
 	}
-	int rc = exchange(&rq, blob, NULL, 0, &rp, NULL, 0);
+	struct kept_route *slot = kept_slot(protocol, remote, &rq.b, rq.blob_len);
+	const struct kept_route *k = kept_answer(slot, remote);
+	int rc;
+	if (k && k->action == WFPR_ACTION_PERMIT) {
+		pthread_mutex_unlock(&lock);
+		return 0; /* the broker would say so again */
+	} else if (k) {
+		/* told before the connect, so before the proxy can ask about it */
+		rq.flags |= WIRE_ROUTE_ANNOUNCED;
+		rc = exchange(&rq, blob, NULL, 0, NULL, NULL, 0);
+		credit--;
+		rp = (wire_reply){.action = WFPR_ACTION_REDIRECT, .target = k->target};
+	} else {
+		rc = exchange(&rq, blob, NULL, 0, &rp, NULL, 0);
+		if (rc == 0)
+			keep_answer(slot, remote, &rp);
+	}
 	if (rc == 0)
 		rc = rp.err;
 	if (records_len)
@@ -454,12 +587,16 @@ int wfpr__client_route(int fd, int protocol, const struct sockaddr_storage *remo
 				rc = sent != 0 ? sent : done.err;
 		}
 	}
-	pthread_mutex_unlock(&lock);
+	unlock();
 	return rc;
 }
 
-int wfpr__client_query(uint64_t socket, int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer,
-                 uint32_t flags, uint8_t *out, size_t cap, size_t *len)
+/* Locked. The QUERY's answer (client.h); when ask is false, a TCP QUERY
+ * whose answer has not been pushed is not asked of the broker:
+ * WFPR_WSAEWOULDBLOCK. */
+static int query_locked(uint64_t socket, int protocol, const struct sockaddr_storage *local,
+                        const struct sockaddr_storage *peer, uint32_t flags, uint8_t *out, size_t cap, size_t *len,
+                        bool ask)
 {
 	wire_request rq = {.type = WIRE_QUERY, .protocol = (uint32_t)protocol, .flags = flags, .a = *local, .b = *peer,
 	                   .socket = socket};
@@ -467,23 +604,22 @@ int wfpr__client_query(uint64_t socket, int protocol, const struct sockaddr_stor
 	int rc = 0;
 	*len = 0;
 	bool first = flags & WIRE_QUERY_FIRST_DATAGRAM;
-	if (first && addr_len(peer) > sizeof(struct sockaddr_in6))
-		return WFPR_WSAEINVAL;
-	pthread_mutex_lock(&lock);
 	struct seen *slot = first && page ? seen_slot(socket, peer) : NULL;
 	uint64_t issued = page ? __atomic_load_n(&page->udp_issued, __ATOMIC_ACQUIRE) : 0;
-	if (slot && seen_is(slot, socket, peer) && slot->issued == issued) {
-		pthread_mutex_unlock(&lock);
+	if (slot && seen_is(slot, socket, peer) && slot->issued == issued)
 		return WFPR_FWP_E_NOT_FOUND; /* nothing issued since this source was asked about */
-	}
 	pushed *got = NULL;
 	if (!first && page && !is_last(socket, protocol, local, peer) && protocol == IPPROTO_TCP) {
 		drain_pushes();
 		if ((got = take_push(local, peer))) {
 			rp = got->rp; /* the broker's answer, before the question */
 			memcpy(last.blob, got->blob, got->rp.blob_len);
+			if (!got->held)
+				notify(WIRE_NOTICE_HOLD, socket, protocol, local, peer, rp.token);
 			free(got);
-			notify(WIRE_NOTICE_HOLD, socket, protocol, local, peer, rp.token);
+			tell_drained();
+		} else if (!ask) {
+			return WFPR_WSAEWOULDBLOCK;
 		}
 	}
 	if (got || first || !is_last(socket, protocol, local, peer)) {
@@ -523,8 +659,128 @@ int wfpr__client_query(uint64_t socket, int protocol, const struct sockaddr_stor
 		else
 			memcpy(out, last.blob + (context ? last.record_len : 0), *len);
 	}
-	pthread_mutex_unlock(&lock);
 	return rc;
+}
+
+/* Locked. Answer the waiting QUERYs whose push has come; with ask_due,
+ * ask the broker for those that waited PEND_ASK_NS. The push stays for the
+ * socket's next QUERY (the context, as a proxy asks next), held: the
+ * broker is told now, as for a QUERY. */
+static void answer_pends(bool ask_due)
+{
+	int64_t now = wfpr__now_ns();
+	for (pend **pp = &pends; *pp;) {
+		pend *p = *pp;
+		pushed *got = find_push(&p->local, &p->peer);
+		if (!got && !(ask_due && now - p->since >= PEND_ASK_NS)) {
+			pp = &p->next;
+			continue;
+		}
+		*pp = p->next;
+		uint8_t blob[WIRE_REPLY_BLOB_MAX];
+		const uint8_t *answer = blob;
+		size_t len = 0;
+		int rc = 0;
+		if (got) {
+			bool context = p->flags & WIRE_QUERY_CONTEXT;
+			answer = got->blob + (context ? got->rp.action : 0);
+			len = context ? got->rp.blob_len - got->rp.action : got->rp.action;
+			if (!got->held)
+				notify(WIRE_NOTICE_HOLD, p->socket, IPPROTO_TCP, &p->local, &p->peer, got->rp.token);
+			got->held = true;
+			tell_drained();
+		} else {
+			rc = query_locked(p->socket, IPPROTO_TCP, &p->local, &p->peer, p->flags, blob, sizeof(blob), &len, true);
+		}
+		p->done(p->arg, rc, answer, len);
+		free(p);
+		pp = &pends; /* notify may have sent, and taken more pushes off the socket */
+	}
+}
+
+/* The thread that takes pushes off the socket while QUERYs wait for them. */
+static void *watch_pushes(void *unused)
+{
+	(void)unused;
+	pthread_mutex_lock(&lock);
+	for (;;) {
+		while (!pends)
+			pthread_cond_wait(&pend_added, &lock);
+		pthread_mutex_unlock(&lock);
+		poll(NULL, 0, 1);
+		pthread_mutex_lock(&lock);
+		drain_pushes();
+		answer_pends(true);
+	}
+	return NULL;
+}
+
+/* Every call that may have taken pushes off the socket ends here. */
+static void unlock(void)
+{
+	if (pends)
+		answer_pends(false); /* their pushes may have come with this call's reply */
+	pthread_mutex_unlock(&lock);
+}
+
+int wfpr__client_query(uint64_t socket, int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer,
+                 uint32_t flags, uint8_t *out, size_t cap, size_t *len)
+{
+	if ((flags & WIRE_QUERY_FIRST_DATAGRAM) && addr_len(peer) > sizeof(struct sockaddr_in6))
+		return WFPR_WSAEINVAL;
+	pthread_mutex_lock(&lock);
+	int rc = query_locked(socket, protocol, local, peer, flags, out, cap, len, true);
+	unlock();
+	return rc;
+}
+
+int wfpr__client_query_async(uint64_t socket, int protocol, const struct sockaddr_storage *local,
+                             const struct sockaddr_storage *peer, uint32_t flags, uint8_t *out, size_t cap,
+                             size_t *len, client_done_fn done, void *arg)
+{
+	if (flags & WIRE_QUERY_FIRST_DATAGRAM)
+		return WFPR_WSAEINVAL;
+	pthread_mutex_lock(&lock);
+	int rc = query_locked(socket, protocol, local, peer, flags, out, cap, len, false);
+	pend *p = rc == WFPR_WSAEWOULDBLOCK && done ? malloc(sizeof(*p)) : NULL;
+	if (p && !watching) {
+		pthread_t t;
+		sigset_t all, old;
+		sigfillset(&all);
+		pthread_sigmask(SIG_SETMASK, &all, &old); /* the watcher takes no signal of the program's */
+		watching = pthread_create(&t, NULL, watch_pushes, NULL) == 0;
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		if (watching)
+			pthread_detach(t);
+	}
+	if (p && watching) {
+		*p = (pend){.next = pends, .socket = socket, .local = *local, .peer = *peer, .flags = flags,
+		            .since = wfpr__now_ns(), .done = done, .arg = arg};
+		pends = p;
+		pthread_cond_signal(&pend_added);
+		rc = WFPR_WSA_IO_PENDING;
+	} else if (p) {
+		free(p);
+		rc = query_locked(socket, protocol, local, peer, flags, out, cap, len, true); /* no thread: wait here */
+	}
+	unlock();
+	return rc;
+}
+
+void wfpr__client_abort(uint64_t socket)
+{
+	pthread_mutex_lock(&lock);
+	for (pend **pp = &pends; *pp;) {
+		pend *p = *pp;
+		if (p->socket != socket) {
+			pp = &p->next;
+			continue;
+		}
+		*pp = p->next;
+		p->done(p->arg, WFPR_WSA_OPERATION_ABORTED, NULL, 0);
+		free(p);
+	}
+	pthread_mutex_unlock(&lock);
 }
 
 int wfpr__client_check(uint64_t socket, const uint8_t *blob, size_t len)
@@ -549,7 +805,7 @@ void wfpr__client_release(uint64_t socket, int protocol, const struct sockaddr_s
 	if (protocol == IPPROTO_TCP)
 		free(take_push(local, peer)); /* one for this tuple that no QUERY took: the next connection's must not be it */
 	notify(WIRE_NOTICE_RELEASE, socket, protocol, local, peer, NULL);
-	pthread_mutex_unlock(&lock);
+	unlock();
 }
 
 int wfpr__client_set_key(const uint8_t k[WIRE_KEY_SIZE])

@@ -37,6 +37,19 @@ int wfpr__client_route(int fd, int protocol, const struct sockaddr_storage *remo
  * SO_COOKIE, local, peer) belongs to, whole, into out (cap >= WIRE_BLOB_MAX). */
 int wfpr__client_query(uint64_t socket, int protocol, const struct sockaddr_storage *local, const struct sockaddr_storage *peer,
                  uint32_t flags, uint8_t *out, size_t cap, size_t *len);
+/* The end of a QUERY that waited (below): rc, and when 0 the blob. It
+ * runs on whichever thread finds the answer, under the client's lock: it
+ * must not call the client. */
+typedef void (*client_done_fn)(void *arg, int rc, const uint8_t *blob, size_t len);
+/* As wfpr__client_query, for TCP, but an answer the broker has not pushed
+ * yet is not waited for here: WFPR_WSAEWOULDBLOCK, or, with done,
+ * WFPR_WSA_IO_PENDING and done(arg, ...) gets it later (from the push, or
+ * from the broker if none comes within a few milliseconds). */
+int wfpr__client_query_async(uint64_t socket, int protocol, const struct sockaddr_storage *local,
+                             const struct sockaddr_storage *peer, uint32_t flags, uint8_t *out, size_t cap,
+                             size_t *len, client_done_fn done, void *arg);
+/* The waiting QUERYs of this socket end with WSA_OPERATION_ABORTED. */
+void wfpr__client_abort(uint64_t socket);
 /* Is this a live record the broker issued? (SET) */
 int wfpr__client_check(uint64_t socket, const uint8_t *blob, size_t len);
 /* The proxy closed its side of (local, peer): its record may go. */

@@ -29,7 +29,9 @@
 
 enum wire_type {
 	WIRE_ROUTE = 1, /* a: remote, b: local, blob: the socket's SET records, then its annotations
-	                 * (notes_len bytes) -> action, target */
+	                 * (notes_len bytes) -> action, target; onward: WIRE_ROUTE_KEEP, generation, credit
+	                 * (below), and fd: the broker's page with the first such reply. With
+	                 * WIRE_ROUTE_ANNOUNCED: no reply */
 	WIRE_ISSUE,     /* b: the local address now bound (after a REDIRECT), fd: that socket; a reply for UDP
 	                 * only (sent once the record is stored and the page's udp_issued bumped), none for TCP */
 	WIRE_QUERY,     /* a: the proxy socket's local, b: its peer, blob: notices that ride along (wire_notice
@@ -46,6 +48,7 @@ enum wire_type {
 #define WIRE_REGISTER_UNMODIFIED 0x1u /* REGISTER: an unmodified proxy (its fresh connects never come to itself) */
 #define WIRE_REGISTER_PUSH 0x2u       /* REGISTER: push each TCP record issued toward this proxy to its client,
                                        * which takes the pushes off its socket when it QUERYs */
+#define WIRE_ROUTE_ANNOUNCED 0x1u /* ROUTE: no reply; the client connects to the target it kept (below) */
 #define WIRE_QUERY_CONTEXT 0x1u
 #define WIRE_QUERY_FIRST_DATAGRAM 0x2u /* UDP: only once, with the flow's first datagram */
 
@@ -88,7 +91,7 @@ typedef struct wire_notice {
 
 /* The pushes a client may have on its socket, not yet taken off: more
  * would crowd the replies it waits for. */
-#define WIRE_PUSH_WINDOW 8
+#define WIRE_PUSH_WINDOW 64
 
 /* QUERY's onward: a ROUTE of these very records, without annotations, to
  * the original destination, as the querying proxy will pass the connection
@@ -96,11 +99,23 @@ typedef struct wire_notice {
  * page's generation is the reply's: the proxy then connects without asking. */
 #define WIRE_ONWARD_PERMIT 0x1u
 
+/* ROUTE's onward: the same ROUTE (this protocol and remote, from an
+ * unbound socket, with no records or annotations) gets the same answer
+ * while the page's generation is the reply's. The client may then keep the
+ * answer: a permit connects without asking, and a redirect, while it has
+ * credit (one per connect; the broker counts them against the user's quota
+ * as records already issued), connects to the kept target and only tells
+ * the broker (WIRE_ROUTE_ANNOUNCED, before its connect, so that a proxy's
+ * QUERY never comes before it). */
+#define WIRE_ROUTE_KEEP 0x2u
+#define WIRE_ROUTE_CREDIT_MAX 64
+
 typedef struct wire_reply {
 	int32_t err; /* 0 or a wfpr_err */
 	uint32_t action; /* ROUTE: wfpr_action; QUERY: the records' length */
-	uint32_t onward; /* QUERY: WIRE_ONWARD_* */
-	uint64_t generation; /* QUERY: the page's generation that onward was decided at */
+	uint32_t onward; /* QUERY: WIRE_ONWARD_*; ROUTE: WIRE_ROUTE_KEEP */
+	uint64_t generation; /* QUERY, ROUTE: the page's generation that onward was decided at */
+	uint32_t credit; /* ROUTE with WIRE_ROUTE_KEEP: announced ROUTEs the client may make */
 	uint32_t push; /* 1: no reply, but a push: a QUERY's answer before it was asked, for the
 	                * connection from `from` to `to` (the proxy socket's peer and local) */
 	struct sockaddr_storage from, to;

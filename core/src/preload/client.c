@@ -88,8 +88,9 @@ static pushed *stash[PUSHED_MAX];
 
 /* Overlapped TCP QUERYs of a proxy's sockets whose push has not come yet
  * (wfpr__client_query_async): answered from the push once a thread takes it
- * off the socket (the watcher, which polls the socket while any wait, or
- * any other), or asked of the broker after PEND_ASK_NS without one. */
+ * off the socket (any caller of the client, or the watcher, which looks
+ * every millisecond while any wait), or asked of the broker after
+ * PEND_ASK_NS without one. */
 #define PEND_ASK_NS (10 * 1000000LL)
 typedef struct pend {
 	struct pend *next;
@@ -698,7 +699,9 @@ static void answer_pends(bool ask_due)
 	}
 }
 
-/* The thread that takes pushes off the socket while QUERYs wait for them. */
+/* The thread that takes pushes off the socket, every millisecond, while
+ * QUERYs wait for them (a poll of the socket would wake it for every push,
+ * which cost more than it saved under load). */
 static void *watch_pushes(void *unused)
 {
 	(void)unused;

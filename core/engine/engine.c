@@ -745,8 +745,22 @@ static void records_ready(conn *c)
 	start_connect(c);
 }
 
+/* QUERY the record on the client socket made blocking for the one call:
+ * 0, or the QUERY's error. */
+static int query_blocking(conn *c, uint32_t *bytes)
+{
+	int fl = fcntl(c->client, F_GETFL);
+	if (fl < 0 || fcntl(c->client, F_SETFL, fl & ~O_NONBLOCK) != 0)
+		return wfpr_err_from_errno(errno);
+	int err = wfpr_ioctl(c->client, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, c->record,
+	                     c->record_cap, bytes, NULL, NULL) == 0 ? 0 : wfpr_get_last_error();
+	fcntl(c->client, F_SETFL, fl);
+	return err;
+}
+
 /* QUERY the record: at once (the client socket is non-blocking); if it is
- * still on its way, overlapped, with the event fd in the epoll set. */
+ * still on its way, overlapped, with the event fd in the epoll set, or,
+ * with no descriptor left for the event, waiting here. */
 static void query_records(conn *c)
 {
 	uint32_t bytes = 0;
@@ -761,30 +775,19 @@ static void query_records(conn *c)
 	int err = wfpr_get_last_error();
 	if (err == WFPR_WSA_IO_PENDING)
 		return; /* the event fd is in the epoll set */
-	if (err == WFPR_WSAEWOULDBLOCK && !c->overlapped) {
-		if (wfpr_overlapped_init(&c->ov) != 0) {
-			/* no descriptor for the event (at the limit): wait for it here */
-			int fl = fcntl(c->client, F_GETFL);
-			if (fl >= 0 && fcntl(c->client, F_SETFL, fl & ~O_NONBLOCK) == 0) {
-				int rc = wfpr_ioctl(c->client, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, c->record,
-				                    c->record_cap, &bytes, NULL, NULL);
-				err = rc == 0 ? 0 : wfpr_get_last_error();
-				fcntl(c->client, F_SETFL, fl);
-				if (rc == 0) {
-					c->record_len = bytes;
-					records_ready(c);
-					return;
-				}
-			}
-			close_conn(c, true, err != WFPR_WSAEWOULDBLOCK && wfpr_err_name(err) ? wfpr_err_name(err)
-			                                                                     : "cannot wait for the record");
+	if (err == WFPR_WSAEWOULDBLOCK && !c->overlapped && wfpr_overlapped_init(&c->ov) != 0) {
+		/* no descriptor for the event (the proxy is at its limit) */
+		if ((err = query_blocking(c, &bytes)) == 0) {
+			c->record_len = bytes;
+			records_ready(c);
 			return;
 		}
+	} else if (err == WFPR_WSAEWOULDBLOCK && !c->overlapped) {
+		c->overlapped = true; /* ov is set up: closing disposes of it */
 		if (wfpr_socket_set_overlapped(c->client, 1) != 0) {
 			close_conn(c, true, "cannot wait for the record");
 			return;
 		}
-		c->overlapped = true;
 		watch_fd(c->engine, EPOLL_CTL_ADD, c->ov.event_fd, EPOLLIN, &c->w_query);
 		query_records(c);
 		return;

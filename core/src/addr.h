@@ -36,6 +36,15 @@ static inline bool addr_equal(const struct sockaddr_storage *a, const struct soc
 	return x->sin6_port == y->sin6_port && IN6_ARE_ADDR_EQUAL(&x->sin6_addr, &y->sin6_addr);
 }
 
+/* The wildcard address of its family, port 0: what an unbound socket shows. */
+static inline bool addr_unbound(const struct sockaddr_storage *a)
+{
+	struct sockaddr_storage any;
+	memset(&any, 0, sizeof(any));
+	any.ss_family = a->ss_family;
+	return (a->ss_family == AF_INET || a->ss_family == AF_INET6) && addr_equal(a, &any);
+}
+
 /* Addresses equal, or one of them the wildcard (a socket bound to any address). */
 static inline bool addr_ip_matches(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
 {

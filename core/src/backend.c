@@ -39,6 +39,32 @@ int wfpr__annotate_with_route(int fd, const uint8_t *notes, size_t len)
 	return 0;
 }
 
+int wfpr__answer_to_init(wfpr__answer_to *a, const wfpr__query *q)
+{
+	*a = (wfpr__answer_to){.out = q->out, .out_len = q->out_len, .fill = q->fill, .ov = q->ov,
+	                       .routine = q->routine, .queue = q->routine ? wfpr__apc_queue_self() : NULL};
+	if (q->routine && !a->queue)
+		return WFPR_WSAENOBUFS;
+	q->ov->status = (uint32_t)WFPR_WSA_IO_PENDING;
+	q->ov->bytes = 0;
+	return 0;
+}
+
+void wfpr__answer_complete(wfpr__answer_to *a, int err, const uint8_t *blob, size_t len)
+{
+	uint32_t bytes = 0;
+	if (err == 0)
+		err = a->fill(a->out, a->out_len, blob, len, &bytes);
+	wfpr__overlapped_complete(a->ov, a->routine, a->queue, err, bytes);
+	wfpr__apc_queue_unref(a->queue);
+}
+
+void wfpr__answer_drop(wfpr__answer_to *a)
+{
+	a->ov->status = 0; /* ioctl.c completes it, or fails the call */
+	wfpr__apc_queue_unref(a->queue);
+}
+
 void wfpr__socket_nothing(int fd, uint64_t cookie)
 {
 	(void)fd, (void)cookie;

@@ -21,6 +21,7 @@
 #include "wfpr/ioctl.h"
 #include "wfpr/layer.h"
 #include "wfpr/record.h"
+#include "overlapped.h"
 
 /* The largest blob a QUERY can return: a record or a context. */
 #define WFPR__BLOB_MAX (WFPR_RECORD_MAX_SIZE > WFPR_CONTEXT_MAX_SIZE ? WFPR_RECORD_MAX_SIZE : WFPR_CONTEXT_MAX_SIZE)
@@ -61,6 +62,25 @@ typedef struct wfpr__query {
 	uint32_t out_len;
 	wfpr__fill_fn fill;
 } wfpr__query;
+
+/* Where the answer of a QUERY that pends goes, kept from the call that
+ * pended (its buffer, fill, overlapped and completion routine). */
+typedef struct wfpr__answer_to {
+	void *out;
+	uint32_t out_len;
+	wfpr__fill_fn fill;
+	wfpr_overlapped *ov;
+	wfpr_completion_routine routine;
+	apc_queue *queue; /* the calling thread's, for the routine */
+} wfpr__answer_to;
+
+/* Keep where q's answer goes, and mark q->ov pending (before another
+ * thread can complete it): 0, or WSAENOBUFS. */
+int wfpr__answer_to_init(wfpr__answer_to *a, const wfpr__query *q);
+/* Complete it: with err, else with blob (len bytes) through fill. */
+void wfpr__answer_complete(wfpr__answer_to *a, int err, const uint8_t *blob, size_t len);
+/* Let it go unused: the call was answered at once, or failed. */
+void wfpr__answer_drop(wfpr__answer_to *a);
 
 typedef struct wfpr__backend {
 	const char *name;

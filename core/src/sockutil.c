@@ -1,5 +1,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <stdlib.h>
@@ -27,6 +28,12 @@ int wfpr__socket_protocol(int fd)
 		return -1;
 	}
 	return protocol;
+}
+
+bool wfpr__socket_nonblocking(int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+	return fl >= 0 && (fl & O_NONBLOCK);
 }
 
 uint16_t wfpr__socket_local(int fd, struct sockaddr_storage *out)

@@ -12,6 +12,8 @@
 uint64_t wfpr__socket_cookie(int fd);
 /* IPPROTO_* of a socket, or -1 with errno set (ENOTSOCK for non-sockets). */
 int wfpr__socket_protocol(int fd);
+/* Is fd in non-blocking mode (O_NONBLOCK)? */
+bool wfpr__socket_nonblocking(int fd);
 /* The socket's local address into out; returns its port (0: unbound). */
 uint16_t wfpr__socket_local(int fd, struct sockaddr_storage *out);
 /* Does socket fd take connections at a: a TCP listener, or a bound UDP

@@ -3,7 +3,6 @@
  * keeps the records it issues. A redirect really connects to the proxy's
  * socket. One lock guards the store and the layer pointer. */
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -11,7 +10,6 @@
 #include <unistd.h>
 #include "../backend.h"
 #include "../layer.h"
-#include "../overlapped.h"
 #include "../sockutil.h"
 #include "../store.h"
 #include "wfpr/error.h"
@@ -128,48 +126,30 @@ static void inproc_connect_done(void *pending, bool connected)
 typedef struct pending_query {
 	wfpr__waiter w;
 	bool context;
-	void *out;
-	uint32_t out_len;
-	wfpr__fill_fn fill;
-	wfpr_overlapped *ov;
-	wfpr_completion_routine routine;
-	apc_queue *queue;
+	wfpr__answer_to answer;
 } pending_query;
 
 static void pending_complete(wfpr__waiter *w, const wfpr__entry *e, bool aborted)
 {
 	pending_query *q = (pending_query *)w;
-	uint32_t bytes = 0;
-	int err = aborted ? WFPR_WSA_OPERATION_ABORTED : WFPR_FWP_E_NOT_FOUND;
 	if (e)
-		err = q->context ? q->fill(q->out, q->out_len, e->context, e->context_len, &bytes)
-		                 : q->fill(q->out, q->out_len, e->record, e->record_len, &bytes);
-	wfpr__overlapped_complete(q->ov, q->routine, q->queue, err, bytes);
-	wfpr__apc_queue_unref(q->queue);
+		wfpr__answer_complete(&q->answer, 0, q->context ? e->context : e->record,
+		                      q->context ? e->context_len : e->record_len);
+	else
+		wfpr__answer_complete(&q->answer, aborted ? WFPR_WSA_OPERATION_ABORTED : WFPR_FWP_E_NOT_FOUND, NULL, 0);
 	free(q);
-}
-
-static bool would_block(int fd)
-{
-	int fl = fcntl(fd, F_GETFL);
-	return fl >= 0 && (fl & O_NONBLOCK);
 }
 
 /* Locked: an overlapped QUERY of e pends until e's connect ends. */
 static int pend(const wfpr__query *q, const wfpr__entry *e)
 {
 	pending_query *p = calloc(1, sizeof(*p));
-	apc_queue *queue = q->routine ? wfpr__apc_queue_self() : NULL;
-	if (!p || (q->routine && !queue)) {
+	if (!p || wfpr__answer_to_init(&p->answer, q) != 0) {
 		free(p);
-		wfpr__apc_queue_unref(queue);
 		return WFPR_WSAENOBUFS;
 	}
-	*p = (pending_query){.w = {.fd = q->fd, .cookie = q->cookie, .complete = pending_complete},
-	                     .context = q->context, .out = q->out, .out_len = q->out_len, .fill = q->fill, .ov = q->ov,
-	                     .routine = q->routine, .queue = queue};
-	q->ov->status = (uint32_t)WFPR_WSA_IO_PENDING;
-	q->ov->bytes = 0;
+	p->w = (wfpr__waiter){.fd = q->fd, .cookie = q->cookie, .complete = pending_complete};
+	p->context = q->context;
 	wfpr__store_wait(store, &p->w, e);
 	return WFPR_WSA_IO_PENDING;
 }
@@ -193,7 +173,7 @@ static int inproc_query(const wfpr__query *q, uint8_t *blob, size_t *len)
 	}
 	if (e && !e->committed) {
 		rc = q->cookie ? pend(q, e) : WFPR_WSAEWOULDBLOCK;
-		if (q->cookie || would_block(q->fd))
+		if (q->cookie || wfpr__socket_nonblocking(q->fd))
 			goto out;
 		while ((e = wfpr__store_find(store, q->protocol, &q->local, &q->peer, cookie)) && !e->committed)
 			pthread_cond_wait(&connect_ended, &lock);

@@ -2,13 +2,11 @@
  * process's sockets go through the broker (core/src/preload/client.c),
  * whose layer decides and keeps the records. */
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include "../backend.h"
-#include "../overlapped.h"
 #include "../sockutil.h"
 #include "client.h"
 #include "key.h"
@@ -35,31 +33,11 @@ static int preload_route(wfpr__route *r)
 	return rc;
 }
 
-/* An overlapped QUERY that waits for its record's push. */
-typedef struct waiting_query {
-	void *out;
-	uint32_t out_len;
-	wfpr__fill_fn fill;
-	wfpr_overlapped *ov;
-	wfpr_completion_routine routine;
-	apc_queue *queue;
-} waiting_query;
-
+/* An overlapped QUERY's answer, once its record's push came. */
 static void query_done(void *arg, int rc, const uint8_t *blob, size_t len)
 {
-	waiting_query *w = arg;
-	uint32_t bytes = 0;
-	if (rc == 0)
-		rc = w->fill(w->out, w->out_len, blob, len, &bytes);
-	wfpr__overlapped_complete(w->ov, w->routine, w->queue, rc, bytes);
-	wfpr__apc_queue_unref(w->queue);
-	free(w);
-}
-
-static bool would_block(int fd)
-{
-	int fl = fcntl(fd, F_GETFL);
-	return fl >= 0 && (fl & O_NONBLOCK);
+	wfpr__answer_complete(arg, rc, blob, len);
+	free(arg);
 }
 
 /* A TCP record is issued once the client has connected, and most often
@@ -73,25 +51,18 @@ static int preload_query(const wfpr__query *q, uint8_t *blob, size_t *len)
 	uint32_t flags = q->context ? WIRE_QUERY_CONTEXT : 0;
 	if (q->protocol != IPPROTO_TCP || q->context) /* the context comes after the records: it is there */
 		return wfpr__client_query(cookie, q->protocol, &q->local, &q->peer, flags, blob, WFPR__BLOB_MAX, len);
-	waiting_query *w = q->cookie ? calloc(1, sizeof(*w)) : NULL;
-	if (w) {
-		*w = (waiting_query){.out = q->out, .out_len = q->out_len, .fill = q->fill, .ov = q->ov,
-		                     .routine = q->routine, .queue = q->routine ? wfpr__apc_queue_self() : NULL};
-		if (q->routine && !w->queue) {
-			free(w);
-			return WFPR_WSAENOBUFS;
-		}
-		q->ov->status = (uint32_t)WFPR_WSA_IO_PENDING; /* before another thread can complete it */
-		q->ov->bytes = 0;
+	wfpr__answer_to *w = q->cookie ? malloc(sizeof(*w)) : NULL;
+	if (q->cookie && (!w || wfpr__answer_to_init(w, q) != 0)) {
+		free(w);
+		return WFPR_WSAENOBUFS;
 	}
 	int rc = wfpr__client_query_async(cookie, IPPROTO_TCP, &q->local, &q->peer, flags, blob, WFPR__BLOB_MAX, len,
 	                                  w ? query_done : NULL, w);
 	if (w && rc != WFPR_WSA_IO_PENDING) {
-		q->ov->status = 0; /* ioctl.c completes it, or fails the call */
-		wfpr__apc_queue_unref(w->queue);
+		wfpr__answer_drop(w);
 		free(w);
 	}
-	if (rc == WFPR_WSAEWOULDBLOCK && !q->cookie && !would_block(q->fd))
+	if (rc == WFPR_WSAEWOULDBLOCK && !q->cookie && !wfpr__socket_nonblocking(q->fd))
 		rc = wfpr__client_query(cookie, IPPROTO_TCP, &q->local, &q->peer, flags, blob, WFPR__BLOB_MAX, len);
 	return rc;
 }

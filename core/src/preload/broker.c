@@ -459,8 +459,7 @@ static int classify_for(wfpr_broker *b, const client *c, const conn_info *info, 
  * process can change. Then say so, with credit for announced ROUTEs. */
 static void offer_keep(wfpr_broker *b, client *c, const wire_request *rq, const conn_info *info, wire_reply *rp)
 {
-	struct sockaddr_storage any = {.ss_family = info->local.ss_family};
-	if (!b->page || rq->protocol != IPPROTO_TCP || rq->blob_len || !addr_equal(&info->local, &any))
+	if (!b->page || rq->protocol != IPPROTO_TCP || rq->blob_len || !addr_unbound(&info->local))
 		return;
 	for (const proxy *p = b->proxies; p; p = p->next)
 		if (p->live && p->mutable_match)

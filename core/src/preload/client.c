@@ -477,8 +477,7 @@ static bool seen_is(const struct seen *s, uint64_t socket, const struct sockaddr
 static struct kept_route *kept_slot(int protocol, const struct sockaddr_storage *remote,
                                     const struct sockaddr_storage *local, size_t blob_len)
 {
-	struct sockaddr_storage any = {.ss_family = local->ss_family};
-	if (protocol != IPPROTO_TCP || blob_len || !addr_equal(local, &any) || addr_len(remote) > sizeof(struct sockaddr_in6))
+	if (protocol != IPPROTO_TCP || blob_len || !addr_unbound(local) || addr_len(remote) > sizeof(struct sockaddr_in6))
 		return NULL;
 	uint64_t h = 1469598103934665603ull;
 	const uint8_t *p = (const uint8_t *)remote;

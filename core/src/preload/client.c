@@ -102,6 +102,7 @@ typedef struct pend {
 	void *arg;
 } pend;
 static pend *pends;
+static uint64_t pushes_kept, pushes_matched; /* pushes kept, and how many of them the waiting QUERYs saw */
 static pthread_cond_t pend_added = PTHREAD_COND_INITIALIZER;
 static bool watching; /* the watcher thread runs */
 static uint64_t drained; /* pushes taken off the socket, told with every request */
@@ -252,6 +253,7 @@ static bool keep_push(const uint8_t *msg, size_t n)
 		return true;
 	p->at_ns = wfpr__now_ns();
 	p->held = false;
+	pushes_kept++;
 	p->rp = rp;
 	memcpy(p->blob, msg + sizeof(rp), rp.blob_len);
 	free(stash[at]);
@@ -669,6 +671,7 @@ static int query_locked(uint64_t socket, int protocol, const struct sockaddr_sto
 static void answer_pends(bool ask_due)
 {
 	int64_t now = wfpr__now_ns();
+	pushes_matched = pushes_kept;
 	for (pend **pp = &pends; *pp;) {
 		pend *p = *pp;
 		pushed *got = find_push(&p->local, &p->peer);
@@ -720,8 +723,8 @@ static void *watch_pushes(void *unused)
 /* Every call that may have taken pushes off the socket ends here. */
 static void unlock(void)
 {
-	if (pends)
-		answer_pends(false); /* their pushes may have come with this call's reply */
+	if (pends && pushes_kept != pushes_matched)
+		answer_pends(false); /* their pushes may have come with this call */
 	pthread_mutex_unlock(&lock);
 }
 
@@ -764,6 +767,8 @@ int wfpr__client_query_async(uint64_t socket, int protocol, const struct sockadd
 	} else if (p) {
 		free(p);
 		rc = query_locked(socket, protocol, local, peer, flags, out, cap, len, true); /* no thread: wait here */
+	} else if (rc == WFPR_WSAEWOULDBLOCK && done) {
+		rc = WFPR_WSAENOBUFS;
 	}
 	unlock();
 	return rc;

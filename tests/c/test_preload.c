@@ -795,9 +795,9 @@ static void kept_routes_follow_the_proxies(void)
 	for (int i = 0; i < 3; i++)
 		CHECK(first_hop_is(l2, id2));
 	CHECK(!readable(l1, 0));
-	/* the program still holds credit: a QUERY about a connection nobody
-	 * redirected waits only until the broker has read what was sent before
-	 * it, not the 2 s it gives an ISSUE that is on its way */
+	/* a QUERY about a connection nobody redirected waits only until the
+	 * broker has read what was sent before it (an announced ROUTE), not the
+	 * 2 s it gives an ISSUE that is on its way */
 	int direct = socket(AF_INET, SOCK_STREAM, 0);
 	CHECK_EQ(connect(direct, (const struct sockaddr *)&second, addr_size(&second)), 0);
 	int accepted = accept(l2, NULL, NULL);

@@ -80,12 +80,11 @@ typedef struct client {
  * connect), so the proxy can ask first. The reply waits for the ISSUE, or
  * WAIT_NS at most.
  *
- * While some client has credit for announced ROUTEs, a QUERY that finds
- * neither its record nor a client deciding toward its proxy also waits,
- * until two whole passes over the ready sockets have ended: an announced
- * ROUTE goes out before its client's connect, so before the proxy could
- * accept and ask, and such a pass, which starts after the QUERY came, reads
- * it. */
+ * A QUERY that finds neither its record nor a client deciding toward its
+ * proxy also waits, until two whole passes over the ready sockets have
+ * ended: an announced ROUTE goes out before its client's connect, so
+ * before the proxy could accept and ask, and such a pass, which starts
+ * after the QUERY came, reads it. */
 typedef struct waiting {
 	struct waiting *next;
 	client *c;
@@ -118,7 +117,6 @@ struct wfpr_broker {
 	wfpr_broker_stats stats;
 	struct waiting *waiting; /* QUERYs that came before their ISSUE */
 	uint64_t passes;         /* the polls whose events were all the ready sockets */
-	uint64_t credited;       /* the clients' credit for announced ROUTEs, summed */
 	uint8_t key[WIRE_KEY_SIZE];
 	char key_hex[WFPR__KEY_HEX + 1];
 	wire_page *page; /* NULL: none could be made, and proxies ask every time */
@@ -253,7 +251,6 @@ static void credit_return(wfpr_broker *b, client *c, uint32_t n)
 		u->reserved -= r < u->reserved ? r : u->reserved;
 	c->reserved -= r;
 	c->credit -= n;
-	b->credited -= n;
 }
 
 /* Grant client c credit for announced ROUTEs, out of its user's quota
@@ -274,7 +271,6 @@ static uint32_t credit_grant(wfpr_broker *b, client *c)
 		c->reserved = (uint32_t)room;
 	}
 	c->credit = (uint32_t)room;
-	b->credited += room;
 	return c->credit;
 }
 
@@ -472,11 +468,13 @@ static void offer_keep(wfpr_broker *b, client *c, const wire_request *rq, const 
 static int route(wfpr_broker *b, client *c, const wire_request *rq, const uint8_t *blob, wire_reply *rp)
 {
 	bool announced = rq->flags & WIRE_ROUTE_ANNOUNCED;
+	bool kept = announced && !rq->blob_len; /* a kept answer's; else a proxy's onward, with its records */
 	forget_decision(c);
-	if (announced && (!c->credit || rq->protocol != IPPROTO_TCP || rq->blob_len))
+	if (announced && (rq->protocol != IPPROTO_TCP || (kept ? !c->credit : !c->proxy)))
 		return WFPR_WSAEINVAL; /* its ISSUE is refused, and its connection to the proxy reset */
 	/* one credit spent, or (the client asks) all it had back: the client keeps count alike */
-	credit_return(b, c, announced ? 1 : c->credit);
+	if (!announced || kept)
+		credit_return(b, c, kept ? 1 : c->credit);
 	conn_info info = {.protocol = (int)rq->protocol, .remote = rq->a, .local = rq->b, .pid = c->pid, .uid = c->uid};
 	addr_unmap(&info.remote);
 	addr_unmap(&info.local);
@@ -624,10 +622,11 @@ static bool proxy_of(const wfpr_broker *b, const client *c, const struct sockadd
 	return false;
 }
 
-/* Would the proxy c's ROUTE of e's records, without annotations, from an
- * unbound socket to the original destination be permitted? It is the same
- * classification ROUTE makes, ahead of time; WIRE_ONWARD_PERMIT tells the
- * proxy that it may connect without asking while the generation holds. */
+/* What would the proxy c's ROUTE of e's records, without annotations,
+ * from an unbound socket to the original destination get? It is the same
+ * classification ROUTE makes, ahead of time: WIRE_ONWARD_PERMIT tells the
+ * proxy that it may connect without asking while the generation holds,
+ * WIRE_ONWARD_REDIRECT where to connect once it has announced the ROUTE. */
 static void decide_onward(wfpr_broker *b, const client *c, const wfpr__entry *e, wire_reply *rp)
 {
 	wfpr_records *chain = NULL;
@@ -641,9 +640,12 @@ static void decide_onward(wfpr_broker *b, const client *c, const wfpr__entry *e,
 	redirect_decision d;
 	rp->generation = __atomic_load_n(&b->page->generation, __ATOMIC_ACQUIRE);
 	if (is_inet(&info.remote) && classify_for(b, c, &info, e->record, e->record_len, chain, &d) == 0) {
-		if (d.action == WFPR_ACTION_PERMIT) {
-			rp->onward = WIRE_ONWARD_PERMIT;
+		if (d.action == WFPR_ACTION_PERMIT || d.action == WFPR_ACTION_REDIRECT) {
+			rp->onward = d.action == WFPR_ACTION_PERMIT ? WIRE_ONWARD_PERMIT : WIRE_ONWARD_REDIRECT;
 			rp->target = info.remote;
+			rp->onward_to = d.target;
+			if (info.remote.ss_family == AF_INET6 && d.target.ss_family == AF_INET)
+				addr_map_v6(&rp->onward_to, &d.target); /* as route() answers an IPv6 socket */
 		}
 		wfpr__redirect_decision_cleanup(&d);
 	}
@@ -682,8 +684,8 @@ static int query(wfpr_broker *b, client *c, const wire_request *rq, wire_reply *
 	if (!proxy_of(b, c, &local))
 		return WFPR_FWP_E_NOT_FOUND;
 	wfpr__entry *e = entry_of(b, rq);
-	bool deciding = !e && may_wait && rq->protocol == IPPROTO_TCP && deciding_toward(b, &local);
-	if (!e && may_wait && rq->protocol == IPPROTO_TCP && (deciding || b->credited)) {
+	if (!e && may_wait && rq->protocol == IPPROTO_TCP) {
+		bool deciding = deciding_toward(b, &local);
 		waiting *w = malloc(sizeof(*w));
 		if (!w)
 			return WFPR_WSAENOBUFS;

@@ -47,8 +47,9 @@ static _Thread_local struct {
 	int protocol;
 	struct sockaddr_storage local, peer;
 	size_t record_len, context_len;
-	bool onward_permitted;                   /* WIRE_ONWARD_PERMIT ... */
+	uint32_t onward;                         /* WIRE_ONWARD_PERMIT or _REDIRECT (to onward_to) ... */
 	struct sockaddr_storage onward_remote;   /* ... toward this address ... */
+	struct sockaddr_storage onward_to;
 	uint64_t generation;                     /* ... while the page's generation is this */
 	uint8_t blob[WFPR_RECORD_MAX_SIZE + WFPR_CONTEXT_MAX_SIZE];
 } last;
@@ -441,19 +442,20 @@ static bool is_last(uint64_t socket, int protocol, const struct sockaddr_storage
 	       addr_equal(&last.peer, peer);
 }
 
-/* Locked. Is this ROUTE the one the last QUERY's onward answer was about,
- * and does that answer still hold? The records just QUERYed, without
- * annotations, from an unbound socket, to the original destination, with
- * no proxy come or gone since. */
-static bool onward_permitted(int protocol, const struct sockaddr_storage *remote, uint16_t bound,
-                             const uint8_t *records, size_t records_len, size_t notes_len)
+/* Locked. The last QUERY's onward answer (WIRE_ONWARD_*), if this ROUTE
+ * is the one it was about and it still holds: the records just QUERYed,
+ * without annotations, from an unbound socket, to the original
+ * destination, with no proxy come or gone since; else 0. */
+static uint32_t onward_answer(int protocol, const struct sockaddr_storage *remote, uint16_t bound,
+                              const uint8_t *records, size_t records_len, size_t notes_len)
 {
 	struct sockaddr_storage to = *remote;
 	addr_unmap(&to);
-	return page && last_valid() && last.onward_permitted && last.protocol == protocol && !notes_len && !bound &&
-	       records_len && last.record_len == records_len && memcmp(last.blob, records, records_len) == 0 &&
-	       addr_equal(&to, &last.onward_remote) &&
-	       __atomic_load_n(&page->generation, __ATOMIC_ACQUIRE) == last.generation;
+	bool holds = page && last_valid() && last.protocol == protocol && !notes_len && !bound && records_len &&
+	             last.record_len == records_len && memcmp(last.blob, records, records_len) == 0 &&
+	             addr_equal(&to, &last.onward_remote) &&
+	             __atomic_load_n(&page->generation, __ATOMIC_ACQUIRE) == last.generation;
+	return holds ? last.onward : 0;
 }
 
 /* Locked. NULL without memory: the source is asked about. */
@@ -535,7 +537,8 @@ int wfpr__client_route(int fd, int protocol, const struct sockaddr_storage *remo
 	/* ROUTE and its ISSUE go out on one connection, under the lock: the
 	 * broker keeps the decision between them. */
 	pthread_mutex_lock(&lock);
-	if (onward_permitted(protocol, remote, bound, records, records_len, notes_len)) {
+	uint32_t onward = onward_answer(protocol, remote, bound, records, records_len, notes_len);
+	if (onward & WIRE_ONWARD_PERMIT) {
 		last.valid = false; /* the record is used now */
 		pthread_mutex_unlock(&lock);
 		return 0;
@@ -546,12 +549,12 @@ int wfpr__client_route(int fd, int protocol, const struct sockaddr_storage *remo
 	if (k && k->action == WFPR_ACTION_PERMIT) {
 		pthread_mutex_unlock(&lock);
 		return 0; /* the broker would say so again */
-	} else if (k) {
+	} else if (k || (onward & WIRE_ONWARD_REDIRECT)) {
 		/* told before the connect, so before the proxy can ask about it */
 		rq.flags |= WIRE_ROUTE_ANNOUNCED;
 		rc = exchange(&rq, blob, NULL, 0, NULL, NULL, 0);
-		credit--;
-		rp = (wire_reply){.action = WFPR_ACTION_REDIRECT, .target = k->target};
+		credit -= k ? 1 : 0; /* a proxy's onward ROUTE spends none */
+		rp = (wire_reply){.action = WFPR_ACTION_REDIRECT, .target = k ? k->target : last.onward_to};
 	} else {
 		rc = exchange(&rq, blob, NULL, 0, &rp, NULL, 0);
 		if (rc == 0)
@@ -646,8 +649,9 @@ static int query_locked(uint64_t socket, int protocol, const struct sockaddr_sto
 			last.peer = *peer;
 			last.record_len = rp.action;
 			last.context_len = rp.blob_len - rp.action;
-			last.onward_permitted = rp.onward & WIRE_ONWARD_PERMIT;
+			last.onward = rp.onward & (WIRE_ONWARD_PERMIT | WIRE_ONWARD_REDIRECT);
 			last.onward_remote = rp.target;
+			last.onward_to = rp.onward_to;
 			last.generation = rp.generation;
 		} else if (rc == 0) {
 			rc = WFPR_WSAENETDOWN; /* not what the broker says */

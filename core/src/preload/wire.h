@@ -48,7 +48,8 @@ enum wire_type {
 #define WIRE_REGISTER_UNMODIFIED 0x1u /* REGISTER: an unmodified proxy (its fresh connects never come to itself) */
 #define WIRE_REGISTER_PUSH 0x2u       /* REGISTER: push each TCP record issued toward this proxy to its client,
                                        * which takes the pushes off its socket when it QUERYs */
-#define WIRE_ROUTE_ANNOUNCED 0x1u /* ROUTE: no reply; the client connects to the target it kept (below) */
+#define WIRE_ROUTE_ANNOUNCED 0x1u /* ROUTE: no reply; the client connects to the target it kept, or the
+                                  * onward_to of its QUERY (below) */
 #define WIRE_QUERY_CONTEXT 0x1u
 #define WIRE_QUERY_FIRST_DATAGRAM 0x2u /* UDP: only once, with the flow's first datagram */
 
@@ -95,9 +96,13 @@ typedef struct wire_notice {
 
 /* QUERY's onward: a ROUTE of these very records, without annotations, to
  * the original destination, as the querying proxy will pass the connection
- * on, is permitted (nothing more is known otherwise). It holds while the
- * page's generation is the reply's: the proxy then connects without asking. */
+ * on, is permitted, or redirected to onward_to (the next proxy); nothing
+ * more is known otherwise. It holds while the page's generation is the
+ * reply's: the proxy then connects without asking, or, redirected, tells
+ * the broker (WIRE_ROUTE_ANNOUNCED, with the records, before its connect)
+ * and connects to onward_to at once. */
 #define WIRE_ONWARD_PERMIT 0x1u
+#define WIRE_ONWARD_REDIRECT 0x4u
 
 /* ROUTE's onward: the same ROUTE (this protocol and remote, from an
  * unbound socket, with no records or annotations) gets the same answer
@@ -114,6 +119,7 @@ typedef struct wire_reply {
 	int32_t err; /* 0 or a wfpr_err */
 	uint32_t action; /* ROUTE: wfpr_action; QUERY: the records' length */
 	uint32_t onward; /* QUERY: WIRE_ONWARD_*; ROUTE: WIRE_ROUTE_KEEP */
+	struct sockaddr_storage onward_to; /* QUERY with WIRE_ONWARD_REDIRECT: where */
 	uint64_t generation; /* QUERY, ROUTE: the page's generation that onward was decided at */
 	uint32_t credit; /* ROUTE with WIRE_ROUTE_KEEP: announced ROUTEs the client may make */
 	uint32_t push; /* 1: no reply, but a push: a QUERY's answer before it was asked, for the

@@ -640,7 +640,8 @@ static void decide_onward(wfpr_broker *b, const client *c, const wfpr__entry *e,
 	redirect_decision d;
 	rp->generation = __atomic_load_n(&b->page->generation, __ATOMIC_ACQUIRE);
 	if (is_inet(&info.remote) && classify_for(b, c, &info, e->record, e->record_len, chain, &d) == 0) {
-		if (d.action == WFPR_ACTION_PERMIT || d.action == WFPR_ACTION_REDIRECT) {
+		/* a UDP flow's ISSUE has a reply: it is not announced */
+		if (d.action == WFPR_ACTION_PERMIT || (d.action == WFPR_ACTION_REDIRECT && e->protocol == IPPROTO_TCP)) {
 			rp->onward = d.action == WFPR_ACTION_PERMIT ? WIRE_ONWARD_PERMIT : WIRE_ONWARD_REDIRECT;
 			rp->target = info.remote;
 			rp->onward_to = d.target;

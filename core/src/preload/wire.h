@@ -96,7 +96,7 @@ typedef struct wire_notice {
 
 /* QUERY's onward: a ROUTE of these very records, without annotations, to
  * the original destination, as the querying proxy will pass the connection
- * on, is permitted, or redirected to onward_to (the next proxy); nothing
+ * on, is permitted, or (TCP) redirected to onward_to (the next proxy); nothing
  * more is known otherwise. It holds while the page's generation is the
  * reply's: the proxy then connects without asking, or, redirected, tells
  * the broker (WIRE_ROUTE_ANNOUNCED, with the records, before its connect)

@@ -188,7 +188,7 @@ static int classify(int fd, int protocol, const struct sockaddr_storage *dest, c
                     bool *connected)
 {
 	int saved = errno, connect_result = 0;
-	int rc = wfpr__client_route(fd, protocol, dest, records, records_len, NULL, 0, target, redirected, connect_fn,
+	int rc = wfpr__client_route(fd, 0, protocol, dest, records, records_len, NULL, 0, target, redirected, connect_fn,
 	                            &connect_result);
 	*connected = rc == 0 && *redirected && connect_fn && protocol == IPPROTO_TCP;
 	if (*connected)

@@ -36,7 +36,13 @@ typedef struct pending {
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pending carry[CARRY_DEPTH];
-static uint64_t accepted_cookie[ACCEPTED_MAX]; /* by fd: an accepted socket holding a record (0: none) */
+/* by fd: an accepted socket holding a record, and its addresses (at close
+ * the kernel may have forgotten the peer), or NULL */
+typedef struct held {
+	uint64_t cookie;
+	struct sockaddr_storage local, peer;
+} held;
+static held *accepted[ACCEPTED_MAX];
 
 bool wfpr__unmodified_init(void)
 {
@@ -87,32 +93,50 @@ static bool is_listener(int fd)
 	return me.registered && wfpr__socket_local(fd, &local) != 0 && addr_listens_on(&local, &me.listen);
 }
 
-/* The record (or context) of accepted fd, from the broker. */
-static int query(int fd, uint32_t flags, uint8_t *out, size_t cap, size_t *len)
+/* The record (or context) of accepted socket h, from the broker. */
+static int query(const held *h, uint32_t flags, uint8_t *out, size_t cap, size_t *len)
 {
-	struct sockaddr_storage local, peer;
-	socklen_t pl = sizeof(peer);
-	if (wfpr__socket_local(fd, &local) == 0 || getpeername(fd, (struct sockaddr *)&peer, &pl) != 0)
-		return WFPR_WSAENOTCONN;
-	return wfpr__client_query(wfpr__socket_cookie(fd), IPPROTO_TCP, &local, &peer, flags, out, cap, len);
+	return wfpr__client_query(h->cookie, IPPROTO_TCP, &h->local, &h->peer, flags, out, cap, len);
+}
+
+/* Accepted socket fd as kept at its accept, else as the kernel tells: false
+ * when it is not connected. */
+static bool held_of(int fd, held *h)
+{
+	h->cookie = wfpr__socket_cookie(fd);
+	pthread_mutex_lock(&lock);
+	bool kept = fd >= 0 && fd < ACCEPTED_MAX && accepted[fd] && accepted[fd]->cookie == h->cookie;
+	if (kept)
+		*h = *accepted[fd];
+	pthread_mutex_unlock(&lock);
+	socklen_t pl = sizeof(h->peer);
+	return kept || (wfpr__socket_local(fd, &h->local) != 0 && getpeername(fd, (struct sockaddr *)&h->peer, &pl) == 0);
 }
 
 void wfpr__unmodified_accepted(int listener, int fd)
 {
-	if (!me.registered || fd < 0 || !is_listener(listener))
+	held h;
+	if (!me.registered || fd < 0 || !is_listener(listener) || !held_of(fd, &h))
 		return;
-	pending p = {.cookie = wfpr__socket_cookie(fd), .at_ns = wfpr__now_ns()};
+	pending p = {.cookie = h.cookie, .at_ns = wfpr__now_ns()};
 	uint8_t context[WIRE_BLOB_MAX];
 	size_t context_len = 0;
-	if (query(fd, 0, p.records, sizeof(p.records), &p.len) != 0 ||
-	    query(fd, WIRE_QUERY_CONTEXT, context, sizeof(context), &context_len) != 0 ||
-	    context_len < sizeof(struct sockaddr_storage))
+	held *kept = fd < ACCEPTED_MAX ? malloc(sizeof(*kept)) : NULL;
+	if (query(&h, 0, p.records, sizeof(p.records), &p.len) != 0 ||
+	    query(&h, WIRE_QUERY_CONTEXT, context, sizeof(context), &context_len) != 0 ||
+	    context_len < sizeof(struct sockaddr_storage)) {
+		free(kept);
 		return; /* no record: a connection nobody redirected */
+	}
+	if (kept)
+		*kept = h; /* else the broker forgets it when this proxy goes */
 	memcpy(&p.original, context, sizeof(p.original));
 	addr_unmap(&p.original);
 	pthread_mutex_lock(&lock);
-	if (fd < ACCEPTED_MAX)
-		accepted_cookie[fd] = p.cookie;
+	if (kept) {
+		free(accepted[fd]);
+		accepted[fd] = kept;
+	}
 	size_t at = 0; /* a free place, else the oldest */
 	for (size_t i = 1; i < CARRY_DEPTH; i++)
 		if (carry[at].at_ns && (!carry[i].at_ns || carry[i].at_ns < carry[at].at_ns))
@@ -127,7 +151,8 @@ int wfpr__unmodified_original_dst(int fd, int level, void *out, socklen_t *len)
 		return -1;
 	uint8_t context[WIRE_BLOB_MAX];
 	size_t context_len = 0;
-	if (query(fd, WIRE_QUERY_CONTEXT, context, sizeof(context), &context_len) != 0 ||
+	held h;
+	if (!held_of(fd, &h) || query(&h, WIRE_QUERY_CONTEXT, context, sizeof(context), &context_len) != 0 ||
 	    context_len < sizeof(struct sockaddr_storage))
 		return -1;
 	struct sockaddr_storage original;
@@ -173,12 +198,10 @@ void wfpr__unmodified_closing(int fd)
 	if (!me.registered || fd < 0 || fd >= ACCEPTED_MAX)
 		return;
 	pthread_mutex_lock(&lock);
-	uint64_t cookie = accepted_cookie[fd];
-	accepted_cookie[fd] = 0;
+	held *h = accepted[fd];
+	accepted[fd] = NULL;
 	pthread_mutex_unlock(&lock);
-	struct sockaddr_storage local, peer;
-	socklen_t pl = sizeof(peer);
-	if (cookie && cookie == wfpr__socket_cookie(fd) && wfpr__socket_local(fd, &local) != 0 &&
-	    getpeername(fd, (struct sockaddr *)&peer, &pl) == 0)
-		wfpr__client_release(cookie, IPPROTO_TCP, &local, &peer); /* the broker may forget it */
+	if (h && h->cookie == wfpr__socket_cookie(fd))
+		wfpr__client_release(h->cookie, IPPROTO_TCP, &h->local, &h->peer); /* the broker may forget it */
+	free(h);
 }

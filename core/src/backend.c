@@ -20,9 +20,9 @@ static int none_query(const wfpr__query *q, uint8_t *blob, size_t *len)
 	return WFPR_WSAENETDOWN;
 }
 
-static int none_check_set(int fd, const uint8_t *blob, size_t len)
+static int none_check_set(int fd, uint64_t cookie, const uint8_t *blob, size_t len)
 {
-	(void)fd, (void)blob, (void)len;
+	(void)fd, (void)cookie, (void)blob, (void)len;
 	return WFPR_WSAENETDOWN;
 }
 
@@ -70,6 +70,11 @@ void wfpr__socket_nothing(int fd, uint64_t cookie)
 	(void)fd, (void)cookie;
 }
 
+void wfpr__closed_nothing(int fd, uint64_t cookie, const wfpr__tuple *tcp)
+{
+	(void)fd, (void)cookie, (void)tcp;
+}
+
 const wfpr__backend wfpr__backend_none = {
 	.name = "none",
 	.route = wfpr__route_direct, /* nothing classifies */
@@ -79,7 +84,7 @@ const wfpr__backend wfpr__backend_none = {
 	.first_datagram = none_first_datagram,
 	.annotate = wfpr__annotate_with_route,
 	.flush = wfpr__socket_nothing,
-	.closed = wfpr__socket_nothing,
+	.closed = wfpr__closed_nothing,
 };
 
 static const wfpr__backend *current = &wfpr__backend_none;

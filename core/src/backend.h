@@ -34,6 +34,7 @@ typedef int (*wfpr__fill_fn)(void *out, uint32_t out_len, const uint8_t *blob, s
 /* A connect, or the first datagram of a UDP flow, to be routed. */
 typedef struct wfpr__route {
 	int fd;
+	uint64_t cookie;                      /* fd's SO_COOKIE */
 	int protocol;
 	struct sockaddr_storage remote;       /* what the application addressed */
 	const uint8_t *records;               /* SET on the socket (checked), or NULL */
@@ -49,13 +50,19 @@ typedef struct wfpr__route {
 	int errnum;                           /* errno for a failure, when the backend knows it (else 0) */
 } wfpr__route;
 
+/* A connected socket's addresses. */
+typedef struct wfpr__tuple {
+	struct sockaddr_storage local, peer;
+} wfpr__tuple;
+
 /* A QUERY of one socket, its arguments checked. */
 typedef struct wfpr__query {
 	int fd;
 	int protocol;                         /* unset when the backend checks sockets */
 	struct sockaddr_storage local, peer;  /* unset when the backend checks sockets */
 	bool context;                         /* the context rather than the records */
-	uint64_t cookie;                      /* nonzero: an overlapped call on this socket */
+	uint64_t cookie;                      /* its SO_COOKIE, when read (0: not read) */
+	bool overlapped;                      /* an overlapped call on this socket (cookie is read) */
 	wfpr_overlapped *ov;
 	wfpr_completion_routine routine;
 	void *out;                            /* where a pending QUERY writes, through fill */
@@ -100,8 +107,9 @@ typedef struct wfpr__backend {
 	/* The blob into blob (WFPR__BLOB_MAX bytes), its length in *len: 0,
 	 * WFPR_WSA_IO_PENDING (q->fill completes q->ov later), or a wfpr_err. */
 	int (*query)(const wfpr__query *q, uint8_t *blob, size_t *len);
-	/* SET: may fd carry this blob? 0 or a wfpr_err. */
-	int (*check_set)(int fd, const uint8_t *blob, size_t len);
+	/* SET: may fd (cookie: its SO_COOKIE, 0 where the kernel routes) carry
+	 * this blob? 0 or a wfpr_err. */
+	int (*check_set)(int fd, uint64_t cookie, const uint8_t *blob, size_t len);
 	/* fd's annotations are now notes (wire form, checked); a backend that
 	 * routes in user space gets them with the route instead. 0 or a wfpr_err. */
 	int (*annotate)(int fd, const uint8_t *notes, size_t len);
@@ -114,8 +122,8 @@ typedef struct wfpr__backend {
 	                       size_t *context_len);
 	/* Complete fd's pending operations with WSA_OPERATION_ABORTED. */
 	void (*flush)(int fd, uint64_t cookie);
-	/* fd is about to close. */
-	void (*closed)(int fd, uint64_t cookie);
+	/* fd is about to close; tcp: its addresses, if a QUERY read them. */
+	void (*closed)(int fd, uint64_t cookie, const wfpr__tuple *tcp);
 } wfpr__backend;
 
 /* Operations for a backend that has nothing to do there: route direct,
@@ -123,6 +131,7 @@ typedef struct wfpr__backend {
 int wfpr__route_direct(wfpr__route *r);
 void wfpr__connect_done_nothing(void *pending, bool connected);
 void wfpr__socket_nothing(int fd, uint64_t cookie);
+void wfpr__closed_nothing(int fd, uint64_t cookie, const wfpr__tuple *tcp);
 int wfpr__annotate_with_route(int fd, const uint8_t *notes, size_t len);
 
 /* The attached backend (never NULL: wfpr__backend_none when none is). */

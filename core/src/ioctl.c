@@ -41,7 +41,8 @@ typedef struct call {
 	const wfpr__backend *backend;
 	int fd;
 	int protocol;
-	uint64_t cookie;   /* nonzero when the call is overlapped */
+	uint64_t cookie;   /* the socket's SO_COOKIE, once read (0: not read) */
+	bool overlapped;   /* an overlapped call (cookie is read) */
 	wfpr_overlapped *ov;
 	wfpr_completion_routine routine;
 } call;
@@ -49,13 +50,22 @@ typedef struct call {
 /* QUERY: 0, an error, or WSA_IO_PENDING (overlapped, the record not there yet). */
 static int query(const call *k, bool context, void *out, uint32_t out_len, uint32_t *bytes)
 {
-	wfpr__query q = {.fd = k->fd, .protocol = k->protocol, .context = context, .cookie = k->cookie, .ov = k->ov,
-	                 .routine = k->routine, .out = out, .out_len = out_len, .fill = query_fill};
+	wfpr__query q = {.fd = k->fd, .protocol = k->protocol, .context = context, .cookie = k->cookie,
+	                 .overlapped = k->overlapped, .ov = k->ov, .routine = k->routine, .out = out, .out_len = out_len,
+	                 .fill = query_fill};
 	socklen_t len = sizeof(q.peer);
 
 	if (out_len > 0 && out_len < sizeof(uint32_t))
 		return WFPR_WSAEINVAL;
-	if (!k->backend->checks_sockets) {
+	if (!k->backend->checks_sockets && k->protocol == IPPROTO_TCP) {
+		/* kept with the socket: its later QUERYs and its close need no syscall for them */
+		wfpr__tuple t;
+		int rc = wfpr__socktab_tuple(k->fd, k->cookie, &t);
+		if (rc != 0)
+			return rc;
+		q.local = t.local;
+		q.peer = t.peer;
+	} else if (!k->backend->checks_sockets) {
 		if (getpeername(k->fd, (struct sockaddr *)&q.peer, &len) < 0)
 			return errno == ENOTCONN ? WFPR_WSAENOTCONN : wfpr_err_from_errno(errno);
 		len = sizeof(q.local);
@@ -79,7 +89,7 @@ static int set(const call *k, const void *in, uint32_t in_len)
 		return WFPR_WSAEINVAL;
 	if (!k->backend->checks_sockets && getpeername(k->fd, (struct sockaddr *)&peer, &len) == 0)
 		return WFPR_WSAEINVAL; /* records go on before connect */
-	return wfpr__set_records(k->fd, in, in_len);
+	return wfpr__set_records(k->fd, k->cookie, k->protocol, in, in_len);
 }
 
 static int flush(const call *k)
@@ -112,7 +122,7 @@ int wfpr_ioctl(wfpr_socket_t s, uint32_t code, const void *in, uint32_t in_len, 
 	if (!known_code(code))
 		return fail(bytes_returned, 0, WFPR_WSAEINVAL);
 	if (!k.backend->checks_sockets || code == WFPR_SIO_FLUSH) {
-		k.protocol = wfpr__socket_protocol(s);
+		k.protocol = wfpr__socktab_protocol(s, &k.cookie);
 		if (k.protocol < 0)
 			return fail(bytes_returned, 0, errno == ENOTSOCK ? WFPR_WSAENOTSOCK : wfpr_err_from_errno(errno));
 		if (k.protocol != IPPROTO_TCP && k.protocol != IPPROTO_UDP)
@@ -120,11 +130,13 @@ int wfpr_ioctl(wfpr_socket_t s, uint32_t code, const void *in, uint32_t in_len, 
 	}
 	if (ov) {
 		pthread_mutex_lock(&wfpr__socktab_lock);
-		wfpr__sock *entry = wfpr__socktab_find(s);
-		if (entry && entry->overlapped)
+		wfpr__sock *entry = wfpr__socktab_find_as(s, k.cookie);
+		if (entry && entry->overlapped) {
+			k.overlapped = true;
 			k.cookie = entry->cookie;
+		}
 		pthread_mutex_unlock(&wfpr__socktab_lock);
-		if (!k.cookie) {
+		if (!k.overlapped) {
 			k.ov = NULL; /* a non-overlapped socket ignores ov: synchronous */
 			k.routine = NULL;
 			if (!bytes_returned)
@@ -148,7 +160,7 @@ int wfpr_ioctl(wfpr_socket_t s, uint32_t code, const void *in, uint32_t in_len, 
 	}
 	if (bytes_returned)
 		*bytes_returned = bytes;
-	if (k.cookie) {
+	if (k.overlapped) {
 		/* Done at once on an overlapped socket: completion is still signalled. */
 		apc_queue *q = k.routine ? wfpr__apc_queue_self() : NULL;
 		wfpr__overlapped_complete(k.ov, k.routine, q, 0, bytes);

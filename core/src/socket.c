@@ -72,7 +72,7 @@ static int errno_of(int err)
 static int route(const wfpr__backend *b, int fd, uint64_t cookie, int protocol, const struct sockaddr *addr,
                  bool may_connect, wfpr__route *r)
 {
-	*r = (wfpr__route){.fd = fd, .protocol = protocol, .may_connect = may_connect};
+	*r = (wfpr__route){.fd = fd, .cookie = cookie, .protocol = protocol, .may_connect = may_connect};
 	to_storage(&r->remote, addr);
 	pthread_mutex_lock(&wfpr__socktab_lock);
 	wfpr__sock *s = wfpr__socktab_find_as(fd, cookie);
@@ -425,19 +425,23 @@ ssize_t wfpr_recvfrom(wfpr_socket_t fd, void *buf, size_t len, int flags, struct
 	return n;
 }
 
-int wfpr__set_records(int fd, const uint8_t *blob, size_t len)
+int wfpr__set_records(int fd, uint64_t cookie, int protocol, const uint8_t *blob, size_t len)
 {
 	if (!blob)
 		return WFPR_WSAEFAULT;
 	if (len == 0 || len > WFPR_RECORD_MAX_SIZE)
 		return WFPR_WSAEINVAL;
 	const wfpr__backend *b = wfpr__backend_current();
-	int rc = b->check_set(fd, blob, len);
+	if (!cookie && !b->kernel_routes)
+		cookie = wfpr__socket_cookie(fd);
+	int rc = b->check_set(fd, cookie, blob, len);
 	if (rc != 0 || b->kernel_routes)
 		return rc; /* the kernel keeps them (and routes with them) */
 	uint8_t *copy = dup_bytes(blob, len);
 	pthread_mutex_lock(&wfpr__socktab_lock);
-	wfpr__sock *s = copy ? wfpr__socktab_get(fd) : NULL;
+	wfpr__sock *s = copy ? wfpr__socktab_get_as(fd, cookie) : NULL;
+	if (s && protocol)
+		s->protocol = protocol;
 	if (s) {
 		free(s->records);
 		s->records = copy;
@@ -518,7 +522,7 @@ ssize_t wfpr_sendmsg(wfpr_socket_t fd, const struct msghdr *msg, int flags)
 			}
 			if (c->cmsg_type != WFPR_IP_WFP_REDIRECT_RECORDS)
 				continue;
-			int rc = wfpr__set_records(fd, CMSG_DATA(c), c->cmsg_len - CMSG_LEN(0));
+			int rc = wfpr__set_records(fd, 0, IPPROTO_UDP, CMSG_DATA(c), c->cmsg_len - CMSG_LEN(0));
 			if (rc != 0) {
 				free(control);
 				return fail(rc, EINVAL);
@@ -558,7 +562,7 @@ int wfpr_setsockopt(wfpr_socket_t fd, int level, int name, const void *value, so
 	if (!value)
 		return fail(WFPR_WSAEFAULT, EFAULT);
 	if (name == WFPR_IP_WFP_REDIRECT_RECORDS) {
-		int rc = wfpr__set_records(fd, value, len);
+		int rc = wfpr__set_records(fd, 0, IPPROTO_UDP, value, len);
 		return rc == 0 ? 0 : fail(rc, EINVAL);
 	}
 	if (len < (socklen_t)sizeof(int))
@@ -576,7 +580,7 @@ int wfpr_setsockopt(wfpr_socket_t fd, int level, int name, const void *value, so
 int wfpr_closesocket(wfpr_socket_t fd)
 {
 	const wfpr__backend *b = wfpr__backend_current();
-	if (b->closed == wfpr__socket_nothing) {
+	if (b->closed == wfpr__closed_nothing) {
 		/* nothing to forget by cookie: is it a socket at all (a cheaper
 		 * question than SO_COOKIE, which the eBPF backend's programs see) */
 		struct stat st;
@@ -588,7 +592,14 @@ int wfpr_closesocket(wfpr_socket_t fd)
 			return fail(WFPR_WSAENOTSOCK, ENOTSOCK);
 		/* the backend forgets the socket's records, and a record still
 		 * waiting for this socket's connect */
-		b->closed(fd, cookie);
+		pthread_mutex_lock(&wfpr__socktab_lock);
+		wfpr__sock *s = wfpr__socktab_find_as(fd, cookie);
+		wfpr__tuple tcp;
+		bool queried = s && s->has_tuple;
+		if (queried)
+			tcp = s->tuple;
+		pthread_mutex_unlock(&wfpr__socktab_lock);
+		b->closed(fd, cookie, queried ? &tcp : NULL);
 	}
 	pthread_mutex_lock(&wfpr__socktab_lock);
 	wfpr__socktab_remove(fd);

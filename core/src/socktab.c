@@ -4,6 +4,7 @@
 #include <string.h>
 #include "sockutil.h"
 #include "socktab.h"
+#include "wfpr/error.h"
 
 #define SOCKTAB_BUCKETS 1024
 
@@ -77,4 +78,50 @@ void wfpr__socktab_remove(int fd)
 			return;
 		}
 	}
+}
+
+int wfpr__socktab_protocol(int fd, uint64_t *cookie)
+{
+	*cookie = wfpr__socket_cookie(fd);
+	int protocol = 0;
+	pthread_mutex_lock(&wfpr__socktab_lock);
+	wfpr__sock *s = *cookie ? wfpr__socktab_find_as(fd, *cookie) : NULL;
+	if (s)
+		protocol = s->protocol;
+	pthread_mutex_unlock(&wfpr__socktab_lock);
+	if (protocol)
+		return protocol;
+	if ((protocol = wfpr__socket_protocol(fd)) < 0 || !*cookie)
+		return protocol;
+	pthread_mutex_lock(&wfpr__socktab_lock);
+	if ((s = wfpr__socktab_find_as(fd, *cookie)))
+		s->protocol = protocol;
+	pthread_mutex_unlock(&wfpr__socktab_lock);
+	return protocol;
+}
+
+int wfpr__socktab_tuple(int fd, uint64_t cookie, wfpr__tuple *out)
+{
+	pthread_mutex_lock(&wfpr__socktab_lock);
+	wfpr__sock *s = wfpr__socktab_find_as(fd, cookie);
+	bool known = s && s->has_tuple;
+	if (known)
+		*out = s->tuple;
+	pthread_mutex_unlock(&wfpr__socktab_lock);
+	if (known)
+		return 0;
+	socklen_t len = sizeof(out->peer);
+	if (getpeername(fd, (struct sockaddr *)&out->peer, &len) < 0)
+		return errno == ENOTCONN ? WFPR_WSAENOTCONN : wfpr_err_from_errno(errno);
+	len = sizeof(out->local);
+	if (getsockname(fd, (struct sockaddr *)&out->local, &len) < 0)
+		return wfpr_err_from_errno(errno);
+	pthread_mutex_lock(&wfpr__socktab_lock);
+	if ((s = wfpr__socktab_get_as(fd, cookie))) {
+		s->protocol = IPPROTO_TCP;
+		s->has_tuple = true;
+		s->tuple = *out;
+	}
+	pthread_mutex_unlock(&wfpr__socktab_lock);
+	return 0; /* out of memory to keep it: read again next time */
 }

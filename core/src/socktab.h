@@ -42,6 +42,8 @@ typedef struct wfpr__sock {
 	void *connecting;                       /* ...whose record waits for its end */
 	wfpr__flow *flows;                      /* UDP: where each destination goes */
 	size_t n_flows;
+	bool has_tuple;   /* TCP: its addresses, read at its first QUERY (the kernel */
+	wfpr__tuple tuple; /* forgets the peer once both FINs have passed) */
 } wfpr__sock;
 
 wfpr__sock *wfpr__socktab_find(int fd); /* locked; NULL if none or stale */
@@ -52,9 +54,16 @@ wfpr__sock *wfpr__socktab_find_as(int fd, uint64_t cookie);
 wfpr__sock *wfpr__socktab_get_as(int fd, uint64_t cookie);
 void wfpr__socktab_remove(int fd);      /* locked */
 
+/* Not locked (they lock). fd's IPPROTO_*, kept with its state once known,
+ * and its SO_COOKIE into *cookie: -1 with errno set (ENOTSOCK for a
+ * non-socket). */
+int wfpr__socktab_protocol(int fd, uint64_t *cookie);
+/* A connected TCP socket's addresses, read once and kept: 0, or a wfpr_err. */
+int wfpr__socktab_tuple(int fd, uint64_t cookie, wfpr__tuple *out);
+
 /* SET (the IOCTL, the control message, the socket option): the backend
- * checks the blob, which then goes with fd's connect. 0 or a wfpr_err.
- * (socket.c) */
-int wfpr__set_records(int fd, const uint8_t *blob, size_t len);
+ * checks the blob, which then goes with fd's connect. cookie and protocol:
+ * fd's, when the caller read them (else 0). 0 or a wfpr_err. (socket.c) */
+int wfpr__set_records(int fd, uint64_t cookie, int protocol, const uint8_t *blob, size_t len);
 
 #endif

@@ -598,6 +598,49 @@ static void test_push_answers_a_query(void)
 	close(l2);
 }
 
+/* A proxy that closes its connection once both FINs have passed (when
+ * the kernel no longer tells its peer) still lets the broker forget the
+ * record it held: under Connection: close load the broker's table must
+ * not fill up with records of closed connections. */
+static void test_release_after_both_fins(void)
+{
+	struct sockaddr_storage server, me;
+	int dest = tcp_listen(&server), l1 = tcp_listen(&me);
+	char match[64], name[65];
+	snprintf(match, sizeof(match), "proto=tcp dport=%u", (unsigned)addr_port(&server));
+	uint8_t id[WFPR_REDIRECTOR_ID_SIZE], records[WFPR_RECORD_MAX_SIZE];
+	CHECK_EQ(wfpr_preload_register_filtered(id, "release-after-fins", &me, NULL, 1000, match), 0);
+	for (int i = 0; i < 3; i++) {
+		int client = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+		CHECK_EQ(wfpr_connect(client, (struct sockaddr *)&server, addr_size(&server)), 0);
+		int accepted = accept(l1, NULL, NULL);
+		uint32_t len = 0;
+		CHECK_EQ(wfpr_ioctl(accepted, WFPR_SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, NULL, 0, records,
+		                    sizeof(records), &len, NULL, NULL), 0);
+		wfpr_broker_stats st;
+		CHECK_EQ(wfpr_broker_get_stats(&st, broker), 0);
+		uint64_t live = st.records_live;
+		shutdown(accepted, SHUT_WR);
+		shutdown(client, SHUT_WR);
+		char c;
+		CHECK_EQ(read(accepted, &c, 1), 0);
+		CHECK_EQ(read(client, &c, 1), 0);
+		struct sockaddr_storage peer;
+		socklen_t pl = sizeof(peer);
+		for (int wait = 0; wait < 100 && getpeername(accepted, (struct sockaddr *)&peer, &pl) == 0; wait++)
+			usleep(10000);
+		CHECK(getpeername(accepted, (struct sockaddr *)&peer, &pl) != 0); /* the case this is about */
+		wfpr_closesocket(accepted);
+		wfpr_closesocket(client);
+		/* answered after the release notice, which goes first */
+		CHECK_EQ(wfpr_preload_redirector_name(name, sizeof(name), id), 0);
+		CHECK_EQ(wfpr_broker_get_stats(&st, broker), 0);
+		CHECK_EQ(st.records_live, live - 1);
+	}
+	close(dest);
+	close(l1);
+}
+
 /* A worker thread's QUERY of its connection, made while another thread is
  * between its own QUERY and its SET (a proxy with several workers). */
 typedef struct other_query {
@@ -923,6 +966,7 @@ int main(void)
 	RUN(test_udp_first_datagrams);
 	RUN(test_push_answers_a_query);
 	RUN(test_answers_per_thread);
+	RUN(test_release_after_both_fins);
 	RUN(test_reused_tuple_and_late_notices);
 	RUN(test_kept_routes_follow_the_proxies);
 	RUN(test_overlapped_query_waits_for_its_record);

@@ -48,8 +48,9 @@ static int ebpf_query(const wfpr__query *q, uint8_t *blob, size_t *len)
 
 /* The kernel takes only a record it issued to a live connection, and
  * refuses a connected socket itself. */
-static int ebpf_check_set(int fd, const uint8_t *blob, size_t len)
+static int ebpf_check_set(int fd, uint64_t cookie, const uint8_t *blob, size_t len)
 {
+	(void)cookie;
 	if (len > WFPR_EBPF_RECORD_CAP)
 		return WFPR_WSAEINVAL; /* longer than any record the kernel issues */
 	if (setsockopt(fd, WFPR_EBPF_SOL, WFPR_EBPF_OPT_SET, blob, (socklen_t)len) != 0)
@@ -84,7 +85,7 @@ const wfpr__backend wfpr__backend_ebpf = {
 	.annotate = ebpf_annotate,
 	.first_datagram = ebpf_first_datagram,
 	.flush = wfpr__socket_nothing, /* nothing ever pends */
-	.closed = wfpr__socket_nothing,
+	.closed = wfpr__closed_nothing,
 };
 
 int wfpr_ebpf_attach(int on)

@@ -168,12 +168,12 @@ static int inproc_query(const wfpr__query *q, uint8_t *blob, size_t *len)
 	uint64_t cookie = 0;
 	wfpr__entry *e = wfpr__store_find(store, q->protocol, &q->local, &q->peer, 0);
 	if (e && e->holder != (uint64_t)q->fd + 1) {
-		cookie = wfpr__socket_cookie(q->fd);
+		cookie = q->cookie ? q->cookie : wfpr__socket_cookie(q->fd);
 		e = wfpr__store_find(store, q->protocol, &q->local, &q->peer, cookie);
 	}
 	if (e && !e->committed) {
-		rc = q->cookie ? pend(q, e) : WFPR_WSAEWOULDBLOCK;
-		if (q->cookie || wfpr__socket_nonblocking(q->fd))
+		rc = q->overlapped ? pend(q, e) : WFPR_WSAEWOULDBLOCK;
+		if (q->overlapped || wfpr__socket_nonblocking(q->fd))
 			goto out;
 		while ((e = wfpr__store_find(store, q->protocol, &q->local, &q->peer, cookie)) && !e->committed)
 			pthread_cond_wait(&connect_ended, &lock);
@@ -195,7 +195,7 @@ out:
 }
 
 /* Only a blob this layer issued to a live connection. */
-static int inproc_check_set(int fd, const uint8_t *blob, size_t len)
+static int inproc_check_set(int fd, uint64_t cookie, const uint8_t *blob, size_t len)
 {
 	uint8_t token[WFPR_TOKEN_SIZE];
 	(void)fd;
@@ -204,7 +204,7 @@ static int inproc_check_set(int fd, const uint8_t *blob, size_t len)
 	if (attached) {
 		rc = wfpr__layer_check_records(attached, blob, len, token);
 		wfpr__entry *e = rc == 0 ? wfpr__store_find_issued(store, blob, len, token) : NULL;
-		if (rc == 0 && (!e || !wfpr__entry_usable_by(e, wfpr__socket_cookie(fd))))
+		if (rc == 0 && (!e || !wfpr__entry_usable_by(e, cookie)))
 			rc = WFPR_WSAEINVAL; /* well formed, but not a live connection's record, or used */
 		if (rc != 0)
 			wfpr__layer_count_bad_record(attached);
@@ -249,8 +249,9 @@ static bool forget_socket(wfpr__entry *e, uint64_t fd)
 	return !e->committed;
 }
 
-static void inproc_closed(int fd, uint64_t cookie)
+static void inproc_closed(int fd, uint64_t cookie, const wfpr__tuple *tcp)
 {
+	(void)tcp;
 	pthread_mutex_lock(&lock);
 	if (store) {
 		wfpr__store_abort(store, fd, cookie);

@@ -20,7 +20,7 @@ static int preload_route(wfpr__route *r)
 {
 	bool redirected;
 	int connect_result = 0;
-	int rc = wfpr__client_route(r->fd, r->protocol, &r->remote, r->records, r->records_len, r->notes, r->notes_len,
+	int rc = wfpr__client_route(r->fd, r->cookie, r->protocol, &r->remote, r->records, r->records_len, r->notes, r->notes_len,
 	                            &r->target, &redirected,
 	                      r->may_connect ? connect : NULL, &connect_result);
 	if (rc == 0 && redirected && r->may_connect && r->protocol == IPPROTO_TCP) {
@@ -51,8 +51,8 @@ static int preload_query(const wfpr__query *q, uint8_t *blob, size_t *len)
 	uint32_t flags = q->context ? WIRE_QUERY_CONTEXT : 0;
 	if (q->protocol != IPPROTO_TCP || q->context) /* the context comes after the records: it is there */
 		return wfpr__client_query(cookie, q->protocol, &q->local, &q->peer, flags, blob, WFPR__BLOB_MAX, len);
-	wfpr__answer_to *w = q->cookie ? malloc(sizeof(*w)) : NULL;
-	if (q->cookie && (!w || wfpr__answer_to_init(w, q) != 0)) {
+	wfpr__answer_to *w = q->overlapped ? malloc(sizeof(*w)) : NULL;
+	if (q->overlapped && (!w || wfpr__answer_to_init(w, q) != 0)) {
 		free(w);
 		return WFPR_WSAENOBUFS;
 	}
@@ -62,7 +62,7 @@ static int preload_query(const wfpr__query *q, uint8_t *blob, size_t *len)
 		wfpr__answer_drop(w);
 		free(w);
 	}
-	if (rc == WFPR_WSAEWOULDBLOCK && !q->cookie && !wfpr__socket_nonblocking(q->fd))
+	if (rc == WFPR_WSAEWOULDBLOCK && !q->overlapped && !wfpr__socket_nonblocking(q->fd))
 		rc = wfpr__client_query(cookie, IPPROTO_TCP, &q->local, &q->peer, flags, blob, WFPR__BLOB_MAX, len);
 	return rc;
 }
@@ -78,9 +78,10 @@ static void preload_first_datagram(int fd, const struct sockaddr_storage *from, 
 		wfpr__client_query(cookie, IPPROTO_UDP, &local, from, WIRE_QUERY_CONTEXT, context, WFPR__BLOB_MAX, context_len);
 }
 
-static int preload_check_set(int fd, const uint8_t *blob, size_t len)
+static int preload_check_set(int fd, uint64_t cookie, const uint8_t *blob, size_t len)
 {
-	return wfpr__client_check(wfpr__socket_cookie(fd), blob, len);
+	(void)fd;
+	return wfpr__client_check(cookie, blob, len);
 }
 
 static void preload_flush(int fd, uint64_t cookie)
@@ -89,15 +90,15 @@ static void preload_flush(int fd, uint64_t cookie)
 	wfpr__client_abort(cookie);
 }
 
-/* A proxy's closed socket lets its record go, and its QUERYs end. */
-static void preload_closed(int fd, uint64_t cookie)
+/* A proxy's closed socket lets its record go, and its QUERYs end. Only a
+ * QUERY makes a socket hold a record, and the addresses it read are the
+ * ones to name: at close the kernel may have forgotten the peer. */
+static void preload_closed(int fd, uint64_t cookie, const wfpr__tuple *tcp)
 {
+	(void)fd;
 	wfpr__client_abort(cookie);
-	struct sockaddr_storage local, peer;
-	socklen_t len = sizeof(peer);
-	if (wfpr__socket_protocol(fd) == IPPROTO_TCP && getpeername(fd, (struct sockaddr *)&peer, &len) == 0 &&
-	    wfpr__socket_local(fd, &local) != 0)
-		wfpr__client_release(cookie, IPPROTO_TCP, &local, &peer);
+	if (tcp)
+		wfpr__client_release(cookie, IPPROTO_TCP, &tcp->local, &tcp->peer);
 }
 
 const wfpr__backend wfpr__backend_preload = {

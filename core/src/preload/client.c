@@ -515,7 +515,7 @@ static void keep_answer(struct kept_route *k, const struct sockaddr_storage *rem
 	k->target = rp->target;
 }
 
-int wfpr__client_route(int fd, int protocol, const struct sockaddr_storage *remote, const uint8_t *records,
+int wfpr__client_route(int fd, uint64_t cookie, int protocol, const struct sockaddr_storage *remote, const uint8_t *records,
                  size_t records_len, const uint8_t *notes, size_t notes_len, struct sockaddr_storage *target,
                  bool *redirected, client_connect_fn connect_fn, int *connect_result)
 {
@@ -523,7 +523,7 @@ int wfpr__client_route(int fd, int protocol, const struct sockaddr_storage *remo
 		return WFPR_WSAEINVAL;
 	wire_request rq = {.type = WIRE_ROUTE, .protocol = (uint32_t)protocol, .a = *remote,
 	                   .blob_len = (uint32_t)(records_len + notes_len), .notes_len = (uint32_t)notes_len,
-	                   .socket = wfpr__socket_cookie(fd)};
+	                   .socket = cookie ? cookie : wfpr__socket_cookie(fd)};
 	wire_reply rp;
 	uint8_t blob[WIRE_BLOB_MAX];
 	if (records_len)

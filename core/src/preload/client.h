@@ -29,8 +29,9 @@ typedef int (*client_connect_fn)(int fd, const struct sockaddr *addr, socklen_t 
  * connect_fn, result in *connect_result, errno kept) and then has the
  * record issued for the port the kernel chose; the caller must not
  * connect again. Otherwise (UDP, or connect_fn NULL) a redirected socket
- * is bound and the record issued before this returns. */
-int wfpr__client_route(int fd, int protocol, const struct sockaddr_storage *remote, const uint8_t *records,
+ * is bound and the record issued before this returns. cookie: fd's
+ * SO_COOKIE, or 0 to read it here. */
+int wfpr__client_route(int fd, uint64_t cookie, int protocol, const struct sockaddr_storage *remote, const uint8_t *records,
                  size_t records_len, const uint8_t *notes, size_t notes_len, struct sockaddr_storage *target,
                  bool *redirected, client_connect_fn connect_fn, int *connect_result);
 /* The record (or context) of the connection a proxy's socket (its

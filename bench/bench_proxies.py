@@ -5,7 +5,9 @@ redis-benchmark against redis-server: direct and through `wfpr run` (one
 proxy, two cooperating proxies, a Lua on_data rule; the preload and the
 eBPF backend), against haproxy (one, and two chained), socat and bare C
 relays (bench/bare_relay.c, and bench/bare_udp_relay.c for dnsperf: the
-user-space limit of a relay that passes bytes on) measured in the same run, rounds interleaved so that the shared
+user-space limit of a relay that passes a stream or datagrams on; in front
+of nginx and redis, a reference for request-response traffic, where a
+thread per direction wakes twice per request) measured in the same run, rounds interleaved so that the shared
 machine's noise falls on all alike; medians of the rounds. Also the memory
 each idle relayed connection costs the proxy and the broker. Prints the
 tables and writes them into bench/README.md between the proxies markers.
@@ -89,14 +91,21 @@ class Bench:
         self.bare, self.bare2 = free_port(), free_port()
         self.start([BARE, str(self.bare), str(self.iperf)])
         self.start([BARE, str(self.bare2), str(self.bare)])
+        # the same relays in front of nginx and redis: request-response traffic
+        self.bare_web, self.bare_web2, self.bare_redis, self.bare_redis2 = (free_port() for _ in range(4))
+        self.start([BARE, str(self.bare_web), str(self.nginx)])
+        self.start([BARE, str(self.bare_web2), str(self.bare_web)])
         self.start_dnsmasq()
         self.bare_udp, self.bare_udp2 = free_port(), free_port()
         self.start([BARE_UDP, str(self.bare_udp), str(self.dns)])
         self.start([BARE_UDP, str(self.bare_udp2), str(self.bare_udp)])
         self.start(["redis-server", "--port", str(self.redis), "--bind", "127.0.0.1", "--save", "",
                     "--appendonly", "no", "--dir", self.work])
+        self.start([BARE, str(self.bare_redis), str(self.redis)])
+        self.start([BARE, str(self.bare_redis2), str(self.bare_redis)])
         for port in (self.iperf, self.nginx, self.haproxy_iperf, self.haproxy_web, self.socat, self.bare, self.bare2,
-                     self.haproxy2_iperf, self.haproxy2_web, self.redis, self.haproxy_redis, self.haproxy2_redis):
+                     self.haproxy2_iperf, self.haproxy2_web, self.redis, self.haproxy_redis, self.haproxy2_redis,
+                     self.bare_web, self.bare_web2, self.bare_redis, self.bare_redis2):
             wait_port(port)
 
     def start_dnsmasq(self):
@@ -281,6 +290,10 @@ def main():
     cases[("dnsperf", "two bare relays")] = lambda: b.dnsperf([], b.bare_udp2)
     cases[("redis", "direct")] = lambda: b.redis_bench([], b.redis)
     cases[("redis", "two haproxy")] = lambda: b.redis_bench([], b.haproxy2_redis)
+    # request-response through the bare relays (their connection rate, a thread per direction, is no limit)
+    cases[("wrk keep-alive", "bare relay")] = lambda: b.wrk([], b.bare_web, False)
+    cases[("wrk keep-alive", "two bare relays")] = lambda: b.wrk([], b.bare_web2, False)
+    cases[("redis", "two bare relays")] = lambda: b.redis_bench([], b.bare_redis2)
     for be in backends:
         cases[("dnsperf", "two wfpr %s" % be)] = lambda be=be: b.dnsperf(b.through(["one", "two"], be))
         cases[("redis", "two wfpr %s" % be)] = lambda be=be: b.redis_bench(b.through(["one", "two"], be), b.redis)
@@ -314,11 +327,14 @@ def main():
     ]
     lines = ["Ratios to direct, medians of the per-round ratios of %d interleaved rounds (`-t %d` / `-d %ds` / `-l %d`):"
              % (args.rounds, args.seconds, args.seconds, args.seconds), "",
-             "| measure | haproxy | wfpr preload | wfpr eBPF | limit: bare C relay | goal |", "|---|---|---|---|---|---|"]
+             "| measure | haproxy | wfpr preload | wfpr eBPF | bare C relay | goal |", "|---|---|---|---|---|---|"]
     for label, measure, hap, tmpl, goal in rows:
         limit = {"iperf3, one `pass` proxy": cell("iperf3", "bare relay"),
                  "iperf3, two cooperating `pass` proxies": cell("iperf3", "two bare relays"),
-                 "dnsperf UDP queries, two proxies": cell("dnsperf", "two bare relays")}.get(label, "")
+                 "wrk keep-alive, one proxy": cell("wrk keep-alive", "bare relay"),
+                 "wrk keep-alive, two proxies": cell("wrk keep-alive", "two bare relays"),
+                 "dnsperf UDP queries, two proxies": cell("dnsperf", "two bare relays"),
+                 "redis-benchmark `-c 50` GET, two proxies": cell("redis", "two bare relays")}.get(label, "")
         lines.append("| %s | %s | %s | %s | %s | %s |" % (label, cell(measure, hap) if hap else "—",
                                                           cell(measure, tmpl % "preload"), cell(measure, tmpl % "ebpf"),
                                                           limit, goal))

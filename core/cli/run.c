@@ -449,7 +449,9 @@ int cmd_run(int argc, char **argv)
 		status = command_pid < 0 ? 1 : WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
 		command_pid = 0;
 	}
-	for (size_t i = o.n_proxies; i-- > 0;)
+	/* first to last: a proxy settles what COMMAND left in its backlog
+	 * (wfpr_engine_stop), and passes it on to the next, still running */
+	for (size_t i = 0; i < o.n_proxies; i++)
 		stop_child(proxies[i]);
 	stop_child(broker);
 	unsigned long long udp_connected = o.ebpf && started ? run_ebpf_udp_connected() : 0;

@@ -140,6 +140,8 @@ struct wfpr_engine {
 		size_t len;
 		uint64_t dropped;
 	} log;
+	bool stopping;                   /* wfpr_engine_stop came: settling (below) */
+	struct timespec stop_asked;
 	bool shedding;                   /* at a resource limit: the listener rests */
 	struct timespec shed_since;
 	uint64_t unflowed;               /* datagrams dropped since the last "drop" line */
@@ -1557,15 +1559,49 @@ int wfpr_engine_address(struct sockaddr_storage *out, const wfpr_engine *e)
 	return 0;
 }
 
+/* Asked to stop, the loop first settles what was already made: the
+ * connections waiting in the backlog are accepted, and every accepted one
+ * is let reach its verdict (its record comes, the rule is asked, the log
+ * says so), for STOP_SETTLE_MS at most. A program that connects and exits
+ * at once (wfpr run then stops its proxies) still has its connection in
+ * the log and the summary. Relayed connections are then closed. */
+#define STOP_SETTLE_MS 1000
+#define STOP_POLL_MS 10
+
+static bool settled(wfpr_engine *e)
+{
+	if (elapsed_ms(&e->stop_asked) >= STOP_SETTLE_MS)
+		return true;
+	for (conn *c = e->conns; c; c = c->next)
+		if (c->phase == PHASE_QUERY)
+			return false;
+	return true;
+}
+
+static void stop_now(wfpr_engine *e)
+{
+	while (e->conns)
+		close_conn(e->conns, false, NULL);
+	while (e->flows)
+		close_flow(e, e->flows, NULL);
+	bury_dead(e);
+	bury_dead_flows(e);
+}
+
 int wfpr_engine_run(wfpr_engine *e)
 {
 	if (!e)
 		return WFPR_WSAEFAULT;
 	struct epoll_event events[128];
 	for (;;) {
+		if (e->stopping && settled(e)) {
+			stop_now(e);
+			return 0;
+		}
 		/* with UDP flows open, wake now and then to end the idle ones */
 		bool tcp_idle = e->opts.tcp_idle_ms && e->conns;
-		int n = epoll_wait(e->epoll_fd, events, 128, e->shedding ? SHED_MS : e->flows ? 100 : tcp_idle ? 250 : -1);
+		int n = epoll_wait(e->epoll_fd, events, 128,
+		                   e->stopping ? STOP_POLL_MS : e->shedding ? SHED_MS : e->flows ? 100 : tcp_idle ? 250 : -1);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -1577,13 +1613,15 @@ int wfpr_engine_run(wfpr_engine *e)
 				continue;
 			switch (w->kind) {
 			case KIND_STOP:
-				while (e->conns)
-					close_conn(e->conns, false, NULL);
-				while (e->flows)
-					close_flow(e, e->flows, NULL);
-				bury_dead(e);
-				bury_dead_flows(e);
-				return 0;
+				if (!e->stopping) {
+					uint64_t count;
+					if (read(e->stop_fd, &count, sizeof(count)) < 0) {
+						/* already read: the flag below is what counts */
+					}
+					e->stopping = true; /* the listener stays watched: the backlog is taken */
+					clock_gettime(CLOCK_MONOTONIC, &e->stop_asked);
+				}
+				break;
 			case KIND_RELOAD:
 				rules_switch(e);
 				break;

@@ -38,6 +38,9 @@ static void *run(void *arg)
 	return NULL;
 }
 
+/* proxy_start_with's hooks to set the proxy up without running it */
+static const wfpr_engine_hooks NOT_YET;
+
 static void proxy_start_with(proxy *p, wfpr_layer *layer, const char *name, uint16_t port, uint64_t weight,
                              const char *rule_file, int log_fd, int protocol, unsigned int udp_idle_ms,
                              const wfpr_engine_hooks *hooks)
@@ -58,7 +61,7 @@ static void proxy_start_with(proxy *p, wfpr_layer *layer, const char *name, uint
 	o.log_fd = log_fd;
 	o.udp = protocol == IPPROTO_UDP;
 	o.udp_idle_ms = udp_idle_ms;
-	o.hooks = hooks;
+	o.hooks = hooks == &NOT_YET ? NULL : hooks;
 	CHECK_EQ(wfpr_engine_new(&p->engine, &o), 0);
 	CHECK_EQ(wfpr_engine_address(&p->addr, p->engine), 0);
 	wfpr_callout_options co = WFPR_CALLOUT_OPTIONS_INIT;
@@ -74,7 +77,8 @@ static void proxy_start_with(proxy *p, wfpr_layer *layer, const char *name, uint
 	fo.weight = weight;
 	fo.remote_port_min = fo.remote_port_max = port;
 	CHECK_EQ(wfpr_filter_add(&p->filter_id, layer, &fo), 0);
-	pthread_create(&p->thread, NULL, run, p);
+	if (!hooks || hooks != &NOT_YET)
+		pthread_create(&p->thread, NULL, run, p);
 }
 
 static void proxy_start(proxy *p, wfpr_layer *layer, const char *name, uint16_t port, uint64_t weight,
@@ -336,6 +340,39 @@ static void refused_destination_resets_the_client(void)
 	/* at least this connection; with suites running in parallel, a stray
 	 * connection from another process can land on the engine's port too */
 	CHECK(st.failed >= 1);
+	wfpr_inproc_detach(layer);
+	wfpr_layer_free(layer);
+}
+
+/* Connections in the engine's backlog when it comes to a stop are settled
+ * first: each is accepted, its rule asked and its connect logged, then
+ * closed (as `wfpr run` stops its proxies once its command exits). Asked
+ * to stop before they came, the engine sees the stop first. */
+static void stop_settles_the_backlog(void)
+{
+	enum { CLIENTS = 4 };
+	wfpr_layer *layer;
+	proxy p;
+	struct sockaddr_storage server;
+	int listener = tcp_listen(&server), log_fd = shared_log();
+	CHECK_EQ(wfpr_layer_new(&layer), 0);
+	proxy_start_with(&p, layer, "settle", addr_port(&server), 1, NULL, log_fd, IPPROTO_TCP, 0, &NOT_YET);
+	CHECK_EQ(wfpr_inproc_attach(layer), 0);
+	int clients[CLIENTS];
+	wfpr_engine_stop(p.engine); /* before it runs at all */
+	for (int i = 0; i < CLIENTS; i++) {
+		clients[i] = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+		CHECK_EQ(wfpr_connect(clients[i], (struct sockaddr *)&server, addr_size(&server)), 0); /* in its backlog */
+	}
+	pthread_create(&p.thread, NULL, run, &p);
+	wfpr_engine_stats st = proxy_stop(&p);
+	CHECK_EQ(st.accepted, CLIENTS);
+	CHECK_EQ(st.passed, CLIENTS);
+	CHECK_EQ(count_lines(log_fd, "\"event\":\"connect\"", 1), CLIENTS);
+	for (int i = 0; i < CLIENTS; i++)
+		wfpr_closesocket(clients[i]);
+	close(listener);
+	close(log_fd);
 	wfpr_inproc_detach(layer);
 	wfpr_layer_free(layer);
 }
@@ -638,6 +675,7 @@ int main(void)
 	RUN(rules_decide);
 	RUN(need_more_holds_bytes);
 	RUN(refused_destination_resets_the_client);
+	RUN(stop_settles_the_backlog);
 	RUN(many_connections_at_once);
 	TEST_MAIN_END();
 }

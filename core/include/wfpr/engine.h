@@ -77,7 +77,10 @@ WFPR_EXTERN int wfpr_engine_new(wfpr_engine **out, const wfpr_engine_options *op
 WFPR_EXTERN int wfpr_engine_address(struct sockaddr_storage *out, const wfpr_engine *engine);
 /* Serve until wfpr_engine_stop; 0, or a wfpr_err. */
 WFPR_EXTERN int wfpr_engine_run(wfpr_engine *engine);
-/* From any thread: wfpr_engine_run returns after closing its connections. */
+/* From any thread: wfpr_engine_run returns after closing its connections.
+ * Those already made are settled first (accepted from the backlog, their
+ * record and verdict come, the log says so; for a second at most), so a
+ * program that connected just before the stop is still logged. */
 WFPR_EXTERN void wfpr_engine_stop(wfpr_engine *engine);
 /* From the loop's own thread (a hook), or once wfpr_engine_run has returned. */
 /* Called once the engine no longer uses rules it was given with

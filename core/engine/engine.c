@@ -1578,7 +1578,8 @@ static bool settled(wfpr_engine *e)
 	return true;
 }
 
-static void stop_now(wfpr_engine *e)
+/* Close every connection and flow (they are logged). */
+static void close_all(wfpr_engine *e)
 {
 	while (e->conns)
 		close_conn(e->conns, false, NULL);
@@ -1595,7 +1596,7 @@ int wfpr_engine_run(wfpr_engine *e)
 	struct epoll_event events[128];
 	for (;;) {
 		if (e->stopping && settled(e)) {
-			stop_now(e);
+			close_all(e);
 			return 0;
 		}
 		/* with UDP flows open, wake now and then to end the idle ones */
@@ -1697,12 +1698,7 @@ void wfpr_engine_free(wfpr_engine *e)
 {
 	if (!e)
 		return;
-	while (e->conns)
-		close_conn(e->conns, false, NULL);
-	while (e->flows)
-		close_flow(e, e->flows, NULL);
-	bury_dead(e);
-	bury_dead_flows(e);
+	close_all(e);
 	/* every connection is gone: the rules go back to those who gave them */
 	while (e->retired) {
 		rules_use *ru = e->retired;

@@ -117,11 +117,11 @@ int wfpr__socktab_tuple(int fd, uint64_t cookie, wfpr__tuple *out)
 	if (getsockname(fd, (struct sockaddr *)&out->local, &len) < 0)
 		return wfpr_err_from_errno(errno);
 	pthread_mutex_lock(&wfpr__socktab_lock);
-	if ((s = wfpr__socktab_get_as(fd, cookie))) {
+	if ((s = wfpr__socktab_get_as(fd, cookie))) { /* no memory to keep them: read again next time */
 		s->protocol = IPPROTO_TCP;
 		s->has_tuple = true;
 		s->tuple = *out;
 	}
 	pthread_mutex_unlock(&wfpr__socktab_lock);
-	return 0; /* out of memory to keep it: read again next time */
+	return 0;
 }

@@ -119,7 +119,8 @@ class Bench:
             f.write("bench.test A\n" * 100)
 
     def start_nginx(self):
-        """nginx (one worker) serving /small.txt (100 bytes); its port."""
+        """nginx (one worker) serving /small.txt (100 bytes), and its request
+        count at /status; its port."""
         www = os.path.join(self.work, "www")
         os.makedirs(www, exist_ok=True)
         with open(os.path.join(www, "small.txt"), "w") as f:
@@ -131,7 +132,7 @@ class Bench:
                     "events { worker_connections 4096; }\n"
                     "http { access_log off; client_body_temp_path %s; proxy_temp_path %s; fastcgi_temp_path %s;\n"
                     "  uwsgi_temp_path %s; scgi_temp_path %s;\n"
-                    "  server { listen 127.0.0.1:%d; root %s; } }\n"
+                    "  server { listen 127.0.0.1:%d; root %s; location = /status { stub_status; } } }\n"
                     % ((self.work,) * 7 + (port, www)))
         self.start(["nginx", "-c", conf, "-p", self.work])
         wait_port(port)

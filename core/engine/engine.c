@@ -1029,8 +1029,12 @@ static bool fill(conn *c, int src, half *h, int direction, bool *closed_by_rule,
 static bool drain(int dst, half *h, const half *other, size_t normal_cap, size_t *moved)
 {
 	size_t off = 0;
+	/* the source has ended: these are the last bytes, and the FIN (the
+	 * shutdown or the close below) goes out in their segment, so the peer
+	 * wakes once */
+	int more = h->eof ? MSG_MORE : 0;
 	while (off < h->len) {
-		ssize_t n = send(dst, h->buf + off, h->len - off, MSG_NOSIGNAL);
+		ssize_t n = send(dst, h->buf + off, h->len - off, MSG_NOSIGNAL | more);
 		if (n < 0) {
 			if (errno == EAGAIN || errno == EINTR)
 				break;

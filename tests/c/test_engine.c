@@ -3,6 +3,7 @@
  * server, many connections at once, and the JSON-lines log. */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/tcp.h> /* struct tcp_info with tcpi_segs_in */
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -377,6 +378,67 @@ static void stop_settles_the_backlog(void)
 	wfpr_layer_free(layer);
 }
 
+/* A server that writes its last bytes and its FIN in one segment, then
+ * waits for the client to close. */
+static void *last_words_main(void *arg)
+{
+	int listener = *(int *)arg, one = 1;
+	int fd = accept(listener, NULL, NULL);
+	static const char bye[] = "the last bytes, and then the end";
+	setsockopt(fd, IPPROTO_TCP, TCP_CORK, &one, sizeof(one)); /* the bytes wait for the FIN */
+	CHECK_EQ(write(fd, bye, sizeof(bye)), (ssize_t)sizeof(bye));
+	shutdown(fd, SHUT_WR);
+	char c;
+	while (read(fd, &c, 1) > 0)
+		;
+	close(fd);
+	return NULL;
+}
+
+static uint32_t segments_in(int fd)
+{
+	struct tcp_info info;
+	socklen_t len = sizeof(info);
+	memset(&info, 0, sizeof(info));
+	CHECK_EQ(getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len), 0);
+	return info.tcpi_segs_in;
+}
+
+/* Bytes that end a stream reach the client with the FIN in their segment,
+ * as they came: the client wakes once for both (haproxy does the same;
+ * with a new connection per request, one segment and one wake-up fewer
+ * per request). */
+static void the_last_bytes_carry_the_fin(void)
+{
+	wfpr_layer *layer;
+	proxy p;
+	struct sockaddr_storage server;
+	int listener = tcp_listen(&server);
+	pthread_t t;
+	pthread_create(&t, NULL, last_words_main, &listener);
+	CHECK_EQ(wfpr_layer_new(&layer), 0);
+	proxy_start(&p, layer, "fin", addr_port(&server), 1, NULL, -1);
+	CHECK_EQ(wfpr_inproc_attach(layer), 0);
+	int client = wfpr_socket(AF_INET, SOCK_STREAM, 0, 0);
+	CHECK_EQ(wfpr_connect(client, (struct sockaddr *)&server, addr_size(&server)), 0);
+	uint32_t before = segments_in(client); /* the handshake's */
+	char got[64];
+	size_t n = 0;
+	ssize_t r;
+	while ((r = read(client, got + n, sizeof(got) - n)) > 0)
+		n += (size_t)r;
+	CHECK_EQ(r, 0);
+	CHECK_EQ(n, sizeof("the last bytes, and then the end"));
+	CHECK(memcmp(got, "the last bytes, and then the end", n) == 0);
+	CHECK_EQ(segments_in(client) - before, 1); /* the bytes and the FIN together */
+	wfpr_closesocket(client);
+	pthread_join(t, NULL);
+	proxy_stop(&p);
+	close(listener);
+	wfpr_inproc_detach(layer);
+	wfpr_layer_free(layer);
+}
+
 typedef struct job {
 	const struct sockaddr_storage *addr;
 	size_t len;
@@ -676,6 +738,7 @@ int main(void)
 	RUN(need_more_holds_bytes);
 	RUN(refused_destination_resets_the_client);
 	RUN(stop_settles_the_backlog);
+	RUN(the_last_bytes_carry_the_fin);
 	RUN(many_connections_at_once);
 	TEST_MAIN_END();
 }

@@ -379,12 +379,17 @@ static void stop_settles_the_backlog(void)
 }
 
 /* A server that writes its last bytes and its FIN in one segment, then
- * waits for the client to close. */
+ * waits for the client to close. It writes a while after it accepted, once
+ * the engine has found nothing to read yet: the segment then comes with an
+ * event that tells the engine of both. (The engine reads a socket it has
+ * had no event for yet, and a short read there cannot tell whether a FIN
+ * is already waiting behind the bytes.) */
 static void *last_words_main(void *arg)
 {
 	int listener = *(int *)arg, one = 1;
 	int fd = accept(listener, NULL, NULL);
 	static const char bye[] = "the last bytes, and then the end";
+	usleep(300 * 1000);
 	setsockopt(fd, IPPROTO_TCP, TCP_CORK, &one, sizeof(one)); /* the bytes wait for the FIN */
 	CHECK_EQ(write(fd, bye, sizeof(bye)), (ssize_t)sizeof(bye));
 	shutdown(fd, SHUT_WR);

@@ -365,9 +365,20 @@ static __always_inline struct wfpr_ebpf_origin *who_get(struct who *w, int want)
 	}
 	if (missing & WHO_CGROUPS)
 		for (int i = 0; i < WFPR_EBPF_CGROUP_LEVELS; i++)
-			w->o.cgroups[i] = bpf_get_current_ancestor_cgroup_id(i);
+			if (!(w->o.cgroups[i] = bpf_get_current_ancestor_cgroup_id(i)))
+				break; /* past the process's own level: 0 from here on, as w starts */
 	w->have |= missing;
 	return &w->o;
+}
+
+/* Where w is the calling process (no records SET), p as read already
+ * (current_process): not read again. */
+static __always_inline void who_caller(struct who *w, const struct wfpr_ebpf_process *p)
+{
+	if (!(w->have & WHO_PROCESS)) {
+		w->o.p = *p;
+		w->have |= WHO_PROCESS;
+	}
 }
 
 /* A socket's client: the chain's, when records were SET on it. */
@@ -763,6 +774,7 @@ static __always_inline int on_connect(struct bpf_sock_addr *ctx, int v4)
 		return 1; /* no memory: the connection goes direct */
 	int six = !v4 && r->port6;
 	current_process(&st->process);
+	who_caller(&w, &st->process);
 	st->origin = *who_get(&w, WHO_ALL);
 	st->pending = 1;
 	st->redirected = 1;
@@ -1180,6 +1192,7 @@ static __always_inline int on_sendmsg(struct bpf_sock_addr *ctx, int v4)
 	    (cfg && now - id->last_ns >= cfg->udp_idle_ns)) {
 		struct wfpr_ebpf_process sender = {};
 		current_process(&sender);
+		who_caller(&w, &sender);
 		if (issue(&flows, &key, st, chain_of(st), slot, r, v4, d.ip, d.port, &sender,
 		          who_get(&w, WHO_ALL)) == 0) {
 			struct wfpr_ebpf_flow_id fresh = {.sock = sock, .last_ns = now, .original_port = d.port};

@@ -384,14 +384,15 @@ static void stop_settles_the_backlog(void)
  * event that tells the engine of both. (The engine reads a socket it has
  * had no event for yet, and a short read there cannot tell whether a FIN
  * is already waiting behind the bytes.) */
+static const char LAST_WORDS[] = "the last bytes, and then the end";
+
 static void *last_words_main(void *arg)
 {
 	int listener = *(int *)arg, one = 1;
 	int fd = accept(listener, NULL, NULL);
-	static const char bye[] = "the last bytes, and then the end";
 	usleep(300 * 1000);
 	setsockopt(fd, IPPROTO_TCP, TCP_CORK, &one, sizeof(one)); /* the bytes wait for the FIN */
-	CHECK_EQ(write(fd, bye, sizeof(bye)), (ssize_t)sizeof(bye));
+	CHECK_EQ(write(fd, LAST_WORDS, sizeof(LAST_WORDS)), (ssize_t)sizeof(LAST_WORDS));
 	shutdown(fd, SHUT_WR);
 	char c;
 	while (read(fd, &c, 1) > 0)
@@ -433,8 +434,8 @@ static void the_last_bytes_carry_the_fin(void)
 	while ((r = read(client, got + n, sizeof(got) - n)) > 0)
 		n += (size_t)r;
 	CHECK_EQ(r, 0);
-	CHECK_EQ(n, sizeof("the last bytes, and then the end"));
-	CHECK(memcmp(got, "the last bytes, and then the end", n) == 0);
+	CHECK_EQ(n, sizeof(LAST_WORDS));
+	CHECK(memcmp(got, LAST_WORDS, n) == 0);
 	CHECK_EQ(segments_in(client) - before, 1); /* the bytes and the FIN together */
 	wfpr_closesocket(client);
 	pthread_join(t, NULL);

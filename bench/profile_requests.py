@@ -11,7 +11,8 @@ proxy's system calls per connection (per accept4) for two more seconds.
 
     python3 bench/profile_requests.py [--keep-alive] [--seconds 8] [--backends preload,ebpf]
 
-Needs perf (Debian's linux-perf) and strace; the eBPF backend needs root.
+Needs perf (Debian's linux-perf) and strace, and bpftool for the BPF
+programs' figures; the eBPF backend needs root.
 bench/README.md says what it showed.
 """
 import argparse
@@ -133,8 +134,12 @@ def strace_counts(pid, seconds=2):
 
 
 def bpf_runs():
-    """{program name: (run time ns, runs)} of the loaded wfpr BPF programs."""
-    out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True).stdout
+    """{program name: (run time ns, runs)} of the loaded wfpr BPF programs
+    ({} without bpftool)."""
+    try:
+        out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True).stdout
+    except OSError:
+        return {}
     runs = collections.defaultdict(lambda: [0, 0])
     for prog in json.loads(out or "[]"):
         if prog.get("name", "").startswith("wfpr_"):
@@ -143,14 +148,20 @@ def bpf_runs():
     return runs
 
 
-def set_bpf_stats(on):
-    """Turn the kernel's BPF run-time counts on or off; whether it could."""
+BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
+
+
+def set_bpf_stats(value):
+    """Set the kernel's BPF run-time counts on ("1") or off; what it was
+    before, or None when it cannot be set."""
     try:
-        with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
-            f.write("1" if on else "0")
-        return True
+        with open(BPF_STATS) as f:
+            was = f.read().strip()
+        with open(BPF_STATS, "w") as f:
+            f.write(value)
+        return was
     except OSError:
-        return False
+        return None
 
 
 def measure(name, command, seconds, find_pid, comm, work, close, nginx, bpf=False):
@@ -161,12 +172,13 @@ def measure(name, command, seconds, find_pid, comm, work, close, nginx, bpf=Fals
     load = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     find_pid(load.pid)  # serving (eBPF: its programs loaded), so wrk runs
     time.sleep(1.5)
-    bpf = bpf and set_bpf_stats(True)
+    was = set_bpf_stats("1") if bpf else None
+    bpf = was is not None
     before, start, began = bpf_runs() if bpf else {}, served(nginx), time.time()
     subprocess.run(["perf", "record", "-a", "-g", "-q", "-o", data, "--", "sleep", str(seconds - 3)], capture_output=True)
     after, requests, took = bpf_runs() if bpf else {}, served(nginx) - start, time.time() - began
     if bpf:
-        set_bpf_stats(False)
+        set_bpf_stats(was)
     rate = rate_of(load.communicate()[0])
     programs = {prog: ((t - before.get(prog, (0, 0))[0]) / max(n - before.get(prog, (0, 0))[1], 1),
                        (n - before.get(prog, (0, 0))[1]) / requests)
